@@ -1,0 +1,682 @@
+//! The secret cache: TTL, least-recently-used eviction, single-flight misses, refresh-ahead,
+//! rotation checks and stale-if-error.
+//!
+//! Values are `Arc<Secret>`, whose bytes live in secure memory and are wiped when the last
+//! reference (cache entry or in-flight response) goes. Every fetch runs in its own task, so a
+//! client that disconnects never cancels a fetch others wait on; waiters share its result through
+//! a `watch` channel. Errors are never cached. Time is `tokio::time::Instant`, so tests drive TTLs
+//! with a paused clock. The cache does not know sources or peers: callers pass a fetch closure.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::CacheConfig;
+use crate::metrics::Metrics;
+use crate::name::Glob;
+use crate::source::{Fetched, Secret, SecretRequest, SourceError};
+
+/// After a transient refresh failure, wait this long before asking the source again while stale
+/// values are served (so a down backend is not hammered by every request).
+const RETRY_BACKOFF: Duration = Duration::from_secs(1);
+
+/// How a request was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// From the cache, fresh.
+    Hit,
+    /// After waiting for a fetch (its own or a coalesced one).
+    Miss,
+    /// A stale value, because the source failed transiently within the stale-if-error bound.
+    Stale,
+}
+
+impl Served {
+    /// Name used in audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Served::Hit => "hit",
+            Served::Miss => "miss",
+            Served::Stale => "stale",
+        }
+    }
+}
+
+type Shared = Result<Arc<Secret>, SourceError>;
+type Waiter = watch::Receiver<Option<Shared>>;
+
+enum Slot {
+    Loading { id: u64, rx: Waiter },
+    Ready(Entry),
+}
+
+struct Entry {
+    secret: Arc<Secret>,
+    expires: Instant,
+    ttl: Duration,
+    last_used: u64,
+    refresh: Option<(u64, Waiter)>,
+    retry_after: Option<Instant>,
+}
+
+/// What `get` does after the lookup under the lock.
+enum Step {
+    Done(Arc<Secret>, Served),
+    WaitMiss(Waiter),
+    WaitRefresh {
+        rx: Waiter,
+        prev: Arc<Secret>,
+        stale_until: Instant,
+    },
+}
+
+struct Inner {
+    map: HashMap<SecretRequest, Slot>,
+    clock: u64,
+    next_id: u64,
+}
+
+/// The cache.
+pub struct Cache {
+    inner: Mutex<Inner>,
+    settings: Mutex<CacheConfig>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("entries", &self.len())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// An empty cache.
+    pub fn new(settings: CacheConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Cache {
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                clock: 0,
+                next_id: 0,
+            }),
+            settings: Mutex::new(settings),
+            metrics,
+        })
+    }
+
+    /// Replaces the settings (config reload); entries keep their current expiry.
+    pub fn set_settings(&self, settings: CacheConfig) {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
+    }
+
+    fn settings(&self) -> CacheConfig {
+        *self.settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of cached values (in-flight fetches not counted).
+    pub fn len(&self) -> usize {
+        self.lock()
+            .map
+            .values()
+            .filter(|s| matches!(s, Slot::Ready(_)))
+            .count()
+    }
+
+    /// Whether no value is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Returns the secret for `request`, fetching it with `fetch` on a miss or expiry.
+    ///
+    /// `fetch` receives the previous value when refreshing (for a rotation check) and runs in a
+    /// task of its own; at most one fetch per key is in flight.
+    pub async fn get<F, Fut>(
+        self: &Arc<Self>,
+        request: &SecretRequest,
+        ttl: Duration,
+        fetch: F,
+    ) -> (Result<Arc<Secret>, SourceError>, Served)
+    where
+        F: FnOnce(Option<Arc<Secret>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
+    {
+        let step = self.lookup(request, ttl, fetch);
+        match step {
+            Step::Done(secret, served) => (Ok(secret), served),
+            Step::WaitMiss(rx) => {
+                self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                (wait(rx).await, Served::Miss)
+            }
+            Step::WaitRefresh {
+                rx,
+                prev,
+                stale_until,
+            } => {
+                self.metrics
+                    .cache_refresh_waits
+                    .fetch_add(1, Ordering::Relaxed);
+                match wait(rx).await {
+                    Ok(secret) => {
+                        self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
+                        (Ok(secret), Served::Miss)
+                    }
+                    Err(err) if err.is_transient() && Instant::now() < stale_until => {
+                        self.metrics.cache_stale.fetch_add(1, Ordering::Relaxed);
+                        (Ok(prev), Served::Stale)
+                    }
+                    Err(err) => (Err(err), Served::Miss),
+                }
+            }
+        }
+    }
+
+    /// The synchronous part of `get`, under the lock: decide what to serve or wait for.
+    fn lookup<F, Fut>(self: &Arc<Self>, request: &SecretRequest, ttl: Duration, fetch: F) -> Step
+    where
+        F: FnOnce(Option<Arc<Secret>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
+    {
+        let settings = self.settings();
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let inner: &mut Inner = &mut guard;
+        inner.clock += 1;
+        let clock = inner.clock;
+        let next_id = inner.next_id + 1;
+        match inner.map.get_mut(request) {
+            Some(Slot::Ready(entry)) => {
+                entry.last_used = clock;
+                let backing_off = entry.retry_after.is_some_and(|t| now < t);
+                if now < entry.expires {
+                    let refresh_due = now + settings.refresh_ahead >= entry.expires;
+                    if refresh_due && entry.refresh.is_none() && !backing_off {
+                        inner.next_id = next_id;
+                        let prev = entry.secret.clone();
+                        let rx = self.spawn_fetch(request.clone(), next_id, ttl, Some(prev), fetch);
+                        entry.refresh = Some((next_id, rx));
+                        self.metrics
+                            .cache_refresh_ahead
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Step::Done(entry.secret.clone(), Served::Hit);
+                }
+                // Expired.
+                let stale_until = entry.expires + settings.stale_if_error;
+                let prev = entry.secret.clone();
+                if backing_off && now < stale_until {
+                    self.metrics.cache_stale.fetch_add(1, Ordering::Relaxed);
+                    return Step::Done(prev, Served::Stale);
+                }
+                let rx = match &entry.refresh {
+                    Some((_, rx)) => rx.clone(),
+                    None => {
+                        inner.next_id = next_id;
+                        let rx = self.spawn_fetch(
+                            request.clone(),
+                            next_id,
+                            ttl,
+                            Some(prev.clone()),
+                            fetch,
+                        );
+                        entry.refresh = Some((next_id, rx.clone()));
+                        rx
+                    }
+                };
+                Step::WaitRefresh {
+                    rx,
+                    prev,
+                    stale_until,
+                }
+            }
+            Some(Slot::Loading { rx, .. }) => Step::WaitMiss(rx.clone()),
+            None => {
+                if inner.map.len() >= settings.max_entries.get() && evict_lru(inner) {
+                    self.metrics.cache_evictions.fetch_add(1, Ordering::Relaxed);
+                }
+                inner.next_id = next_id;
+                let rx = self.spawn_fetch(request.clone(), next_id, ttl, None, fetch);
+                inner.map.insert(
+                    request.clone(),
+                    Slot::Loading {
+                        id: next_id,
+                        rx: rx.clone(),
+                    },
+                );
+                Step::WaitMiss(rx)
+            }
+        }
+    }
+
+    fn spawn_fetch<F, Fut>(
+        self: &Arc<Self>,
+        request: SecretRequest,
+        id: u64,
+        ttl: Duration,
+        prev: Option<Arc<Secret>>,
+        fetch: F,
+    ) -> Waiter
+    where
+        F: FnOnce(Option<Arc<Secret>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
+    {
+        let (tx, rx) = watch::channel(None);
+        let cache = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome: Shared = match fetch(prev.clone()).await {
+                Ok(Fetched::New(secret)) => Ok(Arc::new(secret)),
+                Ok(Fetched::Unchanged) => prev.ok_or_else(|| SourceError::BadReply {
+                    detail: "source reported 'unchanged' for a value it never gave".to_owned(),
+                }),
+                Err(err) => Err(err),
+            };
+            cache.complete(&request, id, ttl, &outcome);
+            // Nobody waiting is fine (refresh-ahead, or every client went away).
+            let _ = tx.send(Some(outcome));
+        });
+        rx
+    }
+
+    /// Files the outcome of fetch `id` unless the slot was flushed or replaced meanwhile.
+    fn complete(&self, request: &SecretRequest, id: u64, ttl: Duration, outcome: &Shared) {
+        let settings = self.settings();
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let inner: &mut Inner = &mut guard;
+        let Some(slot) = inner.map.get_mut(request) else {
+            return;
+        };
+        let remove = match slot {
+            Slot::Loading { id: slot_id, .. } if *slot_id == id => match outcome {
+                Ok(secret) => {
+                    *slot = Slot::Ready(Entry {
+                        secret: secret.clone(),
+                        expires: now + ttl,
+                        ttl,
+                        last_used: inner.clock,
+                        refresh: None,
+                        retry_after: None,
+                    });
+                    false
+                }
+                Err(_) => true,
+            },
+            Slot::Ready(entry) if entry.refresh.as_ref().is_some_and(|(r, _)| *r == id) => {
+                entry.refresh = None;
+                match outcome {
+                    Ok(secret) => {
+                        entry.secret = secret.clone();
+                        entry.ttl = ttl;
+                        entry.expires = now + ttl;
+                        entry.retry_after = None;
+                        false
+                    }
+                    Err(err)
+                        if err.is_transient() && now < entry.expires + settings.stale_if_error =>
+                    {
+                        entry.retry_after = Some(now + RETRY_BACKOFF);
+                        false
+                    }
+                    // Gone, denied, or past the stale bound: stop serving the old value.
+                    Err(_) => true,
+                }
+            }
+            _ => false,
+        };
+        if remove {
+            inner.map.remove(request);
+        }
+    }
+
+    /// Drops cached values whose `source/id` matches `pattern` (all when `None`); returns how
+    /// many values were dropped. In-flight fetches for matching keys are detached: their result
+    /// still reaches the requests already waiting, but is not cached.
+    pub fn flush(&self, pattern: Option<&Glob>) -> usize {
+        let mut inner = self.lock();
+        let mut flushed = 0;
+        inner.map.retain(|key, slot| {
+            let hit = pattern.is_none_or(|g| g.matches_parts(key.name.source(), key.name.id()));
+            if hit && matches!(slot, Slot::Ready(_)) {
+                flushed += 1;
+            }
+            !hit
+        });
+        flushed
+    }
+
+    /// Remaining lifetime of a cached value (for tests and diagnostics).
+    pub fn ttl_left(&self, request: &SecretRequest) -> Option<Duration> {
+        match self.lock().map.get(request) {
+            Some(Slot::Ready(entry)) => {
+                Some(entry.expires.saturating_duration_since(Instant::now()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The TTL an entry was stored with.
+    pub fn entry_ttl(&self, request: &SecretRequest) -> Option<Duration> {
+        match self.lock().map.get(request) {
+            Some(Slot::Ready(entry)) => Some(entry.ttl),
+            _ => None,
+        }
+    }
+}
+
+fn lost_entry() -> SourceError {
+    SourceError::Unavailable {
+        detail: "cache entry vanished".to_owned(),
+    }
+}
+
+/// Evicts the least recently used cached value; returns whether one was evicted.
+fn evict_lru(inner: &mut Inner) -> bool {
+    let victim = inner
+        .map
+        .iter()
+        .filter_map(|(k, s)| match s {
+            Slot::Ready(e) => Some((e.last_used, k)),
+            Slot::Loading { .. } => None,
+        })
+        .min_by_key(|(used, _)| *used)
+        .map(|(_, k)| k.clone());
+    match victim {
+        Some(key) => inner.map.remove(&key).is_some(),
+        None => false,
+    }
+}
+
+async fn wait(mut rx: Waiter) -> Shared {
+    match rx.wait_for(Option::is_some).await {
+        Ok(value) => value.clone().unwrap_or_else(|| Err(lost_entry())),
+        Err(_) => Err(SourceError::Unavailable {
+            detail: "fetch task ended without a result".to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::SecretName;
+    use crate::secure_mem::SecretBytes;
+    use crate::source::Selector;
+    use std::num::NonZeroUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
+    type FakeFetch = std::pin::Pin<Box<dyn Future<Output = Result<Fetched, SourceError>> + Send>>;
+
+    /// A fake source: counts fetches, answers after `delay` with `value` (or the scripted error).
+    #[derive(Clone)]
+    struct Fake {
+        fetches: Arc<AtomicUsize>,
+        value: Arc<Mutex<Result<&'static str, SourceError>>>,
+        delay: Duration,
+        unchanged_when_same: bool,
+    }
+
+    impl Fake {
+        fn new(value: &'static str, delay: Duration) -> Self {
+            Fake {
+                fetches: Arc::new(AtomicUsize::new(0)),
+                value: Arc::new(Mutex::new(Ok(value))),
+                delay,
+                unchanged_when_same: false,
+            }
+        }
+        fn set(&self, v: Result<&'static str, SourceError>) {
+            *self.value.lock().unwrap() = v;
+        }
+        fn count(&self) -> usize {
+            self.fetches.load(Ordering::SeqCst)
+        }
+        fn fetcher(&self) -> impl FnOnce(Option<Arc<Secret>>) -> FakeFetch + Send + 'static {
+            let me = self.clone();
+            move |prev| {
+                Box::pin(async move {
+                    me.fetches.fetch_add(1, Ordering::SeqCst);
+                    // The backend's answer is decided when the call starts, as with a real one.
+                    let v = me.value.lock().unwrap().clone();
+                    tokio::time::sleep(me.delay).await;
+                    let v = v?;
+                    if me.unchanged_when_same
+                        && prev
+                            .as_ref()
+                            .is_some_and(|p| p.value.as_slice() == v.as_bytes())
+                    {
+                        return Ok(Fetched::Unchanged);
+                    }
+                    Ok(Fetched::New(Secret {
+                        value: SecretBytes::from_slice(v.as_bytes()).unwrap(),
+                        version: None,
+                        fetched_at: SystemTime::now(),
+                    }))
+                })
+            }
+        }
+    }
+
+    fn req(id: &str) -> SecretRequest {
+        SecretRequest {
+            name: SecretName::new("fake", id).unwrap(),
+            selector: Selector::default(),
+        }
+    }
+
+    fn settings(refresh_ahead: u64, stale: u64, max: usize) -> CacheConfig {
+        CacheConfig {
+            ttl: Duration::from_secs(100),
+            max_entries: NonZeroUsize::new(max).unwrap(),
+            refresh_ahead: Duration::from_secs(refresh_ahead),
+            stale_if_error: Duration::from_secs(stale),
+            lock_memory: crate::secure_mem::LockPolicy::BestEffort,
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(100);
+
+    async fn read(
+        cache: &Arc<Cache>,
+        fake: &Fake,
+        id: &str,
+    ) -> (Result<String, SourceError>, Served) {
+        let (r, s) = cache.get(&req(id), TTL, fake.fetcher()).await;
+        (
+            r.map(|s| String::from_utf8(s.value.as_slice().to_vec()).unwrap()),
+            s,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_fetch_once() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let fake = Fake::new("v1", Duration::from_millis(50));
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (cache, fake) = (cache.clone(), fake.clone());
+            tasks.push(tokio::spawn(async move { read(&cache, &fake, "a").await }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap().0.unwrap(), "v1");
+        }
+        assert_eq!(fake.count(), 1);
+        assert_eq!(read(&cache, &fake, "a").await.1, Served::Hit);
+        assert_eq!(fake.count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_are_shared_but_not_cached() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let fake = Fake::new("v1", Duration::from_millis(10));
+        fake.set(Err(SourceError::NotFound));
+        let (a, b) = tokio::join!(read(&cache, &fake, "a"), read(&cache, &fake, "a"));
+        assert_eq!(a.0, Err(SourceError::NotFound));
+        assert_eq!(b.0, Err(SourceError::NotFound));
+        assert_eq!(fake.count(), 1);
+        fake.set(Ok("now-exists"));
+        assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "now-exists");
+        assert_eq!(fake.count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_refetches_after_ttl() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let fake = Fake::new("v1", Duration::ZERO);
+        assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "v1");
+        fake.set(Ok("v2"));
+        tokio::time::sleep(Duration::from_secs(99)).await;
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("v1".to_owned()), Served::Hit)
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("v2".to_owned()), Served::Miss)
+        );
+        assert_eq!(fake.count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_ahead_means_no_request_waits() {
+        let metrics = Arc::new(Metrics::default());
+        let cache = Cache::new(settings(10, 0, 100), metrics.clone());
+        let fake = Fake::new("v1", Duration::from_millis(100));
+        read(&cache, &fake, "a").await.0.unwrap();
+        fake.set(Ok("v2"));
+        // Inside the refresh-ahead window: served at once from cache, refresh starts behind.
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("v1".to_owned()), Served::Hit)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("v2".to_owned()), Served::Hit)
+        );
+        // Past the original expiry: still a hit, because the refresh extended it.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(read(&cache, &fake, "a").await.1, Served::Hit);
+        assert_eq!(metrics.cache_refresh_waits.load(Ordering::Relaxed), 0);
+        assert_eq!(fake.count(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unchanged_rotation_check_extends_entry() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let mut fake = Fake::new("v1", Duration::ZERO);
+        fake.unchanged_when_same = true;
+        read(&cache, &fake, "a").await.0.unwrap();
+        tokio::time::sleep(Duration::from_secs(101)).await;
+        assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "v1");
+        assert_eq!(fake.count(), 2);
+        assert!(cache.ttl_left(&req("a")).unwrap() > Duration::from_secs(99));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_if_error_serves_old_value_then_stops() {
+        let cache = Cache::new(settings(0, 30, 100), Arc::default());
+        let fake = Fake::new("v1", Duration::ZERO);
+        read(&cache, &fake, "a").await.0.unwrap();
+        fake.set(Err(SourceError::Unavailable {
+            detail: "down".into(),
+        }));
+        tokio::time::sleep(Duration::from_secs(101)).await;
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("v1".to_owned()), Served::Stale)
+        );
+        // Within the back-off, no new fetch.
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("v1".to_owned()), Served::Stale)
+        );
+        assert_eq!(fake.count(), 2);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("v1".to_owned()), Served::Stale)
+        );
+        assert_eq!(fake.count(), 3);
+        // Past expiry + 30 s: the error comes through.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert!(matches!(
+            read(&cache, &fake, "a").await.0,
+            Err(SourceError::Unavailable { .. })
+        ));
+        // Recovery.
+        fake.set(Ok("v2"));
+        assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "v2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_transient_refresh_error_stops_serving() {
+        let cache = Cache::new(settings(0, 300, 100), Arc::default());
+        let fake = Fake::new("v1", Duration::ZERO);
+        read(&cache, &fake, "a").await.0.unwrap();
+        fake.set(Err(SourceError::NotFound));
+        tokio::time::sleep(Duration::from_secs(101)).await;
+        assert_eq!(read(&cache, &fake, "a").await.0, Err(SourceError::NotFound));
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lru_eviction_and_flush() {
+        let cache = Cache::new(settings(0, 0, 2), Arc::default());
+        let fake = Fake::new("v", Duration::ZERO);
+        read(&cache, &fake, "a").await.0.unwrap();
+        read(&cache, &fake, "b").await.0.unwrap();
+        read(&cache, &fake, "a").await.0.unwrap(); // a is now more recent than b
+        read(&cache, &fake, "c").await.0.unwrap(); // evicts b
+        assert_eq!(cache.len(), 2);
+        assert!(cache.ttl_left(&req("b")).is_none());
+        assert!(cache.ttl_left(&req("a")).is_some());
+        assert_eq!(cache.flush(Some(&Glob::parse("fake/a").unwrap())), 1);
+        assert_eq!(cache.flush(Some(&Glob::parse("other/*").unwrap())), 0);
+        assert_eq!(cache.flush(None), 1);
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_during_fetch_does_not_cache_old_value() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let fake = Fake::new("old", Duration::from_millis(100));
+        let pending = {
+            let (cache, fake) = (cache.clone(), fake.clone());
+            tokio::spawn(async move { read(&cache, &fake, "a").await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cache.flush(None);
+        fake.set(Ok("new"));
+        assert_eq!(pending.await.unwrap().0.unwrap(), "old");
+        assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "new");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn versioned_keys_are_distinct() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let fake = Fake::new("current", Duration::ZERO);
+        let plain = req("a");
+        let mut versioned = req("a");
+        versioned.selector.version_stage = Some("AWSPREVIOUS".into());
+        cache.get(&plain, TTL, fake.fetcher()).await.0.unwrap();
+        fake.set(Ok("previous"));
+        let v = cache.get(&versioned, TTL, fake.fetcher()).await.0.unwrap();
+        assert_eq!(v.value.as_slice(), b"previous");
+        let p = cache.get(&plain, TTL, fake.fetcher()).await.0.unwrap();
+        assert_eq!(p.value.as_slice(), b"current");
+    }
+}

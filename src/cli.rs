@@ -1,0 +1,68 @@
+//! Command line: `serve`, `check-config`, `get`, `flush`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Default socket of the client commands.
+pub const DEFAULT_SOCKET: &str = "/run/credagent/agent.sock";
+
+/// credagent: a per-host credential agent.
+#[derive(Debug, Parser)]
+#[command(name = "credagent", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Serve {
+        /// Config file.
+        #[arg(long, default_value = crate::config::DEFAULT_PATH, conflicts_with = "demo")]
+        config: PathBuf,
+        /// Run on the embedded demo config (serves ./examples/secrets on ./run/credagent.sock).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Validate a config file and print a one-line summary.
+    CheckConfig {
+        /// Config file.
+        #[arg(long, default_value = crate::config::DEFAULT_PATH, conflicts_with = "demo")]
+        config: PathBuf,
+        /// Check the embedded demo config instead.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Print a secret's value (`SOURCE/ID`) to stdout.
+    Get {
+        /// `SOURCE/ID`, e.g. `files/demo-password`.
+        name: String,
+        /// One top-level field of a JSON value.
+        #[arg(long)]
+        field: Option<String>,
+        /// AWS version id.
+        #[arg(long)]
+        version_id: Option<String>,
+        /// AWS version stage.
+        #[arg(long)]
+        version_stage: Option<String>,
+        /// Vault KV version.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Agent socket.
+        #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Flush cached secrets (all, or those matching a glob over `SOURCE/ID`).
+    Flush {
+        /// Glob, e.g. `aws/prod/*`.
+        pattern: Option<String>,
+        /// Agent socket.
+        #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}

@@ -1,0 +1,148 @@
+//! The client side of the CLI (`get`, `flush`): HTTP over the agent's Unix socket with
+//! hyperlocal. It prints what the server says and maps failures to exit codes in `main`.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+
+/// What went wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent answered on the socket.
+    #[error("cannot reach the agent at {socket}: {reason}")]
+    Connect {
+        /// Socket path.
+        socket: String,
+        /// Cause.
+        reason: String,
+    },
+    /// The agent answered with an error.
+    #[error("{code}: {message}")]
+    Server {
+        /// HTTP status.
+        status: StatusCode,
+        /// Stable error code.
+        code: String,
+        /// Server's message.
+        message: String,
+    },
+    /// Bad arguments (caught before sending).
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// Percent-encodes everything outside the secret-name alphabet (the server validates anyway).
+fn encode(text: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"_+=.@-:".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn call(
+    socket: &Path,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+) -> Result<Bytes, ClientError> {
+    let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
+    let uri: hyper::Uri = Uri::new(socket, path_and_query).into();
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| ClientError::Connect {
+            socket: socket.display().to_string(),
+            reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+        })?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Connect {
+            socket: socket.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .to_bytes();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v["error"][k].as_str())
+            .map(str::to_owned)
+    };
+    Err(ClientError::Server {
+        status,
+        code: field("code").unwrap_or_else(|| status.as_u16().to_string()),
+        message: field("message")
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
+    })
+}
+
+/// Selectors and field of a `get`.
+#[derive(Debug, Default)]
+pub struct GetOptions {
+    /// `?field=`.
+    pub field: Option<String>,
+    /// `?version_id=`.
+    pub version_id: Option<String>,
+    /// `?version_stage=`.
+    pub version_stage: Option<String>,
+    /// `?version=`.
+    pub version: Option<u64>,
+}
+
+/// Fetches `name` (`SOURCE/ID`) and returns the value bytes.
+pub async fn get(socket: &Path, name: &str, options: &GetOptions) -> Result<Bytes, ClientError> {
+    if !name.contains('/') {
+        return Err(ClientError::Usage(format!(
+            "{name:?}: expected SOURCE/ID, e.g. files/demo-password"
+        )));
+    }
+    let mut query = Vec::new();
+    for (key, value) in [
+        ("field", options.field.clone()),
+        ("version_id", options.version_id.clone()),
+        ("version_stage", options.version_stage.clone()),
+        ("version", options.version.map(|v| v.to_string())),
+    ] {
+        if let Some(value) = value {
+            query.push(format!("{key}={}", encode(&value, false)));
+        }
+    }
+    let mut path = format!("/v1/secrets/{}", encode(name, true));
+    if !query.is_empty() {
+        path.push('?');
+        path.push_str(&query.join("&"));
+    }
+    call(socket, Method::GET, &path, Bytes::new()).await
+}
+
+/// Flushes the cache (all, or entries matching `pattern`); returns how many were flushed.
+pub async fn flush(socket: &Path, pattern: Option<&str>) -> Result<u64, ClientError> {
+    let body = match pattern {
+        Some(p) => serde_json::json!({ "pattern": p }).to_string(),
+        None => String::new(),
+    };
+    let reply = call(socket, Method::POST, "/v1/cache/flush", Bytes::from(body)).await?;
+    let parsed: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
+    Ok(parsed["flushed"].as_u64().unwrap_or(0))
+}

@@ -1,0 +1,851 @@
+//! Configuration: the TOML file as written ([`RawConfig`], unknown keys rejected) and the
+//! validated [`Config`] the agent runs on.
+//!
+//! Every value is checked here, with an error naming the file, the key and the reason; the rest
+//! of the agent takes `Config` as correct. Building a config reads the filesystem (directories
+//! exist, users and groups resolve) but never contacts a backend: sources connect in `run`.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::acl::{PeerMatch, Rule};
+use crate::name::{Glob, validate_source_name};
+use crate::secure_mem::LockPolicy;
+use crate::source::env::RawEnvSource;
+use crate::source::file::RawFileSource;
+
+/// Default config path of `serve` and `check-config`.
+pub const DEFAULT_PATH: &str = "/etc/credagent/config.toml";
+
+/// The demo config embedded in the binary (`serve --demo`): it serves `examples/secrets`.
+pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
+
+/// A config problem: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, duplicate key…).
+    #[error("{path}: {message}")]
+    Parse {
+        /// File.
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        /// File.
+        path: String,
+        /// Dotted key, e.g. `server.socket_mode`.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (as written)
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[server]`.
+    pub server: RawServer,
+    /// `[cache]`.
+    #[serde(default)]
+    pub cache: RawCache,
+    /// `[control]`.
+    pub control: Option<RawControl>,
+    /// `[audit]`.
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// `[sources.NAME]`.
+    #[serde(default)]
+    pub sources: BTreeMap<String, RawSource>,
+    /// `[[allow]]`.
+    #[serde(default)]
+    pub allow: Vec<RawAllow>,
+}
+
+/// `[server]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Octal mode string, e.g. "0660".
+    #[serde(default = "default_socket_mode")]
+    pub socket_mode: String,
+    /// Group name or numeric gid owning the socket.
+    pub socket_group: Option<String>,
+    /// Connection cap.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_socket_mode() -> String {
+    "0660".to_owned()
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+
+/// `[cache]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Default TTL.
+    #[serde(default = "default_ttl")]
+    pub ttl_secs: u64,
+    /// Entry cap (LRU).
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+    /// Background refresh this long before expiry.
+    #[serde(default = "default_refresh_ahead")]
+    pub refresh_ahead_secs: u64,
+    /// Serve the old value this long past expiry while the source fails transiently.
+    #[serde(default = "default_stale_if_error")]
+    pub stale_if_error_secs: u64,
+    /// "required" or "best-effort".
+    #[serde(default = "default_lock_memory")]
+    pub lock_memory: String,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_max_entries() -> usize {
+    10_000
+}
+fn default_refresh_ahead() -> u64 {
+    60
+}
+fn default_stale_if_error() -> u64 {
+    300
+}
+fn default_lock_memory() -> String {
+    "required".to_owned()
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            ttl_secs: default_ttl(),
+            max_entries: default_max_entries(),
+            refresh_ahead_secs: default_refresh_ahead(),
+            stale_if_error_secs: default_stale_if_error(),
+            lock_memory: default_lock_memory(),
+        }
+    }
+}
+
+/// `[control]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    /// The watched control file.
+    pub file: PathBuf,
+}
+
+/// `[audit]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// "-" for stderr, or a path opened append-only.
+    #[serde(default = "default_audit_file")]
+    pub file: String,
+}
+
+fn default_audit_file() -> String {
+    "-".to_owned()
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        RawAudit {
+            file: default_audit_file(),
+        }
+    }
+}
+
+/// `[sources.NAME]` as written; `type` selects the kind.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum RawSource {
+    /// `type = "file"`.
+    #[serde(rename = "file")]
+    File(RawFileSource),
+    /// `type = "env"`.
+    #[serde(rename = "env")]
+    Env(RawEnvSource),
+}
+
+/// `[[allow]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAllow {
+    /// Peer attributes, all of which must match.
+    #[serde(default)]
+    pub peer: RawPeer,
+    /// Globs over `{source}/{id}`.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// May flush the cache and read metrics.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// `peer = { … }` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPeer {
+    /// Numeric uid.
+    pub uid: Option<u32>,
+    /// User name (resolved to a uid when the config is built).
+    pub user: Option<String>,
+    /// Numeric gid.
+    pub gid: Option<u32>,
+    /// Group name.
+    pub group: Option<String>,
+    /// Absolute executable path.
+    pub exe: Option<PathBuf>,
+    /// systemd unit name.
+    pub unit: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it was loaded from (for reload and messages).
+    pub path: PathBuf,
+    /// Socket settings.
+    pub server: ServerConfig,
+    /// Cache settings.
+    pub cache: CacheConfig,
+    /// Control file, when configured.
+    pub control: Option<PathBuf>,
+    /// Audit sink.
+    pub audit: AuditSink,
+    /// Sources by name.
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Access rules, in order.
+    pub rules: Vec<Rule>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Permission bits.
+    pub socket_mode: u32,
+    /// Owning group.
+    pub socket_group: Option<u32>,
+    /// Connection cap.
+    pub max_connections: NonZeroUsize,
+    /// Drain bound on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// `[cache]`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Default TTL.
+    pub ttl: Duration,
+    /// Entry cap.
+    pub max_entries: NonZeroUsize,
+    /// Refresh-ahead window.
+    pub refresh_ahead: Duration,
+    /// Stale-if-error bound.
+    pub stale_if_error: Duration,
+    /// Memory locking policy.
+    pub lock_memory: LockPolicy,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            ttl: Duration::from_secs(default_ttl()),
+            max_entries: NonZeroUsize::new(default_max_entries()).unwrap_or(NonZeroUsize::MIN),
+            refresh_ahead: Duration::from_secs(default_refresh_ahead()),
+            stale_if_error: Duration::from_secs(default_stale_if_error()),
+            lock_memory: LockPolicy::Required,
+        }
+    }
+}
+
+/// Where audit lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditSink {
+    /// Standard error (journald under systemd).
+    Stderr,
+    /// A file opened append-only.
+    File(PathBuf),
+}
+
+/// A validated source, ready to be constructed.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Kind-specific settings.
+    pub kind: SourceKind,
+    /// TTL (per-source override or the cache default).
+    pub ttl: Duration,
+    /// Fetch timeout.
+    pub fetch_timeout: Duration,
+}
+
+/// Kind-specific source settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Files below a directory.
+    File {
+        /// Canonical directory.
+        dir: PathBuf,
+    },
+    /// Environment variables.
+    Env {
+        /// Variable prefix.
+        prefix: String,
+    },
+}
+
+/// Default fetch timeout of a source.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Loading and building
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// The `path` of a [`Config`] built from the embedded demo config.
+pub const DEMO_PATH: &str = "<embedded demo config>";
+
+/// The embedded demo config, with the invoking user's uid allowed.
+pub fn demo() -> Result<Config, ConfigError> {
+    let uid = nix::unistd::geteuid().as_raw();
+    let text = DEMO_CONFIG.replace("{uid}", &uid.to_string());
+    parse(&text, Path::new(DEMO_PATH))
+}
+
+/// Parses and validates config text; `path` is used for relative paths and messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string().trim_end().replace('\n', " | "),
+    })?;
+    raw.build(path)
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn secs(ctx: &Ctx<'_>, key: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    if value < min || value > max {
+        return Err(ctx.invalid(
+            key,
+            format!("must be between {min} and {max} seconds, got {value}"),
+        ));
+    }
+    Ok(Duration::from_secs(value))
+}
+
+impl RawConfig {
+    /// Validates into a [`Config`]; `path` is used for messages.
+    pub fn build(self, path: &Path) -> Result<Config, ConfigError> {
+        let ctx = Ctx { path };
+        let server = self.server.build(&ctx)?;
+        let cache = self.cache.build(&ctx)?;
+        let control = match self.control {
+            Some(c) => {
+                if c.file.as_os_str().is_empty() || c.file.file_name().is_none() {
+                    return Err(ctx.invalid("control.file", "must be a file path"));
+                }
+                Some(c.file)
+            }
+            None => None,
+        };
+        let audit = match self.audit.file.as_str() {
+            "-" => AuditSink::Stderr,
+            "" => return Err(ctx.invalid("audit.file", "must be \"-\" (stderr) or a file path")),
+            other => AuditSink::File(PathBuf::from(other)),
+        };
+        let mut sources = BTreeMap::new();
+        for (name, raw) in self.sources {
+            let key = format!("sources.{name}");
+            validate_source_name(&name).map_err(|e| ctx.invalid(&key, e.to_string()))?;
+            sources.insert(name, build_source(&ctx, &key, raw, &cache)?);
+        }
+        let mut rules = Vec::with_capacity(self.allow.len());
+        for (index, raw) in self.allow.into_iter().enumerate() {
+            rules.push(raw.build(&ctx, index, &sources)?);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            server,
+            cache,
+            control,
+            audit,
+            sources,
+            rules,
+        })
+    }
+}
+
+impl RawServer {
+    fn build(self, ctx: &Ctx<'_>) -> Result<ServerConfig, ConfigError> {
+        if self.socket.as_os_str().is_empty() || self.socket.file_name().is_none() {
+            return Err(ctx.invalid("server.socket", "must be a file path"));
+        }
+        // sun_path holds 108 bytes including the terminating NUL.
+        if self.socket.as_os_str().len() > 107 {
+            return Err(ctx.invalid(
+                "server.socket",
+                "path is longer than 107 bytes (the Unix socket limit)",
+            ));
+        }
+        let socket_mode = parse_mode(&self.socket_mode).ok_or_else(|| {
+            ctx.invalid(
+                "server.socket_mode",
+                format!(
+                    "{:?} is not an octal mode between 0000 and 0777 (e.g. \"0660\")",
+                    self.socket_mode
+                ),
+            )
+        })?;
+        let socket_group = match self.socket_group {
+            None => None,
+            Some(group) => Some(resolve_group(&group).ok_or_else(|| {
+                ctx.invalid("server.socket_group", format!("no group named {group:?}"))
+            })?),
+        };
+        let max_connections = NonZeroUsize::new(self.max_connections)
+            .filter(|n| n.get() <= 65_536)
+            .ok_or_else(|| ctx.invalid("server.max_connections", "must be between 1 and 65536"))?;
+        let shutdown_timeout = secs(
+            ctx,
+            "server.shutdown_timeout_secs",
+            self.shutdown_timeout_secs,
+            0,
+            3600,
+        )?;
+        Ok(ServerConfig {
+            socket: self.socket,
+            socket_mode,
+            socket_group,
+            max_connections,
+            shutdown_timeout,
+        })
+    }
+}
+
+/// Parses "0660" / "660" / "0o660" into permission bits (no setuid/sticky bits).
+pub fn parse_mode(text: &str) -> Option<u32> {
+    let digits = text.strip_prefix("0o").unwrap_or(text);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return None;
+    }
+    u32::from_str_radix(digits, 8).ok().filter(|m| *m <= 0o777)
+}
+
+fn resolve_group(group: &str) -> Option<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Some(gid);
+    }
+    nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+fn resolve_user(user: &str) -> Option<u32> {
+    nix::unistd::User::from_name(user)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+}
+
+impl RawCache {
+    fn build(self, ctx: &Ctx<'_>) -> Result<CacheConfig, ConfigError> {
+        let ttl = secs(ctx, "cache.ttl_secs", self.ttl_secs, 1, 7 * 24 * 3600)?;
+        let max_entries = NonZeroUsize::new(self.max_entries)
+            .filter(|n| n.get() <= 1_000_000)
+            .ok_or_else(|| ctx.invalid("cache.max_entries", "must be between 1 and 1000000"))?;
+        let refresh_ahead = secs(
+            ctx,
+            "cache.refresh_ahead_secs",
+            self.refresh_ahead_secs,
+            0,
+            7 * 24 * 3600,
+        )?;
+        let stale_if_error = secs(
+            ctx,
+            "cache.stale_if_error_secs",
+            self.stale_if_error_secs,
+            0,
+            7 * 24 * 3600,
+        )?;
+        let lock_memory = match self.lock_memory.as_str() {
+            "required" => LockPolicy::Required,
+            "best-effort" => LockPolicy::BestEffort,
+            other => {
+                return Err(ctx.invalid(
+                    "cache.lock_memory",
+                    format!("{other:?} is not \"required\" or \"best-effort\""),
+                ));
+            }
+        };
+        Ok(CacheConfig {
+            ttl,
+            max_entries,
+            refresh_ahead,
+            stale_if_error,
+            lock_memory,
+        })
+    }
+}
+
+fn build_source(
+    ctx: &Ctx<'_>,
+    key: &str,
+    raw: RawSource,
+    cache: &CacheConfig,
+) -> Result<SourceConfig, ConfigError> {
+    let (kind, ttl_secs, timeout_secs) = match raw {
+        RawSource::File(f) => {
+            let dir = resolve_relative(ctx.path, &f.dir);
+            let meta = std::fs::metadata(&dir).map_err(|e| {
+                ctx.invalid(format!("{key}.dir"), format!("{}: {e}", dir.display()))
+            })?;
+            if !meta.is_dir() {
+                return Err(ctx.invalid(
+                    format!("{key}.dir"),
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            let dir = dir.canonicalize().map_err(|e| {
+                ctx.invalid(format!("{key}.dir"), format!("{}: {e}", dir.display()))
+            })?;
+            (SourceKind::File { dir }, f.ttl_secs, f.fetch_timeout_secs)
+        }
+        RawSource::Env(e) => {
+            if !e
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(ctx.invalid(format!("{key}.prefix"), "must be letters, digits and '_'"));
+            }
+            (
+                SourceKind::Env { prefix: e.prefix },
+                e.ttl_secs,
+                e.fetch_timeout_secs,
+            )
+        }
+    };
+    let ttl = match ttl_secs {
+        Some(v) => secs(ctx, &format!("{key}.ttl_secs"), v, 1, 7 * 24 * 3600)?,
+        None => cache.ttl,
+    };
+    let fetch_timeout = match timeout_secs {
+        Some(v) => secs(ctx, &format!("{key}.fetch_timeout_secs"), v, 1, 600)?,
+        None => DEFAULT_FETCH_TIMEOUT,
+    };
+    Ok(SourceConfig {
+        kind,
+        ttl,
+        fetch_timeout,
+    })
+}
+
+/// Relative paths in a config file are relative to the file's directory; in the embedded demo
+/// config, to the working directory.
+fn resolve_relative(config_path: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    match config_path.parent() {
+        Some(parent) if config_path.exists() => parent.join(path),
+        _ => path.to_path_buf(),
+    }
+}
+
+impl RawAllow {
+    fn build(
+        self,
+        ctx: &Ctx<'_>,
+        index: usize,
+        sources: &BTreeMap<String, SourceConfig>,
+    ) -> Result<Rule, ConfigError> {
+        let key = format!("allow[{index}]");
+        let p = self.peer;
+        if p.uid.is_some() && p.user.is_some() {
+            return Err(ctx.invalid(format!("{key}.peer"), "give uid or user, not both"));
+        }
+        if p.gid.is_some() && p.group.is_some() {
+            return Err(ctx.invalid(format!("{key}.peer"), "give gid or group, not both"));
+        }
+        let uid = match (p.uid, p.user) {
+            (Some(uid), _) => Some(uid),
+            (None, Some(user)) => Some(resolve_user(&user).ok_or_else(|| {
+                ctx.invalid(
+                    format!("{key}.peer.user"),
+                    format!("no user named {user:?}"),
+                )
+            })?),
+            (None, None) => None,
+        };
+        let gid = match (p.gid, p.group) {
+            (Some(gid), _) => Some(gid),
+            (None, Some(group)) => Some(
+                nix::unistd::Group::from_name(&group)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+                    .ok_or_else(|| {
+                        ctx.invalid(
+                            format!("{key}.peer.group"),
+                            format!("no group named {group:?}"),
+                        )
+                    })?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(exe) = &p.exe
+            && !exe.is_absolute()
+        {
+            return Err(ctx.invalid(format!("{key}.peer.exe"), "must be an absolute path"));
+        }
+        if let Some(unit) = &p.unit
+            && (unit.is_empty() || unit.contains('/') || !unit.contains('.'))
+        {
+            return Err(ctx.invalid(
+                format!("{key}.peer.unit"),
+                "must be a unit name such as \"app.service\"",
+            ));
+        }
+        if self.secrets.is_empty() && !self.admin {
+            return Err(ctx.invalid(
+                format!("{key}.secrets"),
+                "a rule needs secrets, admin = true, or both",
+            ));
+        }
+        let mut secrets = Vec::with_capacity(self.secrets.len());
+        for (i, pattern) in self.secrets.iter().enumerate() {
+            let skey = format!("{key}.secrets[{i}]");
+            let glob = Glob::parse(pattern)
+                .map_err(|e| ctx.invalid(&skey, format!("{pattern:?}: {e}")))?;
+            // A literal source part must name a configured source: a typo would silently deny.
+            let source_part = pattern.split('/').next().unwrap_or_default();
+            if !source_part.contains(['*', '?']) {
+                if !pattern.contains('/') {
+                    return Err(ctx.invalid(
+                        &skey,
+                        format!("{pattern:?} must look like \"SOURCE/ID\" (globs allowed)"),
+                    ));
+                }
+                if !sources.contains_key(source_part) {
+                    return Err(ctx.invalid(&skey, format!("no source named {source_part:?}")));
+                }
+            }
+            secrets.push(glob);
+        }
+        Ok(Rule {
+            peer: PeerMatch {
+                uid,
+                gid,
+                exe: p.exe,
+                unit: p.unit,
+            },
+            secrets,
+            admin: self.admin,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(dir: &Path) -> String {
+        format!(
+            "[server]\nsocket = \"/tmp/x.sock\"\n\n[sources.files]\ntype = \"file\"\ndir = \"{}\"\n\n[[allow]]\npeer = {{ uid = 1000 }}\nsecrets = [\"files/*\"]\n",
+            dir.display()
+        )
+    }
+
+    fn check(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn minimal_config_builds_with_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = check(&base(dir.path())).unwrap();
+        assert_eq!(config.server.socket_mode, 0o660);
+        assert_eq!(config.cache.ttl, Duration::from_secs(3600));
+        assert_eq!(config.cache.lock_memory, LockPolicy::Required);
+        assert_eq!(config.rules.len(), 1);
+        assert_eq!(config.audit, AuditSink::Stderr);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = base(dir.path());
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "socket_mode = \"0660\"",
+                "socket_mode = \"0999\"",
+                "server.socket_mode",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "socket_mode = \"rw\"",
+                "server.socket_mode",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "socket_mode = \"01777\"",
+                "server.socket_mode",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "max_connections = 0",
+                "server.max_connections",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "socket_group = \"no-such-group-x\"",
+                "server.socket_group",
+            ),
+            ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
+            (
+                "secrets = [\"files/*\"]",
+                "secrets = [\"filez/*\"]",
+                "allow[0].secrets[0]",
+            ),
+            (
+                "secrets = [\"files/*\"]",
+                "secrets = [\"files/a b\"]",
+                "allow[0].secrets[0]",
+            ),
+            (
+                "secrets = [\"files/*\"]",
+                "secrets = []",
+                "allow[0].secrets",
+            ),
+            (
+                "uid = 1000",
+                "user = \"no-such-user-x\"",
+                "allow[0].peer.user",
+            ),
+            ("uid = 1000", "exe = \"relative/bin\"", "allow[0].peer.exe"),
+            ("uid = 1000", "uid = 1, user = \"root\"", "allow[0].peer"),
+        ];
+        for (from, to, key) in cases {
+            let text = if from.starts_with("socket_mode") && !ok.contains(from) {
+                ok.replace(
+                    "socket = \"/tmp/x.sock\"",
+                    &format!("socket = \"/tmp/x.sock\"\n{to}"),
+                )
+            } else {
+                ok.replacen(from, to, 1)
+            };
+            match check(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(&k, key, "{to}"),
+                other => panic!("{to}: expected Invalid at {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = base(dir.path());
+        let cases: &[(String, &str)] = &[
+            (ok.replace("[server]", "[server]\nsockett = 1"), "sockett"),
+            (
+                ok.replace("type = \"file\"", "type = \"file\"\ndirr = \"x\""),
+                "dirr",
+            ),
+            (ok.replace("type = \"file\"", "type = \"floppy\""), "floppy"),
+            (format!("{ok}\n[sources.files]\ntype = \"env\"\n"), "files"),
+            (format!("{ok}\n[bogus]\n"), "bogus"),
+        ];
+        for (text, needle) in cases {
+            match check(text) {
+                Err(ConfigError::Parse { message, .. }) => {
+                    assert!(message.contains(needle), "{needle}: {message}")
+                }
+                other => panic!("{needle}: expected Parse error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_dir_is_invalid() {
+        let text = base(Path::new("/nonexistent/credagent-test"));
+        assert!(
+            matches!(check(&text), Err(ConfigError::Invalid { key, .. }) if key == "sources.files.dir")
+        );
+    }
+
+    #[test]
+    fn modes_table() {
+        assert_eq!(parse_mode("0660"), Some(0o660));
+        assert_eq!(parse_mode("600"), Some(0o600));
+        assert_eq!(parse_mode("0o666"), Some(0o666));
+        assert_eq!(parse_mode("0777"), Some(0o777));
+        assert_eq!(parse_mode("1777"), None);
+        assert_eq!(parse_mode("08"), None);
+        assert_eq!(parse_mode(""), None);
+    }
+
+    #[test]
+    fn demo_config_builds_from_repo_root() {
+        // The unit tests run from the crate root, where examples/secrets lives.
+        let config = demo().unwrap();
+        assert!(config.sources.contains_key("files"));
+    }
+}

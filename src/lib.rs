@@ -1,0 +1,198 @@
+//! credagent: a per-host credential agent.
+//!
+//! # Architecture
+//! ```text
+//!  local process ──HTTP/1.1 over Unix socket──▶ server (accept loop, connection cap, drain)
+//!                                                 │ peer: SO_PEERCRED + pidfd-pinned /proc
+//!                                                 ▼
+//!                                  route ─▶ handler ─▶ acl::decide (pure, default deny)
+//!                                                 │           └─▶ audit line (never a value)
+//!                                                 ▼
+//!                                  cache (mlocked SecretBytes, TTL, single-flight,
+//!                                         refresh-ahead, stale-if-error, LRU)
+//!                                                 │ miss / refresh
+//!                                                 ▼
+//!                                  source::{file, env, …}   ◀── control file / flush API
+//! ```
+//! `run` wires these together; `main` only parses the command line and maps errors to exit
+//! codes.
+//!
+//! # Threat model
+//! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
+//!   identity from the kernel (uid/gid/pid at connect time; exe and systemd unit read from a
+//!   pidfd-pinned process, so a recycled pid cannot borrow another program's identity). Nothing a
+//!   caller sends is trusted: names are validated before any source is asked, the file source
+//!   cannot leave its directory, bodies and headers are size-capped, log lines a caller can
+//!   trigger are rate-limited.
+//! - **Secrets never reach disk.** Values live only in `secure_mem::SecretBytes`: mlocked (no
+//!   swap), `MADV_DONTDUMP`, zeroized on drop; the process is not dumpable and has
+//!   `RLIMIT_CORE=0`. Responses are written straight from that memory.
+//! - **Secrets never reach logs.** Error bodies carry fixed messages; source errors carry no
+//!   values; audit lines name secrets, never their contents; `Debug` of secret types prints only
+//!   a length.
+//! - **Out of scope:** root on the host (it can read process memory), and a caller that is
+//!   allowed a secret (it can do what it likes with it).
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod acl;
+pub mod audit;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod jsonval;
+pub mod metrics;
+pub mod name;
+pub mod peer;
+pub mod ratelimit;
+pub mod secure_mem;
+pub mod server;
+pub mod source;
+pub mod state;
+pub mod systemd;
+pub mod timefmt;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::state::{AppState, Runtime};
+
+/// Why the agent could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Secure memory could not be set up (e.g. mlock refused with `lock_memory = "required"`).
+    #[error(transparent)]
+    Memory(#[from] secure_mem::MemError),
+    /// The socket could not be set up.
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    /// A source could not be constructed (e.g. its credentials were refused).
+    #[error(transparent)]
+    Source(#[from] source::BuildError),
+    /// The audit sink could not be opened.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// Runs the agent on `config` until `shutdown` resolves, then drains and returns.
+///
+/// Start-up order: harden memory, open the audit sink, build sources, bind the socket (or take
+/// it from systemd), set its owner and mode, start the control watcher, tell systemd READY, serve.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    secure_mem::init(config.cache.lock_memory)?;
+    let metrics = Arc::new(Metrics::default());
+    let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
+    let sources = source::build_all(&config).await?;
+    let cache = Cache::new(config.cache, metrics.clone());
+    let listener = match systemd::take_listeners().into_iter().next() {
+        Some((name, listener)) => {
+            tracing::info!(name, "using socket passed by systemd");
+            server::Listener::inherited(listener).map_err(|source| {
+                server::ServerError::BindSocket {
+                    path: config.server.socket.clone(),
+                    source,
+                }
+            })?
+        }
+        None => server::bind(&config.server)?,
+    };
+    let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
+    if let Some(path) = &config.control {
+        control::spawn_watcher(path.clone(), cache.clone());
+    }
+    let server_config = config.server.clone();
+    let state = Arc::new(AppState::new(
+        Runtime {
+            rules: config.rules.clone(),
+            sources,
+            config,
+        },
+        cache,
+        metrics,
+        audit,
+    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(server::serve(
+        listener,
+        state.clone(),
+        server_config.clone(),
+        stop_rx,
+    ));
+    tracing::info!(socket = %server_config.socket.display(), "credagent ready");
+    systemd::notify("READY=1");
+    systemd::spawn_watchdog();
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = hangup.recv() => reload(&state).await,
+        }
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    systemd::notify("STOPPING=1");
+    state.begin_shutdown();
+    let _ = stop_tx.send(true);
+    if let Err(err) = server.await {
+        tracing::error!(error = %err, "server task failed");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: re-read the config; a bad config is refused and the running one kept.
+async fn reload(state: &AppState) {
+    systemd::notify_reloading();
+    let current = state.runtime();
+    let loaded = if current.config.path == std::path::Path::new(config::DEMO_PATH) {
+        config::demo()
+    } else {
+        config::load(&current.config.path)
+    };
+    let outcome = match loaded {
+        Err(err) => Err(err.to_string()),
+        Ok(new) => match source::build_all(&new).await {
+            Err(err) => Err(err.to_string()),
+            Ok(sources) => {
+                if new.server != current.config.server {
+                    tracing::warn!("[server] changes take effect at the next restart");
+                }
+                if new.control != current.config.control || new.audit != current.config.audit {
+                    tracing::warn!("[control] and [audit] changes take effect at the next restart");
+                }
+                secure_mem::set_policy(new.cache.lock_memory);
+                state.cache.set_settings(new.cache);
+                // Sources may now point elsewhere: never serve a value fetched under the old config.
+                let flushed = state.cache.flush(None);
+                state.replace_runtime(Runtime {
+                    rules: new.rules.clone(),
+                    sources,
+                    config: new,
+                });
+                Ok(flushed)
+            }
+        },
+    };
+    match outcome {
+        Ok(flushed) => tracing::info!(flushed, "configuration reloaded"),
+        Err(err) => {
+            tracing::error!(error = %err, "reload refused; keeping the running configuration")
+        }
+    }
+    systemd::notify("READY=1");
+}

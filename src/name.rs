@@ -1,0 +1,279 @@
+//! Secret names and the glob patterns that select them.
+//!
+//! A secret is addressed as `{source}/{id}`. This module validates both halves (before any source
+//! is asked) and matches glob patterns over the full name. It does no I/O and knows nothing of
+//! sources or peers.
+
+use std::fmt;
+
+/// Longest accepted id: an ARN with a long name fits well within it.
+pub const MAX_ID_LEN: usize = 2048;
+
+/// Why a name was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Empty source or id.
+    #[error("secret id is empty")]
+    Empty,
+    /// Longer than [`MAX_ID_LEN`].
+    #[error("secret id is longer than {MAX_ID_LEN} bytes")]
+    TooLong,
+    /// A character outside the allowed set.
+    #[error("secret id contains a character outside letters, digits and /_+=.@-:")]
+    BadChar,
+    /// A `.` or `..` segment, or an empty segment (`//`, leading or trailing `/`).
+    #[error("secret id contains an empty, '.' or '..' path segment")]
+    BadSegment,
+    /// A source name outside `[a-z0-9_-]`.
+    #[error("source name must be lower-case letters, digits, '-' or '_'")]
+    BadSource,
+}
+
+/// A validated secret name: source plus id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SecretName {
+    source: String,
+    id: String,
+}
+
+impl SecretName {
+    /// Validates a source name and an id (already percent-decoded).
+    pub fn new(source: &str, id: &str) -> Result<Self, NameError> {
+        validate_source_name(source)?;
+        validate_id(id)?;
+        Ok(SecretName {
+            source: source.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+
+    /// Parses `source/id` as given on the command line or in a control file.
+    pub fn parse(full: &str) -> Result<Self, NameError> {
+        let (source, id) = full.split_once('/').ok_or(NameError::Empty)?;
+        Self::new(source, id)
+    }
+
+    /// The source name.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The id within the source.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl fmt::Display for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.source, self.id)
+    }
+}
+
+/// Checks a source name: `[a-z0-9_-]+`, at most 64 bytes.
+pub fn validate_source_name(source: &str) -> Result<(), NameError> {
+    if source.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if source.len() > 64
+        || !source
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(NameError::BadSource);
+    }
+    Ok(())
+}
+
+/// Checks an id against Secrets Manager's character rules plus `:` (ARNs), and rejects path
+/// segments that could walk out of a directory.
+pub fn validate_id(id: &str) -> Result<(), NameError> {
+    if id.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(NameError::TooLong);
+    }
+    if !id.bytes().all(is_id_byte) {
+        return Err(NameError::BadChar);
+    }
+    // SECURITY: no traversal, and no ambiguous spellings of one name ("a//b", "a/./b", "a/").
+    if id
+        .split('/')
+        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(NameError::BadSegment);
+    }
+    Ok(())
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'+' | b'=' | b'.' | b'@' | b'-' | b':')
+}
+
+/// A glob over full secret names: `*` matches any run of characters (slashes included), `?` one
+/// character; everything else matches itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+/// Why a pattern was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobError {
+    /// Empty pattern.
+    #[error("pattern is empty")]
+    Empty,
+    /// Characters that can never match a secret name.
+    #[error("pattern contains a character that no secret name has")]
+    BadChar,
+}
+
+impl Glob {
+    /// Parses a pattern such as `files/app/*`.
+    pub fn parse(pattern: &str) -> Result<Self, GlobError> {
+        if pattern.is_empty() {
+            return Err(GlobError::Empty);
+        }
+        if !pattern
+            .bytes()
+            .all(|b| is_id_byte(b) || b == b'*' || b == b'?')
+        {
+            return Err(GlobError::BadChar);
+        }
+        Ok(Glob(pattern.to_owned()))
+    }
+
+    /// The pattern text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `name` (as `source/id`) matches.
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(self.0.as_bytes(), name.as_bytes())
+    }
+
+    /// Whether `source` and `id` joined by `/` match, without allocating.
+    pub fn matches_parts(&self, source: &str, id: &str) -> bool {
+        let p = self.0.as_bytes();
+        // Fast path for the common pattern shapes is not needed: names are short.
+        let mut joined = Vec::with_capacity(source.len() + 1 + id.len());
+        joined.extend_from_slice(source.as_bytes());
+        joined.push(b'/');
+        joined.extend_from_slice(id.as_bytes());
+        glob_match(p, &joined)
+    }
+}
+
+/// Iterative wildcard match with single-star backtracking: O(len(p) * len(s)) worst case.
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_table() {
+        let cases: &[(&str, Result<(), NameError>)] = &[
+            ("demo-password", Ok(())),
+            ("app/db/password", Ok(())),
+            (
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/db-AbCdEf",
+                Ok(()),
+            ),
+            ("a+b=c.d@e_f", Ok(())),
+            ("", Err(NameError::Empty)),
+            ("../etc/passwd", Err(NameError::BadSegment)),
+            ("a/../b", Err(NameError::BadSegment)),
+            ("a/./b", Err(NameError::BadSegment)),
+            ("a//b", Err(NameError::BadSegment)),
+            ("/abs", Err(NameError::BadSegment)),
+            ("trailing/", Err(NameError::BadSegment)),
+            ("..", Err(NameError::BadSegment)),
+            ("nul\0byte", Err(NameError::BadChar)),
+            ("space here", Err(NameError::BadChar)),
+            ("percent%2F", Err(NameError::BadChar)),
+            ("back\\slash", Err(NameError::BadChar)),
+            ("ünicode", Err(NameError::BadChar)),
+        ];
+        for (id, want) in cases {
+            assert_eq!(&validate_id(id), want, "id {id:?}");
+        }
+        assert!(matches!(
+            validate_id(&"a".repeat(MAX_ID_LEN + 1)),
+            Err(NameError::TooLong)
+        ));
+    }
+
+    #[test]
+    fn source_names_table() {
+        assert!(validate_source_name("files").is_ok());
+        assert!(validate_source_name("aws-prod_2").is_ok());
+        assert!(matches!(
+            validate_source_name("Files"),
+            Err(NameError::BadSource)
+        ));
+        assert!(matches!(
+            validate_source_name("a/b"),
+            Err(NameError::BadSource)
+        ));
+        assert!(matches!(validate_source_name(""), Err(NameError::Empty)));
+    }
+
+    #[test]
+    fn glob_table() {
+        let cases = [
+            ("files/app/*", "files/app/db", true),
+            ("files/app/*", "files/app/db/nested", true),
+            ("files/app/*", "files/application", false),
+            ("files/shared-token", "files/shared-token", true),
+            ("files/shared-token", "files/shared-token2", false),
+            ("*", "anything/at/all", true),
+            ("files/?b", "files/ab", true),
+            ("files/?b", "files/abb", false),
+            ("*/db", "aws/db", true),
+            ("*/db", "aws/db/x", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+        ];
+        for (pattern, name, want) in cases {
+            let glob = Glob::parse(pattern).unwrap();
+            assert_eq!(glob.matches(name), want, "{pattern} ~ {name}");
+            let (s, i) = name.split_once('/').unwrap_or((name, ""));
+            if !i.is_empty() {
+                assert_eq!(glob.matches_parts(s, i), want, "{pattern} ~ parts {name}");
+            }
+        }
+        assert!(matches!(Glob::parse(""), Err(GlobError::Empty)));
+        assert!(matches!(Glob::parse("a b"), Err(GlobError::BadChar)));
+    }
+
+    #[test]
+    fn pathological_glob_is_fast() {
+        let glob = Glob::parse(&"*a".repeat(50)).unwrap();
+        assert!(!glob.matches(&"a".repeat(49)));
+    }
+}

@@ -1,0 +1,200 @@
+//! API errors: each variant has one status and one stable code; clients get a fixed message in
+//! a JSON body. The causes (source error chains) go to the log with the request id, never here.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode, header};
+
+use crate::name::NameError;
+use crate::source::SourceError;
+
+/// Everything a request can fail with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Malformed request (bad escape, non-UTF-8 path, bad JSON body…).
+    BadRequest(&'static str),
+    /// The secret name failed validation.
+    InvalidName(NameError),
+    /// A query parameter the endpoint does not know, or one given twice.
+    BadParameter(&'static str),
+    /// A version selector the source does not support.
+    BadSelector(&'static str),
+    /// `?field=` on a value that is not a JSON object.
+    NotJson,
+    /// No rule admits this peer.
+    Forbidden,
+    /// No such secret (or version) at the source, or no such source.
+    NotFound,
+    /// The JSON value has no such field.
+    FieldNotFound,
+    /// No such endpoint.
+    NoRoute,
+    /// Endpoint exists, method does not.
+    MethodNotAllowed,
+    /// Request body too large.
+    PayloadTooLarge,
+    /// The agent is draining.
+    ShuttingDown,
+    /// The backend refused the agent's identity.
+    UpstreamDenied,
+    /// The backend failed or could not be reached.
+    UpstreamUnavailable,
+    /// The backend did not answer in time.
+    UpstreamTimeout,
+    /// The backend answered with something unusable.
+    UpstreamBadReply,
+    /// Secure memory could not hold the value.
+    MemoryUnavailable,
+}
+
+impl ApiError {
+    /// The HTTP status. Exhaustive on purpose: a new variant needs a status to compile.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::InvalidName(_)
+            | ApiError::BadParameter(_)
+            | ApiError::BadSelector(_)
+            | ApiError::NotJson => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound | ApiError::FieldNotFound | ApiError::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ShuttingDown | ApiError::MemoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::UpstreamDenied
+            | ApiError::UpstreamUnavailable
+            | ApiError::UpstreamBadReply => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidName(_) => "invalid_name",
+            ApiError::BadParameter(_) => "bad_parameter",
+            ApiError::BadSelector(_) => "bad_selector",
+            ApiError::NotJson => "bad_field",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::FieldNotFound => "field_not_found",
+            ApiError::NoRoute => "no_route",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::UpstreamDenied => "upstream_denied",
+            ApiError::UpstreamUnavailable | ApiError::UpstreamTimeout => "upstream_unavailable",
+            ApiError::UpstreamBadReply => "upstream_bad_reply",
+            ApiError::MemoryUnavailable => "memory_unavailable",
+        }
+    }
+
+    /// The fixed human-readable message (never a value, never an internal error chain).
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(why) => format!("bad request: {why}"),
+            ApiError::InvalidName(e) => format!("invalid secret name: {e}"),
+            ApiError::BadParameter(why) => format!("bad query parameter: {why}"),
+            ApiError::BadSelector(why) => format!("unsupported version selector: {why}"),
+            ApiError::NotJson => {
+                "the secret is not a JSON object, so ?field= cannot apply".to_owned()
+            }
+            ApiError::Forbidden => "this peer is not allowed to read that secret".to_owned(),
+            ApiError::NotFound => "no such secret".to_owned(),
+            ApiError::FieldNotFound => "the secret has no such field".to_owned(),
+            ApiError::NoRoute => "no such endpoint".to_owned(),
+            ApiError::MethodNotAllowed => "method not allowed on this endpoint".to_owned(),
+            ApiError::PayloadTooLarge => "request body too large".to_owned(),
+            ApiError::ShuttingDown => "the agent is shutting down".to_owned(),
+            ApiError::UpstreamDenied => "the secret backend denied the agent's request".to_owned(),
+            ApiError::UpstreamUnavailable => "the secret backend is unavailable".to_owned(),
+            ApiError::UpstreamTimeout => "the secret backend did not answer in time".to_owned(),
+            ApiError::UpstreamBadReply => "the secret backend's reply was unusable".to_owned(),
+            ApiError::MemoryUnavailable => "no secure memory left to hold the secret".to_owned(),
+        }
+    }
+
+    /// The JSON error response.
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.message() }
+        });
+        let mut builder = Response::builder()
+            .status(self.status())
+            .header(header::CONTENT_TYPE, "application/json");
+        if matches!(self, ApiError::MethodNotAllowed) {
+            builder = builder.header(header::ALLOW, "GET, POST");
+        }
+        builder
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    }
+}
+
+impl From<&SourceError> for ApiError {
+    fn from(err: &SourceError) -> Self {
+        match err {
+            SourceError::NotFound => ApiError::NotFound,
+            SourceError::Denied { .. } => ApiError::UpstreamDenied,
+            SourceError::Unavailable { .. } => ApiError::UpstreamUnavailable,
+            SourceError::Timeout(_) => ApiError::UpstreamTimeout,
+            SourceError::BadReply { .. } => ApiError::UpstreamBadReply,
+            SourceError::Invalid(_) => ApiError::BadRequest("the id is not valid for this source"),
+            SourceError::Memory(_) => ApiError::MemoryUnavailable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_code_table() {
+        let cases = [
+            (ApiError::BadRequest("x"), 400, "bad_request"),
+            (
+                ApiError::InvalidName(NameError::BadSegment),
+                400,
+                "invalid_name",
+            ),
+            (ApiError::BadParameter("x"), 400, "bad_parameter"),
+            (ApiError::BadSelector("x"), 400, "bad_selector"),
+            (ApiError::NotJson, 400, "bad_field"),
+            (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::FieldNotFound, 404, "field_not_found"),
+            (ApiError::NoRoute, 404, "no_route"),
+            (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
+            (ApiError::PayloadTooLarge, 413, "payload_too_large"),
+            (ApiError::ShuttingDown, 503, "shutting_down"),
+            (ApiError::MemoryUnavailable, 503, "memory_unavailable"),
+            (ApiError::UpstreamDenied, 502, "upstream_denied"),
+            (ApiError::UpstreamUnavailable, 502, "upstream_unavailable"),
+            (ApiError::UpstreamTimeout, 504, "upstream_unavailable"),
+            (ApiError::UpstreamBadReply, 502, "upstream_bad_reply"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.code(), code, "{err:?}");
+        }
+    }
+
+    #[test]
+    fn source_errors_map_without_detail() {
+        let err = SourceError::Denied {
+            detail: "User arn:aws:iam::1:user/x is not authorized".into(),
+        };
+        let api = ApiError::from(&err);
+        assert_eq!(api, ApiError::UpstreamDenied);
+        assert!(!api.message().contains("arn:"));
+        assert_eq!(ApiError::from(&SourceError::NotFound), ApiError::NotFound);
+        assert_eq!(
+            ApiError::from(&SourceError::Timeout(std::time::Duration::from_secs(1))).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+    }
+}

@@ -1,0 +1,306 @@
+//! One async function per route. Handlers check access, ask the cache, render the response and
+//! write the audit line; they never log a value or put an internal error chain in a body.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+
+use super::error::ApiError;
+use super::route::{Format, Route, parse_flush_body};
+use crate::acl;
+use crate::audit::AuditEvent;
+use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
+use crate::name::SecretName;
+use crate::peer::PeerIdentity;
+use crate::secure_mem::{SecretBuf, SecretBytes, locked_bytes, mapped_bytes};
+use crate::source::{Secret, SecretRequest, Selector, SourceError};
+use crate::state::AppState;
+use crate::timefmt::rfc3339;
+
+/// Largest accepted request body (only `POST /v1/cache/flush` has one).
+const MAX_BODY: usize = 64 * 1024;
+
+type Resp = Response<Full<Bytes>>;
+
+/// Serves one request from `peer`.
+pub async fn handle(state: &AppState, peer: &PeerIdentity, req: Request<Incoming>) -> Resp {
+    let request_id = state.next_request_id();
+    let response = match Route::parse(req.method(), req.uri(), req.headers()) {
+        Err(err) => {
+            if state.log_limit.check().is_some() {
+                tracing::info!(request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), "rejected request");
+            }
+            err.response()
+        }
+        Ok(Route::Health) => json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
+        Ok(_) if state.shutting_down() => ApiError::ShuttingDown.response(),
+        Ok(Route::Secret {
+            name,
+            selector,
+            field,
+            format,
+        }) => read_secret(state, peer, &request_id, name, selector, field, format).await,
+        Ok(Route::Flush) => flush(state, peer, &request_id, req).await,
+        Ok(Route::Metrics) => metrics(state, peer, &request_id, req.method()),
+    };
+    state.metrics.count_request(response.status().as_u16());
+    response
+}
+
+async fn read_secret(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request_id: &str,
+    name: SecretName,
+    selector: Selector,
+    field: Option<String>,
+    format: Format,
+) -> Resp {
+    let runtime = state.runtime();
+    let mut event = AuditEvent::new(request_id, "read", peer);
+    event.secret = Some(name.to_string());
+    let decision = acl::decide(&runtime.rules, peer, name.source(), name.id());
+    let result = if decision.allowed() {
+        event.decision = "allow";
+        fetch_and_render(
+            state, &runtime, request_id, name, selector, field, format, &mut event,
+        )
+        .await
+    } else {
+        Err(ApiError::Forbidden)
+    };
+    let response = result.unwrap_or_else(|err| err.response());
+    event.status = response.status().as_u16();
+    state.audit.record(event);
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn fetch_and_render(
+    state: &AppState,
+    runtime: &crate::state::Runtime,
+    request_id: &str,
+    name: SecretName,
+    selector: Selector,
+    field: Option<String>,
+    format: Format,
+    event: &mut AuditEvent,
+) -> Result<Resp, ApiError> {
+    let entry = runtime
+        .sources
+        .get(name.source())
+        .ok_or(ApiError::NotFound)?
+        .clone();
+    entry
+        .source
+        .check_selector(&selector)
+        .map_err(ApiError::BadSelector)?;
+    let request = SecretRequest { name, selector };
+    let source_metrics = state.metrics.source(request.name.source());
+    let fetch_request = request.clone();
+    let ttl = entry.ttl;
+    let fetch = move |previous: Option<Arc<Secret>>| async move {
+        source_metrics
+            .fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let result = match tokio::time::timeout(
+            entry.fetch_timeout,
+            entry.source.fetch(&fetch_request, previous.as_deref()),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(SourceError::Timeout(entry.fetch_timeout)),
+        };
+        source_metrics.observe(started.elapsed(), result.is_ok());
+        match &result {
+            // The detail never holds a value (SourceError's contract).
+            Err(SourceError::NotFound) => {
+                tracing::debug!(secret = %fetch_request.name, "fetch: no such secret")
+            }
+            Err(err) => tracing::warn!(secret = %fetch_request.name, error = %err, "fetch failed"),
+            Ok(_) => tracing::debug!(secret = %fetch_request.name, "fetched"),
+        }
+        result
+    };
+    let (result, served) = state.cache.get(&request, ttl, fetch).await;
+    event.cache = Some(served.as_str());
+    let secret = result.map_err(|err| {
+        if state.log_limit.check().is_some() {
+            tracing::debug!(request_id, secret = %request.name, error = %err, "request failed");
+        }
+        ApiError::from(&err)
+    })?;
+    render(&request.name, secret, field.as_deref(), format)
+}
+
+/// Lets `Bytes` borrow a cached secret without copying it out of secure memory.
+struct CachedBody(Arc<Secret>);
+
+impl AsRef<[u8]> for CachedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value.as_slice()
+    }
+}
+
+fn render(
+    name: &SecretName,
+    secret: Arc<Secret>,
+    field: Option<&str>,
+    format: Format,
+) -> Result<Resp, ApiError> {
+    let value: Bytes = match field {
+        None => Bytes::from_owner(CachedBody(secret.clone())),
+        Some(field) => match extract_field(secret.value.as_slice(), field) {
+            Ok(bytes) => Bytes::from_owner(bytes),
+            Err(FieldError::Missing) => return Err(ApiError::FieldNotFound),
+            Err(FieldError::NotObject) => return Err(ApiError::NotJson),
+            Err(FieldError::Memory(_)) => return Err(ApiError::MemoryUnavailable),
+        },
+    };
+    match format {
+        Format::Raw => {
+            let content_type = if std::str::from_utf8(&value).is_ok() {
+                "text/plain; charset=utf-8"
+            } else {
+                "application/octet-stream"
+            };
+            Ok(secret_response(content_type, value))
+        }
+        Format::Json => {
+            let body =
+                render_json(name, &secret, &value).map_err(|_| ApiError::MemoryUnavailable)?;
+            Ok(secret_response("application/json", Bytes::from_owner(body)))
+        }
+    }
+}
+
+/// `{"name","source","value","version","fetched_at"}` built in secure memory; a value that is
+/// not UTF-8 is base64 with `"encoding":"base64"`.
+fn render_json(
+    name: &SecretName,
+    secret: &Secret,
+    value: &[u8],
+) -> Result<SecretBytes, crate::secure_mem::MemError> {
+    let mut out = SecretBuf::with_capacity(value.len() + 160)?;
+    out.extend_from_slice(b"{\"name\":")?;
+    push_json_string(&mut out, name.id())?;
+    out.extend_from_slice(b",\"source\":")?;
+    push_json_string(&mut out, name.source())?;
+    out.extend_from_slice(b",\"value\":")?;
+    match std::str::from_utf8(value) {
+        Ok(text) => push_json_string(&mut out, text)?,
+        Err(_) => {
+            out.extend_from_slice(b"\"")?;
+            push_base64(&mut out, value)?;
+            out.extend_from_slice(b"\",\"encoding\":\"base64\"")?;
+        }
+    }
+    out.extend_from_slice(b",\"version\":")?;
+    match &secret.version {
+        Some(v) => push_json_string(&mut out, v)?,
+        None => out.extend_from_slice(b"null")?,
+    }
+    out.extend_from_slice(b",\"fetched_at\":")?;
+    push_json_string(&mut out, &rfc3339(secret.fetched_at))?;
+    out.extend_from_slice(b"}")?;
+    out.finish()
+}
+
+fn secret_response(content_type: &'static str, body: Bytes) -> Resp {
+    let mut response = Response::new(Full::new(body));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    // SECURITY: no intermediary or client-side cache should keep a copy.
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+fn json_response(status: StatusCode, body: String) -> Resp {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+async fn flush(
+    state: &AppState,
+    peer: &PeerIdentity,
+    request_id: &str,
+    req: Request<Incoming>,
+) -> Resp {
+    let runtime = state.runtime();
+    let mut event = AuditEvent::new(request_id, "flush", peer);
+    let response = if acl::decide_admin(&runtime.rules, peer).allowed() {
+        event.decision = "allow";
+        match read_body(req)
+            .await
+            .and_then(|body| parse_flush_body(&body))
+        {
+            Ok(pattern) => {
+                event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).to_owned());
+                let flushed = state.cache.flush(pattern.as_ref());
+                tracing::info!(request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
+                json_response(StatusCode::OK, format!("{{\"flushed\":{flushed}}}"))
+            }
+            Err(err) => err.response(),
+        }
+    } else {
+        ApiError::Forbidden.response()
+    };
+    event.status = response.status().as_u16();
+    state.audit.record(event);
+    response
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
+        Err(_) => Err(ApiError::BadRequest("could not read the request body")),
+    }
+}
+
+fn metrics(state: &AppState, peer: &PeerIdentity, request_id: &str, _method: &Method) -> Resp {
+    let runtime = state.runtime();
+    let mut event = AuditEvent::new(request_id, "metrics", peer);
+    let response = if acl::decide_admin(&runtime.rules, peer).allowed() {
+        event.decision = "allow";
+        let text = state
+            .metrics
+            .render(state.cache.len(), locked_bytes(), mapped_bytes());
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    } else {
+        ApiError::Forbidden.response()
+    };
+    event.status = response.status().as_u16();
+    state.audit.record(event);
+    response
+}

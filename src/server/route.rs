@@ -1,0 +1,380 @@
+//! Request routing: one `(method, path)` match from a request head to a [`Route`]. Pure: no I/O,
+//! no body, and nothing here logs. Percent-escapes are decoded and names validated here, so a
+//! handler only ever sees a well-formed [`SecretName`].
+
+use hyper::{Method, header};
+
+use super::error::ApiError;
+use crate::name::{Glob, SecretName};
+use crate::source::Selector;
+
+/// Representation of a secret response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The raw value bytes.
+    Raw,
+    /// `{"name","source","value","version","fetched_at"}`.
+    Json,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /v1/health`.
+    Health,
+    /// `GET /v1/secrets/{source}/{id}`.
+    Secret {
+        /// Validated name.
+        name: SecretName,
+        /// Version selectors.
+        selector: Selector,
+        /// `?field=`.
+        field: Option<String>,
+        /// Response format.
+        format: Format,
+    },
+    /// `POST /v1/cache/flush`.
+    Flush,
+    /// `GET /v1/metrics`.
+    Metrics,
+}
+
+impl Route {
+    /// Maps a request head to a route.
+    pub fn parse(
+        method: &Method,
+        uri: &hyper::Uri,
+        headers: &hyper::HeaderMap,
+    ) -> Result<Route, ApiError> {
+        let path = uri.path();
+        let query = uri.query();
+        if let Some(rest) = path.strip_prefix("/v1/secrets/") {
+            if method != Method::GET && method != Method::HEAD {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            return parse_secret(rest, query, headers);
+        }
+        let route = match path {
+            "/v1/health" => Route::Health,
+            "/v1/cache/flush" => Route::Flush,
+            "/v1/metrics" => Route::Metrics,
+            _ => return Err(ApiError::NoRoute),
+        };
+        let method_ok = match route {
+            Route::Flush => method == Method::POST,
+            _ => method == Method::GET || method == Method::HEAD,
+        };
+        if !method_ok {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        if query.is_some_and(|q| !q.is_empty()) {
+            return Err(ApiError::BadParameter(
+                "this endpoint takes no query parameters",
+            ));
+        }
+        Ok(route)
+    }
+}
+
+fn parse_secret(
+    rest: &str,
+    query: Option<&str>,
+    headers: &hyper::HeaderMap,
+) -> Result<Route, ApiError> {
+    let decoded = percent_decode(rest)?;
+    let (source, id) = decoded
+        .split_once('/')
+        .ok_or(ApiError::InvalidName(crate::name::NameError::Empty))?;
+    let name = SecretName::new(source, id).map_err(ApiError::InvalidName)?;
+    let mut selector = Selector::default();
+    let mut field = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key)?;
+        let value = percent_decode(value)?;
+        if value.is_empty() {
+            return Err(ApiError::BadParameter("empty value"));
+        }
+        let dup = match key.as_str() {
+            "field" => field.replace(value).is_some(),
+            "version_id" => selector.version_id.replace(value).is_some(),
+            "version_stage" => selector.version_stage.replace(value).is_some(),
+            "version" => {
+                let n = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or(ApiError::BadParameter("version must be a positive integer"))?;
+                selector.version.replace(n).is_some()
+            }
+            _ => return Err(ApiError::BadParameter("unknown parameter")),
+        };
+        if dup {
+            return Err(ApiError::BadParameter("parameter given twice"));
+        }
+    }
+    for value in [&selector.version_id, &selector.version_stage, &field]
+        .into_iter()
+        .flatten()
+    {
+        if value.len() > 256 || value.chars().any(char::is_control) {
+            return Err(ApiError::BadParameter(
+                "value too long or has control characters",
+            ));
+        }
+    }
+    let format = if accepts_json(headers) {
+        Format::Json
+    } else {
+        Format::Raw
+    };
+    Ok(Route::Secret {
+        name,
+        selector,
+        field,
+        format,
+    })
+}
+
+fn accepts_json(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        })
+}
+
+/// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are errors.
+pub fn percent_decode(text: &str) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(ApiError::BadRequest("invalid percent-escape"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::BadRequest("path is not UTF-8 after decoding"))
+}
+
+/// The body of `POST /v1/cache/flush`: empty, or `{"pattern":"…"}`.
+pub fn parse_flush_body(body: &[u8]) -> Result<Option<Glob>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FlushBody {
+        pattern: Option<String>,
+    }
+    let parsed: FlushBody = serde_json::from_slice(body)
+        .map_err(|_| ApiError::BadRequest("body must be {\"pattern\":\"…\"} or empty"))?;
+    parsed
+        .pattern
+        .map(|p| Glob::parse(&p).map_err(|_| ApiError::BadRequest("invalid pattern")))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::NameError;
+
+    fn route(method: Method, uri: &str) -> Result<Route, ApiError> {
+        route_h(method, uri, &[])
+    }
+
+    fn route_h(method: Method, uri: &str, headers: &[(&str, &str)]) -> Result<Route, ApiError> {
+        let uri: hyper::Uri = uri.parse().unwrap();
+        let mut map = hyper::HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        Route::parse(&method, &uri, &map)
+    }
+
+    fn secret(source: &str, id: &str) -> Route {
+        Route::Secret {
+            name: SecretName::new(source, id).unwrap(),
+            selector: Selector::default(),
+            field: None,
+            format: Format::Raw,
+        }
+    }
+
+    #[test]
+    fn route_table() {
+        let cases: Vec<(Method, &str, Result<Route, ApiError>)> = vec![
+            (Method::GET, "/v1/health", Ok(Route::Health)),
+            (Method::POST, "/v1/health", Err(ApiError::MethodNotAllowed)),
+            (
+                Method::GET,
+                "/v1/health?x=1",
+                Err(ApiError::BadParameter(
+                    "this endpoint takes no query parameters",
+                )),
+            ),
+            (Method::GET, "/v1/metrics", Ok(Route::Metrics)),
+            (Method::POST, "/v1/cache/flush", Ok(Route::Flush)),
+            (
+                Method::GET,
+                "/v1/cache/flush",
+                Err(ApiError::MethodNotAllowed),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/demo-password",
+                Ok(secret("files", "demo-password")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/app/db",
+                Ok(secret("files", "app/db")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/app%2Fdb",
+                Ok(secret("files", "app/db")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/aws/arn:aws:secretsmanager:eu-west-1:1:secret:x",
+                Ok(secret("aws", "arn:aws:secretsmanager:eu-west-1:1:secret:x")),
+            ),
+            (
+                Method::DELETE,
+                "/v1/secrets/files/x",
+                Err(ApiError::MethodNotAllowed),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/../etc/passwd",
+                Err(ApiError::InvalidName(NameError::BadSegment)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/%2E%2E/etc",
+                Err(ApiError::InvalidName(NameError::BadSegment)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/a%00b",
+                Err(ApiError::InvalidName(NameError::BadChar)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/a%zz",
+                Err(ApiError::BadRequest("invalid percent-escape")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/a%2",
+                Err(ApiError::BadRequest("invalid percent-escape")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/a%ff",
+                Err(ApiError::BadRequest("path is not UTF-8 after decoding")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files",
+                Err(ApiError::InvalidName(NameError::Empty)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/",
+                Err(ApiError::InvalidName(NameError::Empty)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/Files/x",
+                Err(ApiError::InvalidName(NameError::BadSource)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?bogus=1",
+                Err(ApiError::BadParameter("unknown parameter")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?field=a&field=b",
+                Err(ApiError::BadParameter("parameter given twice")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?field=",
+                Err(ApiError::BadParameter("empty value")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?version=0",
+                Err(ApiError::BadParameter("version must be a positive integer")),
+            ),
+            (Method::GET, "/v1/nope", Err(ApiError::NoRoute)),
+            (Method::GET, "/", Err(ApiError::NoRoute)),
+        ];
+        for (method, uri, want) in cases {
+            assert_eq!(route(method.clone(), uri), want, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn query_and_accept() {
+        let got = route_h(
+            Method::GET,
+            "/v1/secrets/aws/db?field=pass%20word&version_stage=AWSPREVIOUS",
+            &[("accept", "text/html, application/json;q=0.9")],
+        )
+        .unwrap();
+        let Route::Secret {
+            field,
+            selector,
+            format,
+            ..
+        } = got
+        else {
+            panic!("not a secret route: {got:?}");
+        };
+        assert_eq!(field.as_deref(), Some("pass word"));
+        assert_eq!(selector.version_stage.as_deref(), Some("AWSPREVIOUS"));
+        assert_eq!(format, Format::Json);
+    }
+
+    #[test]
+    fn flush_body_table() {
+        assert_eq!(parse_flush_body(b"").unwrap(), None);
+        assert_eq!(parse_flush_body(b"{}").unwrap(), None);
+        assert_eq!(
+            parse_flush_body(br#"{"pattern":"files/*"}"#)
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "files/*"
+        );
+        assert!(parse_flush_body(b"nope").is_err());
+        assert!(parse_flush_body(br#"{"pattern":"a b"}"#).is_err());
+        assert!(parse_flush_body(br#"{"other":1}"#).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Secret sources behind one interface.
+//!
+//! A source turns a validated [`SecretRequest`] into a [`Secret`] held in secure memory, or a
+//! [`SourceError`] that says what kind of failure it was (so the server can pick a status and the
+//! cache can decide whether stale-if-error applies). Sources never cache and never check access:
+//! the cache and the ACL do. Dispatch is a plain enum, one variant per kind, one file per kind.
+
+pub mod env;
+pub mod file;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::name::SecretName;
+use crate::secure_mem::{MemError, SecretBytes};
+
+/// Version selectors a request may carry. Which ones a source accepts is its own business.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Selector {
+    /// AWS `VersionId`.
+    pub version_id: Option<String>,
+    /// AWS `VersionStage` (`AWSCURRENT`, `AWSPREVIOUS`, custom).
+    pub version_stage: Option<String>,
+    /// Vault KV v2 version number.
+    pub version: Option<u64>,
+}
+
+impl Selector {
+    /// Whether no selector is set.
+    pub fn is_empty(&self) -> bool {
+        self.version_id.is_none() && self.version_stage.is_none() && self.version.is_none()
+    }
+}
+
+/// What to fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretRequest {
+    /// `source/id`.
+    pub name: SecretName,
+    /// Version selectors.
+    pub selector: Selector,
+}
+
+/// A fetched secret.
+#[derive(Debug)]
+pub struct Secret {
+    /// The value, in locked memory.
+    pub value: SecretBytes,
+    /// The backend's version label, when it has one.
+    pub version: Option<String>,
+    /// When it was fetched from the backend.
+    pub fetched_at: SystemTime,
+}
+
+/// The outcome of a fetch that may reuse a previously fetched value.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A new value.
+    New(Secret),
+    /// The backend confirmed the previous value is still current (rotation check).
+    Unchanged,
+}
+
+/// Why a fetch failed. Details are for logs; they never contain secret material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// The backend has no such secret (or version).
+    #[error("no such secret")]
+    NotFound,
+    /// The backend refused the agent's own identity.
+    #[error("the backend denied access: {detail}")]
+    Denied {
+        /// Backend's reason, without values.
+        detail: String,
+    },
+    /// The backend could not be reached, throttled, or failed (transient).
+    #[error("the backend is unavailable: {detail}")]
+    Unavailable {
+        /// What failed.
+        detail: String,
+    },
+    /// The backend did not answer in time (transient).
+    #[error("the backend did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The backend answered with something the agent cannot use.
+    #[error("the backend's reply is unusable: {detail}")]
+    BadReply {
+        /// What was wrong.
+        detail: String,
+    },
+    /// The request is not valid for this source (checked before any call).
+    #[error("invalid request for this source: {0}")]
+    Invalid(String),
+    /// Secure memory could not hold the value.
+    #[error("secure memory: {0}")]
+    Memory(String),
+}
+
+impl SourceError {
+    /// Transient failures: stale-if-error may serve the previous value.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Unavailable { .. } | SourceError::Timeout(_)
+        )
+    }
+}
+
+impl From<MemError> for SourceError {
+    fn from(err: MemError) -> Self {
+        SourceError::Memory(err.to_string())
+    }
+}
+
+/// One configured source of any kind.
+#[derive(Debug)]
+pub enum Source {
+    /// Files under a directory.
+    File(file::FileSource),
+    /// Environment variables of the agent.
+    Env(env::EnvSource),
+}
+
+impl Source {
+    /// The kind name, as in the config's `type`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Source::File(_) => "file",
+            Source::Env(_) => "env",
+        }
+    }
+
+    /// Rejects selectors this source does not understand, before any fetch.
+    pub fn check_selector(&self, selector: &Selector) -> Result<(), &'static str> {
+        match self {
+            Source::File(_) | Source::Env(_) => {
+                if selector.is_empty() {
+                    Ok(())
+                } else {
+                    Err("this source has no versions")
+                }
+            }
+        }
+    }
+
+    /// Fetches `request`; `previous` is the cached value being refreshed, if any.
+    pub async fn fetch(
+        &self,
+        request: &SecretRequest,
+        previous: Option<&Secret>,
+    ) -> Result<Fetched, SourceError> {
+        let _ = previous;
+        match self {
+            Source::File(s) => s.fetch(request.name.id()).await.map(Fetched::New),
+            Source::Env(s) => s.fetch(request.name.id()).map(Fetched::New),
+        }
+    }
+}
+
+/// A source with the settings the cache and server apply to it.
+#[derive(Debug)]
+pub struct SourceEntry {
+    /// The source.
+    pub source: Source,
+    /// Cache TTL for its secrets.
+    pub ttl: Duration,
+    /// Upper bound on one fetch.
+    pub fetch_timeout: Duration,
+}
+
+/// All configured sources by name.
+pub type Sources = BTreeMap<String, Arc<SourceEntry>>;
+
+/// Failure to construct a source at start or reload.
+#[derive(Debug, thiserror::Error)]
+#[error("source {name:?}: {reason}")]
+pub struct BuildError {
+    /// Source name.
+    pub name: String,
+    /// What failed.
+    pub reason: String,
+}
+
+/// Constructs every configured source (backends are contacted here, e.g. to check credentials).
+pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildError> {
+    let mut sources = Sources::new();
+    for (name, cfg) in &config.sources {
+        let source = match &cfg.kind {
+            crate::config::SourceKind::File { dir } => {
+                Source::File(file::FileSource::new(dir.clone()))
+            }
+            crate::config::SourceKind::Env { prefix } => {
+                Source::Env(env::EnvSource::new(prefix.clone()))
+            }
+        };
+        sources.insert(
+            name.clone(),
+            Arc::new(SourceEntry {
+                source,
+                ttl: cfg.ttl,
+                fetch_timeout: cfg.fetch_timeout,
+            }),
+        );
+    }
+    Ok(sources)
+}

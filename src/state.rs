@@ -1,0 +1,85 @@
+//! Shared agent state: what every request handler reads, and what a reload swaps.
+//!
+//! The [`Runtime`] (rules and sources of one config generation) sits behind a lock that requests
+//! only hold long enough to clone an `Arc`; the cache, metrics and audit outlive reloads.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::acl::Rule;
+use crate::audit::Audit;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::ratelimit::LogLimiter;
+use crate::source::Sources;
+
+/// One config generation: rules and live sources.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The config it was built from.
+    pub config: Config,
+    /// Access rules.
+    pub rules: Vec<Rule>,
+    /// Sources by name.
+    pub sources: Sources,
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    runtime: RwLock<Arc<Runtime>>,
+    /// The secret cache.
+    pub cache: Arc<Cache>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Audit writer.
+    pub audit: Audit,
+    /// Limits client-triggerable log lines.
+    pub log_limit: LogLimiter,
+    shutting_down: AtomicBool,
+    next_request: AtomicU64,
+}
+
+impl AppState {
+    /// State for a first config generation.
+    pub fn new(runtime: Runtime, cache: Arc<Cache>, metrics: Arc<Metrics>, audit: Audit) -> Self {
+        AppState {
+            runtime: RwLock::new(Arc::new(runtime)),
+            cache,
+            metrics,
+            audit,
+            log_limit: LogLimiter::new(20),
+            shutting_down: AtomicBool::new(false),
+            next_request: AtomicU64::new(1),
+        }
+    }
+
+    /// The current config generation.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Installs a new config generation.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+    }
+
+    /// A fresh request id.
+    pub fn next_request_id(&self) -> String {
+        format!("{:x}", self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Marks the agent as draining: new secret requests get 503.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the agent is draining.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,100 @@
+//! systemd integration: `sd_notify` (READY, RELOADING, STOPPING, WATCHDOG) and socket
+//! activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`). Everything is a no-op when the agent
+//! is not started by systemd, so the same binary runs in a container or by hand.
+
+use std::os::fd::OwnedFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram, UnixListener};
+use std::time::Duration;
+
+use crate::secure_mem::adopt_inherited_fd;
+
+/// First inherited descriptor (SD_LISTEN_FDS_START).
+const LISTEN_FDS_START: i32 = 3;
+
+/// Sends a state string to the service manager, if there is one.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(abstract_name) => SocketAddr::from_abstract_name(abstract_name),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = UnixDatagram::unbound()?;
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(err) = sent {
+        tracing::warn!(error = %err, "sd_notify failed");
+    }
+}
+
+/// `RELOADING=1` with the monotonic timestamp systemd >= 253 expects.
+pub fn notify_reloading() {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .unwrap_or(0);
+    notify(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
+}
+
+/// Sockets passed by systemd, by name (`FileDescriptorName=`, default "unknown"). Consumes the
+/// environment variables so children do not see them.
+pub fn take_listeners() -> Vec<(String, UnixListener)> {
+    let pid_matches = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    // Do not pass these on to anything the agent might spawn.
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        remove_env(var);
+    }
+    if !pid_matches || count <= 0 {
+        return Vec::new();
+    }
+    let mut names = names.split(':');
+    let mut listeners = Vec::new();
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + count {
+        let name = names.next().unwrap_or("unknown").to_owned();
+        let Some(owned): Option<OwnedFd> = adopt_inherited_fd(fd) else {
+            continue;
+        };
+        listeners.push((name, UnixListener::from(owned)));
+    }
+    listeners
+}
+
+fn remove_env(var: &str) {
+    crate::secure_mem::remove_env_var(var);
+}
+
+/// Starts `WATCHDOG=1` pings at half the interval systemd asked for (`WatchdogSec=`).
+pub fn spawn_watchdog() {
+    let pid_ok = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_none_or(|p| p == std::process::id());
+    let Some(usec) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|u| u.parse::<u64>().ok())
+    else {
+        return;
+    };
+    if !pid_ok || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tick.tick().await;
+            notify("WATCHDOG=1");
+        }
+    });
+}
