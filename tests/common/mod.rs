@@ -1,0 +1,440 @@
+//! Test harness: runs the REAL `credagent` binary in a per-test temp dir and talks to it over
+//! its Unix socket with a tiny raw HTTP/1.1 client (so tests can also send garbage bytes).
+//!
+//! - [`TestDir`]: a temp dir (mode 0755 so another uid can reach the socket) with `secrets/`.
+//! - [`Agent::start`]: writes the config (placeholders `{dir}`, `{socket}`, `{secrets}`), spawns
+//!   `credagent serve`, waits until `/v1/health` answers, kills the agent on drop.
+//! - On drop (of a test that passed) the agent's log is checked for [`CANARY`]: a secret value
+//!   that must never appear in any log, audit line or error body.
+//! - [`venv_bin`]: the pinned test servers installed by `scripts/install-test-deps.sh`.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A secret value that must never appear in a log, audit line or error body.
+pub const CANARY: &str = "CANARY-7c1d0e55-never-log-me";
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_credagent"))
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A binary of the pinned test-server venv (`moto_server`, `bao`, `python`). Fails the test with
+/// a clear message if the venv is missing: run `scripts/test.sh` (or
+/// `scripts/install-test-deps.sh`) first.
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("CREDAGENT_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv"));
+    let path = venv.join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/install-test-deps.sh (scripts/test.sh does) to install the test servers",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A per-test directory.
+pub struct TestDir {
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("credagent-test-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir(tmp.path().join("secrets")).unwrap();
+        TestDir { tmp }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    pub fn secrets(&self) -> PathBuf {
+        self.path().join("secrets")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("agent.sock")
+    }
+
+    /// Writes `secrets/{id}` (creating parent dirs).
+    pub fn secret(&self, id: &str, value: &[u8]) {
+        let path = self.secrets().join(id);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, value).unwrap();
+    }
+
+    /// Replaces `{dir}`, `{socket}` and `{secrets}` in a config template.
+    pub fn render(&self, template: &str) -> String {
+        template
+            .replace("{dir}", &self.path().display().to_string())
+            .replace("{socket}", &self.socket().display().to_string())
+            .replace("{secrets}", &self.secrets().display().to_string())
+    }
+
+    /// Writes a rendered config to `config.toml` and returns its path.
+    pub fn write_config(&self, template: &str) -> PathBuf {
+        let path = self.path().join("config.toml");
+        std::fs::write(&path, self.render(template)).unwrap();
+        path
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    /// Starts `credagent serve` on `template` rendered in `dir`; panics with the log if it does
+    /// not become ready.
+    pub fn start(dir: &TestDir, template: &str) -> Agent {
+        Self::start_with_env(dir, template, &[])
+    }
+
+    /// As [`Agent::start`], with extra environment variables.
+    pub fn start_with_env(dir: &TestDir, template: &str, env: &[(&str, &str)]) -> Agent {
+        let config = dir.write_config(template);
+        let log = dir.path().join("agent.log");
+        let socket = socket_from_config(&config).unwrap_or_else(|| dir.socket());
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(bin());
+        command
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("CREDAGENT_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command.spawn().unwrap();
+        let mut agent = Agent {
+            child: Some(child),
+            socket,
+            log,
+            config,
+        };
+        agent.wait_ready();
+        agent
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "agent exited during start ({status}); log:\n{}",
+                    self.log_text()
+                );
+            }
+            if let Ok(resp) = try_request(&self.socket, "GET", "/v1/health", &[], b"")
+                && resp.status == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready in 20 s; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One request on a fresh connection.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        try_request(&self.socket, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}; log:\n{}", self.log_text()))
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    /// `GET /v1/secrets/{name}`.
+    pub fn secret(&self, name: &str) -> Response {
+        self.get(&format!("/v1/secrets/{name}"))
+    }
+
+    /// Sends raw bytes and returns whatever comes back before the server closes.
+    pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = UnixStream::connect(&self.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        stream.write_all(bytes).unwrap();
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out);
+        out
+    }
+
+    /// A metric's value from `/v1/metrics` (the test process must be an admin peer).
+    pub fn metric(&self, line_prefix: &str) -> f64 {
+        let resp = self.get("/v1/metrics");
+        assert_eq!(resp.status, 200, "metrics: {}", resp.text());
+        let text = resp.text();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(line_prefix)
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            })
+            .unwrap_or_else(|| panic!("metric {line_prefix:?} not found in:\n{text}"))
+    }
+
+    /// `credagent ARGS --socket SOCKET` as `uid` (None: as this process), with its output.
+    pub fn cli_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
+        let mut command = Command::new(bin());
+        command.args(args).arg("--socket").arg(&self.socket);
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        command.output().unwrap()
+    }
+
+    /// SIGTERM, then wait for the exit status (at most 20 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.check_canary();
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "agent did not stop within 20 s of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Asserts the canary secret is in none of the agent's output.
+    pub fn check_canary(&self) {
+        let log = self.log_text();
+        assert!(
+            !log.contains(CANARY),
+            "canary secret leaked into the agent's log:\n{log}"
+        );
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if !std::thread::panicking() {
+            self.check_canary();
+        }
+    }
+}
+
+/// The socket path a config file names (so a test can use a socket outside `{dir}`).
+fn socket_from_config(config: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let value: toml::Value = toml::from_str(&text).ok()?;
+    value
+        .get("server")?
+        .get("socket")?
+        .as_str()
+        .map(PathBuf::from)
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The stable error code of an error response.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Sends one request with `Connection: close` and parses the reply.
+pub fn try_request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    // A server may answer (413/431) and close before reading everything: keep what it said.
+    let written = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let mut raw = Vec::new();
+    let read = stream.read_to_end(&mut raw);
+    if raw.is_empty() {
+        written?;
+        read?;
+    }
+    parse_response(&raw).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "unparseable response: {:?}",
+            String::from_utf8_lossy(&raw)
+        ))
+    })
+}
+
+/// Parses a raw HTTP/1.1 response (Content-Length or to EOF).
+pub fn parse_response(raw: &[u8]) -> Option<Response> {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..split]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if let Some(len) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        body.truncate(len);
+    }
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A child process killed on drop (test servers).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// The usual file-source config: socket mode 0666 so other uids can connect, this process
+/// (root in CI) an admin, plus any extra TOML appended.
+pub fn file_config(extra: &str) -> String {
+    format!(
+        r#"[server]
+socket = "{{socket}}"
+socket_mode = "0666"
+
+[cache]
+lock_memory = "best-effort"
+
+[sources.files]
+type = "file"
+dir = "{{secrets}}"
+
+[[allow]]
+peer = {{ uid = {uid} }}
+secrets = ["files/*"]
+admin = true
+
+{extra}
+"#,
+        uid = nix::unistd::geteuid().as_raw()
+    )
+}
