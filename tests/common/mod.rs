@@ -253,27 +253,12 @@ impl Agent {
 
     /// SIGTERM, then wait for the exit status (at most 20 s).
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::unistd::Pid::from_raw(self.pid() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                self.check_canary();
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!(
-                    "agent did not stop within 20 s of SIGTERM; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.stop_after_signal()
     }
 
     /// Waits for the agent to exit after a signal the test sent itself.
