@@ -100,10 +100,12 @@ async fn fetch_and_render(
         .check_selector(&selector)
         .map_err(ApiError::BadSelector)?;
     let request = SecretRequest { name, selector };
-    let source_metrics = state.metrics.source(request.name.source());
+    let metrics = state.metrics.clone();
     let fetch_request = request.clone();
     let ttl = entry.ttl;
+    // Only runs on a miss or refresh: nothing here is on the cache-hit path.
     let fetch = move |previous: Option<Arc<Secret>>| async move {
+        let source_metrics = metrics.source(fetch_request.name.source());
         source_metrics
             .fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
