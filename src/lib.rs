@@ -53,6 +53,8 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod systemd;
+#[cfg(test)]
+pub mod testutil;
 pub mod timefmt;
 
 use std::future::Future;
