@@ -12,7 +12,7 @@ impl Rng {
     }
 
     /// Next raw value.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -21,7 +21,7 @@ impl Rng {
 
     /// A value below `n`.
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
 }
 
@@ -37,7 +37,7 @@ pub fn hostile_inputs(seeds: &[&str], tokens: &[&str], count: usize) -> Vec<Vec<
             match rng.below(6) {
                 0 if !input.is_empty() => {
                     let i = rng.below(input.len());
-                    input[i] = rng.next() as u8;
+                    input[i] = rng.next_u64() as u8;
                 }
                 1 => {
                     let token = tokens[rng.below(tokens.len())].as_bytes();
@@ -48,7 +48,7 @@ pub fn hostile_inputs(seeds: &[&str], tokens: &[&str], count: usize) -> Vec<Vec<
                     let tail = input[at..].to_vec();
                     input.extend_from_slice(&tail);
                 }
-                4 => input = (0..rng.below(64)).map(|_| rng.next() as u8).collect(),
+                4 => input = (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect(),
                 _ => input.insert(at, b"\0\xff%\\\"'\n[]{}=*/.."[rng.below(16)]),
             }
         }
