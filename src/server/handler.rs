@@ -31,8 +31,8 @@ pub async fn handle(state: &AppState, peer: &PeerIdentity, req: Request<Incoming
     let request_id = state.next_request_id();
     let response = match Route::parse(req.method(), req.uri(), req.headers()) {
         Err(err) => {
-            if state.log_limit.check().is_some() {
-                tracing::info!(request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), "rejected request");
+            if let Some(suppressed) = state.log_limit.check() {
+                tracing::info!(request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), suppressed, "rejected request");
             }
             err.response()
         }
@@ -101,6 +101,7 @@ async fn fetch_and_render(
         .map_err(ApiError::BadSelector)?;
     let request = SecretRequest { name, selector };
     let metrics = state.metrics.clone();
+    let log_limit = state.log_limit.clone();
     let fetch_request = request.clone();
     let ttl = entry.ttl;
     // Only runs on a miss or refresh: nothing here is on the cache-hit path.
@@ -125,7 +126,12 @@ async fn fetch_and_render(
             Err(SourceError::NotFound) => {
                 tracing::debug!(secret = %fetch_request.name, "fetch: no such secret")
             }
-            Err(err) => tracing::warn!(secret = %fetch_request.name, error = %err, "fetch failed"),
+            // A client can provoke these (many names while a backend is down): rate-limited.
+            Err(err) => {
+                if let Some(suppressed) = log_limit.check() {
+                    tracing::warn!(secret = %fetch_request.name, error = %err, suppressed, "fetch failed");
+                }
+            }
             Ok(_) => tracing::debug!(secret = %fetch_request.name, "fetched"),
         }
         result
@@ -133,9 +139,7 @@ async fn fetch_and_render(
     let (result, served) = state.cache.get(&request, ttl, fetch).await;
     event.cache = Some(served.as_str());
     let secret = result.map_err(|err| {
-        if state.log_limit.check().is_some() {
-            tracing::debug!(request_id, secret = %request.name, error = %err, "request failed");
-        }
+        tracing::debug!(request_id, secret = %request.name, error = %err, "request failed");
         ApiError::from(&err)
     })?;
     render(&request.name, secret, field.as_deref(), format)
