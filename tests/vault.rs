@@ -367,6 +367,42 @@ fn vault_down_serves_cached_values_then_recovers() {
     assert!(fresh, "log:\n{}", agent.log_text());
 }
 
+#[test]
+fn https_with_ca_file_and_untrusted_without_it() {
+    let dir = TestDir::new();
+    let certs = dir.path().join("bao-tls");
+    std::fs::create_dir(&certs).unwrap();
+    let bao = Bao::start_tls(&certs);
+    let put = bao.cli(&["kv", "put", "-mount=secret", "app/tls", "password=over-tls"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    std::fs::write(dir.path().join("vault-token"), bao::ROOT).unwrap();
+    let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
+    let with_ca = format!("ca_file = \"{}\"\n", bao.ca_file().display());
+
+    let agent = Agent::start(&dir, &config(&bao, auth, &with_ca));
+    let resp = agent.get("/v1/secrets/vault/app/tls?field=password");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "over-tls"));
+    drop(agent);
+
+    // Without ca_file the dev CA is not trusted: the agent refuses to start.
+    dir.write_config(&config(&bao, auth, ""));
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"vault\"") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+}
+
 fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();

@@ -339,6 +339,37 @@ mod tests {
     }
 
     #[test]
+    fn config_errors_name_the_full_key_and_transit_globs_resolve() {
+        use crate::config::{ConfigError, parse};
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let text = |role_id: &str, transit: &str, glob: &str| {
+            format!(
+                "[server]\nsocket = \"/tmp/x.sock\"\n[sources.vault]\ntype = \"vault\"\naddress = \"http://127.0.0.1:8200\"\n{transit}auth = {{ method = \"approle\", role_id_file = \"{role_id}\", secret_id_file = \"{f}\" }}\n[[allow]]\npeer = {{ uid = 1 }}\nsecrets = [\"{glob}\"]\n",
+                f = file.display()
+            )
+        };
+        let f = file.display().to_string();
+        let on = "transit_mount = \"transit\"\n";
+        assert!(parse(&text(&f, on, "vault-transit/*"), Path::new("t.toml")).is_ok());
+        assert!(parse(&text(&f, "", "vault/app/*"), Path::new("t.toml")).is_ok());
+        let cases = [
+            (
+                text("/no/such", on, "vault/*"),
+                "sources.vault.auth.role_id_file",
+            ),
+            (text(&f, "", "vault-transit/*"), "allow[0].secrets[0]"),
+        ];
+        for (config, key) in cases {
+            match parse(&config, Path::new("t.toml")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("expected {key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_methods_are_refused() {
         assert!(
             toml::from_str::<RawVaultSource>(

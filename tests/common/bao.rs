@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ path "transit/decrypt/app-key" { capabilities = ["update"] }
 pub struct Bao {
     pub port: u16,
     child: Option<ChildGuard>,
+    /// With `-dev-tls`: where the server wrote `vault-ca.pem`.
+    tls_dir: Option<PathBuf>,
 }
 
 impl Bao {
@@ -39,19 +41,55 @@ impl Bao {
         let mut bao = Bao {
             port: free_port(),
             child: None,
+            tls_dir: None,
         };
         bao.launch();
         bao
     }
 
+    /// Starts a `-dev-tls` server (its own CA, written to `cert_dir/vault-ca.pem`). Set it up
+    /// with [`Bao::cli`]: the plain-HTTP helpers do not speak TLS.
+    pub fn start_tls(cert_dir: &Path) -> Bao {
+        let mut bao = Bao {
+            port: free_port(),
+            child: None,
+            tls_dir: Some(cert_dir.to_path_buf()),
+        };
+        bao.launch();
+        bao
+    }
+
+    /// The CA bundle of a TLS server.
+    pub fn ca_file(&self) -> PathBuf {
+        self.tls_dir.as_ref().unwrap().join("vault-ca.pem")
+    }
+
+    /// Runs the `bao` CLI against this server with the root token.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut command = Command::new(venv_bin("bao"));
+        command
+            .args(args)
+            .env("VAULT_ADDR", self.address())
+            .env("VAULT_TOKEN", ROOT);
+        if self.tls_dir.is_some() {
+            command.env("VAULT_CACERT", self.ca_file());
+        }
+        command.output().unwrap()
+    }
+
     fn launch(&mut self) {
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-root-token-id={ROOT}"),
+            format!("-dev-listen-address=127.0.0.1:{}", self.port),
+        ];
+        if let Some(dir) = &self.tls_dir {
+            args.push("-dev-tls".to_owned());
+            args.push(format!("-dev-tls-cert-dir={}", dir.display()));
+        }
         let child = Command::new(venv_bin("bao"))
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT}"),
-                &format!("-dev-listen-address=127.0.0.1:{}", self.port),
-            ])
+            .args(&args)
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
             .stdin(Stdio::null())
@@ -61,7 +99,11 @@ impl Bao {
             .expect("start bao");
         self.child = Some(ChildGuard(child));
         let healthy = wait_until(Duration::from_secs(20), || {
-            matches!(self.try_api(None, "GET", "sys/health", None), Ok((200, _)))
+            if self.tls_dir.is_some() {
+                self.ca_file().exists() && self.cli(&["status"]).status.success()
+            } else {
+                matches!(self.try_api(None, "GET", "sys/health", None), Ok((200, _)))
+            }
         });
         assert!(healthy, "bao dev server not healthy on port {}", self.port);
     }
@@ -87,7 +129,12 @@ impl Bao {
 
     /// `http://127.0.0.1:PORT`.
     pub fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// A root-token API call that must succeed; returns the JSON body (or Null).
