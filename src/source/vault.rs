@@ -55,11 +55,6 @@ impl VaultSource {
         VaultSource { session, kv_mount }
     }
 
-    /// The shared session (for the transit companion and for tests of renewal).
-    pub fn session(&self) -> &Arc<VaultSession> {
-        &self.session
-    }
-
     /// Reads `path` (already validated: no `..`, no empty segments), latest or `version`.
     pub async fn fetch(&self, path: &str, version: Option<u64>) -> Result<Secret, SourceError> {
         let mut url = format!("{}/data/{}", self.kv_mount, path);

@@ -9,7 +9,6 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -48,8 +47,6 @@ pub struct VaultSession {
     token: RwLock<Arc<SecretBytes>>,
     generation: watch::Sender<u64>,
     relogin: Arc<Notify>,
-    renewals: AtomicU64,
-    logins: AtomicU64,
 }
 
 impl std::fmt::Debug for VaultSession {
@@ -87,8 +84,6 @@ pub async fn connect(name: &str, config: &VaultConfig) -> Result<Arc<VaultSessio
         token: RwLock::new(Arc::new(grant.token)),
         generation,
         relogin: Arc::new(Notify::new()),
-        renewals: AtomicU64::new(0),
-        logins: AtomicU64::new(1),
     });
     let weak = Arc::downgrade(&session);
     let relogin = session.relogin.clone();
@@ -110,14 +105,6 @@ impl VaultSession {
     fn install(&self, token: SecretBytes) {
         *self.token.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(token);
         self.generation.send_modify(|g| *g += 1);
-    }
-
-    /// How many times the token was renewed, and how many logins happened (for tests/metrics).
-    pub fn counters(&self) -> (u64, u64) {
-        (
-            self.renewals.load(Ordering::Relaxed),
-            self.logins.load(Ordering::Relaxed),
-        )
     }
 
     /// Calls Vault with the agent's token. On 403, asks Vault whether the token itself is still
@@ -198,7 +185,6 @@ async fn maintain(
             match tokio::time::timeout(CALL_TIMEOUT, renew_self(&strong.http, &token)).await {
                 Ok(Ok((new_ttl, new_renewable))) => {
                     renew_failures = 0;
-                    strong.renewals.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         source = %name,
                         ttl_secs = new_ttl.as_secs(),
@@ -261,7 +247,6 @@ async fn login_with_backoff(session: &Weak<VaultSession>, name: &str) -> Option<
             Ok(Ok(grant)) => {
                 let out = (grant.ttl, grant.renewable);
                 strong.install(grant.token);
-                strong.logins.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     source = %name,
                     method = strong.auth.method(),
