@@ -293,6 +293,10 @@ fn transit_decrypts_config_and_source_ciphertexts_and_data_key_envelopes() {
         "ciphertext": sealed,
     });
     dir.secret("cipher/envelope", envelope.to_string().as_bytes());
+    let mut tampered = envelope.clone();
+    tampered["nonce"] = json!("AAAAAAAAAAAAAAAA");
+    dir.secret("cipher/tampered", tampered.to_string().as_bytes());
+    dir.secret("plain", b"{\"password\":\"not-a-ciphertext\"}");
     let extra =
         format!("\n[sources.vault.ciphertexts]\ndb = \"{in_config}\"\nforeign = \"{other_key}\"\n");
     let agent = Agent::start(&dir, &config(&bao, APPROLE, &extra));
@@ -314,7 +318,17 @@ fn transit_decrypts_config_and_source_ciphertexts_and_data_key_envelopes() {
         agent.log_text()
     );
 
-    // Errors: unknown ciphertext, and a key the policy does not grant.
+    // Errors: a tampered envelope, a value that is no ciphertext (never echoed), an unknown
+    // ciphertext, and a key the policy does not grant.
+    let bad = agent.secret("vault-transit/app-key/files/cipher/tampered");
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (502, "upstream_bad_reply")
+    );
+    let plain = agent.secret("vault-transit/app-key/files/plain");
+    assert_eq!(plain.error_code(), "upstream_bad_reply");
+    assert!(!plain.text().contains("not-a-ciphertext"));
+    assert!(!agent.log_text().contains("not-a-ciphertext"));
     assert_eq!(agent.secret("vault-transit/app-key/nope").status, 404);
     assert_eq!(
         agent.secret("vault-transit/app-key/files/missing").status,
@@ -337,6 +351,22 @@ fn vault_down_serves_cached_values_then_recovers() {
     let agent = Agent::start(&dir, &config(&bao, APPROLE, ""));
     let first = agent.get("/v1/secrets/vault/app/cached?field=v");
     assert_eq!((first.status, first.text().as_str()), (200, "cached-1"));
+
+    // Sealed: Vault answers 503, which is transient.
+    bao.api("PUT", "sys/seal", None);
+    std::thread::sleep(Duration::from_millis(1500));
+    let sealed_stale = agent.get("/v1/secrets/vault/app/cached?field=v");
+    assert_eq!(
+        (sealed_stale.status, sealed_stale.text().as_str()),
+        (200, "cached-1")
+    );
+    let sealed_miss = agent.secret("vault/app/later");
+    assert_eq!(
+        (sealed_miss.status, sealed_miss.error_code().as_str()),
+        (502, "upstream_unavailable"),
+        "{}",
+        sealed_miss.text()
+    );
 
     bao.stop();
     // Past its 1 s TTL the cached value is served stale; a value never fetched fails fast.
@@ -365,6 +395,32 @@ fn vault_down_serves_cached_values_then_recovers() {
         agent.get("/v1/secrets/vault/app/cached?field=v").text() == "cached-2"
     });
     assert!(fresh, "log:\n{}", agent.log_text());
+}
+
+#[test]
+fn namespace_header_selects_the_namespace() {
+    let bao = Bao::start();
+    bao.api("POST", "sys/namespaces/team", Some(json!({})));
+    bao.api_in(
+        "team",
+        "POST",
+        "sys/mounts/kv",
+        Some(json!({ "type": "kv", "options": { "version": "2" } })),
+    );
+    bao.api_in(
+        "team",
+        "POST",
+        "kv/data/app/ns",
+        Some(json!({ "data": { "where": "in-team" } })),
+    );
+    let dir = TestDir::new();
+    std::fs::write(dir.path().join("vault-token"), bao::ROOT).unwrap();
+    let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
+    let text = config(&bao, auth, "namespace = \"team\"\n")
+        .replace("kv_mount = \"secret\"", "kv_mount = \"kv\"");
+    let agent = Agent::start(&dir, &text);
+    let resp = agent.get("/v1/secrets/vault/app/ns?field=where");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "in-team"));
 }
 
 #[test]

@@ -149,9 +149,32 @@ impl Bao {
         value
     }
 
+    /// A root-token API call in `namespace` (`X-Vault-Namespace`) that must succeed.
+    pub fn api_in(&self, namespace: &str, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self
+            .try_api_in(Some(namespace), Some(ROOT), method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        assert!(
+            (200..300).contains(&status),
+            "{namespace}: {method} {path}: {status} {value}"
+        );
+        value
+    }
+
     /// One HTTP/1.1 call to `/v1/{path}`; returns the status and the JSON body (or Null).
     pub fn try_api(
         &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> std::io::Result<(u16, Value)> {
+        self.try_api_in(None, token, method, path, body)
+    }
+
+    fn try_api_in(
+        &self,
+        namespace: Option<&str>,
         token: Option<&str>,
         method: &str,
         path: &str,
@@ -166,6 +189,9 @@ impl Bao {
         );
         if let Some(token) = token {
             head.push_str(&format!("X-Vault-Token: {token}\r\n"));
+        }
+        if let Some(ns) = namespace {
+            head.push_str(&format!("X-Vault-Namespace: {ns}\r\n"));
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
