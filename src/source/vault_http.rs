@@ -2,7 +2,7 @@
 //! optional JSON body) and reads the reply straight into secure memory, plus the status-to-error
 //! map every Vault call shares.
 //!
-//! It is used instead of vaultrs for the calls that carry secrets: vaultrs keeps its token in a
+//! It replaces the vaultrs crate for every call (most carry a token or a secret): vaultrs keeps its token in a
 //! plain `String` (in a `Debug`-printable settings struct), reads replies into unwiped `Vec`s and
 //! deserializes values into owned `String`s. Here the token is turned into a header value (marked
 //! sensitive) only for the duration of one request, and replies land in a [`SecretBuf`]. What
