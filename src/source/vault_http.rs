@@ -2,9 +2,9 @@
 //! optional JSON body) and reads the reply straight into secure memory, plus the status-to-error
 //! map every Vault call shares.
 //!
-//! It replaces the vaultrs crate for every call (most carry a token or a secret): vaultrs keeps its token in a
-//! plain `String` (in a `Debug`-printable settings struct), reads replies into unwiped `Vec`s and
-//! deserializes values into owned `String`s. Here the token is turned into a header value (marked
+//! It replaces the vaultrs crate for every call (most carry a token or a secret): vaultrs keeps
+//! its token in a plain `String` (in a `Debug`-printable settings struct), reads replies into
+//! unwiped `Vec`s and deserializes values into owned `String`s. Here the token is turned into a header value (marked
 //! sensitive) only for the duration of one request, and replies land in a [`SecretBuf`]. What
 //! this module cannot control: hyper's and rustls's own I/O buffers, which hold the bytes briefly
 //! and are not wiped (the README says so). It does not know KV, transit or auth: callers build
