@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::acl::{PeerMatch, Rule};
 use crate::name::{Glob, validate_source_name};
 use crate::secure_mem::LockPolicy;
+use crate::source::aws::{AwsConfig, RawAwsSource};
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
 
@@ -197,6 +198,9 @@ pub enum RawSource {
     /// `type = "env"`.
     #[serde(rename = "env")]
     Env(RawEnvSource),
+    /// `type = "aws-secretsmanager"`.
+    #[serde(rename = "aws-secretsmanager")]
+    Aws(Box<RawAwsSource>),
 }
 
 /// `[[allow]]` as written.
@@ -329,6 +333,8 @@ pub enum SourceKind {
         /// Variable prefix.
         prefix: String,
     },
+    /// AWS Secrets Manager.
+    Aws(Box<AwsConfig>),
 }
 
 /// Default fetch timeout of a source.
@@ -580,6 +586,16 @@ fn build_source(
                 SourceKind::Env { prefix: e.prefix },
                 e.ttl_secs,
                 e.fetch_timeout_secs,
+            )
+        }
+        RawSource::Aws(a) => {
+            let aws = a
+                .validate(key, ctx.path)
+                .map_err(|e| ctx.invalid(e.key, e.reason))?;
+            (
+                SourceKind::Aws(Box::new(aws)),
+                a.ttl_secs,
+                a.fetch_timeout_secs,
             )
         }
     };

@@ -5,6 +5,7 @@
 //! cache can decide whether stale-if-error applies). Sources never cache and never check access:
 //! the cache and the ACL do. Dispatch is a plain enum, one variant per kind, one file per kind.
 
+pub mod aws;
 pub mod env;
 pub mod file;
 
@@ -120,6 +121,8 @@ pub enum Source {
     File(file::FileSource),
     /// Environment variables of the agent.
     Env(env::EnvSource),
+    /// AWS Secrets Manager.
+    Aws(aws::AwsSource),
 }
 
 impl Source {
@@ -128,6 +131,7 @@ impl Source {
         match self {
             Source::File(_) => "file",
             Source::Env(_) => "env",
+            Source::Aws(_) => "aws-secretsmanager",
         }
     }
 
@@ -141,6 +145,7 @@ impl Source {
                     Err("this source has no versions")
                 }
             }
+            Source::Aws(_) => aws::check_selector(selector),
         }
     }
 
@@ -150,10 +155,10 @@ impl Source {
         request: &SecretRequest,
         previous: Option<&Secret>,
     ) -> Result<Fetched, SourceError> {
-        let _ = previous;
         match self {
             Source::File(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Env(s) => s.fetch(request.name.id()).map(Fetched::New),
+            Source::Aws(s) => s.fetch(request, previous).await,
         }
     }
 }
@@ -193,6 +198,14 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
             crate::config::SourceKind::Env { prefix } => {
                 Source::Env(env::EnvSource::new(prefix.clone()))
             }
+            crate::config::SourceKind::Aws(aws) => Source::Aws(
+                aws::AwsSource::build(aws, cfg.fetch_timeout)
+                    .await
+                    .map_err(|e| BuildError {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    })?,
+            ),
         };
         sources.insert(
             name.clone(),
