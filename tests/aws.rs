@@ -159,24 +159,47 @@ fn access_key_serves_text_binary_fields_arns_and_stages() {
     let bad_id = agent.get("/v1/secrets/aws/app/db?version_id=short");
     assert_eq!(bad_id.status, 400);
     assert_eq!(moto.recording().len(), 0, "invalid requests reached moto");
+    let log = agent.log_text();
+    for user in ["reader", "nobody"] {
+        assert!(
+            !log.contains(&moto.key(user).1),
+            "a secret access key reached the log"
+        );
+    }
 }
 
 #[test]
 fn rotation_is_picked_up_after_ttl_via_describe_secret() {
     let dir = TestDir::new();
     let moto = Moto::start(&dir);
-    let sources = key_source(dir.path(), &moto, "aws", "reader", "ttl_secs = 1");
+    let sources = format!(
+        "{}{}",
+        key_source(dir.path(), &moto, "aws", "reader", "ttl_secs = 1"),
+        key_source(dir.path(), &moto, "aws-getonly", "getonly", "ttl_secs = 1")
+    );
     let agent = Agent::start(&dir, &config("refresh_ahead_secs = 0", &sources));
     moto.start_recording();
 
+    // Without secretsmanager:DescribeSecret the expiry check falls back to GetSecretValue.
+    assert_eq!(agent.secret("aws-getonly/stale").body, b"stale-v1");
+    assert!(wait_until(Duration::from_secs(15), || {
+        let resp = agent.secret("aws-getonly/stale");
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        moto.calls_for(GET, "stale") >= 2
+    }));
+
     assert_eq!(agent.secret("aws/rotating").body, b"rotating-v1");
-    assert_eq!(moto.calls(GET), 1);
+    assert_eq!(moto.calls_for(GET, "rotating"), 1);
     // Past the TTL the agent asks DescribeSecret, sees the same version, and keeps the value.
     assert!(wait_until(Duration::from_secs(15), || {
         assert_eq!(agent.secret("aws/rotating").body, b"rotating-v1");
-        moto.calls(DESCRIBE) >= 2
+        moto.calls_for(DESCRIBE, "rotating") >= 2
     }));
-    assert_eq!(moto.calls(GET), 1, "unchanged value fetched again");
+    assert_eq!(
+        moto.calls_for(GET, "rotating"),
+        1,
+        "unchanged value fetched again"
+    );
 
     moto.put_value("rotating", "rotating-v2");
     assert!(
@@ -187,7 +210,7 @@ fn rotation_is_picked_up_after_ttl_via_describe_secret() {
         "rotation not picked up"
     );
     assert_eq!(
-        moto.calls(GET),
+        moto.calls_for(GET, "rotating"),
         2,
         "exactly one GetSecretValue for the new version"
     );
@@ -243,14 +266,17 @@ sts_region = "us-east-2"
         .filter(|r| header(r, "X-Amz-Target") == Some(GET))
         .collect();
     assert!(!gets.is_empty());
+    let log = agent.log_text();
     for call in &gets {
         assert!(
             header(call, "Authorization")
                 .unwrap()
                 .contains("Credential=ASIA")
         );
-        assert!(header(call, "X-Amz-Security-Token").is_some());
+        let token = header(call, "X-Amz-Security-Token").unwrap();
+        assert!(!log.contains(token), "a session token reached the log");
     }
+    assert!(!log.contains(&moto.key("hopper").1));
     drop(agent);
 
     // The trust policy's external id condition is enforced: a wrong one fails at start,
@@ -398,6 +424,10 @@ ttl_secs = 1
         used.insert(akid.to_owned());
     }
     assert!(used.len() >= 2, "only {used:?} used");
+    let log = agent.log_text();
+    for cred in &served {
+        assert!(!log.contains(&cred.secret) && !log.contains(&cred.token));
+    }
 }
 
 #[test]

@@ -45,13 +45,17 @@ pub fn provider(
 }
 
 fn env_var(key: &str, var: &'static str) -> Result<String, AuthError> {
-    match std::env::var(var) {
-        Ok(value) if !value.trim().is_empty() => Ok(value.trim().to_owned()),
-        _ => Err(AuthError::MissingEnv {
-            key: key.to_owned(),
-            var,
-        }),
+    let missing = || AuthError::MissingEnv {
+        key: key.to_owned(),
+        var,
+    };
+    let mut value = std::env::var(var).map_err(|_| missing())?;
+    let trimmed = value.trim().to_owned();
+    value.zeroize();
+    if trimmed.is_empty() {
+        return Err(missing());
     }
+    Ok(trimmed)
 }
 
 /// Checks that a key file is a regular file no other user can read or write: mode 0600 or

@@ -414,10 +414,16 @@ impl AwsSource {
         let id = request.name.id();
         check_secret_id(id).map_err(SourceError::Invalid)?;
         let selector = &request.selector;
-        if let Some(version) = previous.and_then(|p| p.version.as_deref())
-            && self.still_current(id, selector, version).await?
-        {
-            return Ok(Fetched::Unchanged);
+        if let Some(version) = previous.and_then(|p| p.version.as_deref()) {
+            match self.still_current(id, selector, version).await {
+                Ok(true) => return Ok(Fetched::Unchanged),
+                Ok(false) => {}
+                // Without secretsmanager:DescribeSecret, fall back to reading the value.
+                Err(SourceError::Denied { detail }) => {
+                    tracing::debug!(%detail, "rotation check denied; fetching the value");
+                }
+                Err(err) => return Err(err),
+            }
         }
         let mut out = self
             .client

@@ -21,6 +21,8 @@ pub const ROLE: &str = "instance-role";
 #[derive(Debug, Clone)]
 pub struct Served {
     pub access_key_id: String,
+    pub secret: String,
+    pub token: String,
     pub expires: SystemTime,
 }
 
@@ -209,6 +211,8 @@ fn route(
             let expires = SystemTime::now() + lifetime;
             state.lock().unwrap().served.push(Served {
                 access_key_id: key.clone(),
+                secret: secret.clone(),
+                token: token.clone(),
                 expires,
             });
             // Mint the next one in the background.

@@ -189,6 +189,20 @@ impl Moto {
             .count()
     }
 
+    /// Recorded calls of `target` naming `secret_id`.
+    pub fn calls_for(&self, target: &str, secret_id: &str) -> usize {
+        let needle = format!("\"SecretId\": \"{secret_id}\"");
+        let compact = format!("\"SecretId\":\"{secret_id}\"");
+        self.recording()
+            .iter()
+            .filter(|r| header(r, "X-Amz-Target") == Some(target))
+            .filter(|r| {
+                let b = body(r);
+                b.contains(&needle) || b.contains(&compact)
+            })
+            .count()
+    }
+
     /// Recorded STS calls of `action` (form-encoded `Action=…`).
     pub fn sts_calls(&self, action: &str) -> Vec<serde_json::Value> {
         self.recording()
