@@ -208,7 +208,7 @@ pub async fn build(
         None => (config.region.as_str(), config.endpoint_url.as_deref()),
     };
     let sts_base = sdk_config(base.clone(), sts_region, sts_endpoint, net).await;
-    caller_identity(&sts_base)
+    caller_identity(&config.key, &sts_base)
         .await
         .map_err(|detail| AuthError::BaseIdentity {
             key: config.key.clone(),
@@ -220,24 +220,24 @@ pub async fn build(
     };
     let assumed = assume_role::provider(role, &sts_base).await;
     let sts_assumed = sdk_config(assumed.clone(), sts_region, sts_endpoint, net).await;
-    let arn = caller_identity(&sts_assumed)
+    caller_identity(&config.key, &sts_assumed)
         .await
         .map_err(|detail| AuthError::AssumeRole {
             key: config.key.clone(),
             role_arn: role.role_arn.clone(),
             detail,
         })?;
-    tracing::info!(source = %config.key, identity = %arn, "assumed role");
+    tracing::info!(source = %config.key, role = %role.role_arn, "assumed role");
     Ok(assumed)
 }
 
 /// STS `GetCallerIdentity`: the caller's ARN, or the SDK's error chain.
-async fn caller_identity(config: &aws_config::SdkConfig) -> Result<String, String> {
+async fn caller_identity(key: &str, config: &aws_config::SdkConfig) -> Result<String, String> {
     let client = aws_sdk_sts::Client::new(config);
     match client.get_caller_identity().send().await {
         Ok(out) => {
             let arn = out.arn().unwrap_or("(no ARN)").to_owned();
-            tracing::info!(identity = %arn, "AWS identity checked");
+            tracing::info!(source = key, identity = %arn, "AWS identity checked");
             Ok(arn)
         }
         Err(err) => Err(DisplayErrorContext(&err).to_string()),
