@@ -476,6 +476,45 @@ fn stale_if_error_while_moto_is_down_then_recovery() {
 }
 
 #[test]
+fn a_hanging_backend_times_out_as_504_and_stale_values_are_still_served() {
+    use nix::sys::signal::Signal;
+    let dir = TestDir::new();
+    let moto = Moto::start(&dir);
+    let sources = key_source(
+        dir.path(),
+        &moto,
+        "aws",
+        "reader",
+        "ttl_secs = 1\nfetch_timeout_secs = 2",
+    );
+    let agent = Agent::start(&dir, &config("refresh_ahead_secs = 0", &sources));
+    assert_eq!(agent.secret("aws/stale").body, b"stale-v1");
+
+    moto.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_millis(1200));
+    let miss = agent.secret("aws/rotating");
+    let stale = agent.secret("aws/stale");
+    moto.signal(Signal::SIGCONT);
+    assert_eq!(
+        (miss.status, miss.error_code().as_str()),
+        (504, "upstream_unavailable"),
+        "{}",
+        miss.text()
+    );
+    assert_eq!(
+        (stale.status, stale.body.as_slice()),
+        (200, &b"stale-v1"[..])
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .secret("aws/rotating")
+            .status
+            == 200),
+        "no recovery after moto resumed"
+    );
+}
+
+#[test]
 fn default_chain_uses_environment_credentials() {
     let dir = TestDir::new();
     let moto = Moto::start(&dir);

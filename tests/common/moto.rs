@@ -107,6 +107,12 @@ impl Moto {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Sends `signal` to the server (SIGSTOP makes it hang: connections open, no answers).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = self.child.as_ref().unwrap().0.id();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap();
+    }
+
     /// Kills the server (the port stays reserved for `restart`).
     pub fn stop(&mut self) {
         self.child = None;
