@@ -29,7 +29,8 @@ pub struct Served {
 #[derive(Default)]
 struct State {
     tokens: HashSet<String>,
-    next: Option<(String, String, String)>,
+    /// Pre-minted credentials (minting runs Python, slower than the SDK's 1 s IMDS timeout).
+    ready: Vec<(String, String, String)>,
     served: Vec<Served>,
     unauthorized: usize,
 }
@@ -55,7 +56,10 @@ impl Imds {
             secret,
         };
         // Mint ahead, so a request never waits for Python (the SDK's IMDS timeouts are 1 s).
-        state.lock().unwrap().next = Some(minter.mint());
+        for _ in 0..3 {
+            let creds = minter.mint();
+            state.lock().unwrap().ready.push(creds);
+        }
         let (st, sp) = (state.clone(), stop.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -206,20 +210,26 @@ fn route(
             ("200 OK", String::new(), ROLE.to_owned())
         }
         ("GET", p) if p == format!("/latest/meta-data/iam/security-credentials/{ROLE}") => {
-            let ready = state.lock().unwrap().next.take();
-            let (key, secret, token) = ready.unwrap_or_else(|| minter.mint());
+            // Refill in the background, then take the oldest ready credential.
+            let (st, m) = (state.clone(), minter.clone());
+            std::thread::spawn(move || {
+                let creds = m.mint();
+                st.lock().unwrap().ready.push(creds);
+            });
+            let (key, secret, token) = loop {
+                let mut guard = state.lock().unwrap();
+                if !guard.ready.is_empty() {
+                    break guard.ready.remove(0);
+                }
+                drop(guard);
+                std::thread::sleep(Duration::from_millis(20));
+            };
             let expires = SystemTime::now() + lifetime;
             state.lock().unwrap().served.push(Served {
                 access_key_id: key.clone(),
                 secret: secret.clone(),
                 token: token.clone(),
                 expires,
-            });
-            // Mint the next one in the background.
-            let (st, m) = (state.clone(), minter.clone());
-            std::thread::spawn(move || {
-                let next = m.mint();
-                st.lock().unwrap().next.get_or_insert(next);
             });
             let body = serde_json::json!({
                 "Code": "Success",
