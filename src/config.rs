@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::acl::{PeerMatch, Rule};
 use crate::name::{Glob, validate_source_name};
 use crate::secure_mem::LockPolicy;
+use crate::source::aws::{AwsConfig, RawAwsSource};
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
 use crate::source::vault::{RawVaultSource, VaultConfig};
@@ -201,6 +202,9 @@ pub enum RawSource {
     /// `type = "vault"`.
     #[serde(rename = "vault")]
     Vault(RawVaultSource),
+    /// `type = "aws-secretsmanager"`.
+    #[serde(rename = "aws-secretsmanager")]
+    Aws(Box<RawAwsSource>),
 }
 
 /// `[[allow]]` as written.
@@ -335,6 +339,8 @@ pub enum SourceKind {
     },
     /// Vault KV v2 (and transit, as `{name}-transit`).
     Vault(Box<VaultConfig>),
+    /// AWS Secrets Manager.
+    Aws(Box<AwsConfig>),
 }
 
 /// Default fetch timeout of a source.
@@ -617,6 +623,16 @@ fn build_source(
                 SourceKind::Vault(Box::new(vault)),
                 v.ttl_secs,
                 v.fetch_timeout_secs,
+            )
+        }
+        RawSource::Aws(a) => {
+            let aws = a
+                .validate(key, ctx.path)
+                .map_err(|e| ctx.invalid(e.key, e.reason))?;
+            (
+                SourceKind::Aws(Box::new(aws)),
+                a.ttl_secs,
+                a.fetch_timeout_secs,
             )
         }
     };

@@ -38,6 +38,7 @@
 
 pub mod acl;
 pub mod audit;
+pub mod aws_auth;
 pub mod cache;
 pub mod cli;
 pub mod client;

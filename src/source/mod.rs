@@ -5,6 +5,7 @@
 //! cache can decide whether stale-if-error applies). Sources never cache and never check access:
 //! the cache and the ACL do. Dispatch is a plain enum, one variant per kind, one file per kind.
 
+pub mod aws;
 pub mod env;
 pub mod file;
 pub mod vault;
@@ -129,6 +130,8 @@ pub enum Source {
     Vault(vault::VaultSource),
     /// Vault transit decryption of ciphertexts held elsewhere (`{vault source}-transit`).
     VaultTransit(vault_transit::TransitSource),
+    /// AWS Secrets Manager.
+    Aws(aws::AwsSource),
 }
 
 impl Source {
@@ -139,6 +142,7 @@ impl Source {
             Source::Env(_) => "env",
             Source::Vault(_) => "vault",
             Source::VaultTransit(_) => "vault-transit",
+            Source::Aws(_) => "aws-secretsmanager",
         }
     }
 
@@ -159,6 +163,7 @@ impl Source {
                     Err("this source has no versions")
                 }
             }
+            Source::Aws(_) => aws::check_selector(selector),
         }
     }
 
@@ -168,7 +173,6 @@ impl Source {
         request: &SecretRequest,
         previous: Option<&Secret>,
     ) -> Result<Fetched, SourceError> {
-        let _ = previous;
         match self {
             Source::File(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Env(s) => s.fetch(request.name.id()).map(Fetched::New),
@@ -177,6 +181,7 @@ impl Source {
                 .await
                 .map(Fetched::New),
             Source::VaultTransit(s) => s.fetch(request.name.id()).await.map(Fetched::New),
+            Source::Aws(s) => s.fetch(request, previous).await,
         }
     }
 }
@@ -250,6 +255,14 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
             crate::config::SourceKind::Env { prefix } => {
                 Source::Env(env::EnvSource::new(prefix.clone()))
             }
+            crate::config::SourceKind::Aws(aws) => Source::Aws(
+                aws::AwsSource::build(aws, cfg.fetch_timeout)
+                    .await
+                    .map_err(|e| BuildError {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    })?,
+            ),
         };
         sources.insert(
             name.clone(),

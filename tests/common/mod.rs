@@ -11,6 +11,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod bao;
+pub mod imds;
+pub mod moto;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,173 @@
+//! `auth = "access-key"`: a long-lived access key from two files (each mode 0600 or stricter,
+//! checked on the open file) or from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
+//! (`AWS_SESSION_TOKEN` optional).
+//!
+//! The key strings are moved, not copied, into the SDK's `Credentials`, which zeroizes them on
+//! drop; nothing here logs them. It does not refresh anything: a static key never expires.
+
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use zeroize::Zeroize;
+
+use super::{AuthError, KeyFiles};
+
+/// Largest key file accepted (keys are tens of bytes; this only bounds a wrong path).
+const MAX_KEY_FILE: u64 = 4096;
+
+/// A static provider from `files`, or from the environment when `files` is `None`.
+pub fn provider(
+    key: &str,
+    files: Option<&KeyFiles>,
+) -> Result<SharedCredentialsProvider, AuthError> {
+    let credentials = match files {
+        Some(files) => {
+            let id = read_key_file(&format!("{key}.access_key_id_file"), &files.access_key_id)?;
+            let secret = read_key_file(
+                &format!("{key}.secret_access_key_file"),
+                &files.secret_access_key,
+            )?;
+            Credentials::new(id, secret, None, None, "credagent-access-key-file")
+        }
+        None => {
+            let id = env_var(key, "AWS_ACCESS_KEY_ID")?;
+            let secret = env_var(key, "AWS_SECRET_ACCESS_KEY")?;
+            let token = std::env::var("AWS_SESSION_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty());
+            Credentials::new(id, secret, token, None, "credagent-access-key-env")
+        }
+    };
+    Ok(SharedCredentialsProvider::new(credentials))
+}
+
+fn env_var(key: &str, var: &'static str) -> Result<String, AuthError> {
+    let missing = || AuthError::MissingEnv {
+        key: key.to_owned(),
+        var,
+    };
+    let mut value = std::env::var(var).map_err(|_| missing())?;
+    let trimmed = value.trim().to_owned();
+    value.zeroize();
+    if trimmed.is_empty() {
+        return Err(missing());
+    }
+    Ok(trimmed)
+}
+
+/// Checks that a key file is a regular file no other user can read or write: mode 0600 or
+/// stricter. Used by config validation (before start) and again on the opened file.
+pub fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
+    if !meta.is_file() {
+        return Err("is not a regular file".to_owned());
+    }
+    let mode = meta.mode() & 0o777;
+    // SECURITY: a key readable by group or others is a key already leaked to them.
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "has mode {mode:04o}; a key file must be mode 0600 or stricter (chmod 600 {})",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads one key file: mode checked on the open descriptor, surrounding whitespace trimmed,
+/// temporary buffers wiped.
+fn read_key_file(key: &str, path: &Path) -> Result<String, AuthError> {
+    let fail = |reason: String| AuthError::KeyFile {
+        key: key.to_owned(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail(format!("cannot stat: {e}")))?;
+    check_mode(path, &meta).map_err(fail)?;
+    if meta.len() > MAX_KEY_FILE {
+        return Err(fail(format!("is larger than {MAX_KEY_FILE} bytes")));
+    }
+    let len = usize::try_from(meta.len()).unwrap_or(0);
+    // Capacity fixed up front so the buffer never reallocates (a reallocation would leave an
+    // unwiped copy behind).
+    let mut bytes = Vec::with_capacity(len + 1);
+    let read = file.by_ref().take(MAX_KEY_FILE).read_to_end(&mut bytes);
+    if let Err(e) = read {
+        bytes.zeroize();
+        return Err(fail(format!("cannot read: {e}")));
+    }
+    let text = match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => {
+            e.into_bytes().zeroize();
+            return Err(fail("is not UTF-8 text".to_owned()));
+        }
+    };
+    let trimmed = text.trim();
+    let bad = trimmed.is_empty() || trimmed.bytes().any(|b| b.is_ascii_whitespace());
+    if bad {
+        let mut text = text;
+        text.zeroize();
+        return Err(fail(
+            "must hold exactly one key (no inner whitespace, not empty)".to_owned(),
+        ));
+    }
+    let (start, end) = (text.len() - text.trim_start().len(), text.trim_end().len());
+    let mut text = text;
+    text.truncate(end);
+    if start > 0 {
+        // Shift in place: `drain` moves the tail within the same allocation.
+        text.drain(..start);
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn key_files_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = write(dir.path(), "ok", "  AKIAEXAMPLE\n", 0o600);
+        let ro = write(dir.path(), "ro", "AKIAEXAMPLE", 0o400);
+        let open = write(dir.path(), "open", "AKIAEXAMPLE", 0o644);
+        let group = write(dir.path(), "group", "AKIAEXAMPLE", 0o640);
+        let empty = write(dir.path(), "empty", "\n", 0o600);
+        let two = write(dir.path(), "two", "A B", 0o600);
+        assert_eq!(read_key_file("k", &ok).unwrap(), "AKIAEXAMPLE");
+        assert_eq!(read_key_file("k", &ro).unwrap(), "AKIAEXAMPLE");
+        for path in [&open, &group] {
+            let err = read_key_file("sources.aws.access_key_id_file", path).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains("sources.aws.access_key_id_file"), "{text}");
+            assert!(text.contains("0600"), "{text}");
+            assert!(!text.contains("AKIAEXAMPLE"), "{text}");
+        }
+        assert!(matches!(
+            read_key_file("k", &empty),
+            Err(AuthError::KeyFile { .. })
+        ));
+        assert!(matches!(
+            read_key_file("k", &two),
+            Err(AuthError::KeyFile { .. })
+        ));
+        assert!(matches!(
+            read_key_file("k", &dir.path().join("missing")),
+            Err(AuthError::KeyFile { .. })
+        ));
+    }
+}

@@ -1,0 +1,26 @@
+//! STS `AssumeRole` on top of a base identity: role ARN, optional external id, session name and
+//! length, and the STS endpoint and region the calls go to.
+//!
+//! The returned provider calls STS each time the SDK's identity cache (around the Secrets
+//! Manager client) finds the session close to expiry, so sessions are renewed before they
+//! lapse. It does not validate the settings: config validation did.
+
+use aws_config::sts::AssumeRoleProvider;
+use aws_credential_types::provider::SharedCredentialsProvider;
+
+use super::AssumeRoleConfig;
+
+/// A provider assuming `role` with the base identity and STS settings in `sts`.
+pub async fn provider(
+    role: &AssumeRoleConfig,
+    sts: &aws_config::SdkConfig,
+) -> SharedCredentialsProvider {
+    let mut builder = AssumeRoleProvider::builder(role.role_arn.clone())
+        .session_name(role.session_name.clone())
+        .session_length(role.duration)
+        .configure(sts);
+    if let Some(external_id) = &role.external_id {
+        builder = builder.external_id(external_id.clone());
+    }
+    SharedCredentialsProvider::new(builder.build().await)
+}

@@ -1,0 +1,245 @@
+//! AWS credentials for the Secrets Manager source: the base identity (access key, instance
+//! profile, or the SDK's default chain), an optional STS AssumeRole on top of it, and the
+//! start-up identity check (STS `GetCallerIdentity`).
+//!
+//! Refresh is the SDK's: every provider here sits behind the SDK's lazy identity cache, which
+//! reloads credentials a buffer time before they expire, so no request is signed with a lapsed
+//! credential. This module does not talk to Secrets Manager and does not cache secrets.
+//!
+//! The SDK keeps credential strings in its own (unlocked) memory; this module never logs them
+//! and wipes the copies it reads from files or the environment once the SDK has its own.
+
+pub mod access_key;
+pub mod assume_role;
+pub mod instance_profile;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_sts::config::Region;
+use aws_sdk_sts::error::DisplayErrorContext;
+
+/// How the base identity is obtained (`auth = …`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// `auth = "access-key"`: key files, or `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    AccessKey {
+        /// Key files; `None` reads the environment.
+        files: Option<KeyFiles>,
+    },
+    /// `auth = "instance-profile"`: the EC2 instance metadata service (IMDSv2).
+    InstanceProfile,
+    /// `auth = "default-chain"`: the SDK's default provider chain.
+    DefaultChain,
+}
+
+impl AuthMethod {
+    /// The config spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthMethod::AccessKey { .. } => "access-key",
+            AuthMethod::InstanceProfile => "instance-profile",
+            AuthMethod::DefaultChain => "default-chain",
+        }
+    }
+}
+
+/// Files holding an access key (each mode 0600 or stricter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFiles {
+    /// File with the access key id.
+    pub access_key_id: PathBuf,
+    /// File with the secret access key.
+    pub secret_access_key: PathBuf,
+}
+
+/// `[sources.NAME.assume_role]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRoleConfig {
+    /// Role to assume.
+    pub role_arn: String,
+    /// `sts:ExternalId`, when the trust policy asks for one.
+    pub external_id: Option<String>,
+    /// Role session name (`{hostname}` already substituted).
+    pub session_name: String,
+    /// Session length.
+    pub duration: Duration,
+    /// STS endpoint override.
+    pub sts_endpoint: Option<String>,
+    /// Region STS requests are signed for.
+    pub sts_region: String,
+}
+
+/// Everything needed to build the credentials of one source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Dotted config key of the source, for messages (`sources.aws`).
+    pub key: String,
+    /// Base identity.
+    pub method: AuthMethod,
+    /// Optional role on top.
+    pub assume_role: Option<AssumeRoleConfig>,
+    /// The source's region (STS default region).
+    pub region: String,
+    /// The source's `endpoint_url` (STS default endpoint when set: emulators serve every
+    /// service on one URL).
+    pub endpoint_url: Option<String>,
+}
+
+/// Why credentials could not be set up or were refused at start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A key file is missing, unreadable, too open, or malformed.
+    #[error("{key}: {path}: {reason}")]
+    KeyFile {
+        /// Config key naming the file.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why (never the contents).
+        reason: String,
+    },
+    /// `auth = "access-key"` without files and without the variable.
+    #[error(
+        "{key}.auth = \"access-key\" without key files needs the environment variable {var}, which is not set"
+    )]
+    MissingEnv {
+        /// Config key of the source.
+        key: String,
+        /// The variable.
+        var: &'static str,
+    },
+    /// STS `GetCallerIdentity` with the base identity failed.
+    #[error("{key}: base identity ({method}) check with sts:GetCallerIdentity failed: {detail}")]
+    BaseIdentity {
+        /// Config key of the source.
+        key: String,
+        /// Auth method.
+        method: &'static str,
+        /// The SDK's error chain (no credentials in it).
+        detail: String,
+    },
+    /// STS `AssumeRole` (checked with `GetCallerIdentity` on the assumed identity) failed.
+    #[error("{key}.assume_role: cannot assume {role_arn}: {detail}")]
+    AssumeRole {
+        /// Config key of the source.
+        key: String,
+        /// The role.
+        role_arn: String,
+        /// The SDK's error chain.
+        detail: String,
+    },
+}
+
+/// Network settings shared by every AWS client of a source.
+#[derive(Debug, Clone, Copy)]
+pub struct NetSettings {
+    /// Bound on one operation including retries.
+    pub operation_timeout: Duration,
+}
+
+impl NetSettings {
+    /// Short connect timeout and two attempts, so a down endpoint fails a fresh miss quickly
+    /// (the cache's stale-if-error covers cached values).
+    pub fn timeout_config(&self) -> TimeoutConfig {
+        let attempt = (self.operation_timeout / 2).max(Duration::from_secs(1));
+        TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2).min(attempt))
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(self.operation_timeout)
+            .build()
+    }
+
+    /// Standard retries, two attempts in all.
+    pub fn retry_config(&self) -> RetryConfig {
+        RetryConfig::standard()
+            .with_max_attempts(2)
+            .with_initial_backoff(Duration::from_millis(200))
+    }
+}
+
+/// An SDK config for `region` and `endpoint` signed with `credentials`.
+pub async fn sdk_config(
+    credentials: SharedCredentialsProvider,
+    region: &str,
+    endpoint: Option<&str>,
+    net: NetSettings,
+) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .credentials_provider(credentials)
+        .timeout_config(net.timeout_config())
+        .retry_config(net.retry_config());
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    loader.load().await
+}
+
+/// Builds the credentials a source signs its Secrets Manager calls with, checking the base
+/// identity (and the assumed role, when configured) with STS `GetCallerIdentity`.
+pub async fn build(
+    config: &AuthConfig,
+    net: NetSettings,
+) -> Result<SharedCredentialsProvider, AuthError> {
+    let base = match &config.method {
+        AuthMethod::AccessKey { files } => access_key::provider(&config.key, files.as_ref())?,
+        AuthMethod::InstanceProfile => instance_profile::provider(),
+        AuthMethod::DefaultChain => {
+            let chain =
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+                    .region(Region::new(config.region.clone()))
+                    .build()
+                    .await;
+            SharedCredentialsProvider::new(chain)
+        }
+    };
+    let (sts_region, sts_endpoint) = match &config.assume_role {
+        Some(role) => (
+            role.sts_region.as_str(),
+            role.sts_endpoint
+                .as_deref()
+                .or(config.endpoint_url.as_deref()),
+        ),
+        None => (config.region.as_str(), config.endpoint_url.as_deref()),
+    };
+    let sts_base = sdk_config(base.clone(), sts_region, sts_endpoint, net).await;
+    caller_identity(&config.key, &sts_base)
+        .await
+        .map_err(|detail| AuthError::BaseIdentity {
+            key: config.key.clone(),
+            method: config.method.as_str(),
+            detail,
+        })?;
+    let Some(role) = &config.assume_role else {
+        return Ok(base);
+    };
+    let assumed = assume_role::provider(role, &sts_base).await;
+    let sts_assumed = sdk_config(assumed.clone(), sts_region, sts_endpoint, net).await;
+    caller_identity(&config.key, &sts_assumed)
+        .await
+        .map_err(|detail| AuthError::AssumeRole {
+            key: config.key.clone(),
+            role_arn: role.role_arn.clone(),
+            detail,
+        })?;
+    tracing::info!(source = %config.key, role = %role.role_arn, "assumed role");
+    Ok(assumed)
+}
+
+/// STS `GetCallerIdentity`: the caller's ARN, or the SDK's error chain.
+async fn caller_identity(key: &str, config: &aws_config::SdkConfig) -> Result<String, String> {
+    let client = aws_sdk_sts::Client::new(config);
+    match client.get_caller_identity().send().await {
+        Ok(out) => {
+            let arn = out.arn().unwrap_or("(no ARN)").to_owned();
+            tracing::info!(source = key, identity = %arn, "AWS identity checked");
+            Ok(arn)
+        }
+        Err(err) => Err(DisplayErrorContext(&err).to_string()),
+    }
+}

@@ -1,0 +1,746 @@
+//! The AWS Secrets Manager source (`type = "aws-secretsmanager"`): `GetSecretValue` by name or
+//! ARN with an optional version id or stage, and the rotation check (`DescribeSecret`: is the
+//! cached version still the one carrying the requested stage?).
+//!
+//! It owns its config section ([`RawAwsSource`]) and its validation, the mapping of SDK errors
+//! to [`SourceError`], and moving values into secure memory. Credentials (and their refresh) are
+//! `crate::aws_auth`'s; caching and access control are the cache's and the ACL's.
+//!
+//! Values: `SecretString` bytes or the `SecretBinary` blob are moved out of the SDK's output
+//! and copied into [`SecretBytes`], and the SDK-owned buffer is wiped. The raw HTTP response
+//! body the SDK parsed them from is dropped by the SDK without wiping (README, "Secrets in
+//! memory").
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use serde::Deserialize;
+
+use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
+use crate::aws_auth::{self, AssumeRoleConfig, AuthConfig, AuthMethod, KeyFiles, NetSettings};
+use crate::secure_mem::SecretBytes;
+
+/// The stage a request without selectors reads.
+const CURRENT_STAGE: &str = "AWSCURRENT";
+
+/// `[sources.NAME]` with `type = "aws-secretsmanager"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAwsSource {
+    /// AWS region of the secrets, e.g. `eu-west-1`.
+    pub region: String,
+    /// Endpoint override (VPC endpoint, emulator).
+    pub endpoint_url: Option<String>,
+    /// `access-key`, `instance-profile` or `default-chain`.
+    pub auth: String,
+    /// File with the access key id (`auth = "access-key"`).
+    pub access_key_id_file: Option<PathBuf>,
+    /// File with the secret access key (`auth = "access-key"`).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// `[sources.NAME.assume_role]`.
+    pub assume_role: Option<RawAssumeRole>,
+    /// Per-source TTL override.
+    pub ttl_secs: Option<u64>,
+    /// Per-source fetch timeout.
+    pub fetch_timeout_secs: Option<u64>,
+}
+
+/// `[sources.NAME.assume_role]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssumeRole {
+    /// Role to assume.
+    pub role_arn: String,
+    /// `sts:ExternalId`.
+    pub external_id: Option<String>,
+    /// Session name; `{hostname}` is replaced. Default `credagent-{hostname}`.
+    pub session_name: Option<String>,
+    /// Session length, 900–43200 s. Default 3600.
+    pub duration_secs: Option<u64>,
+    /// STS endpoint override.
+    pub sts_endpoint: Option<String>,
+    /// Region STS calls are signed for; default the source's region.
+    pub sts_region: Option<String>,
+}
+
+/// A validated `aws-secretsmanager` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    /// Region.
+    pub region: String,
+    /// Endpoint override.
+    pub endpoint_url: Option<String>,
+    /// Credentials settings.
+    pub auth: AuthConfig,
+}
+
+/// A config value that failed validation: the dotted key and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidKey {
+    /// Dotted key, e.g. `sources.aws.assume_role.role_arn`.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> InvalidKey {
+    InvalidKey {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl RawAwsSource {
+    /// Validates the section at `key` (`sources.NAME`); relative key-file paths are relative
+    /// to the config file's directory.
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<AwsConfig, InvalidKey> {
+        check_region(&self.region).map_err(|r| invalid(format!("{key}.region"), r))?;
+        if let Some(url) = &self.endpoint_url {
+            check_url(url).map_err(|r| invalid(format!("{key}.endpoint_url"), r))?;
+        }
+        let files = match (&self.access_key_id_file, &self.secret_access_key_file) {
+            (Some(id), Some(secret)) => Some(KeyFiles {
+                access_key_id: check_key_file(
+                    &format!("{key}.access_key_id_file"),
+                    config_path,
+                    id,
+                )?,
+                secret_access_key: check_key_file(
+                    &format!("{key}.secret_access_key_file"),
+                    config_path,
+                    secret,
+                )?,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    format!("{key}.secret_access_key_file"),
+                    "access_key_id_file is set, so secret_access_key_file is needed too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    format!("{key}.access_key_id_file"),
+                    "secret_access_key_file is set, so access_key_id_file is needed too",
+                ));
+            }
+        };
+        let method = match self.auth.as_str() {
+            "access-key" => AuthMethod::AccessKey { files },
+            "instance-profile" | "default-chain" if files.is_some() => {
+                return Err(invalid(
+                    format!("{key}.access_key_id_file"),
+                    "key files are only used with auth = \"access-key\"",
+                ));
+            }
+            "instance-profile" => AuthMethod::InstanceProfile,
+            "default-chain" => AuthMethod::DefaultChain,
+            other => {
+                return Err(invalid(
+                    format!("{key}.auth"),
+                    format!(
+                        "{other:?} is not \"access-key\", \"instance-profile\" or \"default-chain\""
+                    ),
+                ));
+            }
+        };
+        let assume_role = match &self.assume_role {
+            None => None,
+            Some(raw) => Some(raw.validate(&format!("{key}.assume_role"), &self.region)?),
+        };
+        Ok(AwsConfig {
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            auth: AuthConfig {
+                key: key.to_owned(),
+                method,
+                assume_role,
+                region: self.region.clone(),
+                endpoint_url: self.endpoint_url.clone(),
+            },
+        })
+    }
+}
+
+impl RawAssumeRole {
+    fn validate(&self, key: &str, region: &str) -> Result<AssumeRoleConfig, InvalidKey> {
+        check_role_arn(&self.role_arn).map_err(|r| invalid(format!("{key}.role_arn"), r))?;
+        if let Some(id) = &self.external_id {
+            let ok = (2..=1224).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b));
+            if !ok {
+                return Err(invalid(
+                    format!("{key}.external_id"),
+                    "must be 2 to 1224 characters of letters, digits and _+=,.@:/-",
+                ));
+            }
+        }
+        let template = self
+            .session_name
+            .as_deref()
+            .unwrap_or("credagent-{hostname}");
+        let session_name = template.replace("{hostname}", &hostname());
+        let ok = (2..=64).contains(&session_name.len())
+            && session_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@-".contains(&b));
+        if !ok {
+            return Err(invalid(
+                format!("{key}.session_name"),
+                format!(
+                    "{session_name:?} must be 2 to 64 characters of letters, digits and _+=,.@-"
+                ),
+            ));
+        }
+        let secs = self.duration_secs.unwrap_or(3600);
+        if !(900..=43_200).contains(&secs) {
+            return Err(invalid(
+                format!("{key}.duration_secs"),
+                format!("must be between 900 and 43200 seconds (STS limits), got {secs}"),
+            ));
+        }
+        if let Some(url) = &self.sts_endpoint {
+            check_url(url).map_err(|r| invalid(format!("{key}.sts_endpoint"), r))?;
+        }
+        let sts_region = self.sts_region.clone().unwrap_or_else(|| region.to_owned());
+        check_region(&sts_region).map_err(|r| invalid(format!("{key}.sts_region"), r))?;
+        Ok(AssumeRoleConfig {
+            role_arn: self.role_arn.clone(),
+            external_id: self.external_id.clone(),
+            session_name,
+            duration: Duration::from_secs(secs),
+            sts_endpoint: self.sts_endpoint.clone(),
+            sts_region,
+        })
+    }
+}
+
+/// The host name with characters a session name cannot hold replaced by `-`, shortened so
+/// `credagent-{hostname}` fits 64 characters.
+fn hostname() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(54)
+        .collect()
+}
+
+fn check_region(region: &str) -> Result<(), String> {
+    let ok = (1..=32).contains(&region.len())
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{region:?} is not a region name such as \"eu-west-1\""
+        ))
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err(format!(
+            "{url:?} must be an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+fn check_role_arn(arn: &str) -> Result<(), String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5]
+            .strip_prefix("role/")
+            .is_some_and(|r| !r.is_empty());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{arn:?} is not a role ARN such as \"arn:aws:iam::210987654321:role/secrets-reader\""
+        ))
+    }
+}
+
+fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf, InvalidKey> {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match config_path.parent() {
+            Some(parent) if config_path.exists() => parent.join(path),
+            _ => path.to_path_buf(),
+        }
+    };
+    let meta =
+        std::fs::metadata(&path).map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
+    aws_auth::access_key::check_mode(&path, &meta)
+        .map_err(|r| invalid(key, format!("{}: {r}", path.display())))?;
+    Ok(path)
+}
+
+/// Checks a secret id before any call: a name (at most 512 characters of letters, digits and
+/// `/_+=.@-`) or a Secrets Manager ARN.
+pub fn check_secret_id(id: &str) -> Result<(), String> {
+    let name_ok = |name: &str| {
+        (1..=512).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
+    };
+    if !id.contains(':') {
+        return if name_ok(id) {
+            Ok(())
+        } else {
+            Err("a secret name is 1 to 512 characters of letters, digits and /_+=.@-".to_owned())
+        };
+    }
+    let parts: Vec<&str> = id.splitn(7, ':').collect();
+    let ok = parts.len() == 7
+        && parts[0] == "arn"
+        && parts[1].starts_with("aws")
+        && parts[2] == "secretsmanager"
+        && check_region(parts[3]).is_ok()
+        && parts[4].len() == 12
+        && parts[4].bytes().all(|b| b.is_ascii_digit())
+        && parts[5] == "secret"
+        && name_ok(parts[6]);
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "not a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"
+                .to_owned(),
+        )
+    }
+}
+
+/// Selectors this source accepts: `version_id` (32–64 of letters, digits, `-`) and
+/// `version_stage` (1–256 characters); not `version`.
+pub fn check_selector(selector: &Selector) -> Result<(), &'static str> {
+    if selector.version.is_some() {
+        return Err("AWS secrets take version_id or version_stage, not version");
+    }
+    if let Some(id) = &selector.version_id {
+        let ok = (32..=64).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !ok {
+            return Err("version_id must be 32 to 64 letters, digits or '-'");
+        }
+    }
+    if let Some(stage) = &selector.version_stage {
+        let ok = (1..=256).contains(&stage.len())
+            && stage
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_+=.@-".contains(&b));
+        if !ok {
+            return Err("version_stage must be 1 to 256 letters, digits or _+=.@-");
+        }
+    }
+    Ok(())
+}
+
+/// A Secrets Manager client with its own credentials.
+pub struct AwsSource {
+    client: aws_sdk_secretsmanager::Client,
+    region: String,
+    endpoint_url: Option<String>,
+    operation_timeout: Duration,
+}
+
+impl std::fmt::Debug for AwsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSource")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AwsSource {
+    /// Builds the credentials (checking them with STS) and the client.
+    pub async fn build(
+        config: &AwsConfig,
+        fetch_timeout: Duration,
+    ) -> Result<AwsSource, aws_auth::AuthError> {
+        let net = NetSettings {
+            operation_timeout: fetch_timeout,
+        };
+        let credentials = aws_auth::build(&config.auth, net).await?;
+        let sdk = aws_auth::sdk_config(
+            credentials,
+            &config.region,
+            config.endpoint_url.as_deref(),
+            net,
+        )
+        .await;
+        Ok(AwsSource {
+            client: aws_sdk_secretsmanager::Client::new(&sdk),
+            region: config.region.clone(),
+            endpoint_url: config.endpoint_url.clone(),
+            operation_timeout: fetch_timeout,
+        })
+    }
+
+    /// Fetches `request`; with `previous`, first asks `DescribeSecret` whether the cached
+    /// version still carries the requested stage (or still exists, for a `version_id`).
+    pub async fn fetch(
+        &self,
+        request: &SecretRequest,
+        previous: Option<&Secret>,
+    ) -> Result<Fetched, SourceError> {
+        let id = request.name.id();
+        check_secret_id(id).map_err(SourceError::Invalid)?;
+        let selector = &request.selector;
+        if let Some(version) = previous.and_then(|p| p.version.as_deref()) {
+            match self.still_current(id, selector, version).await {
+                Ok(true) => return Ok(Fetched::Unchanged),
+                Ok(false) => {}
+                // Without secretsmanager:DescribeSecret, fall back to reading the value.
+                Err(SourceError::Denied { detail }) => {
+                    tracing::debug!(%detail, "rotation check denied; fetching the value");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let mut out = self
+            .client
+            .get_secret_value()
+            .secret_id(id)
+            .set_version_id(selector.version_id.clone())
+            .set_version_stage(selector.version_stage.clone())
+            .send()
+            .await
+            .map_err(|e| self.map_error("GetSecretValue", e))?;
+        let value = match (out.secret_string.take(), out.secret_binary.take()) {
+            (Some(text), _) => SecretBytes::from_vec_wiping(text.into_bytes())?,
+            (None, Some(blob)) => SecretBytes::from_vec_wiping(blob.into_inner())?,
+            (None, None) => {
+                return Err(SourceError::BadReply {
+                    detail: "GetSecretValue returned neither SecretString nor SecretBinary"
+                        .to_owned(),
+                });
+            }
+        };
+        Ok(Fetched::New(Secret {
+            value,
+            version: out.version_id.take(),
+            fetched_at: SystemTime::now(),
+        }))
+    }
+
+    async fn still_current(
+        &self,
+        id: &str,
+        selector: &Selector,
+        version: &str,
+    ) -> Result<bool, SourceError> {
+        let out = self
+            .client
+            .describe_secret()
+            .secret_id(id)
+            .send()
+            .await
+            .map_err(|e| self.map_error("DescribeSecret", e))?;
+        let stages = out.version_ids_to_stages().and_then(|map| map.get(version));
+        let current = match (&selector.version_id, &selector.version_stage) {
+            // A version id names immutable bytes: current while the version exists.
+            (Some(_), None) => stages.is_some(),
+            (_, stage) => {
+                let stage = stage.as_deref().unwrap_or(CURRENT_STAGE);
+                stages.is_some_and(|s| s.iter().any(|s| s == stage))
+            }
+        };
+        Ok(current)
+    }
+
+    fn map_error<E>(
+        &self,
+        operation: &str,
+        err: SdkError<E, aws_sdk_secretsmanager::config::http::HttpResponse>,
+    ) -> SourceError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let detail = format!("{operation}: {}", DisplayErrorContext(&err));
+        match &err {
+            SdkError::TimeoutError(_) => SourceError::Timeout(self.operation_timeout),
+            SdkError::DispatchFailure(f) if f.is_timeout() => {
+                SourceError::Timeout(self.operation_timeout)
+            }
+            SdkError::ServiceError(ctx) => {
+                classify(ctx.err().code(), ctx.raw().status().as_u16(), detail)
+            }
+            _ => SourceError::Unavailable { detail },
+        }
+    }
+}
+
+/// Maps a service error (its code when the SDK parsed one, and the HTTP status) to a
+/// [`SourceError`]. 403 without a code (moto's XML auth errors) is a denial.
+fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError {
+    match code {
+        Some("ResourceNotFoundException") => SourceError::NotFound,
+        // A secret scheduled for deletion: gone, as far as a reader is concerned.
+        Some("InvalidRequestException") if detail.contains("deleted") => SourceError::NotFound,
+        Some(
+            "AccessDeniedException"
+            | "AccessDenied"
+            | "DecryptionFailure"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "InvalidClientTokenId"
+            | "ExpiredTokenException"
+            | "IncompleteSignature"
+            | "KMSAccessDeniedException",
+        ) => SourceError::Denied { detail },
+        Some(
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded"
+            | "InternalServiceError"
+            | "InternalFailure"
+            | "ServiceUnavailable",
+        ) => SourceError::Unavailable { detail },
+        _ => match status {
+            401 | 403 => SourceError::Denied { detail },
+            404 => SourceError::NotFound,
+            408 | 429 | 500..=599 => SourceError::Unavailable { detail },
+            _ => SourceError::BadReply { detail },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(extra: &str) -> Result<AwsConfig, InvalidKey> {
+        let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
+        let raw: RawAwsSource = toml::from_str(&text).unwrap();
+        raw.validate("sources.aws", Path::new("/nonexistent/config.toml"))
+    }
+
+    #[test]
+    fn valid_config_with_assume_role_defaults() {
+        let cfg =
+            raw("[assume_role]\nrole_arn = \"arn:aws:iam::210987654321:role/secrets-reader\"\n")
+                .unwrap();
+        let role = cfg.auth.assume_role.unwrap();
+        assert_eq!(role.duration, Duration::from_secs(3600));
+        assert_eq!(role.sts_region, "eu-west-1");
+        assert!(role.session_name.starts_with("credagent-"));
+        assert_eq!(cfg.auth.method, AuthMethod::InstanceProfile);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let role = "[assume_role]\nrole_arn = \"arn:aws:iam::210987654321:role/r\"\n";
+        let cases: &[(String, &str)] = &[
+            (
+                "region = \"EU WEST\"".replace("region", "endpoint_url"),
+                "sources.aws.endpoint_url",
+            ),
+            ("auth2 = 1".to_owned(), "parse"),
+            (
+                format!("{role}duration_secs = 60\n"),
+                "sources.aws.assume_role.duration_secs",
+            ),
+            (
+                format!("{role}sts_region = \"Nowhere 1\"\n"),
+                "sources.aws.assume_role.sts_region",
+            ),
+            (
+                format!("{role}sts_endpoint = \"ftp://x\"\n"),
+                "sources.aws.assume_role.sts_endpoint",
+            ),
+            (
+                format!("{role}external_id = \"x\"\n"),
+                "sources.aws.assume_role.external_id",
+            ),
+            (
+                format!("{role}session_name = \"a b\"\n"),
+                "sources.aws.assume_role.session_name",
+            ),
+            (
+                "[assume_role]\nrole_arn = \"arn:aws:iam::21098765432:role/r\"\n".to_owned(),
+                "sources.aws.assume_role.role_arn",
+            ),
+            (
+                "[assume_role]\nrole_arn = \"arn:aws:iam::210987654321:user/r\"\n".to_owned(),
+                "sources.aws.assume_role.role_arn",
+            ),
+            (
+                "access_key_id_file = \"/nonexistent/id\"\n".to_owned(),
+                "sources.aws.secret_access_key_file",
+            ),
+        ];
+        for (extra, key) in cases {
+            let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
+            let parsed: Result<RawAwsSource, _> = toml::from_str(&text);
+            match parsed {
+                Err(_) => assert_eq!(*key, "parse", "{extra}"),
+                Ok(raw) => {
+                    let err = raw
+                        .validate("sources.aws", Path::new("/nonexistent/config.toml"))
+                        .unwrap_err();
+                    assert_eq!(err.key, *key, "{extra}: {}", err.reason);
+                }
+            }
+        }
+        let bad_auth: RawAwsSource =
+            toml::from_str("region = \"eu-west-1\"\nauth = \"password\"\n").unwrap();
+        assert_eq!(
+            bad_auth
+                .validate("sources.aws", Path::new("c.toml"))
+                .unwrap_err()
+                .key,
+            "sources.aws.auth"
+        );
+        let bad_region: RawAwsSource =
+            toml::from_str("region = \"EU\"\nauth = \"default-chain\"\n").unwrap();
+        assert_eq!(
+            bad_region
+                .validate("sources.aws", Path::new("c.toml"))
+                .unwrap_err()
+                .key,
+            "sources.aws.region"
+        );
+    }
+
+    #[test]
+    fn key_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("id");
+        let secret = dir.path().join("secret");
+        std::fs::write(&id, "AKIAX").unwrap();
+        std::fs::write(&secret, "s").unwrap();
+        std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!(
+            "region = \"eu-west-1\"\nauth = \"access-key\"\naccess_key_id_file = \"{}\"\nsecret_access_key_file = \"{}\"\n",
+            id.display(),
+            secret.display()
+        );
+        let raw: RawAwsSource = toml::from_str(&text).unwrap();
+        let err = raw
+            .validate("sources.aws", Path::new("c.toml"))
+            .unwrap_err();
+        assert_eq!(err.key, "sources.aws.secret_access_key_file");
+        assert!(err.reason.contains("0600"), "{}", err.reason);
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
+        let raw: RawAwsSource = toml::from_str(&text).unwrap();
+        assert!(raw.validate("sources.aws", Path::new("c.toml")).is_ok());
+    }
+
+    #[test]
+    fn secret_ids_table() {
+        let cases = [
+            ("prod/db", true),
+            ("a+b=c.d@e_f-g", true),
+            (
+                "arn:aws:secretsmanager:eu-west-1:210987654321:secret:shared/db-AbCdEf",
+                true,
+            ),
+            (
+                "arn:aws:secretsmanager:eu-west-1:21098765432:secret:x",
+                false,
+            ),
+            ("arn:aws:s3:eu-west-1:210987654321:secret:x", false),
+            (
+                "arn:aws:secretsmanager:eu-west-1:210987654321:secret:",
+                false,
+            ),
+            ("name:with-colon", false),
+        ];
+        for (id, ok) in cases {
+            assert_eq!(check_secret_id(id).is_ok(), ok, "{id}");
+        }
+        assert!(check_secret_id(&"a".repeat(513)).is_err());
+    }
+
+    #[test]
+    fn selectors_table() {
+        let sel = |id: Option<&str>, stage: Option<&str>, version: Option<u64>| Selector {
+            version_id: id.map(str::to_owned),
+            version_stage: stage.map(str::to_owned),
+            version,
+        };
+        assert!(check_selector(&sel(None, None, None)).is_ok());
+        assert!(check_selector(&sel(None, Some("AWSPREVIOUS"), None)).is_ok());
+        assert!(
+            check_selector(&sel(
+                Some("0a1b2c3d-0000-1111-2222-333344445555"),
+                None,
+                None
+            ))
+            .is_ok()
+        );
+        assert!(check_selector(&sel(Some("short"), None, None)).is_err());
+        assert!(check_selector(&sel(None, Some(""), None)).is_err());
+        assert!(check_selector(&sel(None, None, Some(2))).is_err());
+    }
+
+    #[test]
+    fn errors_table() {
+        let d = || "detail".to_owned();
+        assert_eq!(
+            classify(Some("ResourceNotFoundException"), 400, d()),
+            SourceError::NotFound
+        );
+        assert!(matches!(
+            classify(Some("AccessDeniedException"), 400, d()),
+            SourceError::Denied { .. }
+        ));
+        assert!(matches!(
+            classify(Some("DecryptionFailure"), 400, d()),
+            SourceError::Denied { .. }
+        ));
+        assert!(matches!(
+            classify(None, 403, d()),
+            SourceError::Denied { .. }
+        ));
+        assert!(matches!(
+            classify(Some("ThrottlingException"), 400, d()),
+            SourceError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            classify(None, 503, d()),
+            SourceError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            classify(None, 429, d()),
+            SourceError::Unavailable { .. }
+        ));
+        assert!(matches!(
+            classify(None, 400, d()),
+            SourceError::BadReply { .. }
+        ));
+        assert!(classify(None, 500, d()).is_transient());
+    }
+}
