@@ -121,8 +121,28 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CREDAGENT_LOG")
+    let mut filter = tracing_subscriber::EnvFilter::try_from_env("CREDAGENT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // SECURITY: at debug/trace these libraries log request and response bodies (secret values,
+    // tokens, signed headers). Cap them whatever CREDAGENT_LOG asks for.
+    for target in [
+        "aws_smithy_runtime",
+        "aws_smithy_runtime_api",
+        "aws_smithy_http",
+        "aws_smithy_http_client",
+        "aws_sdk_secretsmanager",
+        "aws_sdk_sts",
+        "aws_config",
+        "aws_sigv4",
+        "hyper",
+        "hyper_util",
+        "h2",
+        "rustls",
+    ] {
+        if let Ok(directive) = format!("{target}=info").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
