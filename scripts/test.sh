@@ -16,5 +16,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace
 
+echo "== bench --quick (keeps the benchmark from rotting; judges no figure)"
+cargo run -q -p credagent-bench -- all --quick
+
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
