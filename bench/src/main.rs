@@ -6,6 +6,7 @@
 //! ```text
 //! credagent-bench all [--quick] [--rounds N] [--secs S] [--out PATH] [--agent PATH]
 //! credagent-bench quick                      # = all --quick
+//! credagent-bench load agent|floor [--conns N] [--secs S]   # one long run, to profile (prints the pid)
 //! credagent-bench floor --socket PATH        # the floor server (started by `all`)
 //! ```
 
@@ -37,6 +38,12 @@ struct Options {
 
 enum Mode {
     All(Options),
+    Load {
+        floor: bool,
+        conns: usize,
+        secs: f64,
+        agent: Option<PathBuf>,
+    },
     Floor(PathBuf),
 }
 
@@ -49,6 +56,8 @@ fn parse_args(args: &[String]) -> Result<Mode, BenchError> {
     let mut out = None;
     let mut agent = None;
     let mut socket = None;
+    let mut conns = None;
+    let mut target = None;
     let value = |flag: &str, iter: &mut std::slice::Iter<'_, String>| {
         iter.next()
             .cloned()
@@ -62,6 +71,10 @@ fn parse_args(args: &[String]) -> Result<Mode, BenchError> {
             "--out" => out = Some(PathBuf::from(value(arg, &mut iter)?)),
             "--agent" => agent = Some(PathBuf::from(value(arg, &mut iter)?)),
             "--socket" => socket = Some(PathBuf::from(value(arg, &mut iter)?)),
+            "--conns" => conns = Some(value(arg, &mut iter)?),
+            "agent" | "floor" if mode == Some("load") && target.is_none() => {
+                target = Some(arg.clone());
+            }
             other => return Err(BenchError::Usage(format!("unknown argument {other:?}"))),
         }
     }
@@ -69,6 +82,18 @@ fn parse_args(args: &[String]) -> Result<Mode, BenchError> {
         Some("floor") => socket
             .map(Mode::Floor)
             .ok_or_else(|| BenchError::Usage("floor needs --socket PATH".to_owned())),
+        Some("load") => Ok(Mode::Load {
+            floor: target.as_deref() == Some("floor"),
+            conns: conns
+                .as_deref()
+                .map_or(Ok(16), str::parse)
+                .map_err(|_| BenchError::Usage("--conns: need a number".to_owned()))?,
+            secs: secs
+                .as_deref()
+                .map_or(Ok(20.0), str::parse)
+                .map_err(|_| BenchError::Usage("--secs: need seconds".to_owned()))?,
+            agent,
+        }),
         Some("all" | "quick") => {
             let rounds = match rounds {
                 Some(r) => r.parse::<usize>().ok().filter(|r| *r >= 1).ok_or_else(|| {
@@ -111,6 +136,12 @@ fn main() -> ExitCode {
     let result = parse_args(&args).and_then(|mode| match mode {
         Mode::Floor(socket) => floor::run(&socket),
         Mode::All(options) => run_all(&options),
+        Mode::Load {
+            floor,
+            conns,
+            secs,
+            agent,
+        } => run_load(floor, conns, secs, agent),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,6 +180,59 @@ fn run_all(options: &Options) -> Result<(), BenchError> {
         options.out.display()
     );
     Ok(())
+}
+
+/// One long run against one server, for a profiler to attach to (`perf record -p PID`).
+fn run_load(
+    floor: bool,
+    conns: usize,
+    secs: f64,
+    agent: Option<PathBuf>,
+) -> Result<(), BenchError> {
+    let bin = agent::locate(agent)?;
+    let split = procfs::Split::detect();
+    procfs::pin_current_thread(split.client)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::io("start the load generator's runtime"))?;
+    runtime.block_on(async {
+        let scratch = agent::Scratch::new("load")?;
+        scratch.secret("bench", floor::BODY)?;
+        let config = agent::config(scratch.path(), agent::CacheSettings::default(), "");
+        let (_guard, socket, pid) = if floor {
+            let (child, socket) = floor::start(scratch.path(), split.server).await?;
+            let pid = child.pid();
+            (Err(child), socket, pid)
+        } else {
+            let agent = agent::Agent::start(&bin, &scratch, &config, split.server).await?;
+            let (socket, pid) = (agent.socket().to_path_buf(), agent.pid());
+            (Ok(agent), socket, pid)
+        };
+        eprintln!(
+            "credagent-bench: {} pid {pid}, {conns} connections for {secs} s",
+            if floor { "floor" } else { "agent" }
+        );
+        let outcome = load::run(&load::Spec {
+            socket: &socket,
+            path: floor::SECRET_PATH,
+            conns,
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_secs_f64(secs),
+            server_pid: pid,
+        })
+        .await?;
+        println!(
+            "{:.0} req/s, server {:.1} µs CPU/request ({:.0}% of its core), p50/p99/p99.9 {:?}/{:?}/{:?}",
+            outcome.rps(),
+            outcome.server_us_per_req(),
+            outcome.server_util() * 100.0,
+            outcome.latency.p50,
+            outcome.latency.p99,
+            outcome.latency.p999
+        );
+        Ok(())
+    })
 }
 
 async fn measure(
