@@ -70,12 +70,9 @@ pub async fn misses(bin: &Path, core: Option<usize>) -> Result<AwsMisses, BenchE
         .map_err(BenchError::io("run credagent check-config"))?;
     if !check.status.success() {
         let stderr = String::from_utf8_lossy(&check.stderr);
-        // The parser's last line says why (e.g. "unknown variant `aws-secretsmanager`").
-        let why = stderr
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
+        // The agent prints the parser's lines joined by " | "; the last one says why (e.g.
+        // "unknown variant `aws-secretsmanager`").
+        let why = stderr.trim().rsplit(" | ").next().unwrap_or("");
         return Ok(AwsMisses::Skipped(format!(
             "this agent rejects the AWS source config: {}",
             why.trim().replace('|', "/")
