@@ -26,10 +26,12 @@ peer = { uid = {uid} }
 secrets = ["aws/*"]
 "#;
 
-const ENV: [(&str, &str); 3] = [
+const ENV: [(&str, &str); 4] = [
     ("AWS_ACCESS_KEY_ID", "testing"),
     ("AWS_SECRET_ACCESS_KEY", "testing"),
     ("AWS_REGION", "us-east-1"),
+    // No instance-metadata lookups from the bench.
+    ("AWS_EC2_METADATA_DISABLED", "true"),
 ];
 
 fn venv_bin(name: &str) -> PathBuf {
