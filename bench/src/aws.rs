@@ -80,7 +80,7 @@ pub async fn misses(bin: &Path, core: Option<usize>) -> Result<AwsMisses, BenchE
             why.trim().replace('|', "/")
         )));
     }
-    let _moto = start_moto(&moto, port)?;
+    let _moto = start_moto(&moto, port, scratch.path())?;
     let value = [b'a'; 256];
     let body = format!(
         r#"{{"Name":"bench-cold","SecretString":"{}"}}"#,
@@ -121,9 +121,11 @@ pub async fn misses(bin: &Path, core: Option<usize>) -> Result<AwsMisses, BenchE
     })
 }
 
-fn start_moto(moto: &Path, port: u16) -> Result<ChildGuard, BenchError> {
+fn start_moto(moto: &Path, port: u16, dir: &Path) -> Result<ChildGuard, BenchError> {
     let mut command = Command::new(moto);
+    // moto's recorder writes `moto_recording` into its working directory.
     command
+        .current_dir(dir)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
