@@ -18,6 +18,9 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 
+echo "== bench --quick (keeps the benchmark from rotting; judges no figure)"
+cargo run -q -p credagent-bench -- all --quick
+
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
 

@@ -82,6 +82,10 @@ impl Metrics {
     /// The counters of one source (created on first use).
     pub fn source(&self, name: &str) -> Arc<SourceMetrics> {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        // Looked up on every read: allocate the key only the first time.
+        if let Some(metrics) = sources.get(name) {
+            return metrics.clone();
+        }
         sources.entry(name.to_owned()).or_default().clone()
     }
 

@@ -1,0 +1,260 @@
+//! Renders the results as one Markdown document (printed and written to a file): the machine
+//! and settings, the side-by-side table with per-round ratios and their medians, the agent-only
+//! figures, and each target with met or missed. It measures nothing.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::checks::{Expiry, Memory, Misses, Start};
+use crate::throughput::{CONNS, Cell, median};
+
+/// The AWS miss burst: measured, or why not.
+#[derive(Debug, Clone)]
+pub enum AwsMisses {
+    /// Measured against moto; `calls` is what moto recorded.
+    Measured {
+        /// The burst as the agent saw it.
+        misses: Misses,
+        /// GetSecretValue calls moto recorded.
+        calls: u64,
+    },
+    /// Not measured, with the reason.
+    Skipped(String),
+}
+
+/// Everything one run produced.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// `key: value` lines about the machine and settings.
+    pub meta: Vec<(String, String)>,
+    /// Whether this was `--quick` (targets are not judged).
+    pub quick: bool,
+    /// The side-by-side cells.
+    pub cells: Vec<Cell>,
+    /// Audit lines the agent dropped during the side-by-side runs.
+    pub audit_dropped: u64,
+    /// File-source miss burst.
+    pub misses: Misses,
+    /// AWS miss burst.
+    pub aws: AwsMisses,
+    /// Expiry run.
+    pub expiry: Expiry,
+    /// Memory.
+    pub memory: Memory,
+    /// Start-up.
+    pub start: Start,
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+fn us(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e6)
+}
+
+fn lat(o: &crate::load::Outcome) -> String {
+    format!(
+        "{} / {} / {}",
+        us(o.latency.p50),
+        us(o.latency.p99),
+        us(o.latency.p999)
+    )
+}
+
+impl Report {
+    fn median_at(&self, conns: usize, f: impl Fn(&Cell) -> f64) -> f64 {
+        median(
+            self.cells
+                .iter()
+                .filter(|c| c.conns == conns)
+                .map(f)
+                .collect(),
+        )
+    }
+
+    /// (description, measured, met) for each target of the issue.
+    pub fn targets(&self) -> Vec<(String, String, Option<bool>)> {
+        let rps16 = self.median_at(16, Cell::rps_ratio);
+        let cpu16 = self.median_at(16, Cell::cpu_ratio);
+        let mut out = vec![
+            (
+                "cached read at 16 connections ≥ 0.9× the floor's req/s".to_owned(),
+                format!("{rps16:.2}× (median of rounds)"),
+                Some(rps16 >= 0.9),
+            ),
+            (
+                "CPU per request at 16 connections ≤ 1.25× the floor's".to_owned(),
+                format!("{cpu16:.2}× (median of rounds)"),
+                Some(cpu16 <= 1.25),
+            ),
+            (
+                "exactly 1 upstream fetch per 200 concurrent misses (file source)".to_owned(),
+                format!("{} fetch(es)", self.misses.fetches),
+                Some(self.misses.fetches == 1 && self.misses.ok == self.misses.requests),
+            ),
+        ];
+        match &self.aws {
+            AwsMisses::Measured { calls, misses } => out.push((
+                "exactly 1 upstream fetch per 200 concurrent misses (AWS source, moto)".to_owned(),
+                format!("{calls} GetSecretValue call(s) seen by moto"),
+                Some(*calls == 1 && misses.ok == misses.requests),
+            )),
+            AwsMisses::Skipped(_) => out.push((
+                "exactly 1 upstream fetch per 200 concurrent misses (AWS source, moto)".to_owned(),
+                "not measured (see above)".to_owned(),
+                None,
+            )),
+        }
+        let m = &self.memory;
+        out.push((
+            "0 requests wait on expiry".to_owned(),
+            format!("{} waited", self.expiry.refresh_waits),
+            Some(self.expiry.refresh_waits == 0),
+        ));
+        out.push((
+            "RSS idle ≤ 8 MiB".to_owned(),
+            format!("{:.1} MiB", m.rss_idle as f64 / MIB),
+            Some(m.rss_idle as f64 <= 8.0 * MIB),
+        ));
+        out.push((
+            "RSS with 10,000 cached secrets ≤ 40 MiB".to_owned(),
+            format!("{:.1} MiB with {}", m.rss_full as f64 / MIB, m.secrets),
+            (m.secrets == 10_000).then_some(m.rss_full as f64 <= 40.0 * MIB),
+        ));
+        out.push((
+            "ready ≤ 10 ms after exec (file source)".to_owned(),
+            format!(
+                "{:.1} ms (median of {})",
+                self.start.ready.as_secs_f64() * 1e3,
+                self.start.runs
+            ),
+            Some(self.start.ready <= Duration::from_millis(10)),
+        ));
+        if self.quick {
+            for target in &mut out {
+                target.2 = None;
+            }
+        }
+        out
+    }
+
+    /// The whole report as Markdown.
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## credagent bench{}\n",
+            if self.quick { " (quick)" } else { "" }
+        );
+        for (k, v) in &self.meta {
+            let _ = writeln!(s, "- {k}: {v}");
+        }
+        s.push_str("\n### Cached read: agent vs floor, interleaved per round\n\n");
+        s.push_str("Latency p50 / p99 / p99.9 in µs; CPU is the server's, per request; client % is the load generator's use of its core (agent run / floor run).\n\n");
+        s.push_str("| conns | round | agent req/s | floor req/s | ratio | agent latency | floor latency | agent CPU µs/req | floor CPU µs/req | CPU ratio | server % a/f | client % a/f |\n");
+        s.push_str("|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|---|\n");
+        for c in &self.cells {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {} | {} | {:.1} | {:.1} | {:.2} | {:.0}/{:.0} | {:.0}/{:.0} |",
+                c.conns,
+                c.round,
+                c.agent.rps(),
+                c.floor.rps(),
+                c.rps_ratio(),
+                lat(&c.agent),
+                lat(&c.floor),
+                c.agent.server_us_per_req(),
+                c.floor.server_us_per_req(),
+                c.cpu_ratio(),
+                c.agent.server_util() * 100.0,
+                c.floor.server_util() * 100.0,
+                c.agent.client_util() * 100.0,
+                c.floor.client_util() * 100.0,
+            );
+        }
+        s.push_str("\n| conns | median req/s ratio (agent/floor) | median CPU/req ratio |\n|---:|---:|---:|\n");
+        for conns in CONNS {
+            let _ = writeln!(
+                s,
+                "| {conns} | {:.2} | {:.2} |",
+                self.median_at(conns, Cell::rps_ratio),
+                self.median_at(conns, Cell::cpu_ratio)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nAudit lines dropped by the agent during these runs: {}\n",
+            self.audit_dropped
+        );
+        s.push_str("### Agent only\n\n| measurement | result |\n|---|---|\n");
+        let m = &self.misses;
+        let _ = writeln!(
+            s,
+            "| misses, file source | {} concurrent requests for one uncached secret: {} ok, {} source fetch(es), {} request(s) counted as waiting on a fetch, {:.1} ms wall |",
+            m.requests,
+            m.ok,
+            m.fetches,
+            m.waited,
+            m.wall.as_secs_f64() * 1e3
+        );
+        match &self.aws {
+            AwsMisses::Measured { misses, calls } => {
+                let _ = writeln!(
+                    s,
+                    "| misses, AWS source (moto) | {} concurrent requests: {} ok, agent counted {} fetch(es), moto saw {calls} GetSecretValue call(s), {:.1} ms wall |",
+                    misses.requests,
+                    misses.ok,
+                    misses.fetches,
+                    misses.wall.as_secs_f64() * 1e3
+                );
+            }
+            AwsMisses::Skipped(why) => {
+                let _ = writeln!(s, "| misses, AWS source (moto) | not measured: {why} |");
+            }
+        }
+        let e = &self.expiry;
+        let _ = writeln!(
+            s,
+            "| expiry | ttl {} s, refresh-ahead {} s, 16 connections for {:.1} s: {} requests, {} waited on a refresh, {} background refreshes, p99.9 {} µs |",
+            e.ttl_secs,
+            e.refresh_ahead_secs,
+            e.duration.as_secs_f64(),
+            e.requests,
+            e.refresh_waits,
+            e.refresh_ahead,
+            us(e.p999)
+        );
+        let mem = &self.memory;
+        let _ = writeln!(
+            s,
+            "| memory | RSS idle {:.1} MiB; with {} cached secrets of {} bytes: RSS {:.1} MiB, VmLck {:.1} MiB, credagent_locked_bytes {:.1} MiB, {} entries |",
+            mem.rss_idle as f64 / MIB,
+            mem.secrets,
+            mem.secret_len,
+            mem.rss_full as f64 / MIB,
+            mem.vmlck as f64 / MIB,
+            mem.locked_metric as f64 / MIB,
+            mem.entries
+        );
+        let st = &self.start;
+        let _ = writeln!(
+            s,
+            "| start (file source) | exec → socket accepting {:.1} ms, exec → /v1/health 200 {:.1} ms (median of {}, slowest {:.1} ms) |",
+            st.accepting.as_secs_f64() * 1e3,
+            st.ready.as_secs_f64() * 1e3,
+            st.runs,
+            st.ready_max.as_secs_f64() * 1e3
+        );
+        s.push_str("\n### Targets\n\n| target | measured | met |\n|---|---|---|\n");
+        for (target, measured, met) in self.targets() {
+            let met = match met {
+                Some(true) => "met",
+                Some(false) => "**missed**",
+                None if self.quick => "not judged (quick run)",
+                None => "not judged",
+            };
+            let _ = writeln!(s, "| {target} | {measured} | {met} |");
+        }
+        s
+    }
+}

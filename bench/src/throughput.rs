@@ -1,0 +1,121 @@
+//! The side-by-side run: the agent serving a cached secret and the floor server serving a fixed
+//! body, interleaved (agent, floor, agent, floor…) for every round and connection count, so
+//! both see the same machine noise. Each run is a fresh set of keep-alive connections.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::error::BenchError;
+use crate::load::{self, Outcome};
+
+/// Connection counts measured.
+pub const CONNS: [usize; 3] = [1, 16, 64];
+
+/// One (round, connection count) pair of runs.
+#[derive(Debug, Clone)]
+pub struct Cell {
+    /// Round, from 1.
+    pub round: usize,
+    /// Keep-alive connections.
+    pub conns: usize,
+    /// The agent's run.
+    pub agent: Outcome,
+    /// The floor's run, right after.
+    pub floor: Outcome,
+}
+
+impl Cell {
+    /// agent req/s ÷ floor req/s.
+    pub fn rps_ratio(&self) -> f64 {
+        self.agent.rps() / self.floor.rps()
+    }
+
+    /// agent CPU per request ÷ floor CPU per request.
+    pub fn cpu_ratio(&self) -> f64 {
+        self.agent.server_us_per_req() / self.floor.server_us_per_req()
+    }
+}
+
+/// A server under test.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Its socket.
+    pub socket: &'a Path,
+    /// Its pid.
+    pub pid: u32,
+    /// The path that returns the 64-byte value.
+    pub path: &'a str,
+}
+
+/// Timing of each run.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Rounds (≥ 3 for the report's medians to mean anything).
+    pub rounds: usize,
+    /// Warm-up before each measured window.
+    pub warmup: Duration,
+    /// Measured window of each run.
+    pub measure: Duration,
+}
+
+/// Runs every round; `progress` is told about each finished cell.
+pub async fn run(
+    agent: Target<'_>,
+    floor: Target<'_>,
+    timing: Timing,
+    mut progress: impl FnMut(&Cell),
+) -> Result<Vec<Cell>, BenchError> {
+    let mut cells = Vec::new();
+    for round in 1..=timing.rounds {
+        for conns in CONNS {
+            let agent_outcome = load::run(&spec(agent, conns, timing)).await?;
+            let floor_outcome = load::run(&spec(floor, conns, timing)).await?;
+            let cell = Cell {
+                round,
+                conns,
+                agent: agent_outcome,
+                floor: floor_outcome,
+            };
+            progress(&cell);
+            cells.push(cell);
+        }
+    }
+    Ok(cells)
+}
+
+fn spec<'a>(target: Target<'a>, conns: usize, timing: Timing) -> load::Spec<'a> {
+    load::Spec {
+        socket: target.socket,
+        path: target.path,
+        conns,
+        warmup: timing.warmup,
+        measure: timing.measure,
+        server_pid: target.pid,
+    }
+}
+
+/// The median of `values` (NaN for none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(vec![]).is_nan());
+    }
+}
