@@ -154,18 +154,43 @@ impl Glob {
 
     /// Whether `source` and `id` joined by `/` match, without allocating.
     pub fn matches_parts(&self, source: &str, id: &str) -> bool {
-        let p = self.0.as_bytes();
-        // Fast path for the common pattern shapes is not needed: names are short.
-        let mut joined = Vec::with_capacity(source.len() + 1 + id.len());
-        joined.extend_from_slice(source.as_bytes());
-        joined.push(b'/');
-        joined.extend_from_slice(id.as_bytes());
-        glob_match(p, &joined)
+        glob_match(self.0.as_bytes(), Joined(source.as_bytes(), id.as_bytes()))
+    }
+}
+
+/// The bytes being matched: one slice, or `a` + `/` + `b` without building it.
+trait Subject: Copy {
+    fn len(self) -> usize;
+    fn at(self, i: usize) -> u8;
+}
+
+impl Subject for &[u8] {
+    fn len(self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn at(self, i: usize) -> u8 {
+        self[i]
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Joined<'a>(&'a [u8], &'a [u8]);
+
+impl Subject for Joined<'_> {
+    fn len(self) -> usize {
+        self.0.len() + 1 + self.1.len()
+    }
+    fn at(self, i: usize) -> u8 {
+        match i.cmp(&self.0.len()) {
+            std::cmp::Ordering::Less => self.0[i],
+            std::cmp::Ordering::Equal => b'/',
+            std::cmp::Ordering::Greater => self.1[i - self.0.len() - 1],
+        }
     }
 }
 
 /// Iterative wildcard match with single-star backtracking: O(len(p) * len(s)) worst case.
-fn glob_match(p: &[u8], s: &[u8]) -> bool {
+fn glob_match(p: &[u8], s: impl Subject) -> bool {
     let (mut pi, mut si) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
@@ -174,7 +199,7 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
                 star = Some((pi, si));
                 pi += 1;
             }
-            Some(&c) if c == b'?' || c == s[si] => {
+            Some(&c) if c == b'?' || c == s.at(si) => {
                 pi += 1;
                 si += 1;
             }
