@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 echo "== installing test servers (pinned, into .venv)"
 scripts/install-test-deps.sh
 
+echo "== installing packaging tools (lintian, buildah, systemd tools, cargo-deb)"
+scripts/install-packaging-deps.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -18,3 +21,6 @@ cargo test --workspace
 
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
+
+echo "== packaging: .deb (lintian, dpkg -i, check-config, purge) and container image (buildah)"
+scripts/test-packaging.sh
