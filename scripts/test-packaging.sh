@@ -128,9 +128,20 @@ TOML
         "[ \"\$(curl -s --unix-socket $run/agent.sock http://localhost/v1/secrets/files/probe)\" = from-the-image ]"
     check "the containerised agent runs as uid 65532" sh -c \
         "[ \"\$(stat -c %u $run/agent.sock)\" = 65532 ]"
-    agent_pid=$(pgrep -f -n "credagent serve --config /run/credagent/config.toml" || true)
-    [ -n "$agent_pid" ] && kill -TERM "$agent_pid" 2>/dev/null || true
-    wait "$serve_pid" 2>/dev/null || true
+    # Stop the agent: it is a descendant of the `buildah run` started above (by pid, not name).
+    descendants() {
+        local child
+        for child in $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+            echo "$child"
+            descendants "$child"
+        done
+    }
+    for pid in $(descendants "$serve_pid"); do
+        if [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = credagent ]; then
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    check "the containerised agent exits cleanly on SIGTERM" wait "$serve_pid"
     buildah "${storage[@]}" rm "$ctr" >/dev/null || true
     buildah "${storage[@]}" rmi "$image" >/dev/null || true
 fi
