@@ -17,10 +17,17 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+
+echo "== packaging: .deb (lintian, dpkg -i, check-config, purge) and container image (buildah)"
+scripts/test-packaging.sh 2>&1 | tee -a "$log"
 
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
 
-echo "== packaging: .deb (lintian, dpkg -i, check-config, purge) and container image (buildah)"
-scripts/test-packaging.sh
+# One closing line for the whole suite, summed over every test binary.
+awk '/^packaging: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -57,6 +57,29 @@ pub enum Command {
         #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Fill `{{ secret SOURCE/ID [field=KEY] }}` placeholders of a template file.
+    Render {
+        /// The template.
+        template: PathBuf,
+        /// Write here (atomically, mode 0600) instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Agent socket.
+        #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Run a command with secrets in its environment: `exec --env VAR=SOURCE/ID[#FIELD] -- CMD…`.
+    Exec {
+        /// `VAR=SOURCE/ID` or `VAR=SOURCE/ID#FIELD`; repeatable.
+        #[arg(long = "env", required = true)]
+        bindings: Vec<String>,
+        /// Agent socket.
+        #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Flush cached secrets (all, or those matching a glob over `SOURCE/ID`).
     Flush {
         /// Glob, e.g. `aws/prod/*`.

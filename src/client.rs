@@ -146,3 +146,51 @@ pub async fn flush(socket: &Path, pattern: Option<&str>) -> Result<u64, ClientEr
     let parsed: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
     Ok(parsed["flushed"].as_u64().unwrap_or(0))
 }
+
+/// Renders a template file, fetching every `{{ secret … }}` through the agent. The result is
+/// plain memory of this short-lived client; callers write it out and wipe it.
+pub async fn render(socket: &Path, template: &Path) -> Result<Vec<u8>, ClientError> {
+    let text = std::fs::read_to_string(template)
+        .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", template.display())))?;
+    let pieces = crate::template::parse_template(&text)
+        .map_err(|e| ClientError::Usage(format!("{}: {e}", template.display())))?;
+    let mut out = Vec::with_capacity(text.len());
+    for piece in pieces {
+        match piece {
+            crate::template::Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
+            crate::template::Piece::Secret { name, field } => {
+                let options = GetOptions {
+                    field,
+                    ..GetOptions::default()
+                };
+                let value = get(socket, &name.to_string(), &options).await;
+                match value {
+                    Ok(value) => out.extend_from_slice(&value),
+                    Err(err) => {
+                        zeroize::Zeroize::zeroize(&mut out);
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fetches each `VAR=SOURCE/ID[#FIELD]` binding; returns (variable, value) pairs.
+pub async fn fetch_bindings(
+    socket: &Path,
+    bindings: &[String],
+) -> Result<Vec<(String, Bytes)>, ClientError> {
+    let mut out = Vec::with_capacity(bindings.len());
+    for binding in bindings {
+        let (var, name, field) =
+            crate::template::parse_env_binding(binding).map_err(ClientError::Usage)?;
+        let options = GetOptions {
+            field,
+            ..GetOptions::default()
+        };
+        out.push((var, get(socket, &name.to_string(), &options).await?));
+    }
+    Ok(out)
+}

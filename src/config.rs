@@ -369,9 +369,30 @@ pub fn demo() -> Result<Config, ConfigError> {
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: path.display().to_string(),
-        message: e.to_string().trim_end().replace('\n', " | "),
+        message: describe_toml_error(text, &e),
     })?;
     raw.build(path)
+}
+
+/// `line L, column C: MESSAGE (at `SNIPPET`)` on one line, for logs and `check-config`.
+fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim_end();
+    let Some(span) = err.span() else {
+        return message.to_owned();
+    };
+    let before = text.get(..span.start).unwrap_or_default();
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let snippet = text
+        .get(span)
+        .and_then(|s| s.lines().next())
+        .unwrap_or_default()
+        .trim();
+    if snippet.is_empty() {
+        format!("line {line}, column {column}: {message}")
+    } else {
+        format!("line {line}, column {column}: {message} (at `{snippet}`)")
+    }
 }
 
 struct Ctx<'a> {
@@ -938,5 +959,26 @@ mod tests {
         // The unit tests run from the crate root, where examples/secrets lives.
         let config = demo().unwrap();
         assert!(config.sources.contains_key("files"));
+    }
+    #[test]
+    fn hostile_config_text_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = base(dir.path());
+        let tokens = [
+            "[",
+            "]",
+            "=",
+            "\"",
+            "[[allow]]",
+            "[sources.x]",
+            "type = \"file\"",
+            "uid = -1",
+            "0o",
+            "\n",
+            "secrets = [\"*\"]",
+        ];
+        for input in crate::testutil::hostile_inputs(&[good.as_str()], &tokens, 2000) {
+            let _ = check(&String::from_utf8_lossy(&input));
+        }
     }
 }

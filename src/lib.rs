@@ -53,6 +53,9 @@ pub mod server;
 pub mod source;
 pub mod state;
 pub mod systemd;
+pub mod template;
+#[cfg(test)]
+pub mod testutil;
 pub mod timefmt;
 
 use std::future::Future;

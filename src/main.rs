@@ -50,6 +50,43 @@ fn main() -> ExitCode {
                 })
             })
         }
+        Command::Render {
+            template,
+            output,
+            socket,
+        } => client_main(|rt| {
+            let mut rendered = rt.block_on(client::render(&socket, &template))?;
+            let written = match &output {
+                Some(path) => write_private(path, &rendered),
+                None => {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(&rendered).and_then(|()| out.flush())
+                }
+            };
+            zeroize::Zeroize::zeroize(&mut rendered);
+            written.map_err(|e| ClientError::Usage(format!("cannot write the rendered file: {e}")))
+        }),
+        Command::Exec {
+            bindings,
+            socket,
+            command,
+        } => client_main(|rt| {
+            let values = rt.block_on(client::fetch_bindings(&socket, &bindings))?;
+            let (program, args) = command
+                .split_first()
+                .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
+            let mut cmd = std::process::Command::new(program);
+            cmd.args(args);
+            for (var, value) in &values {
+                cmd.env(
+                    var,
+                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(value),
+                );
+            }
+            // Only returns on failure.
+            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+            Err(ClientError::Usage(format!("cannot run {program}: {err}")))
+        }),
         Command::Flush { pattern, socket } => client_main(|rt| {
             rt.block_on(async {
                 let flushed = client::flush(&socket, pattern.as_deref()).await?;
@@ -58,6 +95,29 @@ fn main() -> ExitCode {
             })
         }),
     }
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600 (temp file in the same directory, fsync,
+/// rename), so a reader never sees a half-written file and nobody else can read it.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("output path has no file name"))?;
+    let tmp = dir.join(format!(".{}.credagent-tmp", name.to_string_lossy()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn init_logging() {

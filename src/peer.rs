@@ -66,17 +66,24 @@ pub fn identify(stream: &impl AsFd) -> Result<PeerIdentity, PeerError> {
         return Ok(identity);
     };
     let pidfd = getsockopt(stream, sockopt::PeerPidfd).ok();
+    pin_and_read(pid, pidfd, &mut identity);
+    Ok(identity)
+}
+
+/// Reads pid-derived attributes into `identity` only if the process stays pinned throughout:
+/// by its pidfd when the kernel gave one, else by an unchanged start time.
+fn pin_and_read(pid: i32, pidfd: Option<OwnedFd>, identity: &mut PeerIdentity) {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     match pidfd {
         Some(pidfd) => {
             if pidfd_pid(&pidfd) != Some(pid) {
-                return Ok(identity);
+                return;
             }
             let attrs = read_attributes(&proc_dir);
             // SECURITY: the pidfd pins the struct pid; while the process is alive its pid cannot
             // be reused, so if it is still alive now, everything read above was about it.
             if pidfd_pid(&pidfd) == Some(pid) {
-                attrs.apply(&mut identity, Pinning::Pidfd);
+                attrs.apply(identity, Pinning::Pidfd);
             }
         }
         None => {
@@ -84,11 +91,10 @@ pub fn identify(stream: &impl AsFd) -> Result<PeerIdentity, PeerError> {
             let attrs = read_attributes(&proc_dir);
             let after = start_time(&proc_dir);
             if before.is_some() && before == after {
-                attrs.apply(&mut identity, Pinning::StartTime);
+                attrs.apply(identity, Pinning::StartTime);
             }
         }
     }
-    Ok(identity)
 }
 
 struct Attributes {
@@ -209,6 +215,56 @@ mod tests {
             vec![4, 27, 100]
         );
         assert_eq!(parse_groups("Groups:\n"), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn start_time_fallback_pins_a_live_process_and_not_a_dead_one() {
+        let mut me = PeerIdentity::default();
+        pin_and_read(std::process::id() as i32, None, &mut me);
+        assert_eq!(me.pinned, Pinning::StartTime);
+        assert_eq!(me.exe, std::env::current_exe().ok());
+
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        let mut gone = PeerIdentity::default();
+        pin_and_read(pid, None, &mut gone);
+        assert_eq!(gone.pinned, Pinning::None);
+        assert_eq!(gone.exe, None);
+    }
+
+    #[test]
+    fn pidfd_of_a_peer_that_exited_yields_no_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(30)"])
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let pid = getsockopt(&stream, sockopt::PeerCredentials).unwrap().pid();
+        assert_eq!(pid, child.id() as i32);
+
+        // Alive: pinned by its pidfd, attributes read.
+        let mut alive = PeerIdentity::default();
+        pin_and_read(
+            pid,
+            Some(getsockopt(&stream, sockopt::PeerPidfd).unwrap()),
+            &mut alive,
+        );
+        assert_eq!(alive.pinned, Pinning::Pidfd);
+        assert!(alive.exe.is_some());
+
+        // A pidfd taken while it lived, used after it exited: nothing is read.
+        let pidfd = getsockopt(&stream, sockopt::PeerPidfd).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut gone = PeerIdentity::default();
+        pin_and_read(pid, Some(pidfd), &mut gone);
+        assert_eq!(gone.pinned, Pinning::None);
+        assert_eq!(gone.exe, None);
     }
 
     #[test]

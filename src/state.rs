@@ -36,7 +36,7 @@ pub struct AppState {
     /// Audit writer.
     pub audit: Audit,
     /// Limits client-triggerable log lines.
-    pub log_limit: LogLimiter,
+    pub log_limit: Arc<LogLimiter>,
     shutting_down: AtomicBool,
     next_request: AtomicU64,
 }
@@ -49,7 +49,7 @@ impl AppState {
             cache,
             metrics,
             audit,
-            log_limit: LogLimiter::new(20),
+            log_limit: Arc::new(LogLimiter::new(20)),
             shutting_down: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
         }

@@ -199,3 +199,92 @@ fn cli_get_prints_value_and_errors_on_stderr() {
     assert!(missing.stdout.is_empty());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such secret"));
 }
+
+#[test]
+fn cli_render_fills_a_template_into_a_private_file() {
+    let (dir, agent) = agent_with_demo_secrets();
+    let template = dir.path().join("app.conf.tmpl");
+    std::fs::write(
+        &template,
+        "user = {{ secret files/app/db field=user }}\npass = {{secret files/demo-password}}\n",
+    )
+    .unwrap();
+    let output = dir.path().join("app.conf");
+    let out = agent.cli_as(
+        None,
+        &[
+            "render",
+            template.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "user = app\npass = s3cr3t\n"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&output).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A missing secret fails the whole render and leaves the old output alone.
+    std::fs::write(&template, "x = {{ secret files/nope }}\n").unwrap();
+    let out = agent.cli_as(
+        None,
+        &[
+            "render",
+            template.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "user = app\npass = s3cr3t\n"
+    );
+
+    // A malformed template names the line.
+    std::fs::write(&template, "ok\n{{ secret files/../x }}\n").unwrap();
+    let out = agent.cli_as(None, &["render", template.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
+
+#[test]
+fn cli_exec_runs_a_command_with_secrets_in_its_environment() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    // `cli_as` appends `--socket` at the end, which would land in the command: use the environment.
+    let out = std::process::Command::new(common::bin())
+        .env("CREDAGENT_SOCKET", &agent.socket)
+        .args([
+            "exec",
+            "--env",
+            "PW=files/demo-password",
+            "--env",
+            "DB_USER=files/app/db#user",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s:%s' \"$PW\" \"$DB_USER\"",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"s3cr3t:app");
+
+    let denied = std::process::Command::new(common::bin())
+        .env("CREDAGENT_SOCKET", &agent.socket)
+        .args(["exec", "--env", "X=files/nope", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(denied.status.code(), Some(1));
+}

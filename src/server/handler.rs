@@ -32,8 +32,8 @@ pub async fn handle(state: &AppState, peer: &PeerIdentity, req: Request<Incoming
     let request_id = state.next_request_id();
     let response = match Route::parse(req.method(), req.uri(), req.headers()) {
         Err(err) => {
-            if state.log_limit.check().is_some() {
-                tracing::info!(request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), "rejected request");
+            if let Some(suppressed) = state.log_limit.check() {
+                tracing::info!(request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), suppressed, "rejected request");
             }
             err.response()
         }
@@ -113,10 +113,13 @@ pub(crate) async fn lookup(
     if let Err(err) = entry.source.check_selector(&request.selector) {
         return (Err(ApiError::BadSelector(err)), None);
     }
-    let source_metrics = state.metrics.source(request.name.source());
+    let metrics = state.metrics.clone();
+    let log_limit = state.log_limit.clone();
     let fetch_request = request.clone();
     let ttl = entry.ttl;
+    // Only runs on a miss or refresh: nothing here is on the cache-hit path.
     let fetch = move |previous: Option<Arc<Secret>>| async move {
+        let source_metrics = metrics.source(fetch_request.name.source());
         source_metrics
             .fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -136,16 +139,19 @@ pub(crate) async fn lookup(
             Err(SourceError::NotFound) => {
                 tracing::debug!(secret = %fetch_request.name, "fetch: no such secret")
             }
-            Err(err) => tracing::warn!(secret = %fetch_request.name, error = %err, "fetch failed"),
+            // A client can provoke these (many names while a backend is down): rate-limited.
+            Err(err) => {
+                if let Some(suppressed) = log_limit.check() {
+                    tracing::warn!(secret = %fetch_request.name, error = %err, suppressed, "fetch failed");
+                }
+            }
             Ok(_) => tracing::debug!(secret = %fetch_request.name, "fetched"),
         }
         result
     };
     let (result, served) = state.cache.get(request, ttl, fetch).await;
     let result = result.map_err(|err| {
-        if state.log_limit.check().is_some() {
-            tracing::debug!(request_id, secret = %request.name, error = %err, "request failed");
-        }
+        tracing::debug!(request_id, secret = %request.name, error = %err, "request failed");
         ApiError::from(&err)
     });
     (result, Some(served))

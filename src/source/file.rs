@@ -89,7 +89,8 @@ fn read_beneath(dir: &Path, id: &str) -> Result<Secret, SourceError> {
         return Err(SourceError::NotFound);
     }
     let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-    if size > MAX_SECRET_LEN {
+    // One byte of headroom is read to notice a file that grew, so the limit applies to size + 1.
+    if size >= MAX_SECRET_LEN {
         return Err(SourceError::BadReply {
             detail: format!("file is larger than {MAX_SECRET_LEN} bytes"),
         });

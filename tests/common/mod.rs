@@ -123,6 +123,15 @@ impl Agent {
 
     /// As [`Agent::start`], with extra environment variables.
     pub fn start_with_env(dir: &TestDir, template: &str, env: &[(&str, &str)]) -> Agent {
+        Self::start_full(dir, template, env, None)
+    }
+
+    /// As [`Agent::start`], running the agent as `uid` (gid = uid) instead of this process's user.
+    pub fn start_as(dir: &TestDir, template: &str, uid: u32) -> Agent {
+        Self::start_full(dir, template, &[], Some(uid))
+    }
+
+    fn start_full(dir: &TestDir, template: &str, env: &[(&str, &str)], uid: Option<u32>) -> Agent {
         let config = dir.write_config(template);
         let log = dir.path().join("agent.log");
         let socket = socket_from_config(&config).unwrap_or_else(|| dir.socket());
@@ -137,6 +146,10 @@ impl Agent {
             .stderr(log_file);
         for (k, v) in env {
             command.env(k, v);
+        }
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
         }
         let child = command.spawn().unwrap();
         let mut agent = Agent {
@@ -240,12 +253,17 @@ impl Agent {
 
     /// SIGTERM, then wait for the exit status (at most 20 s).
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::unistd::Pid::from_raw(self.pid() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
+        self.stop_after_signal()
+    }
+
+    /// Waits for the agent to exit after a signal the test sent itself.
+    pub fn stop_after_signal(&mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -254,10 +272,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "agent did not stop within 20 s of SIGTERM; log:\n{}",
-                    self.log_text()
-                );
+                panic!("agent did not exit within 20 s; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

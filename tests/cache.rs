@@ -1,0 +1,227 @@
+//! Cache behaviour end to end: values are cached, and a rotation is picked up after the TTL, a
+//! control-file change (plain write, atomic rename, ConfigMap symlink swap, delete and recreate,
+//! creation after start), the flush API, or a SIGHUP reload.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Agent, TestDir, file_config, wait_until};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn value(agent: &Agent, name: &str) -> Vec<u8> {
+    let resp = agent.secret(name);
+    assert_eq!(resp.status, 200, "{name}: {}", resp.text());
+    resp.body
+}
+
+fn becomes(agent: &Agent, name: &str, want: &[u8]) -> bool {
+    wait_until(WAIT, || value(agent, name) == want)
+}
+
+#[test]
+fn values_are_cached_until_the_ttl_runs_out() {
+    let dir = TestDir::new();
+    dir.secret("a", b"v1");
+    let agent = Agent::start(
+        &dir,
+        &file_config("").replace("[cache]", "[cache]\nttl_secs = 1\nrefresh_ahead_secs = 0"),
+    );
+    assert_eq!(value(&agent, "files/a"), b"v1");
+    dir.secret("a", b"v2");
+    // Still the cached value right after the change (the TTL is 1 s; this read is immediate).
+    assert_eq!(value(&agent, "files/a"), b"v1");
+    assert!(
+        becomes(&agent, "files/a", b"v2"),
+        "rotation not picked up after the TTL"
+    );
+}
+
+#[test]
+fn concurrent_misses_reach_the_source_once() {
+    let dir = TestDir::new();
+    dir.secret("hot", b"hot-value");
+    let agent = Agent::start(&dir, &file_config(""));
+    let socket = agent.socket.clone();
+    let threads: Vec<_> = (0..200)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                common::try_request(&socket, "GET", "/v1/secrets/files/hot", &[], b"").unwrap()
+            })
+        })
+        .collect();
+    for t in threads {
+        let resp = t.join().unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"hot-value");
+    }
+    assert_eq!(
+        agent.metric("credagent_source_fetches_total{source=\"files\"}"),
+        1.0
+    );
+}
+
+fn control_agent(dir: &TestDir, control: &Path) -> Agent {
+    dir.secret("a", b"a1");
+    dir.secret("b", b"b1");
+    let agent = Agent::start(
+        dir,
+        &file_config(&format!("[control]\nfile = \"{}\"\n", control.display())),
+    );
+    assert_eq!(value(&agent, "files/a"), b"a1");
+    assert_eq!(value(&agent, "files/b"), b"b1");
+    agent
+}
+
+#[test]
+fn control_file_write_rename_and_recreate_flush_what_they_say() {
+    let dir = TestDir::new();
+    let control = dir.path().join("control");
+    std::fs::write(&control, "# initial\n").unwrap();
+    let agent = control_agent(&dir, &control);
+
+    // Rotated on the source, still cached.
+    dir.secret("a", b"a2");
+    dir.secret("b", b"b2");
+    assert_eq!(value(&agent, "files/a"), b"a1");
+
+    // 1. A plain write naming one secret flushes only that one.
+    std::fs::write(&control, "flush files/a\n").unwrap();
+    assert!(
+        becomes(&agent, "files/a", b"a2"),
+        "plain write did not flush files/a"
+    );
+    assert_eq!(value(&agent, "files/b"), b"b1");
+
+    // 2. An atomic rename over the file.
+    let tmp = dir.path().join(".control.tmp");
+    std::fs::write(&tmp, "# rotated b\nflush files/b\n").unwrap();
+    std::fs::rename(&tmp, &control).unwrap();
+    assert!(
+        becomes(&agent, "files/b", b"b2"),
+        "atomic rename did not flush files/b"
+    );
+
+    // 3. Delete and recreate; no flush line at all means flush everything. Bad lines are skipped.
+    dir.secret("a", b"a3");
+    dir.secret("b", b"b3");
+    std::fs::remove_file(&control).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        value(&agent, "files/a"),
+        b"a2",
+        "deleting the control file must not flush"
+    );
+    std::fs::write(&control, "# generation 3\nthis line is nonsense\n").unwrap();
+    assert!(becomes(&agent, "files/a", b"a3"));
+    assert_eq!(value(&agent, "files/b"), b"b3");
+    assert!(agent.log_text().contains("skipping bad control line"));
+}
+
+#[test]
+fn control_file_configmap_symlink_swap() {
+    let dir = TestDir::new();
+    // The layout the kubelet writes for a ConfigMap volume.
+    let volume = dir.path().join("cm");
+    std::fs::create_dir_all(volume.join("..2026_01")).unwrap();
+    std::fs::write(volume.join("..2026_01/control"), "# v1\n").unwrap();
+    std::os::unix::fs::symlink("..2026_01", volume.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/control", volume.join("control")).unwrap();
+    let agent = control_agent(&dir, &volume.join("control"));
+    dir.secret("a", b"a2");
+    dir.secret("b", b"b2");
+
+    std::fs::create_dir_all(volume.join("..2026_02")).unwrap();
+    std::fs::write(volume.join("..2026_02/control"), "flush files/b\n").unwrap();
+    std::os::unix::fs::symlink("..2026_02", volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    std::fs::remove_dir_all(volume.join("..2026_01")).unwrap();
+
+    assert!(
+        becomes(&agent, "files/b", b"b2"),
+        "ConfigMap swap did not flush files/b"
+    );
+    assert_eq!(value(&agent, "files/a"), b"a1");
+}
+
+#[test]
+fn control_file_created_after_start() {
+    let dir = TestDir::new();
+    let control = dir.path().join("later");
+    let agent = control_agent(&dir, &control);
+    dir.secret("a", b"a2");
+    std::fs::write(&control, "flush files/*\n").unwrap();
+    assert!(becomes(&agent, "files/a", b"a2"));
+}
+
+#[test]
+fn flush_api_flushes_by_pattern_for_admins() {
+    let dir = TestDir::new();
+    dir.secret("x/1", b"one");
+    dir.secret("y/1", b"one");
+    let agent = Agent::start(&dir, &file_config(""));
+    value(&agent, "files/x/1");
+    value(&agent, "files/y/1");
+    dir.secret("x/1", b"two");
+    dir.secret("y/1", b"two");
+
+    let resp = agent.request(
+        "POST",
+        "/v1/cache/flush",
+        &[],
+        br#"{"pattern":"files/x/*"}"#,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.json()["flushed"], 1);
+    assert_eq!(value(&agent, "files/x/1"), b"two");
+    assert_eq!(value(&agent, "files/y/1"), b"one");
+
+    let out = agent.cli_as(None, &["flush"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "flushed 2");
+    assert_eq!(value(&agent, "files/y/1"), b"two");
+
+    let bad = agent.request("POST", "/v1/cache/flush", &[], b"{not json");
+    assert_eq!(bad.status, 400);
+    let metrics_as_nobody = agent.cli_as(Some(65534), &["flush", "files/*"]);
+    assert!(String::from_utf8_lossy(&metrics_as_nobody.stderr).contains("forbidden"));
+}
+
+#[test]
+fn sighup_reloads_config_and_keeps_the_old_one_when_the_new_is_bad() {
+    let dir = TestDir::new();
+    dir.secret("for-nobody", b"hello");
+    let mut agent = Agent::start(&dir, &file_config(""));
+    let denied = agent.cli_as(Some(65534), &["get", "files/for-nobody"]);
+    assert!(!denied.status.success());
+
+    let hup = |agent: &Agent| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    };
+    dir.write_config(&file_config(
+        "[[allow]]\npeer = { uid = 65534 }\nsecrets = [\"files/for-nobody\"]\n",
+    ));
+    hup(&agent);
+    assert!(wait_until(WAIT, || agent
+        .cli_as(Some(65534), &["get", "files/for-nobody"])
+        .status
+        .success()));
+
+    dir.write_config("[server]\nsocket = \"{socket}\"\nbogus_key = 1\n");
+    hup(&agent);
+    assert!(wait_until(WAIT, || agent
+        .log_text()
+        .contains("reload refused")));
+    let still = agent.cli_as(Some(65534), &["get", "files/for-nobody"]);
+    assert_eq!(still.stdout, b"hello");
+    assert_eq!(agent.stop().code(), Some(0));
+}

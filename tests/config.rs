@@ -1,0 +1,161 @@
+//! Bad configuration: `check-config` and `serve` both refuse, naming the key and the reason, with
+//! the config-error exit code (78) that `RestartPreventExitStatus=` relies on.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::TestDir;
+
+const GOOD: &str = r#"[server]
+socket = "{socket}"
+socket_mode = "0660"
+
+[cache]
+lock_memory = "best-effort"
+
+[sources.files]
+type = "file"
+dir = "{secrets}"
+
+[[allow]]
+peer = { uid = 1000 }
+secrets = ["files/*"]
+"#;
+
+fn run(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    Command::new(common::bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn good_config_passes_with_a_one_line_summary() {
+    let dir = TestDir::new();
+    let config = dir.write_config(GOOD);
+    let out = run(&["check-config"], &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("ok") && stdout.contains("1 source(s) [files]"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_configs_are_refused_by_check_config_and_serve_naming_the_key() {
+    let dir = TestDir::new();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            GOOD.replace(
+                "socket_mode = \"0660\"",
+                "socket_mode = \"0660\"\nsocket_moed = \"0660\"",
+            ),
+            "socket_moed",
+        ),
+        (
+            "bad mode",
+            GOOD.replace("\"0660\"", "\"0999\""),
+            "server.socket_mode",
+        ),
+        (
+            "missing dir",
+            GOOD.replace("dir = \"{secrets}\"", "dir = \"{dir}/no-such-dir\""),
+            "sources.files.dir",
+        ),
+        (
+            "duplicate source name",
+            format!("{GOOD}\n[sources.files]\ntype = \"env\"\n"),
+            "files",
+        ),
+        (
+            "unknown source type",
+            GOOD.replace("type = \"file\"", "type = \"floppy\""),
+            "floppy",
+        ),
+        (
+            "rule names no source",
+            GOOD.replace("\"files/*\"", "\"filez/*\""),
+            "allow[0].secrets[0]",
+        ),
+        (
+            "bad lock_memory",
+            GOOD.replace("\"best-effort\"", "\"maybe\""),
+            "cache.lock_memory",
+        ),
+        (
+            "zero ttl",
+            GOOD.replace("[cache]", "[cache]\nttl_secs = 0"),
+            "cache.ttl_secs",
+        ),
+        ("not toml", "[server\nsocket = 1".to_owned(), "config.toml"),
+    ];
+    for (what, text, key) in cases {
+        let config = dir.write_config(&text);
+        for command in ["check-config", "serve"] {
+            let out = run(&[command], &config);
+            assert_eq!(out.status.code(), Some(78), "{what} / {command}: {out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(key), "{what} / {command}: {stderr}");
+            assert!(
+                stderr.contains("config.toml"),
+                "{what} / {command}: names the file: {stderr}"
+            );
+        }
+        assert!(
+            !dir.socket().exists(),
+            "{what}: serve must not have bound the socket"
+        );
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_config_error() {
+    let out = run(
+        &["check-config"],
+        std::path::Path::new("/nonexistent/credagent.toml"),
+    );
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/credagent.toml"));
+}
+
+#[test]
+fn shipped_example_and_demo_configs_are_valid() {
+    let example = common::repo_root().join("config.example.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    // The example points at absolute system paths; check it against this checkout instead.
+    let dir = TestDir::new();
+    let config = dir.write_config(
+        &text
+            .replace("/etc/credagent/secrets", "{secrets}")
+            .replace("/run/credagent/", "{dir}/"),
+    );
+    let out = run(&["check-config"], &config);
+    assert!(
+        out.status.success(),
+        "config.example.toml: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let demo = Command::new(common::bin())
+        .args(["check-config", "--demo"])
+        .current_dir(common::repo_root())
+        .output()
+        .unwrap();
+    assert!(
+        demo.status.success(),
+        "{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+}
