@@ -10,7 +10,8 @@ CARGO_DEB_VERSION="3.8.0"
 
 missing=()
 for tool in lintian:lintian buildah:buildah systemd-analyze:systemd systemd-socket-activate:systemd \
-    dpkg-deb:dpkg strip:binutils adduser:adduser python3:python3; do
+    dpkg-deb:dpkg strip:binutils adduser:adduser python3:python3 curl:curl \
+    deb-systemd-helper:init-system-helpers; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
