@@ -1,5 +1,6 @@
 //! systemd integration: `sd_notify` (READY, RELOADING, STOPPING, WATCHDOG) and socket
-//! activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`). Everything is a no-op when the agent
+//! activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`: the agent socket is named `agent`, the
+//! `LoadCredential=` socket `creds`, see [`split_listeners`]). Everything is a no-op when the agent
 //! is not started by systemd, so the same binary runs in a container or by hand.
 
 use std::os::fd::OwnedFd;
