@@ -17,6 +17,7 @@ use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
+use crate::source::vault::{RawVaultSource, VaultConfig};
 
 /// Default config path of `serve` and `check-config`.
 pub const DEFAULT_PATH: &str = "/etc/credagent/config.toml";
@@ -202,6 +203,9 @@ pub enum RawSource {
     /// `type = "env"`.
     #[serde(rename = "env")]
     Env(RawEnvSource),
+    /// `type = "vault"`.
+    #[serde(rename = "vault")]
+    Vault(RawVaultSource),
 }
 
 /// `[[allow]]` as written.
@@ -338,6 +342,8 @@ pub enum SourceKind {
         /// Variable prefix.
         prefix: String,
     },
+    /// Vault KV v2 (and transit, as `{name}-transit`).
+    Vault(Box<VaultConfig>),
 }
 
 /// Default fetch timeout of a source.
@@ -659,6 +665,16 @@ fn build_source(
                 e.fetch_timeout_secs,
             )
         }
+        RawSource::Vault(v) => {
+            let vault = v
+                .build(&|p| resolve_relative(ctx.path, p))
+                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
+            (
+                SourceKind::Vault(Box::new(vault)),
+                v.ttl_secs,
+                v.fetch_timeout_secs,
+            )
+        }
     };
     let ttl = match ttl_secs {
         Some(v) => secs(ctx, &format!("{key}.ttl_secs"), v, 1, 7 * 24 * 3600)?,
@@ -761,7 +777,12 @@ impl RawAllow {
                         format!("{pattern:?} must look like \"SOURCE/ID\" (globs allowed)"),
                     ));
                 }
-                if !sources.contains_key(source_part) {
+                if !sources.contains_key(source_part)
+                    && !sources.iter().any(|(n, c)| {
+                        matches!(&c.kind, SourceKind::Vault(v) if v.transit_mount.is_some())
+                            && crate::source::vault::transit_name(n) == source_part
+                    })
+                {
                     return Err(ctx.invalid(&skey, format!("no source named {source_part:?}")));
                 }
             }

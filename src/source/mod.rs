@@ -7,9 +7,14 @@
 
 pub mod env;
 pub mod file;
+pub mod vault;
+pub mod vault_auth;
+pub mod vault_config;
+pub mod vault_http;
+pub mod vault_transit;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use crate::name::SecretName;
@@ -120,6 +125,10 @@ pub enum Source {
     File(file::FileSource),
     /// Environment variables of the agent.
     Env(env::EnvSource),
+    /// Vault KV v2.
+    Vault(vault::VaultSource),
+    /// Vault transit decryption of ciphertexts held elsewhere (`{vault source}-transit`).
+    VaultTransit(vault_transit::TransitSource),
 }
 
 impl Source {
@@ -128,13 +137,22 @@ impl Source {
         match self {
             Source::File(_) => "file",
             Source::Env(_) => "env",
+            Source::Vault(_) => "vault",
+            Source::VaultTransit(_) => "vault-transit",
         }
     }
 
     /// Rejects selectors this source does not understand, before any fetch.
     pub fn check_selector(&self, selector: &Selector) -> Result<(), &'static str> {
         match self {
-            Source::File(_) | Source::Env(_) => {
+            Source::Vault(_) => {
+                if selector.version_id.is_some() || selector.version_stage.is_some() {
+                    Err("Vault KV takes ?version=N, not version_id or version_stage")
+                } else {
+                    Ok(())
+                }
+            }
+            Source::File(_) | Source::Env(_) | Source::VaultTransit(_) => {
                 if selector.is_empty() {
                     Ok(())
                 } else {
@@ -154,6 +172,11 @@ impl Source {
         match self {
             Source::File(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Env(s) => s.fetch(request.name.id()).map(Fetched::New),
+            Source::Vault(s) => s
+                .fetch(request.name.id(), request.selector.version)
+                .await
+                .map(Fetched::New),
+            Source::VaultTransit(s) => s.fetch(request.name.id()).await.map(Fetched::New),
         }
     }
 }
@@ -185,8 +208,42 @@ pub struct BuildError {
 /// Constructs every configured source (backends are contacted here, e.g. to check credentials).
 pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildError> {
     let mut sources = Sources::new();
+    // Filled once every source exists: transit reads ciphertexts through the other sources.
+    let others: Arc<OnceLock<Sources>> = Arc::new(OnceLock::new());
     for (name, cfg) in &config.sources {
         let source = match &cfg.kind {
+            crate::config::SourceKind::Vault(vault) => {
+                let session =
+                    vault_auth::connect(name, vault)
+                        .await
+                        .map_err(|reason| BuildError {
+                            name: name.clone(),
+                            reason,
+                        })?;
+                if let Some(mount) = &vault.transit_mount {
+                    let companion = vault::transit_name(name);
+                    if config.sources.contains_key(&companion) {
+                        return Err(BuildError {
+                            name: companion,
+                            reason: format!("the name is taken by the transit side of {name:?}"),
+                        });
+                    }
+                    sources.insert(
+                        companion,
+                        Arc::new(SourceEntry {
+                            source: Source::VaultTransit(vault_transit::TransitSource::new(
+                                session.clone(),
+                                mount.clone(),
+                                vault.ciphertexts.clone(),
+                                others.clone(),
+                            )),
+                            ttl: cfg.ttl,
+                            fetch_timeout: cfg.fetch_timeout,
+                        }),
+                    );
+                }
+                Source::Vault(vault::VaultSource::new(session, vault.kv_mount.clone()))
+            }
             crate::config::SourceKind::File { dir } => {
                 Source::File(file::FileSource::new(dir.clone()))
             }
@@ -203,5 +260,13 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
             }),
         );
     }
+    // No transit entry in `others`: no cycles, and no transit-of-transit.
+    let _ = others.set(
+        sources
+            .iter()
+            .filter(|(_, e)| !matches!(e.source, Source::VaultTransit(_)))
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect(),
+    );
     Ok(sources)
 }

@@ -1,0 +1,478 @@
+//! The Vault source against a real OpenBao dev server: KV v2 reads (latest, version, field),
+//! AppRole, JWT and token login, a policy denial, token renewal and re-login, transit decrypt and
+//! data-key mode, and a Vault outage served from the cache. Credentials never reach the log.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::bao::{self, Bao, ROLE_ID, SECRET_ID};
+use common::{Agent, CANARY, TestDir, wait_until};
+use serde_json::json;
+
+const APPROLE: &str =
+    r#"{ method = "approle", role_id_file = "{dir}/role_id", secret_id_file = "{dir}/secret_id" }"#;
+
+/// A config with the files source and a Vault source `vault` (transit on) logging in with `auth`.
+fn config(bao: &Bao, auth: &str, extra: &str) -> String {
+    format!(
+        r#"[server]
+socket = "{{socket}}"
+socket_mode = "0666"
+
+[cache]
+lock_memory = "best-effort"
+refresh_ahead_secs = 0
+stale_if_error_secs = 300
+
+[sources.files]
+type = "file"
+dir = "{{secrets}}"
+
+[sources.vault]
+type = "vault"
+address = "{address}"
+kv_mount = "secret"
+transit_mount = "transit"
+ttl_secs = 1
+fetch_timeout_secs = 5
+auth = {auth}
+{extra}
+
+[[allow]]
+peer = {{ uid = {uid} }}
+secrets = ["files/*", "vault/*", "vault-transit/*"]
+admin = true
+"#,
+        address = bao.address(),
+        uid = nix::unistd::geteuid().as_raw()
+    )
+}
+
+fn approle_files(dir: &TestDir) {
+    std::fs::write(dir.path().join("role_id"), format!("{ROLE_ID}\n")).unwrap();
+    std::fs::write(dir.path().join("secret_id"), format!("{SECRET_ID}\n")).unwrap();
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
+}
+
+#[test]
+fn kv_latest_version_field_and_denied_path_with_approle() {
+    let bao = Bao::start();
+    bao.setup(3600, 7200, None);
+    assert_eq!(
+        bao.kv_put("app/db", json!({ "user": "app", "password": "one" })),
+        1
+    );
+    assert_eq!(
+        bao.kv_put(
+            "app/db",
+            json!({ "user": "app", "password": "two", "note": CANARY })
+        ),
+        2
+    );
+    bao.kv_put("other/db", json!({ "password": "not-for-the-agent" }));
+    let dir = TestDir::new();
+    approle_files(&dir);
+    let agent = Agent::start(&dir, &config(&bao, APPROLE, ""));
+
+    let latest = agent.secret("vault/app/db");
+    assert_eq!(latest.status, 200, "{}", latest.text());
+    let value: serde_json::Value = serde_json::from_slice(&latest.body).unwrap();
+    assert_eq!(
+        value,
+        json!({ "user": "app", "password": "two", "note": CANARY })
+    );
+
+    let v1 = agent.get("/v1/secrets/vault/app/db?version=1");
+    assert_eq!(v1.status, 200);
+    let v1: serde_json::Value = serde_json::from_slice(&v1.body).unwrap();
+    assert_eq!(v1["password"], "one");
+
+    let field = agent.get("/v1/secrets/vault/app/db?field=password");
+    assert_eq!((field.status, field.text().as_str()), (200, "two"));
+    let old_field = agent.get("/v1/secrets/vault/app/db?version=1&field=password");
+    assert_eq!(old_field.text(), "one");
+
+    let json = agent.request(
+        "GET",
+        "/v1/secrets/vault/app/db",
+        &[("Accept", "application/json")],
+        b"",
+    );
+    assert_eq!(json.json()["version"], "2");
+
+    let missing = agent.secret("vault/app/nope");
+    assert_eq!(
+        (missing.status, missing.error_code().as_str()),
+        (404, "not_found")
+    );
+    let no_version = agent.get("/v1/secrets/vault/app/db?version=9");
+    assert_eq!(no_version.status, 404);
+    let no_field = agent.get("/v1/secrets/vault/app/db?field=nope");
+    assert_eq!(
+        (no_field.status, no_field.error_code().as_str()),
+        (404, "field_not_found")
+    );
+    let aws_selector = agent.get("/v1/secrets/vault/app/db?version_stage=AWSCURRENT");
+    assert_eq!(
+        (aws_selector.status, aws_selector.error_code().as_str()),
+        (400, "bad_selector")
+    );
+
+    // The policy grants secret/data/app/* only.
+    let denied = agent.secret("vault/other/db");
+    assert_eq!(
+        (denied.status, denied.error_code().as_str()),
+        (502, "upstream_denied"),
+        "{}",
+        denied.text()
+    );
+    assert!(!denied.text().contains("not-for-the-agent"));
+
+    let log = agent.log_text();
+    assert!(log.contains("logged in to Vault"), "{log}");
+    assert!(!log.contains(SECRET_ID), "secret_id leaked into the log");
+}
+
+#[test]
+fn jwt_login_reads_kv() {
+    let dir = TestDir::new();
+    let (pubkey, jwt) = bao::jwt_pair(dir.path());
+    let bao = Bao::start();
+    bao.setup(3600, 7200, Some(&pubkey));
+    bao.kv_put("app/jwt", json!({ "password": "via-jwt" }));
+    std::fs::write(dir.path().join("token"), &jwt).unwrap();
+    let auth = r#"{ method = "jwt", role = "agent", jwt_file = "{dir}/token", mount = "jwt" }"#;
+    let agent = Agent::start(&dir, &config(&bao, auth, ""));
+    let resp = agent.get("/v1/secrets/vault/app/jwt?field=password");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "via-jwt"));
+    let denied = agent.secret("vault/other/x");
+    assert_eq!(denied.error_code(), "upstream_denied");
+    assert!(!agent.log_text().contains(&jwt), "JWT leaked into the log");
+}
+
+#[test]
+fn wrong_credentials_fail_start_naming_the_source() {
+    let bao = Bao::start();
+    bao.setup(3600, 7200, None);
+    let dir = TestDir::new();
+    std::fs::write(dir.path().join("role_id"), ROLE_ID).unwrap();
+    std::fs::write(dir.path().join("secret_id"), "wrong-secret-id").unwrap();
+    dir.write_config(&config(&bao, APPROLE, ""));
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("\"vault\""), "{stderr}");
+    assert!(!stderr.contains("wrong-secret-id"), "{stderr}");
+}
+
+#[test]
+fn token_is_renewed_then_replaced_at_max_ttl_while_misses_keep_working() {
+    let bao = Bao::start();
+    // Renewal at ~2/3 of 3 s; at max_ttl 8 s renewal cannot restore the TTL: log in again.
+    bao.setup(3, 8, None);
+    for i in 0..20 {
+        bao.kv_put(&format!("app/s{i}"), json!({ "n": i }));
+    }
+    let dir = TestDir::new();
+    approle_files(&dir);
+    let agent = Agent::start(&dir, &config(&bao, APPROLE, ""));
+    let mut i = 0;
+    let renewed_and_relogged = wait_until(Duration::from_secs(40), || {
+        // A miss every poll: each one needs a currently valid token.
+        let resp = agent.secret(&format!("vault/app/s{}", i % 20));
+        assert_eq!(resp.status, 200, "{}\n{}", resp.text(), agent.log_text());
+        i += 1;
+        std::thread::sleep(Duration::from_millis(200));
+        let log = agent.log_text();
+        count(&log, "Vault token renewed") >= 2 && log.contains("logged in to Vault again")
+    });
+    assert!(renewed_and_relogged, "log:\n{}", agent.log_text());
+    // Still serving after the re-login, several TTLs in.
+    let later = agent.secret("vault/app/s3");
+    assert_eq!(later.status, 200);
+}
+
+#[test]
+fn logs_in_again_after_its_token_is_revoked() {
+    let bao = Bao::start();
+    bao.setup(3600, 7200, None);
+    bao.kv_put("app/a", json!({ "v": "a" }));
+    bao.kv_put("app/b", json!({ "v": "b" }));
+    let dir = TestDir::new();
+    approle_files(&dir);
+    let agent = Agent::start(&dir, &config(&bao, APPROLE, ""));
+    assert_eq!(agent.secret("vault/app/a").status, 200);
+    assert!(bao.revoke_login_tokens("approle") >= 1);
+    // A miss with the revoked token: the agent notices, logs in again and answers.
+    let resp = agent.get("/v1/secrets/vault/app/b?field=v");
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (200, "b"),
+        "{}",
+        agent.log_text()
+    );
+    let log = agent.log_text();
+    assert!(log.contains("no longer valid"), "{log}");
+    assert!(log.contains("logged in to Vault again"), "{log}");
+    // A real policy denial is still a denial, not a re-login loop.
+    assert_eq!(
+        agent.secret("vault/other/x").error_code(),
+        "upstream_denied"
+    );
+}
+
+#[test]
+fn token_auth_value_never_in_logs() {
+    let bao = Bao::start();
+    bao.setup(3600, 7200, None);
+    bao.kv_put("app/canary", json!({ "value": CANARY }));
+    let created = bao.api(
+        "POST",
+        "auth/token/create",
+        Some(json!({ "policies": ["agent"], "ttl": "1h" })),
+    );
+    let token = created["auth"]["client_token"].as_str().unwrap().to_owned();
+    let dir = TestDir::new();
+    std::fs::write(dir.path().join("vault-token"), &token).unwrap();
+    let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
+    let mut agent = Agent::start(&dir, &config(&bao, auth, ""));
+    let resp = agent.get("/v1/secrets/vault/app/canary?field=value");
+    assert_eq!((resp.status, resp.text().as_str()), (200, CANARY));
+    assert_eq!(
+        agent.secret("vault/other/x").error_code(),
+        "upstream_denied"
+    );
+    agent.stop();
+    let log = agent.log_text();
+    assert!(!log.contains(&token), "Vault token leaked into the log");
+    assert!(!log.contains(CANARY));
+}
+
+#[test]
+fn transit_decrypts_config_and_source_ciphertexts_and_data_key_envelopes() {
+    let bao = Bao::start();
+    bao.setup(3600, 7200, None);
+    let encrypt = |key: &str, text: &str| -> String {
+        let b64 = base64(text.as_bytes());
+        bao.api(
+            "POST",
+            &format!("transit/encrypt/{key}"),
+            Some(json!({ "plaintext": b64 })),
+        )["data"]["ciphertext"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let in_config = encrypt("app-key", "from-config-ciphertext");
+    let in_file = encrypt("app-key", CANARY);
+    let other_key = encrypt("other-key", "not-allowed");
+
+    let dir = TestDir::new();
+    approle_files(&dir);
+    dir.secret("cipher/db", in_file.as_bytes());
+    // Data-key mode: a data key from transit, the value sealed locally with AES-256-GCM.
+    let datakey = bao.api("POST", "transit/datakey/plaintext/app-key", Some(json!({})));
+    let (nonce, sealed) = bao::aes_gcm_seal(
+        dir.path(),
+        datakey["data"]["plaintext"].as_str().unwrap(),
+        "sealed-locally",
+    );
+    let envelope = json!({
+        "ciphertext_key": datakey["data"]["ciphertext"],
+        "nonce": nonce,
+        "ciphertext": sealed,
+    });
+    dir.secret("cipher/envelope", envelope.to_string().as_bytes());
+    let mut tampered = envelope.clone();
+    tampered["nonce"] = json!("AAAAAAAAAAAAAAAA");
+    dir.secret("cipher/tampered", tampered.to_string().as_bytes());
+    dir.secret("plain", b"{\"password\":\"not-a-ciphertext\"}");
+    let extra =
+        format!("\n[sources.vault.ciphertexts]\ndb = \"{in_config}\"\nforeign = \"{other_key}\"\n");
+    let agent = Agent::start(&dir, &config(&bao, APPROLE, &extra));
+
+    let from_config = agent.secret("vault-transit/app-key/db");
+    assert_eq!(
+        (from_config.status, from_config.text().as_str()),
+        (200, "from-config-ciphertext"),
+        "{}",
+        agent.log_text()
+    );
+    let from_file = agent.secret("vault-transit/app-key/files/cipher/db");
+    assert_eq!((from_file.status, from_file.text().as_str()), (200, CANARY));
+    let enveloped = agent.secret("vault-transit/app-key/files/cipher/envelope");
+    assert_eq!(
+        (enveloped.status, enveloped.text().as_str()),
+        (200, "sealed-locally"),
+        "{}",
+        agent.log_text()
+    );
+
+    // Errors: a tampered envelope, a value that is no ciphertext (never echoed), an unknown
+    // ciphertext, and a key the policy does not grant.
+    let bad = agent.secret("vault-transit/app-key/files/cipher/tampered");
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (502, "upstream_bad_reply")
+    );
+    let plain = agent.secret("vault-transit/app-key/files/plain");
+    assert_eq!(plain.error_code(), "upstream_bad_reply");
+    assert!(!plain.text().contains("not-a-ciphertext"));
+    assert!(!agent.log_text().contains("not-a-ciphertext"));
+    assert_eq!(agent.secret("vault-transit/app-key/nope").status, 404);
+    assert_eq!(
+        agent.secret("vault-transit/app-key/files/missing").status,
+        404
+    );
+    let denied = agent.secret("vault-transit/other-key/foreign");
+    assert_eq!(denied.error_code(), "upstream_denied");
+    // The ciphertext itself is never served as a value of the transit source.
+    assert!(!from_file.text().starts_with("vault:"));
+}
+
+#[test]
+fn vault_down_serves_cached_values_then_recovers() {
+    let mut bao = Bao::start();
+    bao.setup(3600, 7200, None);
+    bao.kv_put("app/cached", json!({ "v": "cached-1" }));
+    bao.kv_put("app/later", json!({ "v": "later" }));
+    let dir = TestDir::new();
+    approle_files(&dir);
+    let agent = Agent::start(&dir, &config(&bao, APPROLE, ""));
+    let first = agent.get("/v1/secrets/vault/app/cached?field=v");
+    assert_eq!((first.status, first.text().as_str()), (200, "cached-1"));
+
+    // Sealed: Vault answers 503, which is transient.
+    bao.api("PUT", "sys/seal", None);
+    std::thread::sleep(Duration::from_millis(1500));
+    let sealed_stale = agent.get("/v1/secrets/vault/app/cached?field=v");
+    assert_eq!(
+        (sealed_stale.status, sealed_stale.text().as_str()),
+        (200, "cached-1")
+    );
+    let sealed_miss = agent.secret("vault/app/later");
+    assert_eq!(
+        (sealed_miss.status, sealed_miss.error_code().as_str()),
+        (502, "upstream_unavailable"),
+        "{}",
+        sealed_miss.text()
+    );
+
+    bao.stop();
+    // Past its 1 s TTL the cached value is served stale; a value never fetched fails fast.
+    std::thread::sleep(Duration::from_millis(1500));
+    let stale = agent.get("/v1/secrets/vault/app/cached?field=v");
+    assert_eq!((stale.status, stale.text().as_str()), (200, "cached-1"));
+    let miss = agent.secret("vault/app/later");
+    assert_eq!(
+        (miss.status, miss.error_code().as_str()),
+        (502, "upstream_unavailable"),
+        "{}",
+        miss.text()
+    );
+
+    // A new (empty) server on the same port, set up again: the old token is unknown there, so
+    // the agent logs in again and recovers.
+    bao.restart();
+    bao.setup(3600, 7200, None);
+    bao.kv_put("app/cached", json!({ "v": "cached-2" }));
+    bao.kv_put("app/later", json!({ "v": "later" }));
+    let recovered = wait_until(Duration::from_secs(20), || {
+        agent.get("/v1/secrets/vault/app/later?field=v").status == 200
+    });
+    assert!(recovered, "log:\n{}", agent.log_text());
+    let fresh = wait_until(Duration::from_secs(10), || {
+        agent.get("/v1/secrets/vault/app/cached?field=v").text() == "cached-2"
+    });
+    assert!(fresh, "log:\n{}", agent.log_text());
+}
+
+#[test]
+fn namespace_header_selects_the_namespace() {
+    let bao = Bao::start();
+    bao.api("POST", "sys/namespaces/team", Some(json!({})));
+    bao.api_in(
+        "team",
+        "POST",
+        "sys/mounts/kv",
+        Some(json!({ "type": "kv", "options": { "version": "2" } })),
+    );
+    bao.api_in(
+        "team",
+        "POST",
+        "kv/data/app/ns",
+        Some(json!({ "data": { "where": "in-team" } })),
+    );
+    let dir = TestDir::new();
+    std::fs::write(dir.path().join("vault-token"), bao::ROOT).unwrap();
+    let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
+    let text = config(&bao, auth, "namespace = \"team\"\n")
+        .replace("kv_mount = \"secret\"", "kv_mount = \"kv\"");
+    let agent = Agent::start(&dir, &text);
+    let resp = agent.get("/v1/secrets/vault/app/ns?field=where");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "in-team"));
+}
+
+#[test]
+fn https_with_ca_file_and_untrusted_without_it() {
+    let dir = TestDir::new();
+    let certs = dir.path().join("bao-tls");
+    std::fs::create_dir(&certs).unwrap();
+    let bao = Bao::start_tls(&certs);
+    let put = bao.cli(&["kv", "put", "-mount=secret", "app/tls", "password=over-tls"]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    std::fs::write(dir.path().join("vault-token"), bao::ROOT).unwrap();
+    let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
+    let with_ca = format!("ca_file = \"{}\"\n", bao.ca_file().display());
+
+    let agent = Agent::start(&dir, &config(&bao, auth, &with_ca));
+    let resp = agent.get("/v1/secrets/vault/app/tls?field=password");
+    assert_eq!((resp.status, resp.text().as_str()), (200, "over-tls"));
+    drop(agent);
+
+    // Without ca_file the dev CA is not trusted: the agent refuses to start.
+    dir.write_config(&config(&bao, auth, ""));
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"vault\"") && stderr.contains("certificate"),
+        "{stderr}"
+    );
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
