@@ -159,6 +159,15 @@ fn kubernetes_sidecar_has_the_required_shape() {
         "file = \"{}/control\"",
         control["mountPath"].as_str().unwrap()
     )));
+    // Vault logs in with the projected token where it is mounted.
+    let vault_mount = mounts(agent)
+        .into_iter()
+        .find(|m| m["name"] == "vault-token")
+        .unwrap();
+    assert!(config.contains(&format!(
+        "jwt_file = \"{}/token\"",
+        vault_mount["mountPath"].as_str().unwrap()
+    )));
 }
 
 #[test]
@@ -168,9 +177,14 @@ fn kubernetes_example_config_passes_check_config() {
         .as_str()
         .unwrap()
         .to_owned();
-    // Only the mounted secrets directory is pod-specific; everything else is checked as written.
+    // Only the pod's mounts (secrets directory, projected Vault token) are replaced by local
+    // stand-ins; everything else is checked as written.
     let dir = TestDir::new();
-    let config = config.replace("/etc/credagent/files", &dir.secrets().display().to_string());
+    let token = dir.path().join("vault-token");
+    std::fs::write(&token, "header.payload.signature").unwrap();
+    let config = config
+        .replace("/etc/credagent/files", &dir.secrets().display().to_string())
+        .replace("/var/run/secrets/vault/token", &token.display().to_string());
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).unwrap();
     let out = Command::new(bin())
