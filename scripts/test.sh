@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 echo "== installing test servers (pinned, into .venv)"
 scripts/install-test-deps.sh
 
+echo "== installing packaging tools (lintian, buildah, systemd tools, cargo-deb)"
+scripts/install-packaging-deps.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -21,9 +24,13 @@ cargo test --workspace 2>&1 | tee "$log"
 echo "== bench --quick (keeps the benchmark from rotting; judges no figure)"
 cargo run -q -p credagent-bench -- all --quick
 
+echo "== packaging: .deb (lintian, dpkg -i, check-config, purge) and container image (buildah)"
+scripts/test-packaging.sh 2>&1 | tee -a "$log"
+
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
 
 # One closing line for the whole suite, summed over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+awk '/^packaging: [0-9]+ passed, [0-9]+ failed$/ { p += $2; f += $4 }
+     /^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -83,6 +83,21 @@ pub fn decide(rules: &[Rule], peer: &PeerIdentity, source: &str, id: &str) -> De
         .map_or(Decision::Deny, |rule| Decision::Allow { rule })
 }
 
+/// May the systemd unit `peer.unit` receive `source/id` through `LoadCredential=`?
+///
+/// SECURITY: the connecting process is PID 1 (uid 0) acting for the unit, so only rules that name
+/// a `unit` take part: a rule for `uid = 0` alone must not hand every unit every secret.
+pub fn decide_credential(rules: &[Rule], peer: &PeerIdentity, source: &str, id: &str) -> Decision {
+    rules
+        .iter()
+        .position(|rule| {
+            rule.peer.unit.is_some()
+                && rule.peer.matches(peer)
+                && rule.secrets.iter().any(|g| g.matches_parts(source, id))
+        })
+        .map_or(Decision::Deny, |rule| Decision::Allow { rule })
+}
+
 /// May `peer` use admin operations?
 pub fn decide_admin(rules: &[Rule], peer: &PeerIdentity) -> Decision {
     rules
@@ -197,6 +212,43 @@ mod tests {
         }
         assert_eq!(decide_admin(&rules, &root), Decision::Allow { rule: 4 });
         assert_eq!(decide_admin(&rules, &u1000), Decision::Deny);
+    }
+
+    #[test]
+    fn credentials_need_a_unit_rule() {
+        let rules = vec![
+            rule(
+                PeerMatch {
+                    uid: Some(0),
+                    ..Default::default()
+                },
+                &["files/*"],
+                false,
+            ),
+            rule(
+                PeerMatch {
+                    unit: Some("web.service".into()),
+                    ..Default::default()
+                },
+                &["files/web/*"],
+                false,
+            ),
+        ];
+        let web = peer(0, 0, &[], None, Some("web.service"));
+        let other = peer(0, 0, &[], None, Some("other.service"));
+        assert_eq!(
+            decide_credential(&rules, &web, "files", "web/db"),
+            Decision::Allow { rule: 1 }
+        );
+        // The uid-0 rule would allow this over HTTP, but it names no unit.
+        assert_eq!(
+            decide_credential(&rules, &web, "files", "other"),
+            Decision::Deny
+        );
+        assert_eq!(
+            decide_credential(&rules, &other, "files", "web/db"),
+            Decision::Deny
+        );
     }
 
     #[test]

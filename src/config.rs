@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::acl::{PeerMatch, Rule};
-use crate::name::{Glob, validate_source_name};
+use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
 use crate::source::aws::{AwsConfig, RawAwsSource};
 use crate::source::env::RawEnvSource;
@@ -80,6 +80,9 @@ pub struct RawConfig {
     /// `[[allow]]`.
     #[serde(default)]
     pub allow: Vec<RawAllow>,
+    /// `[credentials]`: systemd credential id -> `source/id` (see `server::creds`).
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
 }
 
 /// `[server]` as written.
@@ -99,6 +102,8 @@ pub struct RawServer {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
+    /// Socket speaking systemd's `LoadCredential=ID:PATH` protocol (optional).
+    pub creds_socket: Option<PathBuf>,
 }
 
 fn default_socket_mode() -> String {
@@ -260,6 +265,8 @@ pub struct Config {
     pub sources: BTreeMap<String, SourceConfig>,
     /// Access rules, in order.
     pub rules: Vec<Rule>,
+    /// systemd credential id -> secret, served on `server.creds_socket`.
+    pub credentials: BTreeMap<String, SecretName>,
 }
 
 /// `[server]`, validated.
@@ -275,6 +282,8 @@ pub struct ServerConfig {
     pub max_connections: NonZeroUsize,
     /// Drain bound on shutdown.
     pub shutdown_timeout: Duration,
+    /// The systemd credentials socket, when configured.
+    pub creds_socket: Option<PathBuf>,
 }
 
 /// `[cache]`, validated.
@@ -452,6 +461,7 @@ impl RawConfig {
         for (index, raw) in self.allow.into_iter().enumerate() {
             rules.push(raw.build(&ctx, index, &sources)?);
         }
+        let credentials = build_credentials(&ctx, self.credentials, &sources)?;
         Ok(Config {
             path: path.to_path_buf(),
             server,
@@ -460,6 +470,7 @@ impl RawConfig {
             audit,
             sources,
             rules,
+            credentials,
         })
     }
 }
@@ -474,6 +485,14 @@ impl RawServer {
             return Err(ctx.invalid(
                 "server.socket",
                 "path is longer than 107 bytes (the Unix socket limit)",
+            ));
+        }
+        if let Some(creds) = &self.creds_socket
+            && (!creds.is_absolute() || creds.as_os_str().len() > 107 || *creds == self.socket)
+        {
+            return Err(ctx.invalid(
+                "server.creds_socket",
+                "must be an absolute path of at most 107 bytes, other than server.socket",
             ));
         }
         let socket_mode = parse_mode(&self.socket_mode).ok_or_else(|| {
@@ -507,8 +526,45 @@ impl RawServer {
             socket_group,
             max_connections,
             shutdown_timeout,
+            creds_socket: self.creds_socket,
         })
     }
+}
+
+/// `[credentials]`: each key is a systemd credential id (what a unit writes in
+/// `LoadCredential=ID:…`), each value the `source/id` it receives.
+fn build_credentials(
+    ctx: &Ctx<'_>,
+    raw: BTreeMap<String, String>,
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<BTreeMap<String, SecretName>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (id, target) in raw {
+        let key = format!("credentials.{id}");
+        if !is_credential_id(&id) {
+            return Err(ctx.invalid(
+                &key,
+                "a credential id is 1-255 printable bytes, without '/', not \".\" or \"..\"",
+            ));
+        }
+        let name = SecretName::parse(&target)
+            .map_err(|e| ctx.invalid(&key, format!("{target:?} is not SOURCE/ID: {e}")))?;
+        if !sources.contains_key(name.source()) {
+            return Err(ctx.invalid(&key, format!("no source named {:?}", name.source())));
+        }
+        out.insert(id, name);
+    }
+    Ok(out)
+}
+
+/// systemd's rule for credential names: a valid file name (no `/`, not `.`/`..`, ≤ 255 bytes),
+/// here also restricted to printable ASCII.
+pub fn is_credential_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 255
+        && id != "."
+        && id != ".."
+        && id.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
 }
 
 /// Parses "0660" / "660" / "0o660" into permission bits (no setuid/sticky bits).
@@ -886,6 +942,41 @@ mod tests {
         let text = base(Path::new("/nonexistent/credagent-test"));
         assert!(
             matches!(check(&text), Err(ConfigError::Invalid { key, .. }) if key == "sources.files.dir")
+        );
+    }
+
+    #[test]
+    fn credentials_table_builds_and_rejects_bad_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = base(dir.path());
+        let config = check(&format!(
+            "{ok}\n[credentials]\ndb-password = \"files/app/database\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.credentials.get("db-password").map(|n| n.to_string()),
+            Some("files/app/database".to_owned())
+        );
+        let cases: &[(&str, &str)] = &[
+            ("\"a/b\" = \"files/x\"", "credentials.a/b"),
+            ("\"..\" = \"files/x\"", "credentials..."),
+            ("\"\" = \"files/x\"", "credentials."),
+            ("x = \"nosource\"", "credentials.x"),
+            ("x = \"vault/x\"", "credentials.x"),
+            ("x = \"files/../x\"", "credentials.x"),
+        ];
+        for (entry, key) in cases {
+            match check(&format!("{ok}\n[credentials]\n{entry}\n")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(&k, key, "{entry}"),
+                other => panic!("{entry}: expected Invalid at {key}, got {other:?}"),
+            }
+        }
+        let bad_socket = ok.replace(
+            "socket = \"/tmp/x.sock\"",
+            "socket = \"/tmp/x.sock\"\ncreds_socket = \"relative.sock\"",
+        );
+        assert!(
+            matches!(check(&bad_socket), Err(ConfigError::Invalid { key, .. }) if key == "server.creds_socket")
         );
     }
 

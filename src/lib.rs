@@ -103,9 +103,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
     let sources = source::build_all(&config).await?;
     let cache = Cache::new(config.cache, metrics.clone());
-    let listener = match systemd::take_listeners().into_iter().next() {
-        Some((name, listener)) => {
-            tracing::info!(name, "using socket passed by systemd");
+    let (inherited, inherited_creds) = systemd::split_listeners(systemd::take_listeners());
+    let listener = match inherited {
+        Some(listener) => {
+            tracing::info!("using the agent socket passed by systemd");
             server::Listener::inherited(listener).map_err(|source| {
                 server::ServerError::BindSocket {
                     path: config.server.socket.clone(),
@@ -114,6 +115,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             })?
         }
         None => server::bind(&config.server)?,
+    };
+    let creds_listener = match (inherited_creds, &config.server.creds_socket) {
+        (Some(listener), path) => {
+            tracing::info!("using the credentials socket passed by systemd");
+            let path = path.clone().unwrap_or_default();
+            Some(
+                server::Listener::inherited(listener)
+                    .map_err(|source| server::ServerError::BindSocket { path, source })?,
+            )
+        }
+        (None, Some(path)) => Some(server::creds::bind(&config.server, path)?),
+        (None, None) => None,
     };
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     if let Some(path) = &config.control {
@@ -135,8 +148,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         listener,
         state.clone(),
         server_config.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let creds_server = creds_listener.map(|listener| {
+        tokio::spawn(server::creds::serve(
+            listener,
+            state.clone(),
+            stop_rx.clone(),
+        ))
+    });
     tracing::info!(socket = %server_config.socket.display(), "credagent ready");
     systemd::notify("READY=1");
     systemd::spawn_watchdog();
@@ -154,6 +174,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = stop_tx.send(true);
     if let Err(err) = server.await {
         tracing::error!(error = %err, "server task failed");
+    }
+    if let Some(creds_server) = creds_server
+        && let Err(err) = creds_server.await
+    {
+        tracing::error!(error = %err, "credentials server task failed");
     }
     tracing::info!("stopped");
     Ok(())

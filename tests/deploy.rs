@@ -1,0 +1,202 @@
+//! Deployment artefacts checked by the tools their ecosystems use: the Containerfile by hadolint,
+//! the Kubernetes example by kubernetes-validate (--strict), plus the properties the issue asks
+//! of them (final image FROM scratch as a non-root uid; native sidecar, in-memory socket volume,
+//! ConfigMap-mounted control file, projected tokens, IPC_LOCK only) and the example's agent config
+//! accepted by the real `credagent check-config`. The .deb and the image build/run are tested by
+//! scripts/test-packaging.sh (they need root and system tools).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{TestDir, bin, repo_root, venv_bin};
+use serde_json::Value;
+
+#[test]
+fn containerfile_passes_hadolint() {
+    let out = Command::new(venv_bin("hadolint"))
+        .arg(repo_root().join("packaging/container/Containerfile"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "hadolint:\n{text}");
+    assert!(text.trim().is_empty(), "hadolint findings:\n{text}");
+}
+
+#[test]
+fn final_image_is_scratch_and_non_root() {
+    let text =
+        std::fs::read_to_string(repo_root().join("packaging/container/Containerfile")).unwrap();
+    let instructions: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<usize> = instructions
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("FROM "))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(froms.len() >= 2, "not a multi-stage build");
+    let last = *froms.last().unwrap();
+    let final_stage = &instructions[last..];
+    assert_eq!(final_stage[0], "FROM scratch");
+    assert!(final_stage.contains(&"USER 65532:65532"), "{final_stage:?}");
+    assert!(
+        !final_stage.iter().any(|l| l.starts_with("RUN ")),
+        "a RUN in the final stage needs a shell: {final_stage:?}"
+    );
+}
+
+/// All documents of the example, as JSON (PyYAML from the test venv).
+fn kubernetes_docs() -> Vec<Value> {
+    let out = Command::new(venv_bin("python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
+        ])
+        .arg(repo_root().join("examples/kubernetes/pod.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn doc<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn kubernetes_example_passes_kubernetes_validate() {
+    let out = Command::new(venv_bin("kubernetes-validate"))
+        .arg("--strict")
+        .arg(repo_root().join("examples/kubernetes/pod.yaml"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubernetes-validate:\n{text}");
+    for resource in [
+        "pod/web",
+        "configmap/credagent-config",
+        "configmap/credagent-control",
+    ] {
+        assert!(
+            text.contains(&format!("passed for resource {resource}")),
+            "{resource} not validated:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn kubernetes_sidecar_has_the_required_shape() {
+    let docs = kubernetes_docs();
+    let pod = doc(&docs, "Pod", "web");
+    let spec = &pod["spec"];
+    let agent = &spec["initContainers"][0];
+    assert_eq!(agent["name"], "credagent");
+    assert_eq!(agent["restartPolicy"], "Always", "native sidecar");
+    let security = &agent["securityContext"];
+    assert_eq!(
+        security["capabilities"]["add"],
+        serde_json::json!(["IPC_LOCK"])
+    );
+    assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(security["runAsUser"], 65532);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+
+    let volume = |name: &str| {
+        spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    };
+    assert_eq!(volume("credagent-socket")["emptyDir"]["medium"], "Memory");
+    assert_eq!(
+        volume("credagent-control")["configMap"]["name"],
+        "credagent-control"
+    );
+    let audiences: Vec<Value> = ["aws-token", "vault-token"]
+        .iter()
+        .map(|n| volume(n)["projected"]["sources"][0]["serviceAccountToken"]["audience"].clone())
+        .collect();
+    assert_eq!(audiences, vec!["sts.amazonaws.com", "vault"]);
+
+    let mounts = |container: &Value| container["volumeMounts"].as_array().unwrap().clone();
+    for container in [agent, &spec["containers"][0]] {
+        assert!(
+            mounts(container)
+                .iter()
+                .any(|m| m["name"] == "credagent-socket" && m["mountPath"] == "/run/credagent"),
+            "{} does not share the socket volume",
+            container["name"]
+        );
+    }
+    // A subPath mount never sees ConfigMap updates: the control file must be a directory mount.
+    let control = mounts(agent)
+        .into_iter()
+        .find(|m| m["name"] == "credagent-control")
+        .unwrap();
+    assert!(control.get("subPath").is_none());
+    let config = doc(&docs, "ConfigMap", "credagent-config")["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(config.contains(&format!(
+        "file = \"{}/control\"",
+        control["mountPath"].as_str().unwrap()
+    )));
+    // Vault logs in with the projected token where it is mounted.
+    let vault_mount = mounts(agent)
+        .into_iter()
+        .find(|m| m["name"] == "vault-token")
+        .unwrap();
+    assert!(config.contains(&format!(
+        "jwt_file = \"{}/token\"",
+        vault_mount["mountPath"].as_str().unwrap()
+    )));
+}
+
+#[test]
+fn kubernetes_example_config_passes_check_config() {
+    let docs = kubernetes_docs();
+    let config = doc(&docs, "ConfigMap", "credagent-config")["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Only the pod's mounts (secrets directory, projected Vault token) are replaced by local
+    // stand-ins; everything else is checked as written.
+    let dir = TestDir::new();
+    let token = dir.path().join("vault-token");
+    std::fs::write(&token, "header.payload.signature").unwrap();
+    let config = config
+        .replace("/etc/credagent/files", &dir.secrets().display().to_string())
+        .replace("/var/run/secrets/vault/token", &token.display().to_string());
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
