@@ -39,25 +39,35 @@ pub enum AuditError {
     },
 }
 
-/// One access decision.
-#[derive(Debug, Serialize)]
+/// A request's id: a counter, shown in hex in audit and log lines alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(pub u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// One access decision. It shares the connection's identity instead of copying it, so building
+/// one on the request path costs no allocation beyond the secret's name; the writer task
+/// renders it.
+#[derive(Debug)]
 pub struct AuditEvent {
     /// RFC 3339 time.
-    pub time: String,
+    pub time: Arc<str>,
     /// Request id (also in log lines about the same request).
-    pub request_id: String,
+    pub request_id: RequestId,
     /// What was asked: `read`, `flush`, `metrics`, `credential`.
     pub action: &'static str,
-    /// Peer uid.
-    pub uid: u32,
-    /// Peer gid.
-    pub gid: u32,
-    /// Peer pid (agent's namespace).
-    pub pid: Option<i32>,
-    /// Peer executable.
-    pub exe: Option<String>,
-    /// Peer systemd unit.
-    pub unit: Option<String>,
+    /// Who asked.
+    pub peer: Arc<PeerIdentity>,
     /// `source/id` (or the flush pattern), never a value.
     pub secret: Option<String>,
     /// `allow` or `deny`.
@@ -68,18 +78,34 @@ pub struct AuditEvent {
     pub status: u16,
 }
 
+impl Serialize for AuditEvent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut line = serializer.serialize_struct("AuditEvent", 12)?;
+        line.serialize_field("time", &*self.time)?;
+        line.serialize_field("request_id", &self.request_id)?;
+        line.serialize_field("action", self.action)?;
+        line.serialize_field("uid", &self.peer.uid)?;
+        line.serialize_field("gid", &self.peer.gid)?;
+        line.serialize_field("pid", &self.peer.pid)?;
+        line.serialize_field("exe", &self.peer.exe.as_ref().map(|p| p.to_string_lossy()))?;
+        line.serialize_field("unit", &self.peer.unit)?;
+        line.serialize_field("secret", &self.secret)?;
+        line.serialize_field("decision", self.decision)?;
+        line.serialize_field("cache", &self.cache)?;
+        line.serialize_field("status", &self.status)?;
+        line.end()
+    }
+}
+
 impl AuditEvent {
     /// An event for `peer` with the fields every line has.
-    pub fn new(request_id: &str, action: &'static str, peer: &PeerIdentity) -> Self {
+    pub fn new(request_id: RequestId, action: &'static str, peer: &Arc<PeerIdentity>) -> Self {
         AuditEvent {
             time: now_rfc3339(),
-            request_id: request_id.to_owned(),
+            request_id,
             action,
-            uid: peer.uid,
-            gid: peer.gid,
-            pid: peer.pid,
-            exe: peer.exe.as_ref().map(|p| p.display().to_string()),
-            unit: peer.unit.clone(),
+            peer: Arc::clone(peer),
             secret: None,
             decision: "deny",
             cache: None,
@@ -90,21 +116,23 @@ impl AuditEvent {
 
 /// The current time in RFC 3339, formatted at most once per millisecond per thread: under load
 /// many lines share a millisecond, and formatting was a visible share of a cached read's cost.
-fn now_rfc3339() -> String {
+fn now_rfc3339() -> Arc<str> {
     thread_local! {
-        static LAST: std::cell::RefCell<(u128, String)> =
-            const { std::cell::RefCell::new((0, String::new())) };
+        static LAST: std::cell::RefCell<(u128, Option<Arc<str>>)> =
+            const { std::cell::RefCell::new((0, None)) };
     }
     let now = SystemTime::now();
     let millis = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    LAST.with_borrow_mut(|(last, text)| {
-        if *last != millis || text.is_empty() {
-            *text = rfc3339(now);
+    LAST.with_borrow_mut(|(last, text)| match text {
+        Some(text) if *last == millis => Arc::clone(text),
+        _ => {
+            let fresh: Arc<str> = Arc::from(rfc3339(now));
+            *text = Some(Arc::clone(&fresh));
             *last = millis;
+            fresh
         }
-        text.clone()
     })
 }
 
@@ -196,7 +224,7 @@ mod tests {
     fn cached_time_is_the_current_millisecond() {
         for _ in 0..1000 {
             let before = rfc3339(SystemTime::now());
-            let cached = now_rfc3339();
+            let cached = now_rfc3339().to_string();
             let after = rfc3339(SystemTime::now());
             // Fixed-width RFC 3339 strings order like the times they name.
             assert!(

@@ -139,8 +139,9 @@ impl Cache {
 
     /// Returns the secret for `request`, fetching it with `fetch` on a miss or expiry.
     ///
-    /// `fetch` receives the previous value when refreshing (for a rotation check) and runs in a
-    /// task of its own; at most one fetch per key is in flight.
+    /// `fetch` receives the request (the cache's own copy, so a hit clones nothing) and the
+    /// previous value when refreshing (for a rotation check); it runs in a task of its own, and
+    /// at most one fetch per key is in flight.
     pub async fn get<F, Fut>(
         self: &Arc<Self>,
         request: &SecretRequest,
@@ -148,7 +149,7 @@ impl Cache {
         fetch: F,
     ) -> (Result<Arc<Secret>, SourceError>, Served)
     where
-        F: FnOnce(Option<Arc<Secret>>) -> Fut + Send + 'static,
+        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
         let step = self.lookup(request, ttl, fetch);
@@ -184,7 +185,7 @@ impl Cache {
     /// The synchronous part of `get`, under the lock: decide what to serve or wait for.
     fn lookup<F, Fut>(self: &Arc<Self>, request: &SecretRequest, ttl: Duration, fetch: F) -> Step
     where
-        F: FnOnce(Option<Arc<Secret>>) -> Fut + Send + 'static,
+        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
         let settings = self.settings();
@@ -268,13 +269,13 @@ impl Cache {
         fetch: F,
     ) -> Waiter
     where
-        F: FnOnce(Option<Arc<Secret>>) -> Fut + Send + 'static,
+        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
         let (tx, rx) = watch::channel(None);
         let cache = Arc::clone(self);
         tokio::spawn(async move {
-            let outcome: Shared = match fetch(prev.clone()).await {
+            let outcome: Shared = match fetch(request.clone(), prev.clone()).await {
                 Ok(Fetched::New(secret)) => Ok(Arc::new(secret)),
                 Ok(Fetched::Unchanged) => prev.ok_or_else(|| SourceError::BadReply {
                     detail: "source reported 'unchanged' for a value it never gave".to_owned(),
@@ -442,9 +443,11 @@ mod tests {
         fn count(&self) -> usize {
             self.fetches.load(Ordering::SeqCst)
         }
-        fn fetcher(&self) -> impl FnOnce(Option<Arc<Secret>>) -> FakeFetch + Send + 'static {
+        fn fetcher(
+            &self,
+        ) -> impl FnOnce(SecretRequest, Option<Arc<Secret>>) -> FakeFetch + Send + 'static {
             let me = self.clone();
-            move |prev| {
+            move |_request, prev| {
                 Box::pin(async move {
                     me.fetches.fetch_add(1, Ordering::SeqCst);
                     // The backend's answer is decided when the call starts, as with a real one.

@@ -69,8 +69,8 @@ impl AppState {
     }
 
     /// A fresh request id.
-    pub fn next_request_id(&self) -> String {
-        format!("{:x}", self.next_request.fetch_add(1, Ordering::Relaxed))
+    pub fn next_request_id(&self) -> crate::audit::RequestId {
+        crate::audit::RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Marks the agent as draining: new secret requests get 503.

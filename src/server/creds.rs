@@ -136,13 +136,13 @@ pub async fn serve(listener: Listener, state: Arc<AppState>, mut shutdown: watch
 async fn exchange(mut stream: UnixStream, state: &AppState) {
     let request_id = state.next_request_id();
     let peer = match peer::identify(&stream) {
-        Ok(peer) => peer,
+        Ok(peer) => Arc::new(peer),
         Err(err) => {
             tracing::warn!(error = %err, "credentials socket: no peer credentials");
             return;
         }
     };
-    let mut event = AuditEvent::new(&request_id, "credential", &peer);
+    let mut event = AuditEvent::new(request_id, "credential", &peer);
     // SECURITY: anyone can bind an abstract name; only PID 1 (uid 0) speaks for a unit.
     if peer.uid != 0 {
         event.status = 403;
@@ -158,7 +158,7 @@ async fn exchange(mut stream: UnixStream, state: &AppState) {
         Ok(request) => request,
         Err(err) => {
             if state.log_limit.check().is_some() {
-                tracing::info!(request_id, error = %err, "credentials socket: not a credential request");
+                tracing::info!(%request_id, error = %err, "credentials socket: not a credential request");
             }
             event.status = 400;
             state.audit.record(event);
@@ -166,12 +166,12 @@ async fn exchange(mut stream: UnixStream, state: &AppState) {
         }
     };
     // The requesting unit, as PID 1 named it; exe is PID 1's and says nothing about the unit.
-    let identity = PeerIdentity {
+    let identity = Arc::new(PeerIdentity {
         unit: Some(request.unit.clone()),
         exe: None,
-        ..peer
-    };
-    let mut event = AuditEvent::new(&request_id, "credential", &identity);
+        ..(*peer).clone()
+    });
+    let mut event = AuditEvent::new(request_id, "credential", &identity);
     let runtime = state.runtime();
     let Some(name) = runtime.config.credentials.get(&request.id).cloned() else {
         event.secret = Some(format!("credential:{}", request.id));
@@ -192,7 +192,7 @@ async fn exchange(mut stream: UnixStream, state: &AppState) {
         name,
         selector: Selector::default(),
     };
-    let (result, served) = handler::lookup(state, &runtime, &request_id, &secret_request).await;
+    let (result, served) = handler::lookup(state, &runtime, request_id, &secret_request).await;
     event.cache = served.map(|s| s.as_str());
     match result {
         Ok(secret) => {

@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use super::error::ApiError;
 use super::route::{Format, Route, parse_flush_body};
 use crate::acl;
-use crate::audit::AuditEvent;
+use crate::audit::{AuditEvent, RequestId};
 use crate::cache::Served;
 use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
 use crate::name::SecretName;
@@ -28,12 +28,12 @@ const MAX_BODY: usize = 64 * 1024;
 type Resp = Response<Full<Bytes>>;
 
 /// Serves one request from `peer`.
-pub async fn handle(state: &AppState, peer: &PeerIdentity, req: Request<Incoming>) -> Resp {
+pub async fn handle(state: &AppState, peer: &Arc<PeerIdentity>, req: Request<Incoming>) -> Resp {
     let request_id = state.next_request_id();
     let response = match Route::parse(req.method(), req.uri(), req.headers()) {
         Err(err) => {
             if let Some(suppressed) = state.log_limit.check() {
-                tracing::info!(request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), suppressed, "rejected request");
+                tracing::info!(%request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), suppressed, "rejected request");
             }
             err.response()
         }
@@ -44,9 +44,9 @@ pub async fn handle(state: &AppState, peer: &PeerIdentity, req: Request<Incoming
             selector,
             field,
             format,
-        }) => read_secret(state, peer, &request_id, name, selector, field, format).await,
-        Ok(Route::Flush) => flush(state, peer, &request_id, req).await,
-        Ok(Route::Metrics) => metrics(state, peer, &request_id, req.method()),
+        }) => read_secret(state, peer, request_id, name, selector, field, format).await,
+        Ok(Route::Flush) => flush(state, peer, request_id, req).await,
+        Ok(Route::Metrics) => metrics(state, peer, request_id, req.method()),
     };
     state.metrics.count_request(response.status().as_u16());
     response
@@ -54,8 +54,8 @@ pub async fn handle(state: &AppState, peer: &PeerIdentity, req: Request<Incoming
 
 async fn read_secret(
     state: &AppState,
-    peer: &PeerIdentity,
-    request_id: &str,
+    peer: &Arc<PeerIdentity>,
+    request_id: RequestId,
     name: SecretName,
     selector: Selector,
     field: Option<String>,
@@ -84,7 +84,7 @@ async fn read_secret(
 async fn fetch_and_render(
     state: &AppState,
     runtime: &crate::state::Runtime,
-    request_id: &str,
+    request_id: RequestId,
     name: SecretName,
     selector: Selector,
     field: Option<String>,
@@ -104,7 +104,7 @@ async fn fetch_and_render(
 pub(crate) async fn lookup(
     state: &AppState,
     runtime: &crate::state::Runtime,
-    request_id: &str,
+    request_id: RequestId,
     request: &SecretRequest,
 ) -> (Result<Arc<Secret>, ApiError>, Option<Served>) {
     let Some(entry) = runtime.sources.get(request.name.source()).cloned() else {
@@ -115,10 +115,9 @@ pub(crate) async fn lookup(
     }
     let metrics = state.metrics.clone();
     let log_limit = state.log_limit.clone();
-    let fetch_request = request.clone();
     let ttl = entry.ttl;
     // Only runs on a miss or refresh: nothing here is on the cache-hit path.
-    let fetch = move |previous: Option<Arc<Secret>>| async move {
+    let fetch = move |fetch_request: SecretRequest, previous: Option<Arc<Secret>>| async move {
         let source_metrics = metrics.source(fetch_request.name.source());
         source_metrics
             .fetches
@@ -151,7 +150,7 @@ pub(crate) async fn lookup(
     };
     let (result, served) = state.cache.get(request, ttl, fetch).await;
     let result = result.map_err(|err| {
-        tracing::debug!(request_id, secret = %request.name, error = %err, "request failed");
+        tracing::debug!(%request_id, secret = %request.name, error = %err, "request failed");
         ApiError::from(&err)
     });
     (result, Some(served))
@@ -257,8 +256,8 @@ fn json_response(status: StatusCode, body: String) -> Resp {
 
 async fn flush(
     state: &AppState,
-    peer: &PeerIdentity,
-    request_id: &str,
+    peer: &Arc<PeerIdentity>,
+    request_id: RequestId,
     req: Request<Incoming>,
 ) -> Resp {
     let runtime = state.runtime();
@@ -272,7 +271,7 @@ async fn flush(
             Ok(pattern) => {
                 event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).to_owned());
                 let flushed = state.cache.flush(pattern.as_ref());
-                tracing::info!(request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
+                tracing::info!(%request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
                 json_response(StatusCode::OK, format!("{{\"flushed\":{flushed}}}"))
             }
             Err(err) => err.response(),
@@ -301,7 +300,12 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
-fn metrics(state: &AppState, peer: &PeerIdentity, request_id: &str, _method: &Method) -> Resp {
+fn metrics(
+    state: &AppState,
+    peer: &Arc<PeerIdentity>,
+    request_id: RequestId,
+    _method: &Method,
+) -> Resp {
     let runtime = state.runtime();
     let mut event = AuditEvent::new(request_id, "metrics", peer);
     let response = if acl::decide_admin(&runtime.rules, peer).allowed() {
