@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, watch};
 
-use super::{Listener, ServerError, handler, signalled};
+use super::{Listener, ServerError, accept_until_shutdown, handler};
 use crate::acl;
 use crate::audit::AuditEvent;
 use crate::config::{ServerConfig, is_credential_id};
@@ -93,43 +93,25 @@ pub fn bind(server: &ServerConfig, path: &std::path::Path) -> Result<Listener, S
 /// Serves credential requests until `shutdown` turns true; removes the socket file it created.
 pub async fn serve(listener: Listener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = signalled(&mut shutdown) => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "credentials socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+    accept_until_shutdown(
+        listener,
+        &limit,
+        &mut shutdown,
+        "credentials socket",
+        move |stream| {
+            let state = state.clone();
+            async move {
+                if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &state))
+                    .await
+                    .is_err()
+                    && state.log_limit.check().is_some()
+                {
+                    tracing::warn!("credentials socket: exchange timed out");
                 }
-            },
-            () = signalled(&mut shutdown) => break,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &state))
-                .await
-                .is_err()
-                && state.log_limit.check().is_some()
-            {
-                tracing::warn!("credentials socket: exchange timed out");
             }
-            drop(permit);
-        });
-    }
-    drop(listener.listener);
-    if let Some(path) = &listener.owned_path
-        && let Err(err) = std::fs::remove_file(path)
-    {
-        tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
-    }
+        },
+    )
+    .await;
 }
 
 /// One connection: decide, write the value or nothing, close (by dropping the stream).

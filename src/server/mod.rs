@@ -165,30 +165,62 @@ pub async fn serve(
 ) {
     let max = config.max_connections.get();
     let limit = Arc::new(Semaphore::new(max));
+    let conn_shutdown = shutdown.clone();
+    accept_until_shutdown(
+        listener,
+        &limit,
+        &mut shutdown,
+        "agent socket",
+        move |stream| serve_connection(stream, state.clone(), conn_shutdown.clone()),
+    )
+    .await;
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    match tokio::time::timeout(config.shutdown_timeout, limit.acquire_many(all)).await {
+        Ok(_) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!(
+            timeout = ?config.shutdown_timeout,
+            "shutdown timeout reached with connections still open"
+        ),
+    }
+}
+
+/// The accept loop both sockets share (mini-redis style): take a permit from `limit` (the
+/// connection cap), accept, and run `handle` for the connection in a task that holds the permit.
+/// On shutdown it stops accepting, closes the listener and removes the socket file it created;
+/// waiting for in-flight connections is the caller's business (it owns `limit`).
+pub(crate) async fn accept_until_shutdown<F, Fut>(
+    listener: Listener,
+    limit: &Arc<Semaphore>,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &'static str,
+    mut handle: F,
+) where
+    F: FnMut(UnixStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            () = signalled(&mut shutdown) => break,
+            () = signalled(shutdown) => break,
         };
         let stream = tokio::select! {
             accepted = listener.listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(err) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %err, "accept failed");
+                    tracing::warn!(socket = what, error = %err, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
-            () = signalled(&mut shutdown) => break,
+            () = signalled(shutdown) => break,
         };
-        let state = state.clone();
-        let shutdown = shutdown.clone();
+        let connection = handle(stream);
         tokio::spawn(async move {
-            serve_connection(stream, state, shutdown).await;
+            connection.await;
             drop(permit);
         });
     }
@@ -198,14 +230,6 @@ pub async fn serve(
         && let Err(err) = std::fs::remove_file(path)
     {
         tracing::warn!(path = %path.display(), error = %err, "cannot remove socket file");
-    }
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    match tokio::time::timeout(config.shutdown_timeout, limit.acquire_many(all)).await {
-        Ok(_) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!(
-            timeout = ?config.shutdown_timeout,
-            "shutdown timeout reached with connections still open"
-        ),
     }
 }
 
