@@ -398,15 +398,7 @@ async fn login(http: &VaultHttp, auth: &VaultAuthConfig) -> Result<Grant, Source
             let role_id = read_secret_file(role_id_file)?;
             let secret_id = read_secret_file(secret_id_file)?;
             let body = login_body(&[("role_id", &role_id), ("secret_id", &secret_id)])?;
-            let reply = http
-                .call(
-                    Method::POST,
-                    &format!("auth/{mount}/login"),
-                    None,
-                    Some(body),
-                )
-                .await?;
-            parse_auth(&reply)
+            post_login(http, mount, body).await
         }
         VaultAuthConfig::Jwt {
             mount,
@@ -417,17 +409,22 @@ async fn login(http: &VaultHttp, auth: &VaultAuthConfig) -> Result<Grant, Source
             let jwt = read_secret_file(jwt_file)?;
             let role = SecretBytes::from_slice(role.as_bytes())?;
             let body = login_body(&[("role", &role), ("jwt", &jwt)])?;
-            let reply = http
-                .call(
-                    Method::POST,
-                    &format!("auth/{mount}/login"),
-                    None,
-                    Some(body),
-                )
-                .await?;
-            parse_auth(&reply)
+            post_login(http, mount, body).await
         }
     }
+}
+
+/// `POST auth/{mount}/login` with a prepared body; the reply's auth block is the grant.
+async fn post_login(http: &VaultHttp, mount: &str, body: Bytes) -> Result<Grant, SourceError> {
+    let reply = http
+        .call(
+            Method::POST,
+            &format!("auth/{mount}/login"),
+            None,
+            Some(body),
+        )
+        .await?;
+    parse_auth(&reply)
 }
 
 async fn renew_self(
