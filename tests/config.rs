@@ -159,3 +159,52 @@ fn shipped_example_and_demo_configs_are_valid() {
         String::from_utf8_lossy(&demo.stderr)
     );
 }
+
+#[test]
+fn example_aws_and_vault_sections_are_valid_when_uncommented() {
+    // config.example.toml ships the AWS and Vault sources commented out (they contact their
+    // backends at start); uncommented, they must still pass check-config, which does not.
+    let text = std::fs::read_to_string(common::repo_root().join("config.example.toml")).unwrap();
+    let mut uncommented = Vec::new();
+    let mut in_block = false;
+    for line in text.lines() {
+        if line.starts_with("# [sources.aws]") || line.starts_with("# [sources.vault]") {
+            in_block = true;
+        }
+        let line = if !in_block {
+            line.to_owned()
+        } else if line.starts_with("# #") || line.trim() == "#" {
+            String::new()
+        } else if let Some(rest) = line.strip_prefix("# ") {
+            rest.to_owned()
+        } else {
+            in_block = false;
+            line.to_owned()
+        };
+        uncommented.push(line);
+    }
+    let dir = TestDir::new();
+    for file in ["role_id", "secret_id"] {
+        std::fs::write(dir.path().join(file), "x").unwrap();
+    }
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        dir.path().join("vault-ca.pem"),
+    )
+    .unwrap();
+    let config = dir.write_config(
+        &uncommented
+            .join("\n")
+            .replace("/etc/credagent/secrets", "{secrets}")
+            .replace("/run/credagent/", "{dir}/")
+            .replace("/etc/credagent/", "{dir}/"),
+    );
+    let out = run(&["check-config"], &config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("[aws, env, files, vault]"), "{summary}");
+}
