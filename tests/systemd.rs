@@ -8,16 +8,15 @@
 
 mod common;
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cgroup::TestCgroup;
+use common::creds::load_credential_in;
 use common::{Agent, CANARY, TestDir, bin, repo_root, try_request, wait_until};
-use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, bind, connect, socket};
 
 /// The rule set every credentials test uses: `web.service` may have `files/app/*` as a
 /// credential; `db-password` and `api-token` map to secrets, `nothing-here` maps to nothing.
@@ -45,66 +44,20 @@ fn start_creds_agent(dir: &TestDir) -> Agent {
     Agent::start(dir, &creds_config())
 }
 
-/// Exactly what PID 1 does for `LoadCredential=ID:PATH`: bind the abstract address
-/// `\0<random>/unit/<unit>/<id>`, connect, shut down the write side, read to EOF.
+/// Exactly what PID 1 does for `LoadCredential=ID:PATH`: from a process (root) already in the
+/// unit's cgroup, bind the abstract address `\0<random>/unit/<unit>/<id>`, connect, shut down
+/// the write side, read to EOF.
 fn load_credential(path: &Path, unit: &str, id: &str) -> Vec<u8> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .unwrap();
-    let random = format!(
-        "{:016x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-            ^ u128::from(std::process::id())
-    );
-    let name = format!("{random}/unit/{unit}/{id}");
-    bind(
-        fd.as_raw_fd(),
-        &UnixAddr::new_abstract(name.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    connect(fd.as_raw_fd(), &UnixAddr::new(path).unwrap()).unwrap();
-    let mut stream = UnixStream::from(fd);
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut out = Vec::new();
-    stream.read_to_end(&mut out).unwrap();
-    out
+    let cgroup = TestCgroup::new(unit);
+    let (ok, data) = load_credential_in(&cgroup, None, path, unit, id);
+    assert!(ok, "the credential client failed");
+    data
 }
 
-/// The same exchange from a child process running as `uid` (python3: the test itself is root).
+/// The same exchange from a process running as `uid` in the unit's cgroup.
 fn load_credential_as(uid: u32, path: &Path, unit: &str, id: &str) -> (bool, Vec<u8>) {
-    let script = r#"
-import os, socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.bind(b"\0" + os.urandom(8).hex().encode() + ("/unit/%s/%s" % (sys.argv[2], sys.argv[3])).encode())
-s.connect(sys.argv[1])
-s.shutdown(socket.SHUT_WR)
-data = b""
-while True:
-    chunk = s.recv(65536)
-    if not chunk:
-        break
-    data += chunk
-sys.stdout.buffer.write(data)
-"#;
-    let mut command = Command::new("python3");
-    command.arg("-c").arg(script).arg(path).arg(unit).arg(id);
-    std::os::unix::process::CommandExt::uid(&mut command, uid);
-    std::os::unix::process::CommandExt::gid(&mut command, uid);
-    let out = command.output().unwrap();
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    }
-    (out.status.success(), out.stdout)
+    let cgroup = TestCgroup::new(unit);
+    load_credential_in(&cgroup, Some(uid), path, unit, id)
 }
 
 /// Audit lines with `"action":"credential"` from the agent's log.

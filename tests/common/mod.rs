@@ -11,6 +11,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod bao;
+pub mod cgroup;
+pub mod creds;
 pub mod imds;
 pub mod moto;
 
@@ -24,9 +26,12 @@ use std::time::{Duration, Instant};
 /// A secret value that must never appear in a log, audit line or error body.
 pub const CANARY: &str = "CANARY-7c1d0e55-never-log-me";
 
-/// The binary under test.
+/// The binary under test: this build's, or `$CREDAGENT_TEST_BIN` (to run a test against another
+/// build, e.g. an attack test against the release before its fix).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_credagent"))
+    std::env::var_os("CREDAGENT_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_credagent")))
 }
 
 /// The repository root.
