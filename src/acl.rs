@@ -18,10 +18,12 @@ pub struct PeerMatch {
     pub uid: Option<u32>,
     /// Required group (from `gid` or `group`): the primary or a supplementary group.
     pub gid: Option<u32>,
-    /// Required executable path.
+    /// Required executable: the file this path names when the caller connects.
     pub exe: Option<PathBuf>,
-    /// Required systemd unit name.
+    /// Required system unit name.
     pub unit: Option<String>,
+    /// Required unit inside a user manager (config requires `uid`/`user` beside it).
+    pub user_unit: Option<String>,
 }
 
 impl PeerMatch {
@@ -30,16 +32,21 @@ impl PeerMatch {
             && self
                 .gid
                 .is_none_or(|gid| peer.gid == gid || peer.groups.contains(&gid))
-            // SECURITY: exe and unit are `None` on the peer when they could not be read from the
-            // pinned process; a rule that names them then does not match.
+            // SECURITY: exe and the units are unknown on the peer when they could not be read from
+            // the pinned process; a rule that names them then does not match. `exe` matches when
+            // the rule's path named the caller's executable file at identification (`peer`).
             && self
                 .exe
                 .as_ref()
-                .is_none_or(|exe| peer.exe.as_ref() == Some(exe))
+                .is_none_or(|exe| peer.exe_matches.contains(exe))
             && self
                 .unit
                 .as_ref()
                 .is_none_or(|unit| peer.unit.as_ref() == Some(unit))
+            && self
+                .user_unit
+                .as_ref()
+                .is_none_or(|unit| peer.user_unit.as_ref() == Some(unit))
     }
 }
 
@@ -131,6 +138,7 @@ mod tests {
             groups: groups.to_vec(),
             pid: Some(42),
             exe: exe.map(PathBuf::from),
+            exe_matches: exe.map(PathBuf::from).into_iter().collect(),
             unit: unit.map(str::to_owned),
             ..PeerIdentity::default()
         }
@@ -269,6 +277,65 @@ mod tests {
                 "public"
             )
             .allowed()
+        );
+    }
+
+    #[test]
+    fn a_user_managers_unit_is_not_a_system_unit() {
+        let rules = vec![
+            rule(
+                PeerMatch {
+                    unit: Some("web.service".into()),
+                    ..Default::default()
+                },
+                &["files/web/*"],
+                false,
+            ),
+            rule(
+                PeerMatch {
+                    uid: Some(1000),
+                    user_unit: Some("web.service".into()),
+                    ..Default::default()
+                },
+                &["files/user-web/*"],
+                false,
+            ),
+        ];
+        let mut user_web = peer(1000, 1000, &[], None, Some("user@1000.service"));
+        user_web.user_unit = Some("web.service".into());
+        let system_web = peer(33, 33, &[], None, Some("web.service"));
+        let cases: &[(&PeerIdentity, &str, Decision)] = &[
+            (&user_web, "web/key", Decision::Deny),
+            (&user_web, "user-web/key", Decision::Allow { rule: 1 }),
+            (&system_web, "web/key", Decision::Allow { rule: 0 }),
+            (&system_web, "user-web/key", Decision::Deny),
+        ];
+        for (peer, id, want) in cases {
+            assert_eq!(decide(&rules, peer, "files", id), *want, "{peer:?} {id}");
+        }
+    }
+
+    #[test]
+    fn exe_is_matched_by_file_identity_not_by_the_path_shown() {
+        let rules = vec![rule(
+            PeerMatch {
+                exe: Some("/usr/bin/app".into()),
+                ..Default::default()
+            },
+            &["files/x"],
+            false,
+        )];
+        // /proc shows the allowed path, but it named another file (a bind mount in the caller's
+        // mount namespace): `peer` found no rule path naming the caller's file.
+        let mut impostor = peer(1000, 1000, &[], Some("/usr/bin/app"), None);
+        impostor.exe_matches.clear();
+        assert_eq!(decide(&rules, &impostor, "files", "x"), Decision::Deny);
+        // The real file under another name (a symlink the rule names) matches.
+        let mut real = peer(1000, 1000, &[], Some("/opt/app/bin/app"), None);
+        real.exe_matches = vec!["/usr/bin/app".into()];
+        assert_eq!(
+            decide(&rules, &real, "files", "x"),
+            Decision::Allow { rule: 0 }
         );
     }
 }

@@ -72,6 +72,8 @@ pub struct AuditEvent {
     pub secret: Option<String>,
     /// `allow` or `deny`.
     pub decision: &'static str,
+    /// Why a request was denied before any rule was asked (`peer_changed`), if it was.
+    pub reason: Option<&'static str>,
     /// `hit`, `miss`, `stale` when a value was looked up.
     pub cache: Option<&'static str>,
     /// HTTP status returned.
@@ -81,7 +83,7 @@ pub struct AuditEvent {
 impl Serialize for AuditEvent {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut line = serializer.serialize_struct("AuditEvent", 12)?;
+        let mut line = serializer.serialize_struct("AuditEvent", 14)?;
         line.serialize_field("time", &*self.time)?;
         line.serialize_field("request_id", &self.request_id)?;
         line.serialize_field("action", self.action)?;
@@ -90,8 +92,10 @@ impl Serialize for AuditEvent {
         line.serialize_field("pid", &self.peer.pid)?;
         line.serialize_field("exe", &self.peer.exe.as_ref().map(|p| p.to_string_lossy()))?;
         line.serialize_field("unit", &self.peer.unit)?;
+        line.serialize_field("user_unit", &self.peer.user_unit)?;
         line.serialize_field("secret", &self.secret)?;
         line.serialize_field("decision", self.decision)?;
+        line.serialize_field("reason", &self.reason)?;
         line.serialize_field("cache", &self.cache)?;
         line.serialize_field("status", &self.status)?;
         line.end()
@@ -108,6 +112,7 @@ impl AuditEvent {
             peer: Arc::clone(peer),
             secret: None,
             decision: "deny",
+            reason: None,
             cache: None,
             status: 0,
         }

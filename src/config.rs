@@ -241,8 +241,10 @@ pub struct RawPeer {
     pub group: Option<String>,
     /// Absolute executable path.
     pub exe: Option<PathBuf>,
-    /// systemd unit name.
+    /// systemd system unit name.
     pub unit: Option<String>,
+    /// Unit inside a user manager (`user@UID.service`); needs `uid` or `user` in the same rule.
+    pub user_unit: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -267,6 +269,31 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// systemd credential id -> secret, served on `server.creds_socket`.
     pub credentials: BTreeMap<String, SecretName>,
+}
+
+impl Config {
+    /// Rules that are valid but weaker than they look, one line each (`check-config` prints
+    /// them; `serve` logs them at start).
+    pub fn warnings(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| {
+                let p = &rule.peer;
+                let exe = p.exe.as_ref()?;
+                let only_exe = p.uid.is_none()
+                    && p.gid.is_none()
+                    && p.unit.is_none()
+                    && p.user_unit.is_none();
+                only_exe.then(|| {
+                    format!(
+                        "allow[{i}]: peer names only exe = {:?}: anyone who can run that file can run it with LD_PRELOAD or under a debugger of their own; add uid, user, group or unit",
+                        exe.display().to_string()
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// `[server]`, validated.
@@ -765,12 +792,22 @@ impl RawAllow {
         {
             return Err(ctx.invalid(format!("{key}.peer.exe"), "must be an absolute path"));
         }
-        if let Some(unit) = &p.unit
-            && (unit.is_empty() || unit.contains('/') || !unit.contains('.'))
-        {
+        for (name, value) in [("unit", &p.unit), ("user_unit", &p.user_unit)] {
+            if let Some(unit) = value
+                && (unit.is_empty() || unit.contains('/') || !unit.contains('.'))
+            {
+                return Err(ctx.invalid(
+                    format!("{key}.peer.{name}"),
+                    "must be a unit name such as \"app.service\"",
+                ));
+            }
+        }
+        // SECURITY: every user names the units in their own manager; a user unit means
+        // something only together with whose manager it runs in.
+        if p.user_unit.is_some() && uid.is_none() {
             return Err(ctx.invalid(
-                format!("{key}.peer.unit"),
-                "must be a unit name such as \"app.service\"",
+                format!("{key}.peer.user_unit"),
+                "needs uid or user in the same rule (any user can name a unit in their own manager)",
             ));
         }
         if self.secrets.is_empty() && !self.admin {
@@ -810,6 +847,7 @@ impl RawAllow {
                 gid,
                 exe: p.exe,
                 unit: p.unit,
+                user_unit: p.user_unit,
             },
             secrets,
             admin: self.admin,
@@ -830,6 +868,22 @@ mod tests {
 
     fn check(text: &str) -> Result<Config, ConfigError> {
         parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn a_rule_naming_only_exe_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}\n[[allow]]\npeer = {{ exe = \"/usr/bin/app\" }}\nsecrets = [\"files/a\"]\n\n[[allow]]\npeer = {{ exe = \"/usr/bin/app\", uid = 1 }}\nsecrets = [\"files/b\"]\n",
+            base(dir.path())
+        );
+        let warnings = check(&text).unwrap().warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("allow[1]: peer names only exe = \"/usr/bin/app\""),
+            "{warnings:?}"
+        );
+        assert!(check(&base(dir.path())).unwrap().warnings().is_empty());
     }
 
     #[test]
@@ -895,6 +949,16 @@ mod tests {
                 "allow[0].peer.user",
             ),
             ("uid = 1000", "exe = \"relative/bin\"", "allow[0].peer.exe"),
+            (
+                "uid = 1000",
+                "user_unit = \"web.service\"",
+                "allow[0].peer.user_unit",
+            ),
+            (
+                "uid = 1000",
+                "uid = 1000, user_unit = \"web\"",
+                "allow[0].peer.user_unit",
+            ),
             ("uid = 1000", "uid = 1, user = \"root\"", "allow[0].peer"),
         ];
         for (from, to, key) in cases {

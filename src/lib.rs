@@ -19,9 +19,11 @@
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
-//!   identity from the kernel (uid/gid/pid at connect time; exe and systemd unit read from a
-//!   pidfd-pinned process, so a recycled pid cannot borrow another program's identity). Nothing a
-//!   caller sends is trusted: names are validated before any source is asked, the file source
+//!   identity from the kernel (uid/gid/pid at connect time; exe — a file, by device and inode —
+//!   and systemd units read from a pidfd-pinned process, so a recycled pid cannot borrow another
+//!   program's identity), and every byte of a request must have been written by the process that
+//!   connected (`server::sender`), so a socket handed to another process carries no identity.
+//!   Nothing a caller sends is trusted: names are validated before any source is asked, the file source
 //!   cannot leave its directory, bodies and headers are size-capped, log lines a caller can
 //!   trigger are rate-limited.
 //! - **Secrets never reach disk.** Values live only in `secure_mem::SecretBytes`: mlocked (no
@@ -107,12 +109,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let listener = match inherited {
         Some(listener) => {
             tracing::info!("using the agent socket passed by systemd");
-            server::Listener::inherited(listener).map_err(|source| {
-                server::ServerError::BindSocket {
-                    path: config.server.socket.clone(),
-                    source,
-                }
-            })?
+            server::Listener::inherited(listener, &config.server.socket)?
         }
         None => server::bind(&config.server)?,
     };
@@ -120,10 +117,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         (Some(listener), path) => {
             tracing::info!("using the credentials socket passed by systemd");
             let path = path.clone().unwrap_or_default();
-            Some(
-                server::Listener::inherited(listener)
-                    .map_err(|source| server::ServerError::BindSocket { path, source })?,
-            )
+            Some(server::Listener::inherited(listener, &path)?)
         }
         (None, Some(path)) => Some(server::creds::bind(&config.server, path)?),
         (None, None) => None,
@@ -134,11 +128,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let server_config = config.server.clone();
     let state = Arc::new(AppState::new(
-        Runtime {
-            rules: config.rules.clone(),
-            sources,
-            config,
-        },
+        Runtime::new(config, sources),
         cache,
         metrics,
         audit,
@@ -208,11 +198,7 @@ async fn reload(state: &AppState) {
                 state.cache.set_settings(new.cache);
                 // Sources may now point elsewhere: never serve a value fetched under the old config.
                 let flushed = state.cache.flush(None);
-                state.replace_runtime(Runtime {
-                    rules: new.rules.clone(),
-                    sources,
-                    config: new,
-                });
+                state.replace_runtime(Runtime::new(new, sources));
                 Ok(flushed)
             }
         },

@@ -162,6 +162,9 @@ fn load(path: std::path::PathBuf, demo: bool) -> Result<config::Config, config::
 fn check_config(path: std::path::PathBuf, demo: bool) -> ExitCode {
     match load(path, demo) {
         Ok(cfg) => {
+            for warning in cfg.warnings() {
+                eprintln!("credagent: warning: {warning}");
+            }
             println!(
                 "{}: ok: socket {}, {} source(s) [{}], {} allow rule(s), cache ttl {}s, lock_memory {:?}",
                 cfg.path.display(),
@@ -203,6 +206,9 @@ fn serve(path: std::path::PathBuf, demo: bool) -> ExitCode {
             return ExitCode::from(exit::OSERR);
         }
     };
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
     let result = rt.block_on(credagent::run(cfg, shutdown_signal()));
     match result {
         Ok(()) => ExitCode::SUCCESS,

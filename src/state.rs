@@ -23,6 +23,24 @@ pub struct Runtime {
     pub rules: Vec<Rule>,
     /// Sources by name.
     pub sources: Sources,
+    /// The distinct `exe` paths the rules name (each connection is checked against these).
+    pub exe_rules: Vec<std::path::PathBuf>,
+}
+
+impl Runtime {
+    /// A generation of `config` with its live `sources`.
+    pub fn new(config: Config, sources: Sources) -> Self {
+        let rules = config.rules.clone();
+        let mut exe_rules: Vec<_> = rules.iter().filter_map(|r| r.peer.exe.clone()).collect();
+        exe_rules.sort();
+        exe_rules.dedup();
+        Runtime {
+            config,
+            rules,
+            sources,
+            exe_rules,
+        }
+    }
 }
 
 /// Everything the handlers share.

@@ -2,8 +2,9 @@
 //! makes PID 1 connect here from the abstract address `\0<random>/unit/<unit>/<ID>` and read to
 //! EOF; the agent writes the secret and closes, and systemd puts it in `$CREDENTIALS_DIRECTORY`.
 //!
-//! The protocol has no error reply: an unknown id, a denied unit, a peer that is not uid 0 or a
-//! failed fetch all close the connection with nothing written (the unit then fails to start).
+//! The protocol has no error reply: an unknown id, a denied unit, a peer that is not uid 0 or not
+//! in the unit its address names, or a failed fetch all close the connection with nothing
+//! written (the unit then fails to start).
 //! This module owns the address parser, the decision and the write; it reuses the HTTP
 //! handler's cache lookup (`handler::lookup`) and the ACL (`acl::decide_credential`), and does
 //! not bind sockets beyond delegating to `server::bind`.
@@ -99,9 +100,10 @@ pub async fn serve(listener: Listener, state: Arc<AppState>, mut shutdown: watch
         &mut shutdown,
         "credentials socket",
         move |stream| {
+            let accepted = peer::AcceptTime::now();
             let state = state.clone();
             async move {
-                if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &state))
+                if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, accepted, &state))
                     .await
                     .is_err()
                     && state.log_limit.check().is_some()
@@ -115,9 +117,10 @@ pub async fn serve(listener: Listener, state: Arc<AppState>, mut shutdown: watch
 }
 
 /// One connection: decide, write the value or nothing, close (by dropping the stream).
-async fn exchange(mut stream: UnixStream, state: &AppState) {
+async fn exchange(mut stream: UnixStream, accepted: peer::AcceptTime, state: &AppState) {
     let request_id = state.next_request_id();
-    let peer = match peer::identify(&stream) {
+    // PID 1's executable says nothing about the unit: no exe rule is checked here.
+    let peer = match peer::identify(&stream, accepted, &[]) {
         Ok(peer) => Arc::new(peer),
         Err(err) => {
             tracing::warn!(error = %err, "credentials socket: no peer credentials");
@@ -147,10 +150,23 @@ async fn exchange(mut stream: UnixStream, state: &AppState) {
             return;
         }
     };
-    // The requesting unit, as PID 1 named it; exe is PID 1's and says nothing about the unit.
+    // SECURITY: anyone with uid 0 can bind an address naming any unit. PID 1 connects from a
+    // process already in the consuming unit's cgroup, so the unit the kernel places the
+    // connecting process in must be the unit the address names.
+    if peer.unit.as_deref() != Some(request.unit.as_str()) {
+        if state.log_limit.check().is_some() {
+            tracing::info!(%request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
+        }
+        event.secret = Some(format!("credential:{}", request.id));
+        event.reason = Some("unit_mismatch");
+        event.status = 403;
+        state.audit.record(event);
+        return;
+    }
+    // The requesting unit, checked above; exe is PID 1's and says nothing about the unit.
     let identity = Arc::new(PeerIdentity {
-        unit: Some(request.unit.clone()),
         exe: None,
+        exe_matches: Vec::new(),
         ..(*peer).clone()
     });
     let mut event = AuditEvent::new(request_id, "credential", &identity);

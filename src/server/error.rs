@@ -23,6 +23,8 @@ pub enum ApiError {
     NotJson,
     /// No rule admits this peer.
     Forbidden,
+    /// The request was written by a process other than the one that connected.
+    PeerChanged,
     /// No such secret (or version) at the source, or no such source.
     NotFound,
     /// The JSON value has no such field.
@@ -56,7 +58,7 @@ impl ApiError {
             | ApiError::BadParameter(_)
             | ApiError::BadSelector(_)
             | ApiError::NotJson => StatusCode::BAD_REQUEST,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden | ApiError::PeerChanged => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::FieldNotFound | ApiError::NoRoute => {
                 StatusCode::NOT_FOUND
             }
@@ -79,6 +81,7 @@ impl ApiError {
             ApiError::BadSelector(_) => "bad_selector",
             ApiError::NotJson => "bad_field",
             ApiError::Forbidden => "forbidden",
+            ApiError::PeerChanged => "peer_changed",
             ApiError::NotFound => "not_found",
             ApiError::FieldNotFound => "field_not_found",
             ApiError::NoRoute => "no_route",
@@ -103,6 +106,9 @@ impl ApiError {
                 "the secret is not a JSON object, so ?field= cannot apply".to_owned()
             }
             ApiError::Forbidden => "this peer is not allowed to read that secret".to_owned(),
+            ApiError::PeerChanged => {
+                "the request was written by a process other than the one that connected".to_owned()
+            }
             ApiError::NotFound => "no such secret".to_owned(),
             ApiError::FieldNotFound => "the secret has no such field".to_owned(),
             ApiError::NoRoute => "no such endpoint".to_owned(),
@@ -165,6 +171,7 @@ mod tests {
             (ApiError::BadSelector("x"), 400, "bad_selector"),
             (ApiError::NotJson, 400, "bad_field"),
             (ApiError::Forbidden, 403, "forbidden"),
+            (ApiError::PeerChanged, 403, "peer_changed"),
             (ApiError::NotFound, 404, "not_found"),
             (ApiError::FieldNotFound, 404, "field_not_found"),
             (ApiError::NoRoute, 404, "no_route"),

@@ -11,6 +11,7 @@ use hyper::{Method, Request, Response, StatusCode, header};
 
 use super::error::ApiError;
 use super::route::{Format, Route, parse_flush_body};
+use super::sender::Taint;
 use crate::acl;
 use crate::audit::{AuditEvent, RequestId};
 use crate::cache::Served;
@@ -27,10 +28,22 @@ const MAX_BODY: usize = 64 * 1024;
 
 type Resp = Response<Full<Bytes>>;
 
-/// Serves one request from `peer`.
-pub async fn handle(state: &AppState, peer: &Arc<PeerIdentity>, req: Request<Incoming>) -> Resp {
+/// Serves one request from `peer`. `taint` says whether any byte on the connection so far came
+/// from a process other than `peer` (hyper has read the request head when this runs).
+pub async fn handle(
+    state: &AppState,
+    peer: &Arc<PeerIdentity>,
+    taint: &Taint,
+    req: Request<Incoming>,
+) -> Resp {
     let request_id = state.next_request_id();
-    let response = match Route::parse(req.method(), req.uri(), req.headers()) {
+    let route = Route::parse(req.method(), req.uri(), req.headers());
+    if taint.is_set() {
+        let response = peer_changed(state, peer, request_id, route.ok());
+        state.metrics.count_request(response.status().as_u16());
+        return response;
+    }
+    let response = match route {
         Err(err) => {
             if let Some(suppressed) = state.log_limit.check() {
                 tracing::info!(%request_id, uid = peer.uid, pid = ?peer.pid, code = err.code(), suppressed, "rejected request");
@@ -45,10 +58,41 @@ pub async fn handle(state: &AppState, peer: &Arc<PeerIdentity>, req: Request<Inc
             field,
             format,
         }) => read_secret(state, peer, request_id, name, selector, field, format).await,
-        Ok(Route::Flush) => flush(state, peer, request_id, req).await,
+        Ok(Route::Flush) => flush(state, peer, taint, request_id, req).await,
         Ok(Route::Metrics) => metrics(state, peer, request_id, req.method()),
     };
     state.metrics.count_request(response.status().as_u16());
+    response
+}
+
+/// SECURITY: the request (or part of it) was written by another process than the one whose
+/// identity the connection carries. Answer 403, audit it, and close the connection.
+fn peer_changed(
+    state: &AppState,
+    peer: &Arc<PeerIdentity>,
+    request_id: RequestId,
+    route: Option<Route>,
+) -> Resp {
+    let (action, secret) = match route {
+        Some(Route::Secret { name, .. }) => ("read", Some(name.to_string())),
+        Some(Route::Flush) => ("flush", None),
+        Some(Route::Metrics) => ("metrics", None),
+        Some(Route::Health) => ("health", None),
+        None => ("request", None),
+    };
+    let mut event = AuditEvent::new(request_id, action, peer);
+    event.secret = secret;
+    event.reason = Some("peer_changed");
+    let mut response = ApiError::PeerChanged.response();
+    event.status = response.status().as_u16();
+    state.audit.record(event);
+    if state.log_limit.check().is_some() {
+        tracing::warn!(%request_id, uid = peer.uid, pid = ?peer.pid, "request written by a process other than the connector; closing the connection");
+    }
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
     response
 }
 
@@ -257,6 +301,7 @@ fn json_response(status: StatusCode, body: String) -> Resp {
 async fn flush(
     state: &AppState,
     peer: &Arc<PeerIdentity>,
+    taint: &Taint,
     request_id: RequestId,
     req: Request<Incoming>,
 ) -> Resp {
@@ -264,10 +309,12 @@ async fn flush(
     let mut event = AuditEvent::new(request_id, "flush", peer);
     let response = if acl::decide_admin(&runtime.rules, peer).allowed() {
         event.decision = "allow";
-        match read_body(req)
-            .await
-            .and_then(|body| parse_flush_body(&body))
-        {
+        let body = read_body(req).await;
+        // SECURITY: the body was read after the head; it must come from the connector too.
+        if taint.is_set() {
+            return peer_changed(state, peer, request_id, Some(Route::Flush));
+        }
+        match body.and_then(|body| parse_flush_body(&body)) {
             Ok(pattern) => {
                 event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).to_owned());
                 let flushed = state.cache.flush(pattern.as_ref());

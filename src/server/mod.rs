@@ -1,11 +1,13 @@
 //! The Unix socket server: bind (mode, group, stale-socket handling), an accept loop with a
 //! connection cap, one HTTP/1.1 connection task per client with its peer identity read once at
-//! accept, and a graceful drain on shutdown. Routing and handling live in `route` and `handler`.
+//! accept and every read checked to come from that peer (`sender`), and a graceful drain on
+//! shutdown. Routing and handling live in `route` and `handler`.
 
 pub mod creds;
 pub mod error;
 pub mod handler;
 pub mod route;
+pub mod sender;
 
 use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -67,6 +69,14 @@ pub enum ServerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// `SO_PASSCRED` could not be set, so the writer of each request could not be checked.
+    #[error("cannot enable SO_PASSCRED on {path}: {source}")]
+    PassCredentials {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
 }
 
 /// A listening socket, and the path to remove at shutdown when the agent created it.
@@ -78,11 +88,36 @@ pub struct Listener {
 
 impl Listener {
     /// A socket handed over by the service manager (socket activation): systemd owns the file.
-    pub fn inherited(listener: std::os::unix::net::UnixListener) -> std::io::Result<Self> {
-        listener.set_nonblocking(true)?;
+    /// `path` names it in errors.
+    pub fn inherited(
+        listener: std::os::unix::net::UnixListener,
+        path: &Path,
+    ) -> Result<Self, ServerError> {
+        let bind_err = |source| ServerError::BindSocket {
+            path: path.to_path_buf(),
+            source,
+        };
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        Self::checked(
+            UnixListener::from_std(listener).map_err(bind_err)?,
+            path,
+            None,
+        )
+    }
+
+    /// Every listener passes its writers' credentials (see `sender`).
+    fn checked(
+        listener: UnixListener,
+        path: &Path,
+        owned_path: Option<PathBuf>,
+    ) -> Result<Self, ServerError> {
+        sender::pass_credentials(&listener).map_err(|source| ServerError::PassCredentials {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(Listener {
-            listener: UnixListener::from_std(listener)?,
-            owned_path: None,
+            listener,
+            owned_path,
         })
     }
 }
@@ -120,10 +155,7 @@ pub fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
     };
     std_listener.set_nonblocking(true).map_err(bind_err)?;
     let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
-    Ok(Listener {
-        listener,
-        owned_path: Some(path.clone()),
-    })
+    Listener::checked(listener, path, Some(path.clone()))
 }
 
 fn remove_stale(path: &Path) -> Result<(), ServerError> {
@@ -171,7 +203,10 @@ pub async fn serve(
         &limit,
         &mut shutdown,
         "agent socket",
-        move |stream| serve_connection(stream, state.clone(), conn_shutdown.clone()),
+        move |stream| {
+            let accepted = peer::AcceptTime::now();
+            serve_connection(stream, accepted, state.clone(), conn_shutdown.clone())
+        },
     )
     .await;
     let all = u32::try_from(max).unwrap_or(u32::MAX);
@@ -235,24 +270,30 @@ pub(crate) async fn accept_until_shutdown<F, Fut>(
 
 async fn serve_connection(
     stream: UnixStream,
+    accepted: peer::AcceptTime,
     state: Arc<AppState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let identity = match peer::identify(&stream) {
+    let identity = match peer::identify(&stream, accepted, &state.runtime().exe_rules) {
         Ok(identity) => Arc::new(identity),
         Err(err) => {
             tracing::warn!(error = %err, "dropping connection without peer credentials");
             return;
         }
     };
+    let (stream, taint) = sender::CheckedStream::new(stream, sender::Connector::of(&identity));
     let service = service_fn(move |req| {
         let state = state.clone();
         let identity = identity.clone();
-        async move { Ok::<_, Infallible>(handler::handle(&state, &identity, req).await) }
+        let taint = taint.clone();
+        async move { Ok::<_, Infallible>(handler::handle(&state, &identity, &taint, req).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
+        // A client may shut down its write side (or exit) once its request is sent: the request
+        // is still answered and audited, not dropped when its EOF is read.
+        .half_close(true)
         .max_buf_size(MAX_HEAD)
         .writev(true)
         .serve_connection(TokioIo::new(stream), service);
