@@ -431,3 +431,53 @@ fn file_values_are_capped_at_4_mib() {
         over.text()
     );
 }
+
+#[test]
+fn a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second_with_the_rest_counted() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    const FLOOD: usize = 500;
+    let started = std::time::Instant::now();
+    let replies = common::pipelined(
+        &agent.socket,
+        "GET /v1/secrets/files/a%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+        FLOOD,
+    );
+    let flood_secs = started.elapsed().as_secs();
+    assert_eq!(
+        String::from_utf8_lossy(&replies)
+            .matches("HTTP/1.1 400")
+            .count(),
+        FLOOD
+    );
+    // Past the limiter's one-second window, the next rejected request is logged with the count
+    // of lines suppressed since the last one written. (A lower bound on time: never flaky.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(agent.get("/v1/secrets/files/a%zz").status, 400);
+    let rejected = |log: &str| -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("rejected request"))
+            .map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("suppressed="))
+                    .unwrap_or_else(|| panic!("no suppressed= in {l}"))
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || {
+            let lines = rejected(&agent.log_text());
+            lines.len() as u64 + lines.iter().sum::<u64>() == FLOOD as u64 + 1
+        }),
+        "every rejected request is either a log line or counted in a later line's suppressed=; log:\n{}",
+        agent.log_text()
+    );
+    let lines = rejected(&agent.log_text()).len() as u64;
+    // 20 a second, in windows of at least a second each, over the flood plus the last line.
+    let bound = 20 * (flood_secs + 2) + 1;
+    assert!(
+        lines <= bound,
+        "{lines} log lines for {FLOOD} rejected requests in about {flood_secs} s (at most {bound})"
+    );
+}

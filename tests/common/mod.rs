@@ -517,3 +517,23 @@ sys.stdout.buffer.write(data)
         )
     })
 }
+
+/// Sends `count` pipelined copies of `request` (a full request head ending in a blank line) on
+/// one connection, the last with `Connection: close`, while reading the replies; returns all
+/// reply bytes.
+pub fn pipelined(socket: &Path, request: &str, count: usize) -> Vec<u8> {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let last = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    let mut bytes = request.repeat(count.saturating_sub(1));
+    bytes.push_str(&last);
+    let sender = std::thread::spawn(move || writer.write_all(bytes.as_bytes()).unwrap());
+    let mut reader = stream;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).unwrap();
+    sender.join().unwrap();
+    out
+}
