@@ -78,12 +78,29 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
         format!(r#"{{"password":"{CANARY}"}}"#).as_bytes(),
     );
     let audit = dir.path().join("audit.log");
-    let config = file_config("").replace(
-        "[cache]",
-        &format!("[audit]\nfile = \"{}\"\n\n[cache]", audit.display()),
+    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"CREDAGENT_TEST_\"\n")
+        .replace(
+            "[cache]",
+            &format!("[audit]\nfile = \"{}\"\n\n[cache]", audit.display()),
+        )
+        .replace(
+            r#"secrets = ["files/*"]"#,
+            r#"secrets = ["files/*", "env/*"]"#,
+        );
+    let agent = Agent::start_with_env(&dir, &config, &[("CREDAGENT_TEST_CANARY", CANARY)]);
+    // Every path a value can take: raw, JSON, field, errors about the value, a denied caller,
+    // from the file source and from the env source.
+    assert_eq!(agent.secret("env/CANARY").body, CANARY.as_bytes());
+    let env_json = agent.request(
+        "GET",
+        "/v1/secrets/env/CANARY",
+        &[("Accept", "application/json")],
+        b"",
     );
-    let agent = Agent::start(&dir, &config);
-    // Every path a value can take: raw, JSON, field, errors about the value, a denied caller.
+    assert_eq!(env_json.json()["value"], CANARY);
+    let env_error = agent.get("/v1/secrets/env/CANARY?field=x");
+    assert_eq!(env_error.status, 400);
+    assert!(!env_error.text().contains(CANARY));
     assert_eq!(agent.secret("files/canary").body, CANARY.as_bytes());
     let json = agent.request(
         "GET",
@@ -109,6 +126,8 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
     }
     let denied = agent.cli_as(Some(65534), &["get", "files/canary"]);
     assert!(!String::from_utf8_lossy(&denied.stderr).contains(CANARY));
+    let denied_env = agent.cli_as(Some(65534), &["get", "env/CANARY"]);
+    assert!(String::from_utf8_lossy(&denied_env.stderr).contains("forbidden"));
 
     assert!(common::wait_until(
         std::time::Duration::from_secs(5),
@@ -117,7 +136,7 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
                 .unwrap_or_default()
                 .lines()
                 .count()
-                >= 7
+                >= 11
         }
     ));
     let lines = std::fs::read_to_string(&audit).unwrap();
