@@ -226,13 +226,14 @@ os.execv(sys.argv[1], sys.argv[1:])
     assert!(stderr.contains("cannot install signal handler"), "{stderr}");
 }
 
-/// Socket file descriptors the agent holds (listener and accepted connections).
-fn socket_fds(pid: u32) -> usize {
+/// The sockets (`socket:[INODE]`) the agent holds: its listener and accepted connections.
+fn sockets(pid: u32) -> std::collections::HashSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.to_string_lossy().starts_with("socket:"))
-        .count()
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.starts_with("socket:"))
+        .collect()
 }
 
 #[test]
@@ -242,12 +243,12 @@ fn a_request_that_arrives_during_the_drain_gets_503_shutting_down() {
     let mut agent = Agent::start(&dir, &file_config(""));
     let pid = agent.pid();
 
-    // A client that is connected (accepted: the agent holds one more socket) and has sent only
-    // the start of its request when SIGTERM arrives.
-    let before = socket_fds(pid);
+    // A client that is connected (accepted: the agent holds a socket it did not hold before)
+    // and has sent only the start of its request when SIGTERM arrives.
+    let before = sockets(pid);
     let mut late = UnixStream::connect(&agent.socket).unwrap();
     assert!(
-        common::wait_until(Duration::from_secs(10), || socket_fds(pid) > before),
+        common::wait_until(Duration::from_secs(10), || !sockets(pid).is_subset(&before)),
         "the agent did not accept the connection"
     );
     late.write_all(b"GET /v1/secrets/files/x HTTP/1.1\r\n")
