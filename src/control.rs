@@ -135,6 +135,7 @@ async fn watch(path: &Path, cache: Arc<Cache>) -> Result<(), notify::Error> {
         let current = read_control(path).await;
         let Some(text) = current.clone() else {
             // Deleted (or unreadable): nothing to apply until it comes back.
+            tracing::debug!(path = %path.display(), "control file missing; nothing to apply until it is back");
             last = None;
             continue;
         };

@@ -191,9 +191,17 @@ impl Subject for Joined<'_> {
 
 /// Iterative wildcard match with single-star backtracking: O(len(p) * len(s)) worst case.
 fn glob_match(p: &[u8], s: impl Subject) -> bool {
+    glob_match_counted(p, s).0
+}
+
+/// [`glob_match`], also returning the number of steps taken, so a test can hold the matcher
+/// to its O(len(p) * len(s)) bound without timing it.
+fn glob_match_counted(p: &[u8], s: impl Subject) -> (bool, usize) {
     let (mut pi, mut si) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
+    let mut steps = 0;
     while si < s.len() {
+        steps += 1;
         match p.get(pi) {
             Some(b'*') => {
                 star = Some((pi, si));
@@ -209,11 +217,11 @@ fn glob_match(p: &[u8], s: impl Subject) -> bool {
                     si = ss + 1;
                     star = Some((sp, ss + 1));
                 }
-                None => return false,
+                None => return (false, steps),
             },
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    (p[pi..].iter().all(|&c| c == b'*'), steps)
 }
 
 #[cfg(test)]
@@ -297,8 +305,26 @@ mod tests {
     }
 
     #[test]
-    fn pathological_glob_is_fast() {
-        let glob = Glob::parse(&"*a".repeat(50)).unwrap();
-        assert!(!glob.matches(&"a".repeat(49)));
+    fn pathological_globs_take_at_most_len_p_times_len_s_steps() {
+        // A backtracking matcher that tries every split takes exponentially many steps on these.
+        let cases = [
+            ("*a".repeat(50), "a".repeat(49), false),
+            ("*a".repeat(50), "a".repeat(2000), true),
+            (format!("{}b", "a*".repeat(30)), "a".repeat(2000), false),
+            ("*?*?*?*?*?*?*?*?*x".to_owned(), "y".repeat(2000), false),
+        ];
+        for (pattern, name, want) in cases {
+            let glob = Glob::parse(&pattern).unwrap();
+            assert_eq!(glob.matches(&name), want, "{pattern}");
+            let (matched, steps) = glob_match_counted(pattern.as_bytes(), name.as_bytes());
+            assert_eq!(matched, want);
+            let bound = (pattern.len() + 1) * (name.len() + 1);
+            assert!(
+                steps <= bound,
+                "{steps} steps for a {}-byte pattern on {} bytes (bound {bound})",
+                pattern.len(),
+                name.len()
+            );
+        }
     }
 }

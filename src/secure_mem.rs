@@ -46,6 +46,14 @@ pub enum MemError {
         /// The errno from `mlock`.
         source: nix::Error,
     },
+    /// The kernel refused `MADV_DONTDUMP` or `MADV_WIPEONFORK` on a secret mapping.
+    #[error("cannot advise secret memory {advice} ({source}); Linux 4.14 or later is required")]
+    Advise {
+        /// Which advice.
+        advice: &'static str,
+        /// The errno from `madvise`.
+        source: nix::Error,
+    },
     /// The kernel refused an anonymous mapping.
     #[error("cannot map memory for secrets: {source}")]
     Map {
@@ -168,12 +176,25 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
     }
     .map_err(|source| MemError::Map { source })?;
     MAPPED_BYTES.fetch_add(len, Ordering::Relaxed);
-    // SAFETY: `ptr..ptr+len` is the mapping created above; advice changes no memory contents.
-    // Failure of the advice is harmless (older kernels lack WIPEONFORK): dumps are also off
-    // process-wide (PR_SET_DUMPABLE=0, RLIMIT_CORE=0).
-    unsafe {
-        let _ = madvise(ptr, len, MmapAdvise::MADV_DONTDUMP);
-        let _ = madvise(ptr, len, MmapAdvise::MADV_WIPEONFORK);
+    let unmap = || {
+        // SAFETY: unmapping the mapping created above, which nothing references yet.
+        let _ = unsafe { munmap(ptr, len) };
+        MAPPED_BYTES.fetch_sub(len, Ordering::Relaxed);
+    };
+    // SECURITY: a secret mapping must stay out of core dumps and out of forked children. Both
+    // advices exist since Linux 4.14; a kernel that refuses them gets no secret.
+    for (advice, name) in [
+        (MmapAdvise::MADV_DONTDUMP, "MADV_DONTDUMP"),
+        (MmapAdvise::MADV_WIPEONFORK, "MADV_WIPEONFORK"),
+    ] {
+        // SAFETY: `ptr..ptr+len` is the mapping created above; advice changes no memory contents.
+        if let Err(source) = unsafe { madvise(ptr, len, advice) } {
+            unmap();
+            return Err(MemError::Advise {
+                advice: name,
+                source,
+            });
+        }
     }
     // SAFETY: locking pages of our own live mapping.
     match unsafe { mlock(ptr, len) } {
@@ -182,9 +203,7 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
         }
         Err(source) => match policy() {
             LockPolicy::Required => {
-                // SAFETY: unmapping the mapping created above, which nothing references yet.
-                let _ = unsafe { munmap(ptr, len) };
-                MAPPED_BYTES.fetch_sub(len, Ordering::Relaxed);
+                unmap();
                 return Err(MemError::Lock { source });
             }
             LockPolicy::BestEffort => {

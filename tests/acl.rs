@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
 use common::{Agent, TestDir};
@@ -139,14 +140,14 @@ impl UidNobody for std::process::Command {
 fn a_caller_that_exits_before_it_is_served_gets_no_exe_identity() {
     // PID-reuse defence: attributes are read only while the connecting process is pinned. A
     // caller that is gone by the time the agent looks at it must not match an exe rule.
+    let python = std::fs::canonicalize("/usr/bin/python3").unwrap();
     let dir = TestDir::new();
     dir.secret("exe-only", b"x");
     let audit = dir.path().join("audit.log");
     let config = common::file_config(&format!(
         "[[allow]]\npeer = {{ exe = \"{}\" }}\nsecrets = [\"files/exe-only\"]\n",
-        canonical_bin()
+        python.display()
     ))
-    .replace("max_connections = 1024", "")
     .replace(
         "socket_mode = \"0666\"",
         "socket_mode = \"0666\"\nmax_connections = 1",
@@ -157,16 +158,43 @@ fn a_caller_that_exits_before_it_is_served_gets_no_exe_identity() {
     );
     let agent = Agent::start(&dir, &config);
 
-    // Occupy the only connection slot, so the next caller waits in the backlog.
-    let holder = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let mut caller = std::process::Command::new(common::bin())
-        .args(["get", "files/exe-only", "--socket"])
+    // Occupy the only connection slot (answered, so accepted), so the next caller waits in the
+    // backlog.
+    let mut holder = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    holder
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answered = Vec::new();
+    while !String::from_utf8_lossy(&answered).contains(r#"{"status":"ok"}"#) {
+        let mut buf = [0u8; 1024];
+        let n = holder.read(&mut buf).unwrap();
+        assert!(n > 0, "holder connection closed");
+        answered.extend_from_slice(&buf[..n]);
+    }
+    // A caller that has connected and sent its request says so, then waits to be killed.
+    let script = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b"GET /v1/secrets/files/exe-only HTTP/1.1\r\nHost: x\r\n\r\n")
+print("connected", flush=True)
+time.sleep(600)
+"#;
+    let mut caller = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
         .arg(&agent.socket)
+        .stdout(std::process::Stdio::piped())
         .uid_nobody()
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(caller.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "connected");
     caller.kill().unwrap();
     caller.wait().unwrap();
     drop(holder);
@@ -183,11 +211,85 @@ fn a_caller_that_exits_before_it_is_served_gets_no_exe_identity() {
     let line = lines.lines().find(|l| l.contains("\"uid\":65534")).unwrap();
     assert!(line.contains("\"decision\":\"deny\""), "{line}");
     assert!(line.contains("\"exe\":null"), "{line}");
-    // A live caller of the same binary is admitted.
+    // A live caller of the same executable is admitted.
+    let live = common::request_as(NOBODY, &agent.socket, "GET", "/v1/secrets/files/exe-only");
+    assert_eq!(live.status, 200, "{}", live.text());
+}
+
+#[test]
+fn an_unprivileged_agent_cannot_match_exe_rules_for_other_users_but_still_matches_uids() {
+    // Reading another user's /proc/PID/exe needs CAP_SYS_PTRACE: an agent running as uid 65534
+    // without it sees the exe of its own uid's callers only.
+    let dir = TestDir::new();
+    dir.secret("exe-only", b"for-the-credagent-binary");
+    dir.secret("root-uid", b"for-uid-0");
+    let own = dir.path().join("run");
+    std::fs::create_dir(&own).unwrap();
+    nix::unistd::chown(&own, Some(nix::unistd::Uid::from_raw(NOBODY)), None).unwrap();
+    let audit = own.join("audit.log");
+    let config = format!(
+        r#"[server]
+socket = "{own}/agent.sock"
+socket_mode = "0666"
+
+[cache]
+lock_memory = "best-effort"
+
+[audit]
+file = "{audit}"
+
+[sources.files]
+type = "file"
+dir = "{{secrets}}"
+
+[[allow]]
+peer = {{ exe = "{exe}" }}
+secrets = ["files/exe-only"]
+
+[[allow]]
+peer = {{ uid = 0 }}
+secrets = ["files/root-uid"]
+admin = true
+"#,
+        own = own.display(),
+        audit = audit.display(),
+        exe = canonical_bin()
+    );
+    let agent = Agent::start_as(&dir, &config, NOBODY);
+
+    // Its own uid's process: exe known, the rule matches.
+    let same_uid = agent.cli_as(Some(NOBODY), &["get", "files/exe-only"]);
+    assert_eq!(
+        same_uid.stdout,
+        b"for-the-credagent-binary",
+        "{}",
+        String::from_utf8_lossy(&same_uid.stderr)
+    );
+    // The same binary run by root: exe unknown to this agent, so the exe rule does not match.
+    let other_uid = agent.cli_as(None, &["get", "files/exe-only"]);
+    assert_eq!(other_uid.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&other_uid.stderr).contains("forbidden"));
+    // uid rules come from the kernel and still match.
+    let by_uid = agent.cli_as(None, &["get", "files/root-uid"]);
+    assert_eq!(by_uid.stdout, b"for-uid-0");
+    let not_by_uid = agent.cli_as(Some(NOBODY), &["get", "files/root-uid"]);
+    assert!(String::from_utf8_lossy(&not_by_uid.stderr).contains("forbidden"));
+
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 4
+    ));
+    let lines = std::fs::read_to_string(&audit).unwrap();
+    let root_exe = lines
+        .lines()
+        .find(|l| l.contains("\"uid\":0,") && l.contains("files/exe-only"))
+        .unwrap();
     assert!(
-        agent
-            .cli_as(Some(NOBODY), &["get", "files/exe-only"])
-            .status
-            .success()
+        root_exe.contains("\"exe\":null") && root_exe.contains("\"decision\":\"deny\""),
+        "{root_exe}"
     );
 }

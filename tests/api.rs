@@ -288,3 +288,196 @@ fn cli_exec_runs_a_command_with_secrets_in_its_environment() {
         .unwrap();
     assert_eq!(denied.status.code(), Some(1));
 }
+
+#[test]
+fn env_source_serves_the_agents_prefixed_variables() {
+    let dir = TestDir::new();
+    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"CREDAGENT_TEST_\"\n")
+        .replace(
+            r#"secrets = ["files/*"]"#,
+            r#"secrets = ["files/*", "env/*"]"#,
+        );
+    let agent = Agent::start_with_env(
+        &dir,
+        &config,
+        &[
+            ("CREDAGENT_TEST_DB_PASSWORD", CANARY),
+            ("CREDAGENT_TEST_APP", r#"{"user":"app"}"#),
+            ("UNPREFIXED", "not-served"),
+        ],
+    );
+    let raw = agent.secret("env/DB_PASSWORD");
+    assert_eq!((raw.status, raw.body.as_slice()), (200, CANARY.as_bytes()));
+    let json = agent.request(
+        "GET",
+        "/v1/secrets/env/DB_PASSWORD",
+        &[("Accept", "application/json")],
+        b"",
+    );
+    assert_eq!(json.json()["value"], CANARY);
+    assert_eq!(json.json()["source"], "env");
+    assert_eq!(agent.get("/v1/secrets/env/APP?field=user").body, b"app");
+    // Only `{prefix}{id}` is read: the variable without the prefix is not a secret.
+    let unprefixed = agent.secret("env/UNPREFIXED");
+    assert_eq!(
+        (unprefixed.status, unprefixed.error_code().as_str()),
+        (404, "not_found")
+    );
+    // Ids are variable-name characters.
+    let bad = agent.secret("env/DB.PASSWORD");
+    assert_eq!(
+        (bad.status, bad.error_code().as_str()),
+        (400, "bad_request")
+    );
+    let not_json = agent.get("/v1/secrets/env/DB_PASSWORD?field=x");
+    assert!(!not_json.text().contains(CANARY));
+    // The harness checks the agent's log for the canary when it is dropped.
+}
+
+#[test]
+fn head_is_accepted_wherever_get_is() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    for path in [
+        "/v1/secrets/files/demo-password",
+        "/v1/secrets/files/app/db?field=user",
+        "/v1/health",
+        "/v1/metrics",
+    ] {
+        let get = agent.get(path);
+        let head = agent.request("HEAD", path, &[], b"");
+        assert_eq!(get.status, 200, "GET {path}");
+        assert_eq!(head.status, 200, "HEAD {path}: {}", head.text());
+        assert!(head.body.is_empty(), "HEAD {path} sent a body");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "{path}"
+        );
+        if path.starts_with("/v1/secrets/") {
+            assert_eq!(head.header("cache-control"), Some("no-store"));
+            assert_eq!(
+                head.header("content-length"),
+                Some(get.body.len().to_string().as_str()),
+                "{path}"
+            );
+        }
+    }
+    // The same answers as GET for what GET refuses, without a body.
+    let missing = agent.request("HEAD", "/v1/secrets/files/nope", &[], b"");
+    assert_eq!((missing.status, missing.body.len()), (404, 0));
+    let denied = common::request_as(65534, &agent.socket, "HEAD", "/v1/metrics");
+    assert_eq!((denied.status, denied.body.len()), (403, 0));
+    // And HEAD is not a way around POST-only endpoints.
+    let flush = agent.request("HEAD", "/v1/cache/flush", &[], b"");
+    assert_eq!(flush.status, 405);
+}
+
+#[test]
+fn metrics_are_for_admin_peers_only() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    let admin = agent.get("/v1/metrics");
+    assert_eq!(admin.status, 200);
+    assert!(admin.text().contains("credagent_requests_total"));
+    let nobody = common::request_as(65534, &agent.socket, "GET", "/v1/metrics");
+    assert_eq!(
+        (nobody.status, nobody.error_code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        nobody.text()
+    );
+    assert!(!nobody.text().contains("credagent_"));
+}
+
+#[test]
+fn fifos_and_devices_in_the_secrets_directory_are_not_found() {
+    let (dir, agent) = agent_with_demo_secrets();
+    nix::unistd::mkfifo(&dir.secrets().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // The node of /dev/null: readable (it would answer 200 with no bytes if it were served).
+    nix::sys::stat::mknod(
+        &dir.secrets().join("null-device"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.secrets().join("a-directory")).unwrap();
+    for name in ["files/fifo", "files/null-device", "files/a-directory"] {
+        let resp = agent.secret(name);
+        assert_eq!(
+            (resp.status, resp.error_code().as_str()),
+            (404, "not_found"),
+            "{name}: {}",
+            resp.text()
+        );
+    }
+    assert_eq!(agent.secret("files/demo-password").status, 200);
+}
+
+#[test]
+fn file_values_are_capped_at_4_mib() {
+    const MIB: usize = 1024 * 1024;
+    let (dir, agent) = agent_with_demo_secrets();
+    let at_cap: Vec<u8> = (0..4 * MIB).map(|i| (i % 251) as u8).collect();
+    dir.secret("at-cap", &at_cap);
+    dir.secret("over-cap", &vec![b'x'; 4 * MIB + 1]);
+    let ok = agent.secret("files/at-cap");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert!(ok.body == at_cap, "a 4 MiB value came back altered");
+    let over = agent.secret("files/over-cap");
+    assert_eq!(
+        (over.status, over.error_code().as_str()),
+        (502, "upstream_bad_reply"),
+        "{}",
+        over.text()
+    );
+}
+
+#[test]
+fn a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second_with_the_rest_counted() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    const FLOOD: usize = 500;
+    let started = std::time::Instant::now();
+    let replies = common::pipelined(
+        &agent.socket,
+        "GET /v1/secrets/files/a%zz HTTP/1.1\r\nHost: x\r\n\r\n",
+        FLOOD,
+    );
+    let flood_secs = started.elapsed().as_secs();
+    assert_eq!(
+        String::from_utf8_lossy(&replies)
+            .matches("HTTP/1.1 400")
+            .count(),
+        FLOOD
+    );
+    // Past the limiter's one-second window, the next rejected request is logged with the count
+    // of lines suppressed since the last one written. (A lower bound on time: never flaky.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(agent.get("/v1/secrets/files/a%zz").status, 400);
+    let rejected = |log: &str| -> Vec<u64> {
+        log.lines()
+            .filter(|l| l.contains("rejected request"))
+            .map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("suppressed="))
+                    .unwrap_or_else(|| panic!("no suppressed= in {l}"))
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    };
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || {
+            let lines = rejected(&agent.log_text());
+            lines.len() as u64 + lines.iter().sum::<u64>() == FLOOD as u64 + 1
+        }),
+        "every rejected request is either a log line or counted in a later line's suppressed=; log:\n{}",
+        agent.log_text()
+    );
+    let lines = rejected(&agent.log_text()).len() as u64;
+    // 20 a second, in windows of at least a second each, over the flood plus the last line.
+    let bound = 20 * (flood_secs + 2) + 1;
+    assert!(
+        lines <= bound,
+        "{lines} log lines for {FLOOD} rejected requests in about {flood_secs} s (at most {bound})"
+    );
+}

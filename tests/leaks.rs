@@ -34,7 +34,9 @@ fn cached_secrets_are_locked_and_the_process_is_not_dumpable() {
         "lock_memory = \"best-effort\"",
         "lock_memory = \"required\"",
     );
-    let agent = Agent::start_as(&dir, &config, 65534);
+    // Raise the core limit the agent inherits, so that only the agent's own setrlimit can make
+    // it 0 (`&&`: the agent does not start if the shell could not raise it).
+    let agent = Agent::start_as_with_ulimit(&dir, &config, 65534, "-c unlimited");
     let pid = agent.pid();
 
     let before = status_field(pid, "VmLck:");
@@ -62,7 +64,9 @@ fn cached_secrets_are_locked_and_the_process_is_not_dumpable() {
         .lines()
         .find(|l| l.starts_with("Max core file size"))
         .unwrap();
-    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    // "Max core file size  SOFT  HARD  bytes": both limits are 0.
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(fields[4..6], ["0", "0"], "{core}");
 }
 
 #[test]
@@ -74,12 +78,29 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
         format!(r#"{{"password":"{CANARY}"}}"#).as_bytes(),
     );
     let audit = dir.path().join("audit.log");
-    let config = file_config("").replace(
-        "[cache]",
-        &format!("[audit]\nfile = \"{}\"\n\n[cache]", audit.display()),
+    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"CREDAGENT_TEST_\"\n")
+        .replace(
+            "[cache]",
+            &format!("[audit]\nfile = \"{}\"\n\n[cache]", audit.display()),
+        )
+        .replace(
+            r#"secrets = ["files/*"]"#,
+            r#"secrets = ["files/*", "env/*"]"#,
+        );
+    let agent = Agent::start_with_env(&dir, &config, &[("CREDAGENT_TEST_CANARY", CANARY)]);
+    // Every path a value can take: raw, JSON, field, errors about the value, a denied caller,
+    // from the file source and from the env source.
+    assert_eq!(agent.secret("env/CANARY").body, CANARY.as_bytes());
+    let env_json = agent.request(
+        "GET",
+        "/v1/secrets/env/CANARY",
+        &[("Accept", "application/json")],
+        b"",
     );
-    let agent = Agent::start(&dir, &config);
-    // Every path a value can take: raw, JSON, field, errors about the value, a denied caller.
+    assert_eq!(env_json.json()["value"], CANARY);
+    let env_error = agent.get("/v1/secrets/env/CANARY?field=x");
+    assert_eq!(env_error.status, 400);
+    assert!(!env_error.text().contains(CANARY));
     assert_eq!(agent.secret("files/canary").body, CANARY.as_bytes());
     let json = agent.request(
         "GET",
@@ -105,6 +126,8 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
     }
     let denied = agent.cli_as(Some(65534), &["get", "files/canary"]);
     assert!(!String::from_utf8_lossy(&denied.stderr).contains(CANARY));
+    let denied_env = agent.cli_as(Some(65534), &["get", "env/CANARY"]);
+    assert!(String::from_utf8_lossy(&denied_env.stderr).contains("forbidden"));
 
     assert!(common::wait_until(
         std::time::Duration::from_secs(5),
@@ -113,7 +136,7 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
                 .unwrap_or_default()
                 .lines()
                 .count()
-                >= 7
+                >= 11
         }
     ));
     let lines = std::fs::read_to_string(&audit).unwrap();
@@ -135,4 +158,136 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
     );
     assert!(lines.contains("\"cache\":\"hit\"") && lines.contains("\"cache\":\"miss\""));
     // The harness checks the agent's own log for the canary when it is dropped.
+}
+
+/// The `/proc/PID/smaps` mappings whose `VmFlags` include `lo` (locked): (size in kB, flags).
+fn locked_mappings(pid: u32) -> Vec<(u64, Vec<String>)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut out = Vec::new();
+    let mut size = 0;
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Size:") {
+            size = kb.trim().trim_end_matches(" kB").trim().parse().unwrap();
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            let flags: Vec<String> = flags.split_whitespace().map(str::to_owned).collect();
+            if flags.iter().any(|f| f == "lo") {
+                out.push((size, flags));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn secret_mappings_are_locked_never_dumped_and_wiped_on_fork() {
+    let dir = TestDir::new();
+    for i in 0..50 {
+        dir.secret(&format!("small/{i}"), format!("small-value-{i}").as_bytes());
+    }
+    dir.secret("large", &vec![b'L'; 200 * 1024]);
+    let agent = Agent::start(
+        &dir,
+        &file_config("").replace(
+            "lock_memory = \"best-effort\"",
+            "lock_memory = \"required\"",
+        ),
+    );
+    for i in 0..50 {
+        assert_eq!(agent.secret(&format!("files/small/{i}")).status, 200);
+    }
+    assert_eq!(agent.secret("files/large").body.len(), 200 * 1024);
+
+    // Slab chunks of small values and the large value's own mapping: all locked (`lo`), out of
+    // core dumps (`dd`, MADV_DONTDUMP) and wiped in a forked child (`wf`, MADV_WIPEONFORK).
+    let locked = locked_mappings(agent.pid());
+    let total: u64 = locked.iter().map(|(kb, _)| kb).sum();
+    assert!(
+        total >= 200 + 64,
+        "only {total} kB locked in {} mapping(s): {locked:?}",
+        locked.len()
+    );
+    for (kb, flags) in &locked {
+        assert!(
+            flags.iter().any(|f| f == "dd") && flags.iter().any(|f| f == "wf"),
+            "a locked mapping of {kb} kB lacks dd/wf: {flags:?}"
+        );
+    }
+}
+
+#[test]
+fn rendered_responses_are_held_in_locked_memory_while_they_are_written() {
+    use std::io::{Read, Write};
+    const MB: usize = 1024 * 1024;
+    let dir = TestDir::new();
+    let blob = "b".repeat(3 * MB / 2);
+    dir.secret("big-json", format!(r#"{{"blob":"{blob}"}}"#).as_bytes());
+    let agent = Agent::start(&dir, &file_config(""));
+    let pid = agent.pid();
+    // Cached first, so what grows below is the response, not the cache.
+    assert_eq!(agent.secret("files/big-json").status, 200);
+    let cached = status_field(pid, "VmLck:");
+
+    for (path, accept) in [
+        ("/v1/secrets/files/big-json?field=blob", "*/*"),
+        ("/v1/secrets/files/big-json", "application/json"),
+    ] {
+        // A slow reader: the rendered response (1.5 MB, far more than the socket buffer) is
+        // still being written while we look at the agent's locked memory.
+        let mut slow = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+        write!(
+            slow,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut first = [0u8; 1024];
+        slow.read_exact(&mut first).unwrap();
+        let in_flight = status_field(pid, "VmLck:");
+        assert!(
+            in_flight >= cached + 1400,
+            "{path}: VmLck {cached} kB cached, {in_flight} kB with the response in flight"
+        );
+        let mut rest = Vec::new();
+        slow.read_to_end(&mut rest).unwrap();
+        assert!(rest.len() > 3 * MB / 2 - 1024, "{path}: response cut");
+        // Written and dropped: its locked mapping is gone again.
+        assert!(
+            common::wait_until(std::time::Duration::from_secs(10), || status_field(
+                pid, "VmLck:"
+            ) < cached + 1024),
+            "{path}: VmLck still {} kB after the response",
+            status_field(pid, "VmLck:")
+        );
+    }
+}
+
+#[test]
+fn a_value_that_cannot_be_locked_is_503_memory_unavailable_under_required() {
+    let dir = TestDir::new();
+    dir.secret("small", b"fits");
+    dir.secret("large", &vec![b'x'; 1024 * 1024]);
+    dir.secret("canary", CANARY.as_bytes());
+    let own = dir.path().join("run");
+    std::fs::create_dir(&own).unwrap();
+    nix::unistd::chown(&own, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+    let config = file_config("")
+        .replace("{socket}", &own.join("agent.sock").display().to_string())
+        .replace(
+            "lock_memory = \"best-effort\"",
+            "lock_memory = \"required\"",
+        );
+    // Unprivileged (no CAP_IPC_LOCK) with 256 KiB lockable: enough for start-up and the small
+    // values' slab, not for a 1 MiB value.
+    let agent = Agent::start_as_with_ulimit(&dir, &config, 65534, "-l 256");
+    assert_eq!(agent.secret("files/small").body, b"fits");
+    let large = agent.secret("files/large");
+    assert_eq!(
+        (large.status, large.error_code().as_str()),
+        (503, "memory_unavailable"),
+        "{}",
+        large.text()
+    );
+    // Nothing was served from unlocked memory, and the agent goes on serving what fits.
+    assert_eq!(agent.secret("files/canary").body, CANARY.as_bytes());
+    assert_eq!(agent.secret("files/small").body, b"fits");
+    assert!(status_field(agent.pid(), "VmLck:") <= 256);
 }

@@ -136,7 +136,184 @@ fn required_memory_lock_refuses_to_start_without_memlock_and_names_the_limit() {
     assert!(common::wait_until(Duration::from_secs(10), || {
         common::try_request(&socket, "GET", "/v1/health", &[], b"").is_ok_and(|r| r.status == 200)
     }));
+    // Every new mapping fails to lock again (slabs of other size classes, a value over 4 KiB
+    // with a mapping of its own): the warning still appears once.
+    dir.secret("small", b"s");
+    dir.secret("medium", &[b'm'; 1000]);
+    dir.secret("large", &[b'l'; 100_000]);
+    for name in ["small", "medium", "large"] {
+        let resp = common::try_request(
+            &socket,
+            "GET",
+            &format!("/v1/secrets/files/{name}"),
+            &[],
+            b"",
+        )
+        .unwrap();
+        assert_eq!(resp.status, 200, "{name}: {}", resp.text());
+    }
     drop(child);
     let log = std::fs::read_to_string(dir.path().join("nobody.log")).unwrap();
     assert_eq!(log.matches("cannot lock secret memory").count(), 1, "{log}");
+}
+
+/// `credagent ARGS`, with its output.
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(common::bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn bad_command_line_usage_exits_2() {
+    for args in [
+        &[][..],
+        &["serve", "--no-such-flag"],
+        &["no-such-command"],
+        &["get"],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "credagent {args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn unopenable_audit_file_exits_73_naming_it() {
+    let dir = TestDir::new();
+    let missing = dir.path().join("no-such-dir/audit.log");
+    let config = dir.write_config(&file_config("").replace(
+        "[cache]",
+        &format!("[audit]\nfile = \"{}\"\n\n[cache]", missing.display()),
+    ));
+    let out = run(&["serve", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(73), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot open audit file") && stderr.contains("no-such-dir"),
+        "{stderr}"
+    );
+}
+
+/// Runs the agent under a seccomp filter that makes `rt_sigaction(SIGHUP, …)` fail with EPERM
+/// (set up by /usr/bin/python3 through prctl, then exec), so installing the reload handler fails.
+#[test]
+fn a_signal_handler_that_cannot_be_installed_exits_70() {
+    let dir = TestDir::new();
+    let config = dir.write_config(&file_config(""));
+    let script = r#"
+import ctypes, os, platform, struct, sys
+arch, nr = {"x86_64": (0xC000003E, 13), "aarch64": (0xC00000B7, 134)}[platform.machine()]
+# BPF: if arch matches and nr == rt_sigaction and args[0] == SIGHUP: ERRNO(EPERM), else ALLOW.
+code = [(0x20, 0, 0, 4), (0x15, 0, 5, arch), (0x20, 0, 0, 0), (0x15, 0, 3, nr),
+        (0x20, 0, 0, 16), (0x15, 0, 1, 1), (0x06, 0, 0, 0x00050001), (0x06, 0, 0, 0x7FFF0000)]
+insns = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *c) for c in code))
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Fprog(len(code), ctypes.addressof(insns))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0, "PR_SET_NO_NEW_PRIVS"
+assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, "PR_SET_SECCOMP"
+os.execv(sys.argv[1], sys.argv[1:])
+"#;
+    let out = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .arg(common::bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{stderr}");
+    assert!(stderr.contains("cannot install signal handler"), "{stderr}");
+}
+
+/// The sockets (`socket:[INODE]`) the agent holds: its listener and accepted connections.
+fn sockets(pid: u32) -> std::collections::HashSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|target| target.to_string_lossy().into_owned())
+        .filter(|target| target.starts_with("socket:"))
+        .collect()
+}
+
+#[test]
+fn a_request_that_arrives_during_the_drain_gets_503_shutting_down() {
+    let dir = TestDir::new();
+    dir.secret("x", b"value");
+    let mut agent = Agent::start(&dir, &file_config(""));
+    let pid = agent.pid();
+
+    // A client that is connected (accepted: the agent holds a socket it did not hold before)
+    // and has sent only the start of its request when SIGTERM arrives.
+    let before = sockets(pid);
+    let mut late = UnixStream::connect(&agent.socket).unwrap();
+    assert!(
+        common::wait_until(Duration::from_secs(10), || !sockets(pid).is_subset(&before)),
+        "the agent did not accept the connection"
+    );
+    late.write_all(b"GET /v1/secrets/files/x HTTP/1.1\r\n")
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The socket file goes once the agent is draining.
+    assert!(common::wait_until(Duration::from_secs(10), || !agent
+        .socket
+        .exists()));
+
+    late.write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut raw = Vec::new();
+    late.read_to_end(&mut raw).unwrap();
+    let resp = common::parse_response(&raw).expect("an HTTP response");
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (503, "shutting_down"),
+        "{}",
+        resp.text()
+    );
+    assert!(!resp.text().contains("value"));
+    assert_eq!(agent.stop_after_signal().code(), Some(0));
+}
+
+#[test]
+fn a_client_that_does_not_send_its_request_head_within_10_s_is_disconnected() {
+    let dir = TestDir::new();
+    let agent = Agent::start(&dir, &file_config(""));
+    let slow_client = |first_bytes: &'static [u8]| {
+        let socket = agent.socket.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut stream = UnixStream::connect(&socket).unwrap();
+            stream.write_all(first_bytes).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(25)))
+                .unwrap();
+            let mut reply = Vec::new();
+            // Closed by the agent (possibly after a 408): Ok. Our own read timeout: Err.
+            let closed = stream.read_to_end(&mut reply).is_ok();
+            (closed, started.elapsed(), reply)
+        })
+    };
+    let partial = slow_client(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n");
+    let silent = slow_client(b"");
+    for (what, client) in [("partial head", partial), ("no bytes", silent)] {
+        let (closed, elapsed, reply) = client.join().unwrap();
+        assert!(closed, "{what}: still connected after {elapsed:?}");
+        // Timers never fire early: a close before 10 s is some other limit.
+        assert!(
+            elapsed >= Duration::from_millis(9_900),
+            "{what}: closed after only {elapsed:?}"
+        );
+        if !reply.is_empty() {
+            let resp = common::parse_response(&reply).expect("an HTTP response");
+            assert_eq!(resp.status, 408, "{what}");
+        }
+    }
+    // Other clients were served all along.
+    assert_eq!(agent.get("/v1/health").status, 200);
 }

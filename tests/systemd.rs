@@ -201,6 +201,39 @@ fn expect_notify(notify: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
     panic!("no {want:?} from the agent; got {seen:?}");
 }
 
+/// Checks that `WATCHDOG=1` comes every `period` (half of `WATCHDOG_USEC`): the mean gap over
+/// five intervals, received in real time, is within 0.6–1.6 times the period (systemd kills the
+/// service when a whole `WATCHDOG_USEC` passes without one; a ping storm is a bug too).
+fn assert_watchdog_interval(notify: &UnixDatagram, period: Duration, seen: &mut Vec<String>) {
+    let mut buf = [0u8; 4096];
+    // Messages queued while the test was busy elsewhere would arrive all at once: drop them.
+    while let Ok(n) = notify.recv(&mut buf) {
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    let mut pings = Vec::new();
+    let deadline = Instant::now() + period * 20;
+    while pings.len() < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} WATCHDOG=1 in {:?}: {seen:?}",
+            pings.len(),
+            period * 20
+        );
+        if let Ok(n) = notify.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text == "WATCHDOG=1" {
+                pings.push(Instant::now());
+            }
+            seen.push(text);
+        }
+    }
+    let mean = (pings[5] - pings[0]) / 5;
+    assert!(
+        mean >= period.mul_f64(0.6) && mean <= period.mul_f64(1.6),
+        "WATCHDOG=1 every {mean:?} on average; expected about {period:?}"
+    );
+}
+
 #[test]
 fn socket_activation_with_named_sockets_and_sd_notify() {
     let dir = TestDir::new();
@@ -226,7 +259,7 @@ fn socket_activation_with_named_sockets_and_sd_notify() {
         .arg(&agent_sock)
         .arg("--fdname=creds:agent")
         .arg(format!("-ENOTIFY_SOCKET={}", notify_path.display()))
-        .arg("-EWATCHDOG_USEC=400000")
+        .arg("-EWATCHDOG_USEC=1000000")
         .arg("-ECREDAGENT_LOG=debug")
         .arg("--")
         .arg(bin())
@@ -252,6 +285,7 @@ fn socket_activation_with_named_sockets_and_sd_notify() {
     let mut seen = Vec::new();
     expect_notify(&notify, "READY=1", &mut seen);
     expect_notify(&notify, "WATCHDOG=1", &mut seen);
+    assert_watchdog_interval(&notify, Duration::from_millis(500), &mut seen);
 
     let resp = try_request(
         &agent_sock,

@@ -2,8 +2,9 @@
 //!
 //! Files are opened with `openat2(RESOLVE_BENEATH)` relative to the directory, so neither `..`
 //! nor a symlink (absolute or relative) can reach outside it; symlinks that stay inside are
-//! followed. The bytes are read straight into secure memory. It does not watch files: the cache's
-//! TTL and the control file decide when a file is read again.
+//! followed. Directories, FIFOs and devices are not secrets (not found); a value is at most
+//! [`MAX_SECRET_LEN`] bytes, read straight into secure memory. It does not watch files: the
+//! cache's TTL and the control file decide when a file is read again.
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
@@ -13,6 +14,7 @@ use std::time::SystemTime;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::Mode;
 use serde::Deserialize;
+use zeroize::Zeroize;
 
 use super::{Secret, SourceError};
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBytes};
@@ -89,38 +91,53 @@ fn read_beneath(dir: &Path, id: &str) -> Result<Secret, SourceError> {
         return Err(SourceError::NotFound);
     }
     let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-    // One byte of headroom is read to notice a file that grew, so the limit applies to size + 1.
-    if size >= MAX_SECRET_LEN {
+    if size > MAX_SECRET_LEN {
         return Err(SourceError::BadReply {
             detail: format!("file is larger than {MAX_SECRET_LEN} bytes"),
         });
     }
-    // Read into a locked buffer one byte larger than the size, to notice a file that grew.
-    let mut value = SecretBytes::zeroed(size + 1)?;
+    // Read straight into a locked buffer of the size the file has now.
+    let mut value = SecretBytes::zeroed(size)?;
     let mut filled = 0;
-    loop {
-        let buf = &mut value.as_mut_slice()[filled..];
-        if buf.is_empty() {
-            return Err(SourceError::Unavailable {
-                detail: "file changed while it was read".to_owned(),
-            });
-        }
-        match file.read(buf) {
+    while filled < size {
+        match file.read(&mut value.as_mut_slice()[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(SourceError::Unavailable {
-                    detail: format!("cannot read a file under {}: {e}", dir.display()),
-                });
-            }
+            Err(e) => return Err(read_error(dir, &e)),
         }
     }
+    // One more byte means the file grew while it was read (or it is a file that never ends).
+    let mut probe = [0u8; 1];
+    let grew = loop {
+        match file.read(&mut probe) {
+            Ok(n) => break n > 0,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_error(dir, &e)),
+        }
+    };
+    probe.zeroize();
+    if grew {
+        return Err(SourceError::Unavailable {
+            detail: "file changed while it was read".to_owned(),
+        });
+    }
+    let value = if filled < size {
+        value.truncated(filled)?
+    } else {
+        value
+    };
     Ok(Secret {
-        value: value.truncated(filled)?,
+        value,
         version: None,
         fetched_at: SystemTime::now(),
     })
+}
+
+fn read_error(dir: &Path, e: &std::io::Error) -> SourceError {
+    SourceError::Unavailable {
+        detail: format!("cannot read a file under {}: {e}", dir.display()),
+    }
 }
 
 #[cfg(test)]

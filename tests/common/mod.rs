@@ -132,20 +132,41 @@ impl Agent {
 
     /// As [`Agent::start`], with extra environment variables.
     pub fn start_with_env(dir: &TestDir, template: &str, env: &[(&str, &str)]) -> Agent {
-        Self::start_full(dir, template, env, None)
+        Self::start_full(dir, template, env, None, None)
     }
 
     /// As [`Agent::start`], running the agent as `uid` (gid = uid) instead of this process's user.
     pub fn start_as(dir: &TestDir, template: &str, uid: u32) -> Agent {
-        Self::start_full(dir, template, &[], Some(uid))
+        Self::start_full(dir, template, &[], Some(uid), None)
     }
 
-    fn start_full(dir: &TestDir, template: &str, env: &[(&str, &str)], uid: Option<u32>) -> Agent {
+    /// As [`Agent::start_as`], with resource limits set by the shell's `ulimit` (e.g. `-l 256`)
+    /// just before it execs the agent (so the agent's pid is the child's).
+    pub fn start_as_with_ulimit(dir: &TestDir, template: &str, uid: u32, ulimit: &str) -> Agent {
+        Self::start_full(dir, template, &[], Some(uid), Some(ulimit))
+    }
+
+    fn start_full(
+        dir: &TestDir,
+        template: &str,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        ulimit: Option<&str>,
+    ) -> Agent {
         let config = dir.write_config(template);
         let log = dir.path().join("agent.log");
         let socket = socket_from_config(&config).unwrap_or_else(|| dir.socket());
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(bin());
+        let mut command = match ulimit {
+            None => Command::new(bin()),
+            Some(limits) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit {limits} && exec \"$0\" \"$@\""))
+                    .arg(bin());
+                sh
+            }
+        };
         command
             .args(["serve", "--config"])
             .arg(&config)
@@ -461,4 +482,63 @@ admin = true
 "#,
         uid = nix::unistd::geteuid().as_raw()
     )
+}
+
+/// One request sent by a process running as `uid` (`/usr/bin/python3`, which any uid may run),
+/// parsed; for callers the `credagent` client cannot play (metrics, HEAD, raw paths).
+pub fn request_as(uid: u32, socket: &Path, method: &str, path: &str) -> Response {
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(("%s %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % (sys.argv[2], sys.argv[3])).encode())
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.buffer.write(data)
+"#;
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .arg("-c")
+        .arg(script)
+        .arg(socket)
+        .arg(method)
+        .arg(path);
+    std::os::unix::process::CommandExt::uid(&mut command, uid);
+    std::os::unix::process::CommandExt::gid(&mut command, uid);
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "client as uid {uid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_response(&out.stdout).unwrap_or_else(|| {
+        panic!(
+            "unparseable response: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Sends `count` pipelined copies of `request` (a full request head ending in a blank line) on
+/// one connection, the last with `Connection: close`, while reading the replies; returns all
+/// reply bytes.
+pub fn pipelined(socket: &Path, request: &str, count: usize) -> Vec<u8> {
+    let stream = UnixStream::connect(socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let last = request.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    let mut bytes = request.repeat(count.saturating_sub(1));
+    bytes.push_str(&last);
+    let sender = std::thread::spawn(move || writer.write_all(bytes.as_bytes()).unwrap());
+    let mut reader = stream;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).unwrap();
+    sender.join().unwrap();
+    out
 }
