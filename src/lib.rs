@@ -47,6 +47,7 @@ pub mod control;
 pub mod jsonval;
 pub mod metrics;
 pub mod name;
+pub mod output;
 pub mod peer;
 pub mod ratelimit;
 pub mod secure_mem;
