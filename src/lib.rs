@@ -44,6 +44,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod credfile;
 pub mod jsonval;
 pub mod metrics;
 pub mod name;
