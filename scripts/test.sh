@@ -114,7 +114,9 @@ step "bench --quick (keeps the benchmark from rotting; judges no figure)" \
     cargo run -q -p credagent-bench -- all --quick
 
 # Test scripts that report `WHAT: N passed, M failed`; a new one is one more line here.
-script_step "packaging: .deb (lintian, dpkg -i, check-config, purge) and container image (buildah)" \
+script_step "packaging: .deb (lintian, contents, exposure) and container image (buildah)" \
     scripts/test-packaging.sh
+script_step "systemd: the .deb installed, run, reloaded, stopped and purged under a real systemd (nspawn)" \
+    scripts/test-systemd.sh
 
 step "cargo doc" env RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check-config`, `get`, `flush`.
+//! Command line: `serve`, `check-config`, `reload`, `get`, `render`, `exec`, `flush`.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,12 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Ask a running agent to re-read its config (sends it SIGHUP; the unit's `ExecReload=`).
+    Reload {
+        /// The agent's process id (`$MAINPID` in a unit).
+        #[arg(long)]
+        pid: i32,
+    },
     /// Print a secret's value (`SOURCE/ID`) to stdout.
     Get {
         /// `SOURCE/ID`, e.g. `files/demo-password`.
@@ -61,9 +67,13 @@ pub enum Command {
     Render {
         /// The template.
         template: PathBuf,
-        /// Write here (atomically, mode 0600) instead of stdout.
+        /// Write here instead of stdout: atomically (random temporary name, O_EXCL|O_NOFOLLOW,
+        /// fsync, rename), created with --mode before any byte is written; a symlink is refused.
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Permission bits of the --output file (octal).
+        #[arg(long, default_value = "0600", value_parser = parse_file_mode)]
+        mode: u32,
         /// Agent socket.
         #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -88,4 +98,9 @@ pub enum Command {
         #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+}
+
+fn parse_file_mode(text: &str) -> Result<u32, String> {
+    crate::config::parse_mode(text)
+        .ok_or_else(|| format!("{text:?} is not an octal mode between 0000 and 0777"))
 }

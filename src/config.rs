@@ -206,7 +206,7 @@ pub enum RawSource {
     Env(RawEnvSource),
     /// `type = "vault"`.
     #[serde(rename = "vault")]
-    Vault(RawVaultSource),
+    Vault(Box<RawVaultSource>),
     /// `type = "aws-secretsmanager"`.
     #[serde(rename = "aws-secretsmanager")]
     Aws(Box<RawAwsSource>),
@@ -685,18 +685,30 @@ fn build_source(
             (SourceKind::File { dir }, f.ttl_secs, f.fetch_timeout_secs)
         }
         RawSource::Env(e) => {
-            if !e
-                .prefix
+            let prefix = e.prefix.unwrap_or_default();
+            if prefix.is_empty() {
+                return Err(ctx.invalid(
+                    format!("{key}.prefix"),
+                    "is required and must not be empty (e.g. \"APP_SECRET_\"): without one, \
+                     every variable of the agent would be a secret",
+                ));
+            }
+            if !prefix
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
             {
                 return Err(ctx.invalid(format!("{key}.prefix"), "must be letters, digits and '_'"));
             }
-            (
-                SourceKind::Env { prefix: e.prefix },
-                e.ttl_secs,
-                e.fetch_timeout_secs,
-            )
+            if crate::source::env::is_reserved(&prefix) {
+                return Err(ctx.invalid(
+                    format!("{key}.prefix"),
+                    format!(
+                        "{prefix:?} names the agent's own variables (AWS_*, VAULT_*, BAO_*, \
+                         CREDAGENT_*), which are never served; choose another, e.g. \"APP_SECRET_\""
+                    ),
+                ));
+            }
+            (SourceKind::Env { prefix }, e.ttl_secs, e.fetch_timeout_secs)
         }
         RawSource::Vault(v) => {
             let vault = v

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, demo } => serve(config, demo),
         Command::CheckConfig { config, demo } => check_config(config, demo),
+        Command::Reload { pid } => reload(pid),
         Command::Get {
             name,
             field,
@@ -53,14 +54,18 @@ fn main() -> ExitCode {
         Command::Render {
             template,
             output,
+            mode,
             socket,
         } => client_main(|rt| {
             let mut rendered = rt.block_on(client::render(&socket, &template))?;
             let written = match &output {
-                Some(path) => write_private(path, &rendered),
+                Some(path) => credagent::output::write_private(path, &rendered, mode)
+                    .map_err(|e| e.to_string()),
                 None => {
                     let mut out = std::io::stdout().lock();
-                    out.write_all(&rendered).and_then(|()| out.flush())
+                    out.write_all(&rendered)
+                        .and_then(|()| out.flush())
+                        .map_err(|e| e.to_string())
                 }
             };
             zeroize::Zeroize::zeroize(&mut rendered);
@@ -95,29 +100,6 @@ fn main() -> ExitCode {
             })
         }),
     }
-}
-
-/// Writes `bytes` to `path` atomically with mode 0600 (temp file in the same directory, fsync,
-/// rename), so a reader never sees a half-written file and nobody else can read it.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("output path has no file name"))?;
-    let tmp = dir.join(format!(".{}.credagent-tmp", name.to_string_lossy()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn init_logging() {
@@ -180,6 +162,22 @@ fn check_config(path: std::path::PathBuf, demo: bool) -> ExitCode {
         Err(err) => {
             eprintln!("credagent: invalid config: {err}");
             ExitCode::from(exit::CONFIG)
+        }
+    }
+}
+
+/// `kill -HUP PID` without depending on a `kill` binary (a minimal system has none).
+fn reload(pid: i32) -> ExitCode {
+    if pid <= 0 {
+        eprintln!("credagent: reload: {pid} is not a process id");
+        return ExitCode::from(exit::FAILURE);
+    }
+    let target = nix::unistd::Pid::from_raw(pid);
+    match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGHUP) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("credagent: reload: cannot signal process {pid}: {err}");
+            ExitCode::from(exit::UNAVAILABLE)
         }
     }
 }

@@ -292,7 +292,7 @@ fn cli_exec_runs_a_command_with_secrets_in_its_environment() {
 #[test]
 fn env_source_serves_the_agents_prefixed_variables() {
     let dir = TestDir::new();
-    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"CREDAGENT_TEST_\"\n")
+    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"APP_TEST_\"\n")
         .replace(
             r#"secrets = ["files/*"]"#,
             r#"secrets = ["files/*", "env/*"]"#,
@@ -301,8 +301,8 @@ fn env_source_serves_the_agents_prefixed_variables() {
         &dir,
         &config,
         &[
-            ("CREDAGENT_TEST_DB_PASSWORD", CANARY),
-            ("CREDAGENT_TEST_APP", r#"{"user":"app"}"#),
+            ("APP_TEST_DB_PASSWORD", CANARY),
+            ("APP_TEST_APP", r#"{"user":"app"}"#),
             ("UNPREFIXED", "not-served"),
         ],
     );

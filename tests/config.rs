@@ -185,7 +185,11 @@ fn example_aws_and_vault_sections_are_valid_when_uncommented() {
     }
     let dir = TestDir::new();
     for file in ["role_id", "secret_id"] {
-        std::fs::write(dir.path().join(file), "x").unwrap();
+        // Credential files must be private to the agent.
+        let path = dir.path().join(file);
+        std::fs::write(&path, "x").unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
     }
     std::fs::copy(
         "/etc/ssl/certs/ca-certificates.crt",

@@ -182,6 +182,8 @@ fn kubernetes_example_config_passes_check_config() {
     let dir = TestDir::new();
     let token = dir.path().join("vault-token");
     std::fs::write(&token, "header.payload.signature").unwrap();
+    // A credential file must be private to the agent (README "Refused credential files").
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let config = config
         .replace("/etc/credagent/files", &dir.secrets().display().to_string())
         .replace("/var/run/secrets/vault/token", &token.display().to_string());

@@ -78,7 +78,7 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
         format!(r#"{{"password":"{CANARY}"}}"#).as_bytes(),
     );
     let audit = dir.path().join("audit.log");
-    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"CREDAGENT_TEST_\"\n")
+    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"APP_TEST_\"\n")
         .replace(
             "[cache]",
             &format!("[audit]\nfile = \"{}\"\n\n[cache]", audit.display()),
@@ -87,7 +87,7 @@ fn canary_never_reaches_log_audit_or_error_bodies() {
             r#"secrets = ["files/*"]"#,
             r#"secrets = ["files/*", "env/*"]"#,
         );
-    let agent = Agent::start_with_env(&dir, &config, &[("CREDAGENT_TEST_CANARY", CANARY)]);
+    let agent = Agent::start_with_env(&dir, &config, &[("APP_TEST_CANARY", CANARY)]);
     // Every path a value can take: raw, JSON, field, errors about the value, a denied caller,
     // from the file source and from the env source.
     assert_eq!(agent.secret("env/CANARY").body, CANARY.as_bytes());

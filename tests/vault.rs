@@ -52,8 +52,15 @@ admin = true
 }
 
 fn approle_files(dir: &TestDir) {
-    std::fs::write(dir.path().join("role_id"), format!("{ROLE_ID}\n")).unwrap();
-    std::fs::write(dir.path().join("secret_id"), format!("{SECRET_ID}\n")).unwrap();
+    write_credential(&dir.path().join("role_id"), format!("{ROLE_ID}\n"));
+    write_credential(&dir.path().join("secret_id"), format!("{SECRET_ID}\n"));
+}
+
+/// A credential file as the agent requires it: private to its user (mode 0600).
+fn write_credential(path: &std::path::Path, text: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -146,7 +153,7 @@ fn jwt_login_reads_kv() {
     let bao = Bao::start();
     bao.setup(3600, 7200, Some(&pubkey));
     bao.kv_put("app/jwt", json!({ "password": "via-jwt" }));
-    std::fs::write(dir.path().join("token"), &jwt).unwrap();
+    write_credential(&dir.path().join("token"), &jwt);
     let auth = r#"{ method = "jwt", role = "agent", jwt_file = "{dir}/token", mount = "jwt" }"#;
     let agent = Agent::start(&dir, &config(&bao, auth, ""));
     let resp = agent.get("/v1/secrets/vault/app/jwt?field=password");
@@ -161,8 +168,8 @@ fn wrong_credentials_fail_start_naming_the_source() {
     let bao = Bao::start();
     bao.setup(3600, 7200, None);
     let dir = TestDir::new();
-    std::fs::write(dir.path().join("role_id"), ROLE_ID).unwrap();
-    std::fs::write(dir.path().join("secret_id"), "wrong-secret-id").unwrap();
+    write_credential(&dir.path().join("role_id"), ROLE_ID);
+    write_credential(&dir.path().join("secret_id"), "wrong-secret-id");
     dir.write_config(&config(&bao, APPROLE, ""));
     let out = std::process::Command::new(common::bin())
         .args(["serve", "--config"])
@@ -250,7 +257,7 @@ fn token_auth_value_never_in_logs() {
     );
     let token = created["auth"]["client_token"].as_str().unwrap().to_owned();
     let dir = TestDir::new();
-    std::fs::write(dir.path().join("vault-token"), &token).unwrap();
+    write_credential(&dir.path().join("vault-token"), &token);
     let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
     let mut agent = Agent::start(&dir, &config(&bao, auth, ""));
     let resp = agent.get("/v1/secrets/vault/app/canary?field=value");
@@ -427,7 +434,7 @@ fn namespace_header_selects_the_namespace() {
         Some(json!({ "data": { "where": "in-team" } })),
     );
     let dir = TestDir::new();
-    std::fs::write(dir.path().join("vault-token"), bao::ROOT).unwrap();
+    write_credential(&dir.path().join("vault-token"), bao::ROOT);
     let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
     let text = config(&bao, auth, "namespace = \"team\"\n")
         .replace("kv_mount = \"secret\"", "kv_mount = \"kv\"");
@@ -448,7 +455,7 @@ fn https_with_ca_file_and_untrusted_without_it() {
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    std::fs::write(dir.path().join("vault-token"), bao::ROOT).unwrap();
+    write_credential(&dir.path().join("vault-token"), bao::ROOT);
     let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
     let with_ca = format!("ca_file = \"{}\"\n", bao.ca_file().display());
 

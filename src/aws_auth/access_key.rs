@@ -1,12 +1,11 @@
-//! `auth = "access-key"`: a long-lived access key from two files (each mode 0600 or stricter,
-//! checked on the open file) or from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
+//! `auth = "access-key"`: a long-lived access key from two files (private to the agent:
+//! `crate::credfile`, checked again on the open file) or from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
 //! (`AWS_SESSION_TOKEN` optional).
 //!
 //! The key strings are moved, not copied, into the SDK's `Credentials`, which zeroizes them on
 //! drop; nothing here logs them. It does not refresh anything: a static key never expires.
 
 use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aws_credential_types::Credentials;
@@ -58,23 +57,6 @@ fn env_var(key: &str, var: &'static str) -> Result<String, AuthError> {
     Ok(trimmed)
 }
 
-/// Checks that a key file is a regular file no other user can read or write: mode 0600 or
-/// stricter. Used by config validation (before start) and again on the opened file.
-pub fn check_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), String> {
-    if !meta.is_file() {
-        return Err("is not a regular file".to_owned());
-    }
-    let mode = meta.mode() & 0o777;
-    // SECURITY: a key readable by group or others is a key already leaked to them.
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "has mode {mode:04o}; a key file must be mode 0600 or stricter (chmod 600 {})",
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
 /// Reads one key file: mode checked on the open descriptor, surrounding whitespace trimmed,
 /// temporary buffers wiped.
 fn read_key_file(key: &str, path: &Path) -> Result<String, AuthError> {
@@ -87,7 +69,8 @@ fn read_key_file(key: &str, path: &Path) -> Result<String, AuthError> {
     let meta = file
         .metadata()
         .map_err(|e| fail(format!("cannot stat: {e}")))?;
-    check_mode(path, &meta).map_err(fail)?;
+    // The same rule the config applied, again on the descriptor actually read.
+    crate::credfile::check_metadata(path, &meta).map_err(fail)?;
     if meta.len() > MAX_KEY_FILE {
         return Err(fail(format!("is larger than {MAX_KEY_FILE} bytes")));
     }

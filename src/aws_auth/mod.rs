@@ -48,7 +48,7 @@ impl AuthMethod {
     }
 }
 
-/// Files holding an access key (each mode 0600 or stricter).
+/// Files holding an access key (each private to the agent: `crate::credfile`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFiles {
     /// File with the access key id.

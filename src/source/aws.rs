@@ -40,6 +40,10 @@ pub struct RawAwsSource {
     pub secret_access_key_file: Option<PathBuf>,
     /// `[sources.NAME.assume_role]`.
     pub assume_role: Option<RawAssumeRole>,
+    /// Accept `http://` to a host other than loopback for `endpoint_url` and `sts_endpoint`
+    /// (for tests only; logged at start).
+    #[serde(default)]
+    pub allow_plain_http: bool,
     /// Per-source TTL override.
     pub ttl_secs: Option<u64>,
     /// Per-source fetch timeout.
@@ -73,6 +77,8 @@ pub struct AwsConfig {
     pub endpoint_url: Option<String>,
     /// Credentials settings.
     pub auth: AuthConfig,
+    /// `http://` to a host other than loopback was allowed (for tests only).
+    pub allow_plain_http: bool,
 }
 
 /// A config value that failed validation: the dotted key and why.
@@ -97,7 +103,8 @@ impl RawAwsSource {
     pub fn validate(&self, key: &str, config_path: &Path) -> Result<AwsConfig, InvalidKey> {
         check_region(&self.region).map_err(|r| invalid(format!("{key}.region"), r))?;
         if let Some(url) = &self.endpoint_url {
-            check_url(url).map_err(|r| invalid(format!("{key}.endpoint_url"), r))?;
+            check_url(url, self.allow_plain_http)
+                .map_err(|r| invalid(format!("{key}.endpoint_url"), r))?;
         }
         let files = match (&self.access_key_id_file, &self.secret_access_key_file) {
             (Some(id), Some(secret)) => Some(KeyFiles {
@@ -147,7 +154,11 @@ impl RawAwsSource {
         };
         let assume_role = match &self.assume_role {
             None => None,
-            Some(raw) => Some(raw.validate(&format!("{key}.assume_role"), &self.region)?),
+            Some(raw) => Some(raw.validate(
+                &format!("{key}.assume_role"),
+                &self.region,
+                self.allow_plain_http,
+            )?),
         };
         Ok(AwsConfig {
             region: self.region.clone(),
@@ -159,12 +170,18 @@ impl RawAwsSource {
                 region: self.region.clone(),
                 endpoint_url: self.endpoint_url.clone(),
             },
+            allow_plain_http: self.allow_plain_http,
         })
     }
 }
 
 impl RawAssumeRole {
-    fn validate(&self, key: &str, region: &str) -> Result<AssumeRoleConfig, InvalidKey> {
+    fn validate(
+        &self,
+        key: &str,
+        region: &str,
+        allow_plain_http: bool,
+    ) -> Result<AssumeRoleConfig, InvalidKey> {
         check_role_arn(&self.role_arn).map_err(|r| invalid(format!("{key}.role_arn"), r))?;
         if let Some(id) = &self.external_id {
             let ok = (2..=1224).contains(&id.len())
@@ -203,7 +220,8 @@ impl RawAssumeRole {
             ));
         }
         if let Some(url) = &self.sts_endpoint {
-            check_url(url).map_err(|r| invalid(format!("{key}.sts_endpoint"), r))?;
+            check_url(url, allow_plain_http)
+                .map_err(|r| invalid(format!("{key}.sts_endpoint"), r))?;
         }
         let sts_region = self.sts_region.clone().unwrap_or_else(|| region.to_owned());
         check_region(&sts_region).map_err(|r| invalid(format!("{key}.sts_region"), r))?;
@@ -252,12 +270,12 @@ fn check_region(region: &str) -> Result<(), String> {
     }
 }
 
-fn check_url(url: &str) -> Result<(), String> {
+fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(()),
+        (Some("http" | "https"), Some(_)) => super::check_plain_http(url, allow_plain_http),
         _ => Err(format!(
             "{url:?} must be an http:// or https:// URL with a host"
         )),
@@ -294,10 +312,7 @@ fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf,
             _ => path.to_path_buf(),
         }
     };
-    let meta =
-        std::fs::metadata(&path).map_err(|e| invalid(key, format!("{}: {e}", path.display())))?;
-    aws_auth::access_key::check_mode(&path, &meta)
-        .map_err(|r| invalid(key, format!("{}: {r}", path.display())))?;
+    crate::credfile::check(&path).map_err(|r| invalid(key, r))?;
     Ok(path)
 }
 
@@ -630,6 +645,31 @@ mod tests {
                 .key,
             "sources.aws.region"
         );
+    }
+
+    #[test]
+    fn plain_http_off_the_host_is_refused_unless_allowed() {
+        let role = "[assume_role]\nrole_arn = \"arn:aws:iam::210987654321:role/r\"\n";
+        let refused = |url: &str| {
+            format!(
+                "\"{url}\" is plain http to a host other than loopback (tokens and secret values \
+                 would cross the network in clear text); use https://, or set allow_plain_http = \
+                 true (for tests only)"
+            )
+        };
+        let err = raw("endpoint_url = \"http://secretsmanager.internal\"\n").unwrap_err();
+        assert_eq!(err.key, "sources.aws.endpoint_url");
+        assert_eq!(err.reason, refused("http://secretsmanager.internal"));
+        let err = raw(&format!("{role}sts_endpoint = \"http://10.1.2.3:4566\"\n")).unwrap_err();
+        assert_eq!(err.key, "sources.aws.assume_role.sts_endpoint");
+        assert_eq!(err.reason, refused("http://10.1.2.3:4566"));
+        assert!(raw("endpoint_url = \"http://127.0.0.1:5000\"\n").is_ok());
+        assert!(raw("endpoint_url = \"https://secretsmanager.internal\"\n").is_ok());
+        let allowed = raw(&format!(
+            "endpoint_url = \"http://moto.internal:5000\"\nallow_plain_http = true\n{role}sts_endpoint = \"http://moto.internal:5000\"\n"
+        ))
+        .unwrap();
+        assert!(allowed.allow_plain_http);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The env source: secrets from the agent's own environment, `{prefix}{id}`.
 //!
 //! Meant for containers whose orchestrator injects secrets as variables. Ids must be valid
-//! variable-name characters. The process environment itself is ordinary memory: this source
-//! copies the value into secure memory and wipes its temporary copy, but cannot lock the
-//! environment block (documented in the README).
+//! variable-name characters. The prefix is required and non-empty (the config refuses an empty
+//! one), and the variables the agent reads for its own credentials and settings (`AWS_*`,
+//! `VAULT_*`, `BAO_*`, `CREDAGENT_*`) are never served, whatever the prefix and the rules say.
+//! The process environment itself is ordinary memory: this source copies the value into secure
+//! memory and wipes its temporary copy, but cannot lock the environment block (documented in the
+//! README).
 
 use std::time::SystemTime;
 
@@ -17,9 +20,8 @@ use crate::secure_mem::SecretBytes;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEnvSource {
-    /// Prefix prepended to the id to form the variable name.
-    #[serde(default)]
-    pub prefix: String,
+    /// Prefix prepended to the id to form the variable name (required, non-empty).
+    pub prefix: Option<String>,
     /// Per-source TTL override.
     pub ttl_secs: Option<u64>,
     /// Per-source fetch timeout.
@@ -46,6 +48,11 @@ impl EnvSource {
             ));
         }
         let name = format!("{}{}", self.prefix, id);
+        // SECURITY: the agent's own credentials live in its environment; they are not secrets
+        // to serve (an `env/*` rule must not hand out AWS_SECRET_ACCESS_KEY or VAULT_TOKEN).
+        if is_reserved(&name) {
+            return Err(SourceError::NotFound);
+        }
         let Some(value) = std::env::var_os(&name) else {
             return Err(SourceError::NotFound);
         };
@@ -57,5 +64,35 @@ impl EnvSource {
             version: None,
             fetched_at: SystemTime::now(),
         })
+    }
+}
+
+/// Prefixes of the variables the agent reads for its own credentials and settings.
+pub const RESERVED_PREFIXES: [&str; 4] = ["AWS_", "VAULT_", "BAO_", "CREDAGENT_"];
+
+/// Whether `name` is one of the agent's own variables (never served).
+pub fn is_reserved(name: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_table() {
+        let cases = [
+            ("AWS_SECRET_ACCESS_KEY", true),
+            ("AWS_SESSION_TOKEN", true),
+            ("VAULT_TOKEN", true),
+            ("BAO_TOKEN", true),
+            ("CREDAGENT_LOG", true),
+            ("APP_SECRET_DB", false),
+            ("MY_AWS_KEY", false),
+            ("AWS", false),
+        ];
+        for (name, reserved) in cases {
+            assert_eq!(is_reserved(name), reserved, "{name}");
+        }
     }
 }

@@ -186,6 +186,33 @@ impl Source {
     }
 }
 
+/// Refuses a plain `http://` URL to anything but loopback unless the source sets
+/// `allow_plain_http = true`: tokens, secret_ids, STS credentials and values would cross the
+/// network in clear text. `url` is already known to parse.
+pub fn check_plain_http(url: &str, allow_plain_http: bool) -> Result<(), String> {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return Ok(());
+    };
+    if uri.scheme_str() != Some("http") || allow_plain_http {
+        return Ok(());
+    }
+    let host = uri.host().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Ok(());
+    }
+    // SECURITY: the agent's credentials and every value would be readable on the network.
+    Err(format!(
+        "{url:?} is plain http to a host other than loopback (tokens and secret values would \
+         cross the network in clear text); use https://, or set allow_plain_http = true (for \
+         tests only)"
+    ))
+}
+
 /// A source with the settings the cache and server apply to it.
 #[derive(Debug)]
 pub struct SourceEntry {
@@ -210,6 +237,14 @@ pub struct BuildError {
     pub reason: String,
 }
 
+fn warn_plain_http(name: &str) {
+    tracing::warn!(
+        source = name,
+        "allow_plain_http = true: plain http to hosts other than loopback is accepted for this \
+         source, so its credentials and values may cross the network in clear text (for tests only)"
+    );
+}
+
 /// Constructs every configured source (backends are contacted here, e.g. to check credentials).
 pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildError> {
     let mut sources = Sources::new();
@@ -218,6 +253,9 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
     for (name, cfg) in &config.sources {
         let source = match &cfg.kind {
             crate::config::SourceKind::Vault(vault) => {
+                if vault.allow_plain_http {
+                    warn_plain_http(name);
+                }
                 let session =
                     vault_auth::connect(name, vault)
                         .await
@@ -255,14 +293,17 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
             crate::config::SourceKind::Env { prefix } => {
                 Source::Env(env::EnvSource::new(prefix.clone()))
             }
-            crate::config::SourceKind::Aws(aws) => Source::Aws(
+            crate::config::SourceKind::Aws(aws) => Source::Aws({
+                if aws.allow_plain_http {
+                    warn_plain_http(name);
+                }
                 aws::AwsSource::build(aws, cfg.fetch_timeout)
                     .await
                     .map_err(|e| BuildError {
                         name: name.clone(),
                         reason: e.to_string(),
-                    })?,
-            ),
+                    })?
+            }),
         };
         sources.insert(
             name.clone(),

@@ -66,17 +66,6 @@ pub async fn connect(name: &str, config: &VaultConfig) -> Result<Arc<VaultSessio
         config.namespace.as_deref(),
         config.ca_file.as_deref(),
     )?;
-    if let Some(host) = config.address.strip_prefix("http://") {
-        let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-            // SECURITY: the token and every value would cross the network in clear text.
-            tracing::warn!(
-                source = name,
-                address = %config.address,
-                "Vault address is plain http on a non-loopback host; use https"
-            );
-        }
-    }
     let grant = tokio::time::timeout(CALL_TIMEOUT, login(&http, &config.auth))
         .await
         .map_err(|_| format!("login to Vault at {} timed out", config.address))?

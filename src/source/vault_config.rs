@@ -29,6 +29,9 @@ pub struct RawVaultSource {
     /// Named transit ciphertexts (`vault:v1:…` or a data-key envelope).
     #[serde(default)]
     pub ciphertexts: BTreeMap<String, String>,
+    /// Accept `http://` to a host other than loopback (for tests only; logged at start).
+    #[serde(default)]
+    pub allow_plain_http: bool,
     /// Per-source TTL override.
     pub ttl_secs: Option<u64>,
     /// Per-source fetch timeout.
@@ -88,6 +91,8 @@ pub struct VaultConfig {
     pub transit_mount: Option<String>,
     /// Named ciphertexts.
     pub ciphertexts: BTreeMap<String, String>,
+    /// `http://` to a host other than loopback was allowed (for tests only).
+    pub allow_plain_http: bool,
 }
 
 /// A validated login method.
@@ -179,6 +184,18 @@ fn check_file(
     }
 }
 
+/// A file holding the agent's Vault credential (token, role_id, secret_id, JWT): it must be
+/// private to the agent (`crate::credfile`).
+fn check_credential_file(
+    key: &'static str,
+    path: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Result<PathBuf, Invalid> {
+    let path = resolve(path);
+    crate::credfile::check(&path).map_err(|reason| invalid(key, reason))?;
+    Ok(path)
+}
+
 impl RawVaultSource {
     /// Validates; `resolve` makes relative paths relative to the config file.
     pub fn build(&self, resolve: &dyn Fn(&Path) -> PathBuf) -> Result<VaultConfig, Invalid> {
@@ -196,6 +213,8 @@ impl RawVaultSource {
                 format!("{address:?} must be http(s)://HOST[:PORT] with no path"),
             ));
         }
+        crate::source::check_plain_http(address, self.allow_plain_http)
+            .map_err(|reason| invalid("address", reason))?;
         if let Some(ns) = &self.namespace {
             check_mount("namespace", ns)?;
         }
@@ -206,7 +225,7 @@ impl RawVaultSource {
         let kv_mount = check_mount("kv_mount", &self.kv_mount)?;
         let auth = match &self.auth {
             RawVaultAuth::Token { token_file } => VaultAuthConfig::Token {
-                token_file: check_file("auth.token_file", token_file, resolve)?,
+                token_file: check_credential_file("auth.token_file", token_file, resolve)?,
             },
             RawVaultAuth::AppRole {
                 role_id_file,
@@ -214,8 +233,12 @@ impl RawVaultSource {
                 mount,
             } => VaultAuthConfig::AppRole {
                 mount: check_mount("auth.mount", mount.as_deref().unwrap_or("approle"))?,
-                role_id_file: check_file("auth.role_id_file", role_id_file, resolve)?,
-                secret_id_file: check_file("auth.secret_id_file", secret_id_file, resolve)?,
+                role_id_file: check_credential_file("auth.role_id_file", role_id_file, resolve)?,
+                secret_id_file: check_credential_file(
+                    "auth.secret_id_file",
+                    secret_id_file,
+                    resolve,
+                )?,
             },
             RawVaultAuth::Jwt {
                 role,
@@ -228,7 +251,7 @@ impl RawVaultSource {
                 VaultAuthConfig::Jwt {
                     mount: check_mount("auth.mount", mount.as_deref().unwrap_or("jwt"))?,
                     role: role.clone(),
-                    jwt_file: check_file("auth.jwt_file", jwt_file, resolve)?,
+                    jwt_file: check_credential_file("auth.jwt_file", jwt_file, resolve)?,
                 }
             }
         };
@@ -261,13 +284,24 @@ impl RawVaultSource {
             auth,
             transit_mount,
             ciphertexts: self.ciphertexts.clone(),
+            allow_plain_http: self.allow_plain_http,
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+
+    /// A credential file only the agent (this test) can read.
+    fn private_file(dir: &Path) -> PathBuf {
+        let file = dir.join("f");
+        std::fs::write(&file, "x").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        file
+    }
 
     fn raw(text: &str) -> RawVaultSource {
         toml::from_str(text).unwrap()
@@ -276,8 +310,7 @@ mod tests {
     #[test]
     fn validation_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, "x").unwrap();
+        let file = private_file(dir.path());
         let f = file.display();
         let resolve = |p: &Path| p.to_path_buf();
         let ok = format!(
@@ -290,6 +323,14 @@ mod tests {
         );
         let cases: &[(String, &str)] = &[
             (ok.replace("http://127.0.0.1:8200", "ftp://x"), "address"),
+            (
+                ok.replace("http://127.0.0.1:8200", "http://vault.internal:8200"),
+                "address",
+            ),
+            (
+                ok.replace("http://127.0.0.1:8200", "http://10.0.0.5:8200"),
+                "address",
+            ),
             (
                 ok.replace("http://127.0.0.1:8200", "http://x/v1"),
                 "address",
@@ -320,12 +361,12 @@ mod tests {
             ),
             (
                 format!(
-                    "address = \"http://x\"\nauth = {{ method = \"jwt\", role = \"\", jwt_file = \"{f}\" }}\n"
+                    "address = \"http://127.0.0.1\"\nauth = {{ method = \"jwt\", role = \"\", jwt_file = \"{f}\" }}\n"
                 ),
                 "auth.role",
             ),
             (
-                "address = \"http://x\"\nauth = { method = \"token\", token_file = \"/no/such\" }\n"
+                "address = \"http://127.0.0.1\"\nauth = { method = \"token\", token_file = \"/no/such\" }\n"
                     .to_owned(),
                 "auth.token_file",
             ),
@@ -342,8 +383,7 @@ mod tests {
     fn config_errors_name_the_full_key_and_transit_globs_resolve() {
         use crate::config::{ConfigError, parse};
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, "x").unwrap();
+        let file = private_file(dir.path());
         let text = |role_id: &str, transit: &str, glob: &str| {
             format!(
                 "[server]\nsocket = \"/tmp/x.sock\"\n[sources.vault]\ntype = \"vault\"\naddress = \"http://127.0.0.1:8200\"\n{transit}auth = {{ method = \"approle\", role_id_file = \"{role_id}\", secret_id_file = \"{f}\" }}\n[[allow]]\npeer = {{ uid = 1 }}\nsecrets = [\"{glob}\"]\n",
@@ -389,5 +429,91 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn plain_http_off_the_host_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = private_file(dir.path());
+        let text = |address: &str, extra: &str| {
+            format!(
+                "address = \"{address}\"\n{extra}auth = {{ method = \"token\", token_file = \"{}\" }}\n",
+                f.display()
+            )
+        };
+        let resolve = |p: &Path| p.to_path_buf();
+        for ok in [
+            "https://vault.internal:8200",
+            "http://127.0.0.1:8200",
+            "http://127.1.2.3",
+            "http://localhost:8200",
+            "http://[::1]:8200",
+        ] {
+            assert!(raw(&text(ok, "")).build(&resolve).is_ok(), "{ok}");
+        }
+        let err = raw(&text("http://vault.internal:8200", ""))
+            .build(&resolve)
+            .unwrap_err();
+        assert_eq!(err.key, "address");
+        assert_eq!(
+            err.reason,
+            "\"http://vault.internal:8200\" is plain http to a host other than loopback (tokens \
+             and secret values would cross the network in clear text); use https://, or set \
+             allow_plain_http = true (for tests only)"
+        );
+        let allowed = raw(&text(
+            "http://vault.internal:8200",
+            "allow_plain_http = true\n",
+        ))
+        .build(&resolve)
+        .unwrap();
+        assert!(allowed.allow_plain_http);
+    }
+
+    #[test]
+    fn credential_files_must_be_private_but_the_ca_bundle_need_not_be() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = private_file(dir.path());
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "pem").unwrap();
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let open = dir.path().join("open");
+        std::fs::write(&open, "x").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let resolve = |p: &Path| p.to_path_buf();
+        let auth = |a: &str, b: &str| {
+            format!(
+                "address = \"http://127.0.0.1\"\nca_file = \"{}\"\nauth = {{ method = \"approle\", role_id_file = \"{}\", secret_id_file = \"{}\" }}\n",
+                ca.display(),
+                a,
+                b
+            )
+        };
+        let (f, open) = (f.display().to_string(), open.display().to_string());
+        assert!(raw(&auth(&f, &f)).build(&resolve).is_ok());
+        for (text, key) in [
+            (auth(&open, &f), "auth.role_id_file"),
+            (auth(&f, &open), "auth.secret_id_file"),
+            (
+                format!(
+                    "address = \"http://127.0.0.1\"\nauth = {{ method = \"token\", token_file = \"{open}\" }}\n"
+                ),
+                "auth.token_file",
+            ),
+            (
+                format!(
+                    "address = \"http://127.0.0.1\"\nauth = {{ method = \"jwt\", role = \"r\", jwt_file = \"{open}\" }}\n"
+                ),
+                "auth.jwt_file",
+            ),
+        ] {
+            let err = raw(&text).build(&resolve).unwrap_err();
+            assert_eq!(err.key, key);
+            assert!(
+                err.reason.starts_with(&format!("{open} has mode 0640")),
+                "{}",
+                err.reason
+            );
+        }
     }
 }
