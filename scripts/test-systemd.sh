@@ -32,9 +32,11 @@ INCLUDE="systemd,systemd-sysv,dbus,ca-certificates,curl"
 cache=target/systemd-test
 mkdir -p "$cache"
 tarball="$cache/bookworm-$(printf '%s' "$INCLUDE" | sha256sum | cut -c1-12).tar"
-if [ ! -s "$tarball" ]; then
+if [ ! -f "$tarball" ] || [ ! -s "$tarball" ]; then
     echo "== building the Debian 12 rootfs with mmdebstrap (once; cached as $tarball)"
-    mmdebstrap --quiet --variant=minbase --include="$INCLUDE" bookworm "$tarball.part"
+    rm -rf "$tarball" "$tarball.part"
+    # --format: mmdebstrap otherwise picks the format from the name, and "*.part" is a directory.
+    mmdebstrap --quiet --format=tar --variant=minbase --include="$INCLUDE" bookworm "$tarball.part"
     mv "$tarball.part" "$tarball"
 fi
 

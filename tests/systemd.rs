@@ -273,13 +273,27 @@ fn socket_activation_with_named_sockets_and_sd_notify() {
         .expect("systemd-socket-activate (Debian package systemd) must be installed");
     let activated = Activated { activator, log };
 
-    // The first connection makes systemd-socket-activate start the agent with both sockets.
-    let healthy = wait_until(Duration::from_secs(20), || {
-        try_request(&agent_sock, "GET", "/v1/health", &[], b"").is_ok_and(|r| r.status == 200)
-    });
+    // The first connection makes systemd-socket-activate start the agent with both sockets. It
+    // was made before the agent existed (so before it could ask for SO_PASSCRED on the
+    // listener): it must be served all the same, not refused as another process's bytes.
     assert!(
-        healthy,
-        "agent did not answer; log:\n{}",
+        wait_until(Duration::from_secs(20), || agent_sock.exists()),
+        "systemd-socket-activate did not bind {}",
+        agent_sock.display()
+    );
+    let first = try_request(
+        &agent_sock,
+        "GET",
+        "/v1/secrets/files/app/database",
+        &[],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("agent did not answer ({e}); log:\n{}", activated.log_text()));
+    assert_eq!(
+        (first.status, first.body.as_slice()),
+        (200, CANARY.as_bytes()),
+        "{}; log:\n{}",
+        first.text(),
         activated.log_text()
     );
     let mut seen = Vec::new();

@@ -281,6 +281,13 @@ async fn serve_connection(
             return;
         }
     };
+    // The listener's SO_PASSCRED reaches connections made after it was set; one that waited in
+    // a backlog systemd created (socket activation) gets it here. Bytes queued before the
+    // accept carry credentials anyway; without the flag, reads carry none and are refused.
+    if let Err(err) = sender::pass_credentials(&stream) {
+        tracing::warn!(error = %err, "dropping connection: cannot enable SO_PASSCRED on it");
+        return;
+    }
     let (stream, taint) = sender::CheckedStream::new(stream, sender::Connector::of(&identity));
     let service = service_fn(move |req| {
         let state = state.clone();
