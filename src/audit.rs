@@ -171,6 +171,13 @@ impl Audit {
         Ok(Audit { tx, metrics })
     }
 
+    /// An audit handle whose events a test reads from the returned receiver.
+    #[cfg(test)]
+    pub fn capture(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<AuditEvent>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (Audit { tx, metrics }, rx)
+    }
+
     /// Queues one line; never waits.
     pub fn record(&self, event: AuditEvent) {
         if self.tx.try_send(event).is_err() {

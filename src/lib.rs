@@ -41,6 +41,7 @@
 pub mod acl;
 pub mod audit;
 pub mod aws_auth;
+pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod client;

@@ -11,7 +11,6 @@ use crate::audit::Audit;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::ratelimit::LogLimiter;
 use crate::source::Sources;
 
 /// One config generation: rules and live sources.
@@ -53,8 +52,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Audit writer.
     pub audit: Audit,
-    /// Limits client-triggerable log lines.
-    pub log_limit: Arc<LogLimiter>,
     shutting_down: AtomicBool,
     next_request: AtomicU64,
 }
@@ -67,7 +64,6 @@ impl AppState {
             cache,
             metrics,
             audit,
-            log_limit: Arc::new(LogLimiter::new(20)),
             shutting_down: AtomicBool::new(false),
             next_request: AtomicU64::new(1),
         }

@@ -1,5 +1,6 @@
 //! Test-only helpers: a deterministic generator of hostile inputs for the parsers' "never panics"
-//! tests (a cheap stand-in for coverage-guided fuzzing, which needs a nightly toolchain).
+//! tests (a cheap stand-in for coverage-guided fuzzing, which needs a nightly toolchain), and a
+//! scripted fake source for the layers above the sources.
 
 /// Deterministic xorshift64* generator.
 #[derive(Debug)]
@@ -55,4 +56,47 @@ pub fn hostile_inputs(seeds: &[&str], tokens: &[&str], count: usize) -> Vec<Vec<
         out.push(input);
     }
     out
+}
+
+/// A source whose answers are scripted by id: `ok/…` serves the id itself as the value,
+/// `json/…` serves `{"user":"app"}`, `down/…` is unavailable, anything else is not found; ids
+/// starting with `bad` are invalid. Counts its fetches.
+#[derive(Debug, Default)]
+pub struct FakeSource {
+    /// Fetches so far.
+    pub fetches: std::sync::atomic::AtomicUsize,
+}
+
+impl FakeSource {
+    /// The fake's id rule.
+    pub fn check_id(id: &str) -> Result<(), &'static str> {
+        if id.starts_with("bad") {
+            Err("fake ids do not start with \"bad\"")
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The scripted answer for `id`.
+    pub fn fetch(&self, id: &str) -> Result<crate::source::Secret, crate::source::SourceError> {
+        use crate::source::SourceError;
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let value = if id.starts_with("ok/") {
+            id.as_bytes()
+        } else if id.starts_with("json/") {
+            br#"{"user":"app"}"#.as_slice()
+        } else if id.starts_with("down/") {
+            return Err(SourceError::Unavailable {
+                detail: "scripted outage".to_owned(),
+            });
+        } else {
+            return Err(SourceError::NotFound);
+        };
+        Ok(crate::source::Secret {
+            value: crate::secure_mem::SecretBytes::from_slice(value)?,
+            version: None,
+            fetched_at: std::time::SystemTime::now(),
+        })
+    }
 }

@@ -292,11 +292,10 @@ fn cli_exec_runs_a_command_with_secrets_in_its_environment() {
 #[test]
 fn env_source_serves_the_agents_prefixed_variables() {
     let dir = TestDir::new();
-    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"APP_TEST_\"\n")
-        .replace(
-            r#"secrets = ["files/*"]"#,
-            r#"secrets = ["files/*", "env/*"]"#,
-        );
+    let config = file_config("[sources.env]\ntype = \"env\"\nprefix = \"APP_TEST_\"\n").replace(
+        r#"secrets = ["files/*"]"#,
+        r#"secrets = ["files/*", "env/*"]"#,
+    );
     let agent = Agent::start_with_env(
         &dir,
         &config,

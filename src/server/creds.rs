@@ -5,9 +5,9 @@
 //! The protocol has no error reply: an unknown id, a denied unit, a peer that is not uid 0 or not
 //! in the unit its address names, or a failed fetch all close the connection with nothing
 //! written (the unit then fails to start).
-//! This module owns the address parser, the decision and the write; it reuses the HTTP
-//! handler's cache lookup (`handler::lookup`) and the ACL (`acl::decide_credential`), and does
-//! not bind sockets beyond delegating to `server::bind`.
+//! This module owns the address parser and the write; the broker (`broker::credential`) checks
+//! the peer, decides, fetches and audits. It binds no sockets beyond delegating to
+//! `server::bind`.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -18,27 +18,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::{Semaphore, watch};
 
-use super::{Listener, ServerError, accept_until_shutdown, handler};
-use crate::acl;
-use crate::audit::AuditEvent;
+use super::{Listener, ServerError, accept_until_shutdown};
+use crate::broker::{self, CredentialRequest};
 use crate::config::{ServerConfig, is_credential_id};
 use crate::peer::{self, PeerIdentity};
-use crate::source::{SecretRequest, Selector};
+use crate::rate_limited;
 use crate::state::AppState;
 
 /// PID 1 loads credentials one unit at a time; a handful of concurrent connections is plenty.
 const MAX_CONNECTIONS: usize = 64;
 /// A whole exchange (lookup and write) must finish within this time.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What PID 1 asks for, from its socket address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CredentialRequest {
-    /// The unit being started, e.g. `web.service`.
-    pub unit: String,
-    /// The credential id from `LoadCredential=ID:…`.
-    pub id: String,
-}
 
 /// Why a peer address is not a credential request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -106,9 +96,8 @@ pub async fn serve(listener: Listener, state: Arc<AppState>, mut shutdown: watch
                 if tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, accepted, &state))
                     .await
                     .is_err()
-                    && state.log_limit.check().is_some()
                 {
-                    tracing::warn!("credentials socket: exchange timed out");
+                    rate_limited!(warn, "credentials socket: exchange timed out");
                 }
             }
         },
@@ -116,24 +105,21 @@ pub async fn serve(listener: Listener, state: Arc<AppState>, mut shutdown: watch
     .await;
 }
 
-/// One connection: decide, write the value or nothing, close (by dropping the stream).
+/// One connection: parse the address, ask the broker, write the value or nothing, close (by
+/// dropping the stream). The broker decides and audits.
 async fn exchange(mut stream: UnixStream, accepted: peer::AcceptTime, state: &AppState) {
-    let request_id = state.next_request_id();
     // PID 1's executable says nothing about the unit: no exe rule is checked here.
     let peer = match peer::identify(&stream, accepted, &[]) {
-        Ok(peer) => Arc::new(peer),
+        Ok(peer) => Arc::new(PeerIdentity {
+            exe: None,
+            exe_matches: Vec::new(),
+            ..peer
+        }),
         Err(err) => {
             tracing::warn!(error = %err, "credentials socket: no peer credentials");
             return;
         }
     };
-    let mut event = AuditEvent::new(request_id, "credential", &peer);
-    // SECURITY: anyone can bind an abstract name; only PID 1 (uid 0) speaks for a unit.
-    if peer.uid != 0 {
-        event.status = 403;
-        state.audit.record(event);
-        return;
-    }
     let address = getpeername::<UnixAddr>(stream.as_raw_fd())
         .ok()
         .and_then(|addr| addr.as_abstract().map(<[u8]>::to_vec))
@@ -142,65 +128,15 @@ async fn exchange(mut stream: UnixStream, accepted: peer::AcceptTime, state: &Ap
     let request = match address {
         Ok(request) => request,
         Err(err) => {
-            if state.log_limit.check().is_some() {
-                tracing::info!(%request_id, error = %err, "credentials socket: not a credential request");
-            }
-            event.status = 400;
-            state.audit.record(event);
+            rate_limited!(info, uid = peer.uid, pid = ?peer.pid, error = %err, "credentials socket: not a credential request");
             return;
         }
     };
-    // SECURITY: anyone with uid 0 can bind an address naming any unit. PID 1 connects from a
-    // process already in the consuming unit's cgroup, so the unit the kernel places the
-    // connecting process in must be the unit the address names.
-    if peer.unit.as_deref() != Some(request.unit.as_str()) {
-        if state.log_limit.check().is_some() {
-            tracing::info!(%request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
-        }
-        event.secret = Some(format!("credential:{}", request.id));
-        event.reason = Some("unit_mismatch");
-        event.status = 403;
-        state.audit.record(event);
-        return;
+    if let Ok(reply) = broker::credential(state, &peer, &request).await {
+        // A failed write is the reader's loss: the broker already audited the decision.
+        let _ = stream.write_all(&reply.body).await;
+        let _ = stream.shutdown().await;
     }
-    // The requesting unit, checked above; exe is PID 1's and says nothing about the unit.
-    let identity = Arc::new(PeerIdentity {
-        exe: None,
-        exe_matches: Vec::new(),
-        ..(*peer).clone()
-    });
-    let mut event = AuditEvent::new(request_id, "credential", &identity);
-    let runtime = state.runtime();
-    let Some(name) = runtime.config.credentials.get(&request.id).cloned() else {
-        event.secret = Some(format!("credential:{}", request.id));
-        event.status = 404;
-        state.audit.record(event);
-        return;
-    };
-    event.secret = Some(name.to_string());
-    if state.shutting_down()
-        || !acl::decide_credential(&runtime.rules, &identity, name.source(), name.id()).allowed()
-    {
-        event.status = if state.shutting_down() { 503 } else { 403 };
-        state.audit.record(event);
-        return;
-    }
-    event.decision = "allow";
-    let secret_request = SecretRequest {
-        name,
-        selector: Selector::default(),
-    };
-    let (result, served) = handler::lookup(state, &runtime, request_id, &secret_request).await;
-    event.cache = served.map(|s| s.as_str());
-    match result {
-        Ok(secret) => {
-            let written = stream.write_all(secret.value.as_slice()).await;
-            let _ = stream.shutdown().await;
-            event.status = if written.is_ok() { 200 } else { 499 };
-        }
-        Err(err) => event.status = err.status().as_u16(),
-    }
-    state.audit.record(event);
 }
 
 #[cfg(test)]

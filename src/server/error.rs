@@ -5,8 +5,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 
+use crate::broker::BrokerError;
 use crate::name::NameError;
-use crate::source::SourceError;
 
 /// Everything a request can fail with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,16 +140,26 @@ impl ApiError {
     }
 }
 
-impl From<&SourceError> for ApiError {
-    fn from(err: &SourceError) -> Self {
+impl From<BrokerError> for ApiError {
+    /// The HTTP face of a broker error. Exhaustive: a new broker error needs an answer here.
+    fn from(err: BrokerError) -> Self {
         match err {
-            SourceError::NotFound => ApiError::NotFound,
-            SourceError::Denied { .. } => ApiError::UpstreamDenied,
-            SourceError::Unavailable { .. } => ApiError::UpstreamUnavailable,
-            SourceError::Timeout(_) => ApiError::UpstreamTimeout,
-            SourceError::BadReply { .. } => ApiError::UpstreamBadReply,
-            SourceError::Invalid(_) => ApiError::BadRequest("the id is not valid for this source"),
-            SourceError::Memory(_) => ApiError::MemoryUnavailable,
+            BrokerError::BadSelector(why) => ApiError::BadSelector(why),
+            BrokerError::InvalidId(why) | BrokerError::BadFlush(why) => ApiError::BadRequest(why),
+            BrokerError::NotJson => ApiError::NotJson,
+            // NotRoot and UnitMismatch only come from the credentials socket.
+            BrokerError::Forbidden | BrokerError::NotRoot | BrokerError::UnitMismatch => {
+                ApiError::Forbidden
+            }
+            BrokerError::PeerChanged => ApiError::PeerChanged,
+            BrokerError::NotFound => ApiError::NotFound,
+            BrokerError::FieldNotFound => ApiError::FieldNotFound,
+            BrokerError::ShuttingDown => ApiError::ShuttingDown,
+            BrokerError::UpstreamDenied => ApiError::UpstreamDenied,
+            BrokerError::UpstreamUnavailable => ApiError::UpstreamUnavailable,
+            BrokerError::UpstreamTimeout => ApiError::UpstreamTimeout,
+            BrokerError::UpstreamBadReply => ApiError::UpstreamBadReply,
+            BrokerError::MemoryUnavailable => ApiError::MemoryUnavailable,
         }
     }
 }
@@ -190,18 +200,34 @@ mod tests {
         }
     }
 
+    /// What the audit line records for a broker error is what the client is answered.
     #[test]
-    fn source_errors_map_without_detail() {
-        let err = SourceError::Denied {
-            detail: "User arn:aws:iam::1:user/x is not authorized".into(),
-        };
-        let api = ApiError::from(&err);
-        assert_eq!(api, ApiError::UpstreamDenied);
-        assert!(!api.message().contains("arn:"));
-        assert_eq!(ApiError::from(&SourceError::NotFound), ApiError::NotFound);
-        assert_eq!(
-            ApiError::from(&SourceError::Timeout(std::time::Duration::from_secs(1))).status(),
-            StatusCode::GATEWAY_TIMEOUT
-        );
+    fn broker_errors_answer_with_the_audited_status() {
+        let all = [
+            BrokerError::BadSelector("x"),
+            BrokerError::InvalidId("x"),
+            BrokerError::BadFlush("x"),
+            BrokerError::NotJson,
+            BrokerError::Forbidden,
+            BrokerError::PeerChanged,
+            BrokerError::NotRoot,
+            BrokerError::UnitMismatch,
+            BrokerError::NotFound,
+            BrokerError::FieldNotFound,
+            BrokerError::ShuttingDown,
+            BrokerError::UpstreamDenied,
+            BrokerError::UpstreamUnavailable,
+            BrokerError::UpstreamTimeout,
+            BrokerError::UpstreamBadReply,
+            BrokerError::MemoryUnavailable,
+        ];
+        for err in all {
+            let status = err.status();
+            assert_eq!(
+                ApiError::from(err.clone()).status().as_u16(),
+                status,
+                "{err:?}"
+            );
+        }
     }
 }

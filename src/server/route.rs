@@ -8,14 +8,7 @@ use super::error::ApiError;
 use crate::name::{Glob, SecretName};
 use crate::source::Selector;
 
-/// Representation of a secret response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// The raw value bytes.
-    Raw,
-    /// `{"name","source","value","version","fetched_at"}`.
-    Json,
-}
+pub use crate::broker::Format;
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,7 +169,7 @@ pub fn percent_decode(text: &str) -> Result<String, ApiError> {
 }
 
 /// The body of `POST /v1/cache/flush`: empty, or `{"pattern":"…"}`.
-pub fn parse_flush_body(body: &[u8]) -> Result<Option<Glob>, ApiError> {
+pub fn parse_flush_body(body: &[u8]) -> Result<Option<Glob>, &'static str> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
@@ -185,11 +178,11 @@ pub fn parse_flush_body(body: &[u8]) -> Result<Option<Glob>, ApiError> {
     struct FlushBody {
         pattern: Option<String>,
     }
-    let parsed: FlushBody = serde_json::from_slice(body)
-        .map_err(|_| ApiError::BadRequest("body must be {\"pattern\":\"…\"} or empty"))?;
+    let parsed: FlushBody =
+        serde_json::from_slice(body).map_err(|_| "body must be {\"pattern\":\"…\"} or empty")?;
     parsed
         .pattern
-        .map(|p| Glob::parse(&p).map_err(|_| ApiError::BadRequest("invalid pattern")))
+        .map(|p| Glob::parse(&p).map_err(|_| "invalid pattern"))
         .transpose()
 }
 

@@ -318,7 +318,7 @@ fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf,
 
 /// Checks a secret id before any call: a name (at most 512 characters of letters, digits and
 /// `/_+=.@-`) or a Secrets Manager ARN.
-pub fn check_secret_id(id: &str) -> Result<(), String> {
+pub fn check_secret_id(id: &str) -> Result<(), &'static str> {
     let name_ok = |name: &str| {
         (1..=512).contains(&name.len())
             && name
@@ -329,7 +329,7 @@ pub fn check_secret_id(id: &str) -> Result<(), String> {
         return if name_ok(id) {
             Ok(())
         } else {
-            Err("a secret name is 1 to 512 characters of letters, digits and /_+=.@-".to_owned())
+            Err("a secret name is 1 to 512 characters of letters, digits and /_+=.@-")
         };
     }
     let parts: Vec<&str> = id.splitn(7, ':').collect();
@@ -345,10 +345,7 @@ pub fn check_secret_id(id: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(
-            "not a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)"
-                .to_owned(),
-        )
+        Err("not a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)")
     }
 }
 
@@ -427,7 +424,7 @@ impl AwsSource {
         previous: Option<&Secret>,
     ) -> Result<Fetched, SourceError> {
         let id = request.name.id();
-        check_secret_id(id).map_err(SourceError::Invalid)?;
+        check_secret_id(id).map_err(|why| SourceError::Invalid(why.to_owned()))?;
         let selector = &request.selector;
         if let Some(version) = previous.and_then(|p| p.version.as_deref()) {
             match self.still_current(id, selector, version).await {

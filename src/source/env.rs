@@ -42,11 +42,7 @@ impl EnvSource {
 
     /// Reads the variable for `id`.
     pub fn fetch(&self, id: &str) -> Result<Secret, SourceError> {
-        if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(SourceError::Invalid(
-                "env ids are letters, digits and '_' only".to_owned(),
-            ));
-        }
+        check_id(id).map_err(|why| SourceError::Invalid(why.to_owned()))?;
         let name = format!("{}{}", self.prefix, id);
         // SECURITY: the agent's own credentials live in its environment; they are not secrets
         // to serve (an `env/*` rule must not hand out AWS_SECRET_ACCESS_KEY or VAULT_TOKEN).
@@ -73,6 +69,15 @@ pub const RESERVED_PREFIXES: [&str; 4] = ["AWS_", "VAULT_", "BAO_", "CREDAGENT_"
 /// Whether `name` is one of the agent's own variables (never served).
 pub fn is_reserved(name: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Env ids are variable-name characters (checked by the broker before the cache, and here).
+pub fn check_id(id: &str) -> Result<(), &'static str> {
+    if id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        Ok(())
+    } else {
+        Err("env ids are letters, digits and '_' only")
+    }
 }
 
 #[cfg(test)]

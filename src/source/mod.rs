@@ -132,6 +132,9 @@ pub enum Source {
     VaultTransit(vault_transit::TransitSource),
     /// AWS Secrets Manager.
     Aws(aws::AwsSource),
+    /// A scripted source for unit tests of the layers above.
+    #[cfg(test)]
+    Fake(crate::testutil::FakeSource),
 }
 
 impl Source {
@@ -143,6 +146,8 @@ impl Source {
             Source::Vault(_) => "vault",
             Source::VaultTransit(_) => "vault-transit",
             Source::Aws(_) => "aws-secretsmanager",
+            #[cfg(test)]
+            Source::Fake(_) => "fake",
         }
     }
 
@@ -164,6 +169,27 @@ impl Source {
                 }
             }
             Source::Aws(_) => aws::check_selector(selector),
+            #[cfg(test)]
+            Source::Fake(_) => {
+                if selector.version.is_some() {
+                    Err("the fake source has no numbered versions")
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Rejects ids this source could never serve, before the cache is asked (so a malformed id
+    /// creates no cache slot, no fetch and no source error).
+    pub fn check_id(&self, id: &str) -> Result<(), &'static str> {
+        match self {
+            Source::File(_) | Source::Vault(_) => Ok(()),
+            Source::Env(_) => env::check_id(id),
+            Source::VaultTransit(_) => vault_transit::split_id(id).map(|_| ()),
+            Source::Aws(_) => aws::check_secret_id(id),
+            #[cfg(test)]
+            Source::Fake(_) => crate::testutil::FakeSource::check_id(id),
         }
     }
 
@@ -182,6 +208,8 @@ impl Source {
                 .map(Fetched::New),
             Source::VaultTransit(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Aws(s) => s.fetch(request, previous).await,
+            #[cfg(test)]
+            Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
     }
 }

@@ -75,19 +75,20 @@ impl TransitSource {
         }
     }
 
+    /// Where the ciphertext for `id` is read from, when it is another source's secret (not one
+    /// of the configured `ciphertexts`): the broker asks the ACL about that location too.
+    pub fn ciphertext_location(&self, id: &str) -> Option<SecretName> {
+        let (_, rest) = split_id(id).ok()?;
+        if self.ciphertexts.contains_key(rest) {
+            return None;
+        }
+        let (source, inner) = rest.split_once('/')?;
+        SecretName::new(source, inner).ok()
+    }
+
     /// Decrypts `{key}/{ciphertext name or source/id}`.
     pub async fn fetch(&self, id: &str) -> Result<Secret, SourceError> {
-        let (key, rest) = id.split_once('/').ok_or_else(|| {
-            SourceError::Invalid("transit ids are KEY/NAME or KEY/SOURCE/ID".to_owned())
-        })?;
-        if !key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(SourceError::Invalid(
-                "transit key names are letters, digits, '-', '_', '.'".to_owned(),
-            ));
-        }
+        let (key, rest) = split_id(id).map_err(|why| SourceError::Invalid(why.to_owned()))?;
         let ciphertext = self.ciphertext(rest).await?;
         let text = trim(ciphertext.as_slice());
         let value = if text.starts_with(b"vault:") {
@@ -249,6 +250,22 @@ fn decode_base64(text: &[u8]) -> Option<SecretBytes> {
         out.extend_from_slice(&bytes[..chunk.len() - 1]).ok()?;
     }
     out.finish().ok()
+}
+
+/// `KEY/NAME` or `KEY/SOURCE/ID` split into the key and the rest (checked by the broker before
+/// the cache, and by `fetch`).
+pub fn split_id(id: &str) -> Result<(&str, &str), &'static str> {
+    let (key, rest) = id
+        .split_once('/')
+        .ok_or("transit ids are KEY/NAME or KEY/SOURCE/ID")?;
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("transit key names are letters, digits, '-', '_', '.'");
+    }
+    Ok((key, rest))
 }
 
 #[cfg(test)]

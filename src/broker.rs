@@ -1,0 +1,1083 @@
+//! The request policy, protocol-neutral: validate → decide → cached fetch → one audit record.
+//!
+//! Every front end (the HTTP handler, the systemd credentials socket) calls exactly one function
+//! here per request and maps the [`BrokerError`] it may get to its own protocol. This module
+//! alone:
+//! - validates what the name's syntax cannot: the source exists, takes the selector, and could
+//!   ever serve the id (each source's own rules) — all before the cache is asked, so a malformed
+//!   id creates no cache slot, no fetch and no source error;
+//! - decides access (`acl`), including the location a transit read takes its ciphertext from;
+//! - runs the cached fetch under one timeout, metrics and logging policy;
+//! - writes exactly one audit record per decision, never a value.
+//!
+//! It knows nothing of HTTP: the only protocol numbers here are the statuses the audit trail
+//! records ([`BrokerError::status`]), which every front end's audit lines share.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::acl;
+use crate::audit::{AuditEvent, RequestId};
+use crate::cache::Served;
+use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
+use crate::name::{Glob, SecretName};
+use crate::peer::PeerIdentity;
+use crate::rate_limited;
+use crate::secure_mem::{MemError, SecretBuf, SecretBytes, locked_bytes, mapped_bytes};
+use crate::source::{Secret, SecretRequest, Selector, Source, SourceEntry, SourceError};
+use crate::state::{AppState, Runtime};
+use crate::timefmt::rfc3339;
+
+/// The shape of a secret in a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The raw value bytes.
+    Raw,
+    /// `{"name","source","value","version","fetched_at"}`.
+    Json,
+}
+
+/// A read, as any front end asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    /// `source/id` (its syntax already valid: [`SecretName`] cannot hold anything else).
+    pub name: SecretName,
+    /// Version selectors.
+    pub selector: Selector,
+    /// One top-level field of a JSON-object value.
+    pub field: Option<String>,
+    /// Raw or JSON.
+    pub format: Format,
+}
+
+/// Who is asking, as the front end established it.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The connecting process, as the kernel described it.
+    pub peer: &'a Arc<PeerIdentity>,
+    /// Whether every byte of the request was written by that process (`server::sender`).
+    pub sender_is_connector: bool,
+}
+
+/// What a reply's bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyKind {
+    /// A raw value that is valid UTF-8.
+    Text,
+    /// A raw value that is not.
+    Binary,
+    /// The JSON document of [`Format::Json`].
+    Json,
+}
+
+/// A value to send, still backed by secure memory.
+#[derive(Debug)]
+pub struct Reply {
+    /// The bytes (borrowing the cached secret or owning a locked buffer).
+    pub body: Bytes,
+    /// What they are.
+    pub kind: ReplyKind,
+}
+
+/// Why the broker refused or failed a request. Messages never contain a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// A version selector the source does not support.
+    #[error("unsupported version selector: {0}")]
+    BadSelector(&'static str),
+    /// An id the source could never serve.
+    #[error("invalid id for this source: {0}")]
+    InvalidId(&'static str),
+    /// A flush pattern that is not a valid glob (or a malformed body).
+    #[error("bad flush request: {0}")]
+    BadFlush(&'static str),
+    /// `field` on a value that is not a JSON object.
+    #[error("the value is not a JSON object")]
+    NotJson,
+    /// No rule admits this caller.
+    #[error("no rule admits this caller")]
+    Forbidden,
+    /// Part of the request was written by another process than the connector.
+    #[error("the request was written by another process than the connector")]
+    PeerChanged,
+    /// A credentials-socket peer that is not uid 0.
+    #[error("only PID 1 (uid 0) may load credentials")]
+    NotRoot,
+    /// A credentials-socket peer that is not in the unit its address names.
+    #[error("the connecting process is not in the unit its address names")]
+    UnitMismatch,
+    /// No such secret (or version, or source, or credential id).
+    #[error("no such secret")]
+    NotFound,
+    /// The JSON value has no such field.
+    #[error("no such field")]
+    FieldNotFound,
+    /// The agent is draining.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// The backend refused the agent's own identity.
+    #[error("the backend denied the agent")]
+    UpstreamDenied,
+    /// The backend failed or could not be reached.
+    #[error("the backend is unavailable")]
+    UpstreamUnavailable,
+    /// The backend did not answer in time.
+    #[error("the backend did not answer in time")]
+    UpstreamTimeout,
+    /// The backend answered with something unusable.
+    #[error("the backend's reply is unusable")]
+    UpstreamBadReply,
+    /// Secure memory could not hold the value.
+    #[error("no secure memory for the value")]
+    MemoryUnavailable,
+}
+
+impl BrokerError {
+    /// The status the audit line records (HTTP's numbers; the HTTP front end answers with the
+    /// same). Exhaustive on purpose: a new variant needs a status to compile.
+    pub fn status(&self) -> u16 {
+        match self {
+            BrokerError::BadSelector(_)
+            | BrokerError::InvalidId(_)
+            | BrokerError::BadFlush(_)
+            | BrokerError::NotJson => 400,
+            BrokerError::Forbidden
+            | BrokerError::PeerChanged
+            | BrokerError::NotRoot
+            | BrokerError::UnitMismatch => 403,
+            BrokerError::NotFound | BrokerError::FieldNotFound => 404,
+            BrokerError::ShuttingDown | BrokerError::MemoryUnavailable => 503,
+            BrokerError::UpstreamDenied
+            | BrokerError::UpstreamUnavailable
+            | BrokerError::UpstreamBadReply => 502,
+            BrokerError::UpstreamTimeout => 504,
+        }
+    }
+
+    /// Why a request was refused before any rule was asked, for the audit line.
+    fn reason(&self) -> Option<&'static str> {
+        match self {
+            BrokerError::PeerChanged => Some("peer_changed"),
+            BrokerError::NotRoot => Some("not_root"),
+            BrokerError::UnitMismatch => Some("unit_mismatch"),
+            _ => None,
+        }
+    }
+}
+
+impl From<&SourceError> for BrokerError {
+    fn from(err: &SourceError) -> Self {
+        match err {
+            SourceError::NotFound => BrokerError::NotFound,
+            SourceError::Denied { .. } => BrokerError::UpstreamDenied,
+            SourceError::Unavailable { .. } => BrokerError::UpstreamUnavailable,
+            SourceError::Timeout(_) => BrokerError::UpstreamTimeout,
+            SourceError::BadReply { .. } => BrokerError::UpstreamBadReply,
+            // The broker checked the id before the cache: what is left is the agent's own
+            // request to the backend failing to build, which no caller can fix.
+            SourceError::Invalid(_) => BrokerError::UpstreamBadReply,
+            SourceError::Memory(_) => BrokerError::MemoryUnavailable,
+        }
+    }
+}
+
+impl From<MemError> for BrokerError {
+    fn from(_: MemError) -> Self {
+        BrokerError::MemoryUnavailable
+    }
+}
+
+/// One decision's audit line: built when the request arrives, recorded exactly once by
+/// [`Audited::finish`].
+struct Audited<'a> {
+    state: &'a AppState,
+    event: AuditEvent,
+}
+
+impl<'a> Audited<'a> {
+    fn new(state: &'a AppState, peer: &Arc<PeerIdentity>, action: &'static str) -> Self {
+        Audited {
+            state,
+            event: AuditEvent::new(state.next_request_id(), action, peer),
+        }
+    }
+
+    fn request_id(&self) -> RequestId {
+        self.event.request_id
+    }
+
+    /// Records the outcome and hands it back.
+    fn finish<T>(mut self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        match &result {
+            Ok(_) => {
+                debug_assert_eq!(self.event.decision, "allow");
+                self.event.status = 200;
+            }
+            // `decision` stays "deny" unless a rule admitted the caller before the failure.
+            Err(err) => {
+                self.event.status = err.status();
+                self.event.reason = err.reason();
+            }
+        }
+        self.state.audit.record(self.event);
+        result
+    }
+}
+
+/// SECURITY: bytes of the request came from a process other than the one whose identity the
+/// connection carries: refuse before anything else, whatever was asked.
+fn check_sender(caller: Caller<'_>, request_id: RequestId) -> Result<(), BrokerError> {
+    if caller.sender_is_connector {
+        return Ok(());
+    }
+    rate_limited!(warn, %request_id, uid = caller.peer.uid, pid = ?caller.peer.pid, "request written by a process other than the connector");
+    Err(BrokerError::PeerChanged)
+}
+
+/// A request a front end could not even parse, from a caller whose connection carried another
+/// process's bytes: refused and audited as `peer_changed` (the front end closes the connection).
+pub fn refuse_changed_peer(state: &AppState, caller: Caller<'_>) -> BrokerError {
+    let audited = Audited::new(state, caller.peer, "request");
+    let request_id = audited.request_id();
+    let refused = check_sender(caller, request_id).err();
+    let err = refused.clone().unwrap_or(BrokerError::PeerChanged);
+    let _ = audited.finish::<()>(Err(err.clone()));
+    err
+}
+
+/// `GET /v1/health` and the like: any caller, no decision to audit — unless the request was
+/// not the connector's.
+pub fn health(state: &AppState, caller: Caller<'_>) -> Result<(), BrokerError> {
+    if caller.sender_is_connector {
+        return Ok(());
+    }
+    Err(refuse_changed_peer(state, caller))
+}
+
+/// Reads a secret for `caller`.
+pub async fn read(
+    state: &AppState,
+    caller: Caller<'_>,
+    request: ReadRequest,
+) -> Result<Reply, BrokerError> {
+    let mut audited = Audited::new(state, caller.peer, "read");
+    audited.event.secret = Some(request.name.to_string());
+    let request_id = audited.request_id();
+    let runtime = state.runtime();
+    let result = async {
+        check_sender(caller, request_id)?;
+        if state.shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        // SECURITY: the decision comes before any validation that could tell a denied caller
+        // whether a source or id exists.
+        let peer = caller.peer;
+        if !acl::decide(
+            &runtime.rules,
+            peer,
+            request.name.source(),
+            request.name.id(),
+        )
+        .allowed()
+        {
+            return Err(BrokerError::Forbidden);
+        }
+        audited.event.decision = "allow";
+        let entry = validate(&runtime, &request.name, &request.selector)?;
+        if let Err(denied) = check_ciphertext_location(&entry, &request.name, |location| {
+            acl::decide(&runtime.rules, peer, location.source(), location.id())
+        }) {
+            audited.event.decision = "deny";
+            return Err(denied);
+        }
+        let secret_request = SecretRequest {
+            name: request.name,
+            selector: request.selector,
+        };
+        let (secret, served) = cached_fetch(state, request_id, entry, &secret_request).await;
+        audited.event.cache = Some(served.as_str());
+        render(
+            &secret_request.name,
+            secret?,
+            request.field.as_deref(),
+            request.format,
+        )
+    }
+    .await;
+    audited.finish(result)
+}
+
+/// What PID 1 asks the credentials socket for, from its socket address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRequest {
+    /// The unit being started, e.g. `web.service`.
+    pub unit: String,
+    /// The credential id from `LoadCredential=ID:…`.
+    pub id: String,
+}
+
+/// Loads credential `request.id` for the unit PID 1 is starting.
+///
+/// SECURITY: anyone can bind an abstract address naming any unit; only uid 0 speaks for PID 1,
+/// and PID 1 connects from a process already in the consuming unit's cgroup, so the unit the
+/// kernel places the connector in must be the unit the address names. Only rules that name a
+/// unit take part (`acl::decide_credential`).
+pub async fn credential(
+    state: &AppState,
+    peer: &Arc<PeerIdentity>,
+    request: &CredentialRequest,
+) -> Result<Reply, BrokerError> {
+    let mut audited = Audited::new(state, peer, "credential");
+    audited.event.secret = Some(format!("credential:{}", request.id));
+    let request_id = audited.request_id();
+    let runtime = state.runtime();
+    let result = async {
+        if peer.uid != 0 {
+            return Err(BrokerError::NotRoot);
+        }
+        if peer.unit.as_deref() != Some(request.unit.as_str()) {
+            rate_limited!(info, %request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
+            return Err(BrokerError::UnitMismatch);
+        }
+        let name = runtime
+            .config
+            .credentials
+            .get(&request.id)
+            .cloned()
+            .ok_or(BrokerError::NotFound)?;
+        audited.event.secret = Some(name.to_string());
+        if state.shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        if !acl::decide_credential(&runtime.rules, peer, name.source(), name.id()).allowed() {
+            return Err(BrokerError::Forbidden);
+        }
+        audited.event.decision = "allow";
+        let selector = Selector::default();
+        let entry = validate(&runtime, &name, &selector)?;
+        if let Err(denied) = check_ciphertext_location(&entry, &name, |location| {
+            acl::decide_credential(&runtime.rules, peer, location.source(), location.id())
+        }) {
+            audited.event.decision = "deny";
+            return Err(denied);
+        }
+        let secret_request = SecretRequest { name, selector };
+        let (secret, served) =
+            cached_fetch(state, request_id, entry, &secret_request).await;
+        audited.event.cache = Some(served.as_str());
+        let secret = secret?;
+        Ok(Reply {
+            kind: raw_kind(secret.value.as_slice()),
+            body: Bytes::from_owner(CachedBody(secret)),
+        })
+    }
+    .await;
+    audited.finish(result)
+}
+
+/// Flushes cached values matching `pattern` (all for `None`) for an admin caller. `pattern` is
+/// what the front end parsed from the request: an error there is reported only to admins.
+pub fn flush(
+    state: &AppState,
+    caller: Caller<'_>,
+    pattern: Result<Option<Glob>, &'static str>,
+) -> Result<usize, BrokerError> {
+    let mut audited = Audited::new(state, caller.peer, "flush");
+    let request_id = audited.request_id();
+    let runtime = state.runtime();
+    let result = (|| {
+        check_sender(caller, request_id)?;
+        if state.shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        if !acl::decide_admin(&runtime.rules, caller.peer).allowed() {
+            return Err(BrokerError::Forbidden);
+        }
+        audited.event.decision = "allow";
+        let pattern = pattern.map_err(BrokerError::BadFlush)?;
+        audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).to_owned());
+        let flushed = state.cache.flush(pattern.as_ref());
+        tracing::info!(%request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
+        Ok(flushed)
+    })();
+    audited.finish(result)
+}
+
+/// The Prometheus text for an admin caller.
+pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerError> {
+    let mut audited = Audited::new(state, caller.peer, "metrics");
+    let request_id = audited.request_id();
+    let runtime = state.runtime();
+    let result = (|| {
+        check_sender(caller, request_id)?;
+        if state.shutting_down() {
+            return Err(BrokerError::ShuttingDown);
+        }
+        if !acl::decide_admin(&runtime.rules, caller.peer).allowed() {
+            return Err(BrokerError::Forbidden);
+        }
+        audited.event.decision = "allow";
+        Ok(state
+            .metrics
+            .render(state.cache.len(), locked_bytes(), mapped_bytes()))
+    })();
+    audited.finish(result)
+}
+
+/// The source entry for `name`, if it exists and could ever serve `name`'s id with `selector`.
+fn validate(
+    runtime: &Runtime,
+    name: &SecretName,
+    selector: &Selector,
+) -> Result<Arc<SourceEntry>, BrokerError> {
+    let entry = runtime
+        .sources
+        .get(name.source())
+        .ok_or(BrokerError::NotFound)?;
+    entry
+        .source
+        .check_selector(selector)
+        .map_err(BrokerError::BadSelector)?;
+    entry
+        .source
+        .check_id(name.id())
+        .map_err(BrokerError::InvalidId)?;
+    Ok(entry.clone())
+}
+
+/// SECURITY: a transit read takes its ciphertext from another source's secret; the caller must
+/// be allowed that location too, else a transit rule would read any source's secret through the
+/// back door. A denial is `Forbidden`, never a 404/502 that tells whether it exists.
+fn check_ciphertext_location(
+    entry: &SourceEntry,
+    name: &SecretName,
+    decide: impl Fn(&SecretName) -> acl::Decision,
+) -> Result<(), BrokerError> {
+    let Source::VaultTransit(transit) = &entry.source else {
+        return Ok(());
+    };
+    match transit.ciphertext_location(name.id()) {
+        Some(location) if !decide(&location).allowed() => Err(BrokerError::Forbidden),
+        _ => Ok(()),
+    }
+}
+
+/// Looks `request` up in the cache, fetching it from its source on a miss (single-flight,
+/// bounded by the source's fetch timeout, counted, logged at one rate-limited site).
+async fn cached_fetch(
+    state: &AppState,
+    request_id: RequestId,
+    entry: Arc<SourceEntry>,
+    request: &SecretRequest,
+) -> (Result<Arc<Secret>, BrokerError>, Served) {
+    let metrics = state.metrics.clone();
+    let ttl = entry.ttl;
+    // Only runs on a miss or refresh: nothing here is on the cache-hit path.
+    let fetch = move |fetch_request: SecretRequest, previous: Option<Arc<Secret>>| async move {
+        let source_metrics = metrics.source(fetch_request.name.source());
+        source_metrics
+            .fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let started = Instant::now();
+        let result = match tokio::time::timeout(
+            entry.fetch_timeout,
+            entry.source.fetch(&fetch_request, previous.as_deref()),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(SourceError::Timeout(entry.fetch_timeout)),
+        };
+        source_metrics.observe(started.elapsed(), result.is_ok());
+        match &result {
+            // The detail never holds a value (SourceError's contract).
+            Err(SourceError::NotFound) => {
+                tracing::debug!(secret = %fetch_request.name, "fetch: no such secret")
+            }
+            // A client can provoke these (many names while a backend is down): rate-limited at
+            // a site of their own, so request floods cannot hide them.
+            Err(err) => {
+                rate_limited!(warn, secret = %fetch_request.name, error = %err, "fetch failed")
+            }
+            Ok(_) => tracing::debug!(secret = %fetch_request.name, "fetched"),
+        }
+        result
+    };
+    let (result, served) = state.cache.get(request, ttl, fetch).await;
+    let result = result.map_err(|err| {
+        rate_limited!(info, %request_id, secret = %request.name, error = %err, "request failed");
+        BrokerError::from(&err)
+    });
+    (result, served)
+}
+
+/// Lets `Bytes` borrow a cached secret without copying it out of secure memory.
+struct CachedBody(Arc<Secret>);
+
+impl AsRef<[u8]> for CachedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.value.as_slice()
+    }
+}
+
+fn raw_kind(value: &[u8]) -> ReplyKind {
+    if std::str::from_utf8(value).is_ok() {
+        ReplyKind::Text
+    } else {
+        ReplyKind::Binary
+    }
+}
+
+fn render(
+    name: &SecretName,
+    secret: Arc<Secret>,
+    field: Option<&str>,
+    format: Format,
+) -> Result<Reply, BrokerError> {
+    let value: Bytes = match field {
+        None => Bytes::from_owner(CachedBody(secret.clone())),
+        Some(field) => match extract_field(secret.value.as_slice(), field) {
+            Ok(bytes) => Bytes::from_owner(bytes),
+            Err(FieldError::Missing) => return Err(BrokerError::FieldNotFound),
+            Err(FieldError::NotObject) => return Err(BrokerError::NotJson),
+            Err(FieldError::Memory(_)) => return Err(BrokerError::MemoryUnavailable),
+        },
+    };
+    match format {
+        Format::Raw => Ok(Reply {
+            kind: raw_kind(&value),
+            body: value,
+        }),
+        Format::Json => Ok(Reply {
+            body: Bytes::from_owner(render_json(name, &secret, &value)?),
+            kind: ReplyKind::Json,
+        }),
+    }
+}
+
+/// `{"name","source","value","version","fetched_at"}` built in secure memory; a value that is
+/// not UTF-8 is base64 with `"encoding":"base64"`.
+fn render_json(name: &SecretName, secret: &Secret, value: &[u8]) -> Result<SecretBytes, MemError> {
+    let mut out = SecretBuf::with_capacity(value.len() + 160)?;
+    out.extend_from_slice(b"{\"name\":")?;
+    push_json_string(&mut out, name.id())?;
+    out.extend_from_slice(b",\"source\":")?;
+    push_json_string(&mut out, name.source())?;
+    out.extend_from_slice(b",\"value\":")?;
+    match std::str::from_utf8(value) {
+        Ok(text) => push_json_string(&mut out, text)?,
+        Err(_) => {
+            out.extend_from_slice(b"\"")?;
+            push_base64(&mut out, value)?;
+            out.extend_from_slice(b"\",\"encoding\":\"base64\"")?;
+        }
+    }
+    out.extend_from_slice(b",\"version\":")?;
+    match &secret.version {
+        Some(v) => push_json_string(&mut out, v)?,
+        None => out.extend_from_slice(b"null")?,
+    }
+    out.extend_from_slice(b",\"fetched_at\":")?;
+    push_json_string(&mut out, &rfc3339(secret.fetched_at))?;
+    out.extend_from_slice(b"}")?;
+    out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Audit;
+    use crate::cache::Cache;
+    use crate::metrics::Metrics;
+    use crate::source::Sources;
+    use crate::testutil::FakeSource;
+    use std::sync::atomic::Ordering;
+    use tokio::sync::mpsc;
+
+    const RULES: &str = r#"
+[[allow]]
+peer = { uid = 1000 }
+secrets = ["fake/*"]
+
+[[allow]]
+peer = { uid = 2000 }
+secrets = ["*"]
+
+[[allow]]
+peer = { unit = "web.service" }
+secrets = ["fake/ok/*"]
+
+[[allow]]
+peer = { uid = 0 }
+admin = true
+
+[credentials]
+db = "fake/ok/db"
+gone = "fake/missing"
+"#;
+
+    struct Fixture {
+        state: AppState,
+        fake: Arc<SourceEntry>,
+        audit: mpsc::Receiver<AuditEvent>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let text = format!(
+                "[server]\nsocket = \"/tmp/unused.sock\"\n\n[sources.fake]\ntype = \"file\"\ndir = \"{}\"\n\n[cache]\nlock_memory = \"best-effort\"\n{RULES}",
+                dir.path().display()
+            );
+            let config = crate::config::parse(&text, &dir.path().join("config.toml")).unwrap();
+            let fake = Arc::new(SourceEntry {
+                source: Source::Fake(FakeSource::default()),
+                ttl: std::time::Duration::from_secs(60),
+                fetch_timeout: std::time::Duration::from_secs(5),
+            });
+            let sources = Sources::from([("fake".to_owned(), fake.clone())]);
+            let metrics = Arc::new(Metrics::default());
+            let (audit, rx) = Audit::capture(metrics.clone());
+            let cache = Cache::new(config.cache, metrics.clone());
+            let state = AppState::new(Runtime::new(config, sources), cache, metrics, audit);
+            Fixture {
+                state,
+                fake,
+                audit: rx,
+                _dir: dir,
+            }
+        }
+
+        fn fetches(&self) -> usize {
+            match &self.fake.source {
+                Source::Fake(fake) => fake.fetches.load(Ordering::Relaxed),
+                _ => unreachable!(),
+            }
+        }
+
+        /// The audit lines written so far.
+        fn lines(&mut self) -> Vec<AuditEvent> {
+            let mut out = Vec::new();
+            while let Ok(event) = self.audit.try_recv() {
+                out.push(event);
+            }
+            out
+        }
+    }
+
+    fn peer(uid: u32, unit: Option<&str>) -> Arc<PeerIdentity> {
+        Arc::new(PeerIdentity {
+            uid,
+            gid: uid,
+            pid: Some(4242),
+            unit: unit.map(str::to_owned),
+            ..PeerIdentity::default()
+        })
+    }
+
+    fn read_request(name: &str, selector: Selector, field: Option<&str>) -> ReadRequest {
+        let (source, id) = name.split_once('/').unwrap();
+        ReadRequest {
+            name: SecretName::new(source, id).unwrap(),
+            selector,
+            field: field.map(str::to_owned),
+            format: Format::Raw,
+        }
+    }
+
+    /// Each row: who reads what, what the broker answers, what the audit line says, and whether
+    /// the source was asked.
+    #[tokio::test]
+    async fn read_table() {
+        let numbered = Selector {
+            version: Some(3),
+            ..Selector::default()
+        };
+        type Row = (
+            u32,
+            bool,
+            &'static str,
+            Selector,
+            Option<&'static str>,
+            Result<&'static [u8], BrokerError>,
+            &'static str,
+            Option<&'static str>,
+            bool,
+        );
+        let rows: Vec<Row> = vec![
+            // uid, sender ok, name, selector, field, answer, decision, reason, fetched
+            (
+                1000,
+                true,
+                "fake/ok/a",
+                Selector::default(),
+                None,
+                Ok(b"ok/a"),
+                "allow",
+                None,
+                true,
+            ),
+            (
+                1000,
+                true,
+                "fake/json/a",
+                Selector::default(),
+                Some("user"),
+                Ok(b"app"),
+                "allow",
+                None,
+                true,
+            ),
+            (
+                1000,
+                true,
+                "fake/ok/b",
+                Selector::default(),
+                Some("user"),
+                Err(BrokerError::NotJson),
+                "allow",
+                None,
+                true,
+            ),
+            (
+                1000,
+                true,
+                "fake/json/b",
+                Selector::default(),
+                Some("nope"),
+                Err(BrokerError::FieldNotFound),
+                "allow",
+                None,
+                true,
+            ),
+            (
+                1000,
+                true,
+                "fake/missing",
+                Selector::default(),
+                None,
+                Err(BrokerError::NotFound),
+                "allow",
+                None,
+                true,
+            ),
+            (
+                1000,
+                true,
+                "fake/down/a",
+                Selector::default(),
+                None,
+                Err(BrokerError::UpstreamUnavailable),
+                "allow",
+                None,
+                true,
+            ),
+            // Validation happens before the cache: no fetch, no slot.
+            (
+                1000,
+                true,
+                "fake/bad-id",
+                Selector::default(),
+                None,
+                Err(BrokerError::InvalidId("fake ids do not start with \"bad\"")),
+                "allow",
+                None,
+                false,
+            ),
+            (
+                1000,
+                true,
+                "fake/ok/c",
+                numbered.clone(),
+                None,
+                Err(BrokerError::BadSelector(
+                    "the fake source has no numbered versions",
+                )),
+                "allow",
+                None,
+                false,
+            ),
+            // A denied caller learns nothing: not whether the source or the id exists.
+            (
+                3000,
+                true,
+                "fake/ok/a",
+                Selector::default(),
+                None,
+                Err(BrokerError::Forbidden),
+                "deny",
+                None,
+                false,
+            ),
+            (
+                1000,
+                true,
+                "other/ok/a",
+                Selector::default(),
+                None,
+                Err(BrokerError::Forbidden),
+                "deny",
+                None,
+                false,
+            ),
+            (
+                3000,
+                true,
+                "fake/bad-id",
+                Selector::default(),
+                None,
+                Err(BrokerError::Forbidden),
+                "deny",
+                None,
+                false,
+            ),
+            // An allowed caller of a source that does not exist.
+            (
+                2000,
+                true,
+                "other/ok/a",
+                Selector::default(),
+                None,
+                Err(BrokerError::NotFound),
+                "allow",
+                None,
+                false,
+            ),
+            // Bytes from another process: refused before anything else.
+            (
+                1000,
+                false,
+                "fake/ok/a",
+                Selector::default(),
+                None,
+                Err(BrokerError::PeerChanged),
+                "deny",
+                Some("peer_changed"),
+                false,
+            ),
+        ];
+        for (uid, sender_ok, name, selector, field, want, decision, reason, fetched) in rows {
+            let mut fx = Fixture::new();
+            let peer = peer(uid, None);
+            let caller = Caller {
+                peer: &peer,
+                sender_is_connector: sender_ok,
+            };
+            let got = read(&fx.state, caller, read_request(name, selector, field)).await;
+            let what = format!("uid {uid} {name} {field:?}");
+            match (&got, &want) {
+                (Ok(reply), Ok(body)) => assert_eq!(&reply.body[..], *body, "{what}"),
+                (Err(got), Err(want)) => assert_eq!(got, want, "{what}"),
+                _ => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+            assert_eq!(fx.fetches() > 0, fetched, "{what}: fetched");
+            let lines = fx.lines();
+            assert_eq!(lines.len(), 1, "{what}: one audit line per decision");
+            let line = &lines[0];
+            assert_eq!(line.action, "read", "{what}");
+            assert_eq!(line.secret.as_deref(), Some(name), "{what}");
+            assert_eq!(line.decision, decision, "{what}");
+            assert_eq!(line.reason, reason, "{what}");
+            let status = want.as_ref().map_or_else(BrokerError::status, |_| 200);
+            assert_eq!(line.status, status, "{what}");
+            if !fetched {
+                assert_eq!(fx.state.cache.len(), 0, "{what}: no cache slot");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn second_read_is_a_cache_hit_and_shutdown_refuses() {
+        let mut fx = Fixture::new();
+        let peer = peer(1000, None);
+        let caller = Caller {
+            peer: &peer,
+            sender_is_connector: true,
+        };
+        for _ in 0..2 {
+            let reply = read(
+                &fx.state,
+                caller,
+                read_request("fake/ok/a", Selector::default(), None),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.kind, ReplyKind::Text);
+        }
+        assert_eq!(fx.fetches(), 1);
+        let caches: Vec<_> = fx.lines().iter().map(|l| l.cache).collect();
+        assert_eq!(caches, vec![Some("miss"), Some("hit")]);
+
+        fx.state.begin_shutdown();
+        let got = read(
+            &fx.state,
+            caller,
+            read_request("fake/ok/a", Selector::default(), None),
+        )
+        .await;
+        assert_eq!(got.unwrap_err(), BrokerError::ShuttingDown);
+        assert_eq!(fx.lines()[0].status, 503);
+    }
+
+    #[tokio::test]
+    async fn credential_table() {
+        // uid, unit, unit claimed, credential id, answer, audit reason
+        type Row<'a> = (
+            u32,
+            Option<&'a str>,
+            &'a str,
+            &'a str,
+            Result<&'a [u8], BrokerError>,
+            Option<&'a str>,
+        );
+        let rows: &[Row<'_>] = &[
+            (
+                0,
+                Some("web.service"),
+                "web.service",
+                "db",
+                Ok(b"ok/db"),
+                None,
+            ),
+            (
+                1000,
+                Some("web.service"),
+                "web.service",
+                "db",
+                Err(BrokerError::NotRoot),
+                Some("not_root"),
+            ),
+            (
+                0,
+                Some("other.service"),
+                "web.service",
+                "db",
+                Err(BrokerError::UnitMismatch),
+                Some("unit_mismatch"),
+            ),
+            (
+                0,
+                None,
+                "web.service",
+                "db",
+                Err(BrokerError::UnitMismatch),
+                Some("unit_mismatch"),
+            ),
+            (
+                0,
+                Some("web.service"),
+                "web.service",
+                "nope",
+                Err(BrokerError::NotFound),
+                None,
+            ),
+            // Mapped, but no unit rule admits web.service for fake/missing.
+            (
+                0,
+                Some("web.service"),
+                "web.service",
+                "gone",
+                Err(BrokerError::Forbidden),
+                None,
+            ),
+            // The uid-0 admin rule names no unit: it hands out no credentials.
+            (
+                0,
+                Some("db.service"),
+                "db.service",
+                "db",
+                Err(BrokerError::Forbidden),
+                None,
+            ),
+        ];
+        for (uid, unit, claimed, id, want, reason) in rows {
+            let mut fx = Fixture::new();
+            let peer = peer(*uid, *unit);
+            let request = CredentialRequest {
+                unit: (*claimed).to_owned(),
+                id: (*id).to_owned(),
+            };
+            let got = credential(&fx.state, &peer, &request).await;
+            let what = format!("uid {uid} in {unit:?} claiming {claimed} for {id}");
+            match (&got, want) {
+                (Ok(reply), Ok(body)) => assert_eq!(&reply.body[..], *body, "{what}"),
+                (Err(got), Err(want)) => assert_eq!(got, want, "{what}"),
+                _ => panic!("{what}: got {got:?}, want {want:?}"),
+            }
+            let lines = fx.lines();
+            assert_eq!(lines.len(), 1, "{what}");
+            assert_eq!(lines[0].action, "credential", "{what}");
+            assert_eq!(lines[0].reason, *reason, "{what}");
+            assert_eq!(lines[0].decision == "allow", want.is_ok(), "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn admin_operations_table() {
+        let mut fx = Fixture::new();
+        let (admin, user) = (peer(0, None), peer(1000, None));
+        fn as_caller(peer: &Arc<PeerIdentity>) -> Caller<'_> {
+            Caller {
+                peer,
+                sender_is_connector: true,
+            }
+        }
+        assert_eq!(
+            flush(&fx.state, as_caller(&user), Ok(None)),
+            Err(BrokerError::Forbidden)
+        );
+        // A bad pattern is reported only to an admin; a non-admin learns nothing of the body.
+        assert_eq!(
+            flush(&fx.state, as_caller(&user), Err("invalid pattern")),
+            Err(BrokerError::Forbidden)
+        );
+        assert_eq!(
+            flush(&fx.state, as_caller(&admin), Err("invalid pattern")),
+            Err(BrokerError::BadFlush("invalid pattern"))
+        );
+        assert_eq!(flush(&fx.state, as_caller(&admin), Ok(None)), Ok(0));
+        assert!(metrics(&fx.state, as_caller(&user)).is_err());
+        assert!(
+            metrics(&fx.state, as_caller(&admin))
+                .unwrap()
+                .contains("credagent_")
+        );
+        let decisions: Vec<_> = fx
+            .lines()
+            .iter()
+            .map(|l| (l.action, l.decision, l.status))
+            .collect();
+        assert_eq!(
+            decisions,
+            vec![
+                ("flush", "deny", 403),
+                ("flush", "deny", 403),
+                ("flush", "allow", 400),
+                ("flush", "allow", 200),
+                ("metrics", "deny", 403),
+                ("metrics", "allow", 200),
+            ]
+        );
+    }
+
+    #[test]
+    fn source_errors_map_without_detail() {
+        let err = SourceError::Denied {
+            detail: "User arn:aws:iam::1:user/x is not authorized".into(),
+        };
+        let mapped = BrokerError::from(&err);
+        assert_eq!(mapped, BrokerError::UpstreamDenied);
+        assert!(!mapped.to_string().contains("arn:"));
+        assert_eq!(
+            BrokerError::from(&SourceError::NotFound),
+            BrokerError::NotFound
+        );
+        assert_eq!(
+            BrokerError::from(&SourceError::Timeout(std::time::Duration::from_secs(1))).status(),
+            504
+        );
+    }
+}
