@@ -1,16 +1,15 @@
 //! The `credagent` binary: parse the command line, run, map errors to exit codes.
 //! The only place that exits.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use credagent::cli::{Cli, Command};
-use credagent::client::{self, ClientError, GetOptions};
+use credagent::client::{ClientError, GetOptions, commands};
 use credagent::{RunError, config};
 
-/// Exit codes (sysexits), so `RestartPreventExitStatus=78 71` stops restart loops on bad config
-/// or an unlockable memory limit.
+/// Exit codes (sysexits), so `RestartPreventExitStatus=78 71 77` stops restart loops on bad
+/// config, an unlockable memory limit, or credentials a backend refused for good.
 mod exit {
     pub const FAILURE: u8 = 1;
     pub const UNAVAILABLE: u8 = 69;
@@ -18,6 +17,7 @@ mod exit {
     pub const OSERR: u8 = 71;
     pub const CANTCREAT: u8 = 73;
     pub const TEMPFAIL: u8 = 75;
+    pub const NOPERM: u8 = 77;
     pub const CONFIG: u8 = 78;
 }
 
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, demo } => serve(config, demo),
         Command::CheckConfig { config, demo } => check_config(config, demo),
-        Command::Reload { pid } => reload(pid),
+        Command::Reload { pid } => exit_code(commands::reload(pid)),
         Command::Get {
             name,
             field,
@@ -41,64 +41,22 @@ fn main() -> ExitCode {
                 version_stage,
                 version,
             };
-            client_main(|rt| {
-                rt.block_on(async {
-                    let value = client::get(&socket, &name, &options).await?;
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&value)
-                        .and_then(|()| out.flush())
-                        .map_err(|e| ClientError::Usage(format!("cannot write to stdout: {e}")))
-                })
-            })
+            client_main(|rt| commands::get(rt, &socket, &name, &options))
         }
         Command::Render {
             template,
             output,
             mode,
             socket,
-        } => client_main(|rt| {
-            let mut rendered = rt.block_on(client::render(&socket, &template))?;
-            let written = match &output {
-                Some(path) => credagent::output::write_private(path, &rendered, mode)
-                    .map_err(|e| e.to_string()),
-                None => {
-                    let mut out = std::io::stdout().lock();
-                    out.write_all(&rendered)
-                        .and_then(|()| out.flush())
-                        .map_err(|e| e.to_string())
-                }
-            };
-            zeroize::Zeroize::zeroize(&mut rendered);
-            written.map_err(|e| ClientError::Usage(format!("cannot write the rendered file: {e}")))
-        }),
+        } => client_main(|rt| commands::render(rt, &socket, &template, output.as_deref(), mode)),
         Command::Exec {
             bindings,
             socket,
             command,
-        } => client_main(|rt| {
-            let values = rt.block_on(client::fetch_bindings(&socket, &bindings))?;
-            let (program, args) = command
-                .split_first()
-                .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
-            let mut cmd = std::process::Command::new(program);
-            cmd.args(args);
-            for (var, value) in &values {
-                cmd.env(
-                    var,
-                    <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(value),
-                );
-            }
-            // Only returns on failure.
-            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
-            Err(ClientError::Usage(format!("cannot run {program}: {err}")))
-        }),
-        Command::Flush { pattern, socket } => client_main(|rt| {
-            rt.block_on(async {
-                let flushed = client::flush(&socket, pattern.as_deref()).await?;
-                println!("flushed {flushed}");
-                Ok(())
-            })
-        }),
+        } => client_main(|rt| commands::exec(rt, &socket, &bindings, &command)),
+        Command::Flush { pattern, socket } => {
+            client_main(|rt| commands::flush(rt, &socket, pattern.as_deref()))
+        }
     }
 }
 
@@ -167,21 +125,6 @@ fn check_config(path: std::path::PathBuf, demo: bool) -> ExitCode {
 }
 
 /// `kill -HUP PID` without depending on a `kill` binary (a minimal system has none).
-fn reload(pid: i32) -> ExitCode {
-    if pid <= 0 {
-        eprintln!("credagent: reload: {pid} is not a process id");
-        return ExitCode::from(exit::FAILURE);
-    }
-    let target = nix::unistd::Pid::from_raw(pid);
-    match nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGHUP) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("credagent: reload: cannot signal process {pid}: {err}");
-            ExitCode::from(exit::UNAVAILABLE)
-        }
-    }
-}
-
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -216,7 +159,8 @@ fn serve(path: std::path::PathBuf, demo: bool) -> ExitCode {
                 RunError::Config(_) => exit::CONFIG,
                 RunError::Memory(_) => exit::OSERR,
                 RunError::Server(_) | RunError::Audit(_) => exit::CANTCREAT,
-                RunError::Source(_) => exit::TEMPFAIL,
+                RunError::Source(err) if err.retry_may_help() => exit::TEMPFAIL,
+                RunError::Source(_) => exit::NOPERM,
                 RunError::Signal(_) => exit::SOFTWARE,
             })
         }
@@ -254,15 +198,20 @@ fn client_main(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), ClientErro
             return ExitCode::from(exit::OSERR);
         }
     };
-    match f(&rt) {
+    exit_code(f(&rt))
+}
+
+/// A client command's outcome as an exit code: 69 when no agent could be reached (or
+/// signalled), 1 for any other failure.
+fn exit_code(result: Result<(), ClientError>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err @ ClientError::Connect { .. }) => {
-            eprintln!("credagent: {err}");
-            ExitCode::from(exit::UNAVAILABLE)
-        }
         Err(err) => {
             eprintln!("credagent: {err}");
-            ExitCode::from(exit::FAILURE)
+            ExitCode::from(match err {
+                ClientError::Connect { .. } | ClientError::Signal { .. } => exit::UNAVAILABLE,
+                ClientError::Server { .. } | ClientError::Usage(_) => exit::FAILURE,
+            })
         }
     }
 }

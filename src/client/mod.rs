@@ -1,5 +1,8 @@
-//! The client side of the CLI (`get`, `flush`): HTTP over the agent's Unix socket with
-//! hyperlocal. It prints what the server says and maps failures to exit codes in `main`.
+//! The client side of the CLI: HTTP over the agent's Unix socket with hyperlocal (this file),
+//! and the commands built on it — `get`, `flush`, `render`, `exec` — in [`commands`]. `main` only
+//! maps their errors to exit codes.
+
+pub mod commands;
 
 use std::path::Path;
 
@@ -33,6 +36,14 @@ pub enum ClientError {
     /// Bad arguments (caught before sending).
     #[error("{0}")]
     Usage(String),
+    /// `reload`: the agent's process could not be signalled.
+    #[error("reload: cannot signal process {pid}: {source}")]
+    Signal {
+        /// The process.
+        pid: i32,
+        /// Cause.
+        source: nix::Error,
+    },
 }
 
 /// Percent-encodes everything outside the secret-name alphabet (the server validates anyway).

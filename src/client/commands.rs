@@ -1,0 +1,92 @@
+//! The client commands: each runs one request flow against the agent on a runtime it is given,
+//! writes its output (stdout, a file, or a child's environment) and returns a [`ClientError`]
+//! for `main` to turn into an exit code. Nothing here exits.
+
+use std::io::Write;
+use std::path::Path;
+
+use tokio::runtime::Runtime;
+
+use super::{ClientError, GetOptions};
+
+fn write_stdout(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes).and_then(|()| out.flush())
+}
+
+/// `credagent get`: the value on stdout, nothing else.
+pub fn get(
+    rt: &Runtime,
+    socket: &Path,
+    name: &str,
+    options: &GetOptions,
+) -> Result<(), ClientError> {
+    let value = rt.block_on(super::get(socket, name, options))?;
+    write_stdout(&value).map_err(|e| ClientError::Usage(format!("cannot write to stdout: {e}")))
+}
+
+/// `credagent flush`: how many values were dropped.
+pub fn flush(rt: &Runtime, socket: &Path, pattern: Option<&str>) -> Result<(), ClientError> {
+    let flushed = rt.block_on(super::flush(socket, pattern))?;
+    println!("flushed {flushed}");
+    Ok(())
+}
+
+/// `credagent render TEMPLATE [-o FILE]`: the rendered template on stdout or, atomically and
+/// privately, in FILE (see `output`). The rendered bytes are wiped once written.
+pub fn render(
+    rt: &Runtime,
+    socket: &Path,
+    template: &Path,
+    output: Option<&Path>,
+    mode: u32,
+) -> Result<(), ClientError> {
+    let mut rendered = rt.block_on(super::render(socket, template))?;
+    let written = match output {
+        Some(path) => {
+            crate::output::write_private(path, &rendered, mode).map_err(|e| e.to_string())
+        }
+        None => write_stdout(&rendered).map_err(|e| e.to_string()),
+    };
+    zeroize::Zeroize::zeroize(&mut rendered);
+    written.map_err(|e| ClientError::Usage(format!("cannot write the rendered file: {e}")))
+}
+
+/// `credagent exec --env VAR=SOURCE/ID … -- CMD`: replaces this process with CMD, the secrets in
+/// its environment. Returns only on failure.
+pub fn exec(
+    rt: &Runtime,
+    socket: &Path,
+    bindings: &[String],
+    command: &[String],
+) -> Result<(), ClientError> {
+    let values = rt.block_on(super::fetch_bindings(socket, bindings))?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    for (var, value) in &values {
+        cmd.env(
+            var,
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(value),
+        );
+    }
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    Err(ClientError::Usage(format!("cannot run {program}: {err}")))
+}
+
+/// `credagent reload --pid PID`: SIGHUP to the agent (so a unit's `ExecReload=` needs no
+/// `/bin/kill`).
+pub fn reload(pid: i32) -> Result<(), ClientError> {
+    if pid <= 0 {
+        return Err(ClientError::Usage(format!(
+            "reload: {pid} is not a process id"
+        )));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .map_err(|source| ClientError::Signal { pid, source })
+}
