@@ -284,7 +284,8 @@ sts_region = "us-east-2"
     let dir2 = TestDir::new();
     let sources = key_source(dir2.path(), &moto, "aws", "hopper", &role("wrong-id"));
     let (code, log) = start_fails(&dir2, &config("", &sources));
-    assert_eq!(code, Some(75), "{log}");
+    // Refused for good: 77, which the unit's RestartPreventExitStatus= does not restart.
+    assert_eq!(code, Some(77), "{log}");
     assert!(log.contains("source \"aws\""), "{log}");
     assert!(log.contains("sources.aws.assume_role"), "{log}");
 }
@@ -298,7 +299,7 @@ fn bad_base_identity_is_a_startup_error_naming_the_source() {
     let secret_file = dir.path().join("reader.secret-key");
     std::fs::write(&secret_file, "not-the-secret\n").unwrap();
     let (code, log) = start_fails(&dir, &config("", &sources));
-    assert_eq!(code, Some(75), "{log}");
+    assert_eq!(code, Some(77), "{log}");
     assert!(log.contains("source \"aws-prod\""), "{log}");
     assert!(log.contains("GetCallerIdentity"), "{log}");
     assert!(!log.contains("not-the-secret"), "{log}");

@@ -435,7 +435,7 @@ fn unit_exposure_is_at_most_2() {
     let unit_text = std::fs::read_to_string(&unit).unwrap();
     assert!(unit_text.contains("\nCapabilityBoundingSet=CAP_IPC_LOCK\n"));
     assert!(unit_text.contains("\nAmbientCapabilities=CAP_IPC_LOCK\n"));
-    assert!(unit_text.contains("\nRestartPreventExitStatus=78 71\n"));
+    assert!(unit_text.contains("\nRestartPreventExitStatus=78 71 77\n"));
 }
 
 #[test]

@@ -164,6 +164,23 @@ fn jwt_login_reads_kv() {
 }
 
 #[test]
+fn vault_not_listening_at_start_exits_75_so_a_restart_may_succeed() {
+    let bao = Bao::start();
+    let dir = TestDir::new();
+    approle_files(&dir);
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    dir.write_config(&config(&bao, APPROLE, "").replace(&bao.address(), &closed));
+    let out = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("source \"vault\""), "{stderr}");
+}
+
+#[test]
 fn wrong_credentials_fail_start_naming_the_source() {
     let bao = Bao::start();
     bao.setup(3600, 7200, None);
@@ -177,7 +194,8 @@ fn wrong_credentials_fail_start_naming_the_source() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    // Credentials refused for good: 77 (no restart loop), not 75.
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.contains("\"vault\""), "{stderr}");
     assert!(!stderr.contains("wrong-secret-id"), "{stderr}");
 }

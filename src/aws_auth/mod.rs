@@ -21,7 +21,10 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sts::config::Region;
-use aws_sdk_sts::error::DisplayErrorContext;
+use aws_sdk_sts::config::http::HttpResponse;
+use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::source::SourceError;
 
 /// How the base identity is obtained (`auth = …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,24 +117,24 @@ pub enum AuthError {
         var: &'static str,
     },
     /// STS `GetCallerIdentity` with the base identity failed.
-    #[error("{key}: base identity ({method}) check with sts:GetCallerIdentity failed: {detail}")]
+    #[error("{key}: base identity ({method}) check with sts:GetCallerIdentity failed: {cause}")]
     BaseIdentity {
         /// Config key of the source.
         key: String,
         /// Auth method.
         method: &'static str,
-        /// The SDK's error chain (no credentials in it).
-        detail: String,
+        /// What kind of failure (its detail is the SDK's chain, no credentials in it).
+        cause: SourceError,
     },
     /// STS `AssumeRole` (checked with `GetCallerIdentity` on the assumed identity) failed.
-    #[error("{key}.assume_role: cannot assume {role_arn}: {detail}")]
+    #[error("{key}.assume_role: cannot assume {role_arn}: {cause}")]
     AssumeRole {
         /// Config key of the source.
         key: String,
         /// The role.
         role_arn: String,
-        /// The SDK's error chain.
-        detail: String,
+        /// What kind of failure.
+        cause: SourceError,
     },
 }
 
@@ -208,31 +211,35 @@ pub async fn build(
         None => (config.region.as_str(), config.endpoint_url.as_deref()),
     };
     let sts_base = sdk_config(base.clone(), sts_region, sts_endpoint, net).await;
-    caller_identity(&config.key, &sts_base)
+    caller_identity(&config.key, &sts_base, net)
         .await
-        .map_err(|detail| AuthError::BaseIdentity {
+        .map_err(|cause| AuthError::BaseIdentity {
             key: config.key.clone(),
             method: config.method.as_str(),
-            detail,
+            cause,
         })?;
     let Some(role) = &config.assume_role else {
         return Ok(base);
     };
     let assumed = assume_role::provider(role, &sts_base).await;
     let sts_assumed = sdk_config(assumed.clone(), sts_region, sts_endpoint, net).await;
-    caller_identity(&config.key, &sts_assumed)
+    caller_identity(&config.key, &sts_assumed, net)
         .await
-        .map_err(|detail| AuthError::AssumeRole {
+        .map_err(|cause| AuthError::AssumeRole {
             key: config.key.clone(),
             role_arn: role.role_arn.clone(),
-            detail,
+            cause,
         })?;
     tracing::info!(source = %config.key, role = %role.role_arn, "assumed role");
     Ok(assumed)
 }
 
 /// STS `GetCallerIdentity`: the caller's ARN, or the SDK's error chain.
-async fn caller_identity(key: &str, config: &aws_config::SdkConfig) -> Result<String, String> {
+async fn caller_identity(
+    key: &str,
+    config: &aws_config::SdkConfig,
+    net: NetSettings,
+) -> Result<String, SourceError> {
     let client = aws_sdk_sts::Client::new(config);
     match client.get_caller_identity().send().await {
         Ok(out) => {
@@ -240,6 +247,105 @@ async fn caller_identity(key: &str, config: &aws_config::SdkConfig) -> Result<St
             tracing::info!(source = key, identity = %arn, "AWS identity checked");
             Ok(arn)
         }
-        Err(err) => Err(DisplayErrorContext(&err).to_string()),
+        Err(err) => Err(map_sdk_error(
+            "GetCallerIdentity",
+            err,
+            net.operation_timeout,
+        )),
+    }
+}
+
+impl AuthError {
+    /// Whether trying again later may succeed (the backend was unreachable, slow or throttled),
+    /// as opposed to a refusal that stands (credentials rejected, access denied, no such role,
+    /// a bad key file).
+    pub fn retry_may_help(&self) -> bool {
+        match self {
+            AuthError::BaseIdentity { cause, .. } | AuthError::AssumeRole { cause, .. } => {
+                cause.is_transient()
+            }
+            AuthError::KeyFile { .. } | AuthError::MissingEnv { .. } => false,
+        }
+    }
+}
+
+/// Maps any AWS SDK error to a [`SourceError`]: timeouts, the service's error code when the SDK
+/// parsed one, else the HTTP status. Shared by every AWS client (STS, Secrets Manager).
+pub fn map_sdk_error<E>(
+    operation: &str,
+    err: SdkError<E, HttpResponse>,
+    timeout: Duration,
+) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let detail = format!("{operation}: {}", DisplayErrorContext(&err));
+    match &err {
+        SdkError::TimeoutError(_) => SourceError::Timeout(timeout),
+        SdkError::DispatchFailure(f) if f.is_timeout() => SourceError::Timeout(timeout),
+        SdkError::ServiceError(ctx) => {
+            classify(ctx.err().code(), ctx.raw().status().as_u16(), detail)
+        }
+        _ => match assume_role_refusal(&err) {
+            Some((code, status)) => classify(code.as_deref(), status, detail),
+            None => SourceError::Unavailable { detail },
+        },
+    }
+}
+
+/// A credentials provider that could not load credentials because STS `AssumeRole` answered
+/// with an error (wrong external id, no trust, no such role) shows up as a dispatch failure of
+/// the call it was loading credentials for; the STS answer is further down the error chain.
+/// Its code and status, when it is there.
+fn assume_role_refusal(err: &(dyn std::error::Error + 'static)) -> Option<(Option<String>, u16)> {
+    type AssumeRoleSdkError =
+        SdkError<aws_sdk_sts::operation::assume_role::AssumeRoleError, HttpResponse>;
+    let mut link = err.source();
+    while let Some(current) = link {
+        if let Some(SdkError::ServiceError(ctx)) = current.downcast_ref::<AssumeRoleSdkError>() {
+            return Some((
+                ctx.err().code().map(str::to_owned),
+                ctx.raw().status().as_u16(),
+            ));
+        }
+        link = current.source();
+    }
+    None
+}
+
+/// Maps a service error (its code when the SDK parsed one, and the HTTP status) to a
+/// [`SourceError`]. 403 without a code (moto's XML auth errors) is a denial.
+pub fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError {
+    match code {
+        Some("ResourceNotFoundException") => SourceError::NotFound,
+        // A secret scheduled for deletion: gone, as far as a reader is concerned.
+        Some("InvalidRequestException") if detail.contains("deleted") => SourceError::NotFound,
+        Some(
+            "AccessDeniedException"
+            | "AccessDenied"
+            | "DecryptionFailure"
+            | "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "InvalidClientTokenId"
+            | "ExpiredTokenException"
+            | "IncompleteSignature"
+            | "KMSAccessDeniedException",
+        ) => SourceError::Denied { detail },
+        Some(
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded"
+            | "InternalServiceError"
+            | "InternalFailure"
+            | "ServiceUnavailable",
+        ) => SourceError::Unavailable { detail },
+        _ => match status {
+            401 | 403 => SourceError::Denied { detail },
+            404 => SourceError::NotFound,
+            408 | 429 | 500..=599 => SourceError::Unavailable { detail },
+            _ => SourceError::BadReply { detail },
+        },
     }
 }

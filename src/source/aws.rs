@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
 
 use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
@@ -496,54 +496,7 @@ impl AwsSource {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let detail = format!("{operation}: {}", DisplayErrorContext(&err));
-        match &err {
-            SdkError::TimeoutError(_) => SourceError::Timeout(self.operation_timeout),
-            SdkError::DispatchFailure(f) if f.is_timeout() => {
-                SourceError::Timeout(self.operation_timeout)
-            }
-            SdkError::ServiceError(ctx) => {
-                classify(ctx.err().code(), ctx.raw().status().as_u16(), detail)
-            }
-            _ => SourceError::Unavailable { detail },
-        }
-    }
-}
-
-/// Maps a service error (its code when the SDK parsed one, and the HTTP status) to a
-/// [`SourceError`]. 403 without a code (moto's XML auth errors) is a denial.
-fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError {
-    match code {
-        Some("ResourceNotFoundException") => SourceError::NotFound,
-        // A secret scheduled for deletion: gone, as far as a reader is concerned.
-        Some("InvalidRequestException") if detail.contains("deleted") => SourceError::NotFound,
-        Some(
-            "AccessDeniedException"
-            | "AccessDenied"
-            | "DecryptionFailure"
-            | "UnrecognizedClientException"
-            | "InvalidSignatureException"
-            | "SignatureDoesNotMatch"
-            | "InvalidClientTokenId"
-            | "ExpiredTokenException"
-            | "IncompleteSignature"
-            | "KMSAccessDeniedException",
-        ) => SourceError::Denied { detail },
-        Some(
-            "ThrottlingException"
-            | "Throttling"
-            | "TooManyRequestsException"
-            | "RequestLimitExceeded"
-            | "InternalServiceError"
-            | "InternalFailure"
-            | "ServiceUnavailable",
-        ) => SourceError::Unavailable { detail },
-        _ => match status {
-            401 | 403 => SourceError::Denied { detail },
-            404 => SourceError::NotFound,
-            408 | 429 | 500..=599 => SourceError::Unavailable { detail },
-            _ => SourceError::BadReply { detail },
-        },
+        aws_auth::map_sdk_error(operation, err, self.operation_timeout)
     }
 }
 
@@ -747,37 +700,37 @@ mod tests {
     fn errors_table() {
         let d = || "detail".to_owned();
         assert_eq!(
-            classify(Some("ResourceNotFoundException"), 400, d()),
+            aws_auth::classify(Some("ResourceNotFoundException"), 400, d()),
             SourceError::NotFound
         );
         assert!(matches!(
-            classify(Some("AccessDeniedException"), 400, d()),
+            aws_auth::classify(Some("AccessDeniedException"), 400, d()),
             SourceError::Denied { .. }
         ));
         assert!(matches!(
-            classify(Some("DecryptionFailure"), 400, d()),
+            aws_auth::classify(Some("DecryptionFailure"), 400, d()),
             SourceError::Denied { .. }
         ));
         assert!(matches!(
-            classify(None, 403, d()),
+            aws_auth::classify(None, 403, d()),
             SourceError::Denied { .. }
         ));
         assert!(matches!(
-            classify(Some("ThrottlingException"), 400, d()),
+            aws_auth::classify(Some("ThrottlingException"), 400, d()),
             SourceError::Unavailable { .. }
         ));
         assert!(matches!(
-            classify(None, 503, d()),
+            aws_auth::classify(None, 503, d()),
             SourceError::Unavailable { .. }
         ));
         assert!(matches!(
-            classify(None, 429, d()),
+            aws_auth::classify(None, 429, d()),
             SourceError::Unavailable { .. }
         ));
         assert!(matches!(
-            classify(None, 400, d()),
+            aws_auth::classify(None, 400, d()),
             SourceError::BadReply { .. }
         ));
-        assert!(classify(None, 500, d()).is_transient());
+        assert!(aws_auth::classify(None, 500, d()).is_transient());
     }
 }

@@ -257,12 +257,44 @@ pub type Sources = BTreeMap<String, Arc<SourceEntry>>;
 
 /// Failure to construct a source at start or reload.
 #[derive(Debug, thiserror::Error)]
-#[error("source {name:?}: {reason}")]
-pub struct BuildError {
-    /// Source name.
-    pub name: String,
-    /// What failed.
-    pub reason: String,
+pub enum BuildError {
+    /// The Vault login (or its client set-up) failed.
+    #[error("source {name:?}: {cause}")]
+    Vault {
+        /// Source name.
+        name: String,
+        /// What failed.
+        cause: vault_auth::ConnectError,
+    },
+    /// The AWS credentials (or their identity check) failed.
+    #[error("source {name:?}: {cause}")]
+    Aws {
+        /// Source name.
+        name: String,
+        /// What failed.
+        cause: crate::aws_auth::AuthError,
+    },
+    /// A source's name is the one its Vault source's transit side would take.
+    #[error("source {name:?}: the name is taken by the transit side of {vault:?}")]
+    NameTaken {
+        /// The clashing name.
+        name: String,
+        /// The Vault source with `transit_mount`.
+        vault: String,
+    },
+}
+
+impl BuildError {
+    /// Whether starting again later may succeed (a backend unreachable, slow or throttled):
+    /// exit 75. Otherwise the refusal stands (credentials rejected, access denied, no such
+    /// role, a bad key file or CA bundle): exit 77, and systemd does not restart.
+    pub fn retry_may_help(&self) -> bool {
+        match self {
+            BuildError::Vault { cause, .. } => cause.retry_may_help(),
+            BuildError::Aws { cause, .. } => cause.retry_may_help(),
+            BuildError::NameTaken { .. } => false,
+        }
+    }
 }
 
 fn warn_plain_http(name: &str) {
@@ -287,16 +319,16 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
                 let session =
                     vault_auth::connect(name, vault)
                         .await
-                        .map_err(|reason| BuildError {
+                        .map_err(|cause| BuildError::Vault {
                             name: name.clone(),
-                            reason,
+                            cause,
                         })?;
                 if let Some(mount) = &vault.transit_mount {
                     let companion = vault::transit_name(name);
                     if config.sources.contains_key(&companion) {
-                        return Err(BuildError {
+                        return Err(BuildError::NameTaken {
                             name: companion,
-                            reason: format!("the name is taken by the transit side of {name:?}"),
+                            vault: name.clone(),
                         });
                     }
                     sources.insert(
@@ -327,9 +359,9 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
                 }
                 aws::AwsSource::build(aws, cfg.fetch_timeout)
                     .await
-                    .map_err(|e| BuildError {
+                    .map_err(|cause| BuildError::Aws {
                         name: name.clone(),
-                        reason: e.to_string(),
+                        cause,
                     })?
             }),
         };

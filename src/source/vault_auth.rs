@@ -59,17 +59,51 @@ impl std::fmt::Debug for VaultSession {
     }
 }
 
+/// Why the first login to Vault failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The client could not be set up (CA bundle, TLS).
+    #[error("{0}")]
+    Setup(super::vault_http::SetupError),
+    /// The login itself failed.
+    #[error("login to Vault ({method}) failed: {cause}")]
+    Login {
+        /// Auth method.
+        method: &'static str,
+        /// What kind of failure.
+        cause: SourceError,
+    },
+}
+
+impl ConnectError {
+    /// Whether trying again later may succeed (Vault unreachable, sealed, slow), as opposed to a
+    /// refusal that stands (credentials rejected, no such role, a bad CA bundle).
+    pub fn retry_may_help(&self) -> bool {
+        match self {
+            ConnectError::Setup(_) => false,
+            ConnectError::Login { cause, .. } => cause.is_transient(),
+        }
+    }
+}
+
 /// Logs in to Vault for source `name` and starts the renewal task.
-pub async fn connect(name: &str, config: &VaultConfig) -> Result<Arc<VaultSession>, String> {
+pub async fn connect(name: &str, config: &VaultConfig) -> Result<Arc<VaultSession>, ConnectError> {
     let http = VaultHttp::new(
         &config.address,
         config.namespace.as_deref(),
         config.ca_file.as_deref(),
-    )?;
+    )
+    .map_err(ConnectError::Setup)?;
     let grant = tokio::time::timeout(CALL_TIMEOUT, login(&http, &config.auth))
         .await
-        .map_err(|_| format!("login to Vault at {} timed out", config.address))?
-        .map_err(|e| format!("login to Vault ({}) failed: {e}", config.auth.method()))?;
+        .map_err(|_| ConnectError::Login {
+            method: config.auth.method(),
+            cause: SourceError::Timeout(CALL_TIMEOUT),
+        })?
+        .map_err(|cause| ConnectError::Login {
+            method: config.auth.method(),
+            cause,
+        })?;
     tracing::info!(
         source = name,
         method = config.auth.method(),

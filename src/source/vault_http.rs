@@ -53,6 +53,28 @@ pub struct Reply {
     pub body: SecretBytes,
 }
 
+/// Why a Vault client could not be set up (before any request).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// rustls refused the protocol versions.
+    #[error("TLS set-up: {0}")]
+    Tls(rustls::Error),
+    /// The configured CA bundle is unusable.
+    #[error("ca_file {path}: {reason}")]
+    CaFile {
+        /// The bundle.
+        path: std::path::PathBuf,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The system's CA certificates could not be loaded.
+    #[error("cannot load the system's CA certificates: {0}")]
+    SystemRoots(std::io::Error),
+    /// The namespace cannot be sent as a header.
+    #[error("namespace is not a valid header value")]
+    Namespace,
+}
+
 impl VaultHttp {
     /// A client for `address` (`http://` or `https://`, no trailing slash). With `ca_file`, only
     /// that bundle is trusted; without it, the system's roots.
@@ -60,30 +82,32 @@ impl VaultHttp {
         address: &str,
         namespace: Option<&str>,
         ca_file: Option<&Path>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS set-up: {e}"))?;
+            .map_err(SetupError::Tls)?;
         let tls = match ca_file {
             Some(path) => {
+                let ca_err = |reason: String| SetupError::CaFile {
+                    path: path.to_path_buf(),
+                    reason,
+                };
                 let mut roots = rustls::RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                let certs =
+                    CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?;
                 for cert in certs {
-                    let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                    let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                    roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
                 }
                 if roots.is_empty() {
-                    return Err(format!("ca_file {}: no certificates found", path.display()));
+                    return Err(ca_err("no certificates found".to_owned()));
                 }
                 builder.with_root_certificates(roots).with_no_client_auth()
             }
             None => builder
                 .with_native_roots()
-                .map_err(|e| format!("cannot load the system's CA certificates: {e}"))?
+                .map_err(SetupError::SystemRoots)?
                 .with_no_client_auth(),
         };
         let connector = HttpsConnectorBuilder::new()
@@ -93,9 +117,7 @@ impl VaultHttp {
             .build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
         let namespace = match namespace {
-            Some(ns) => Some(
-                HeaderValue::from_str(ns).map_err(|_| "namespace is not a valid header value")?,
-            ),
+            Some(ns) => Some(HeaderValue::from_str(ns).map_err(|_| SetupError::Namespace)?),
             None => None,
         };
         Ok(VaultHttp {
