@@ -12,6 +12,8 @@
 //!
 //! It deliberately does not decide *what* is secret or how long it lives: the cache does.
 
+// SECURITY: lengths here come from data (values, replies); arithmetic on them must not overflow.
+#![deny(clippy::arithmetic_side_effects)]
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -288,7 +290,12 @@ impl SecretBytes {
             }
             None => {
                 let page = page_size();
-                let size = len.div_ceil(page) * page;
+                let size = len
+                    .checked_next_multiple_of(page)
+                    .ok_or(MemError::TooLarge {
+                        len,
+                        max: MAX_SECRET_LEN,
+                    })?;
                 let ptr = map_region(size)?;
                 Ok(SecretBytes {
                     ptr: ptr.cast(),
@@ -343,6 +350,8 @@ impl SecretBytes {
     }
 }
 
+// Slab geometry is compile-time constants (`SLAB_CHUNK`, `CLASSES`), never data.
+#[allow(clippy::arithmetic_side_effects)]
 fn take_slot(class: usize) -> Result<Slot, MemError> {
     let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(slot) = pool.free[class].pop() {
@@ -418,10 +427,21 @@ impl SecretBuf {
     }
 
     /// Appends bytes, growing (and wiping the old buffer) when needed.
+    /// More than [`MAX_SECRET_LEN`] in all is [`MemError::TooLarge`] (and the buffer is unchanged).
     pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<(), MemError> {
-        let needed = self.len + bytes.len();
+        // SECURITY: the length comes from data (a value escaped for JSON grows up to 6x): refuse
+        // past the limit instead of growing to the limit and writing past it.
+        let needed = self
+            .len
+            .checked_add(bytes.len())
+            .filter(|n| *n <= MAX_SECRET_LEN)
+            .ok_or(MemError::TooLarge {
+                len: self.len.saturating_add(bytes.len()),
+                max: MAX_SECRET_LEN,
+            })?;
         if needed > self.buf.len() {
-            let mut grown = SecretBytes::zeroed(needed.max(self.buf.len() * 2).min(MAX_SECRET_LEN))
+            let doubled = self.buf.len().saturating_mul(2).min(MAX_SECRET_LEN);
+            let mut grown = SecretBytes::zeroed(needed.max(doubled))
                 .or_else(|_| SecretBytes::zeroed(needed))?;
             grown.as_mut_slice()[..self.len].copy_from_slice(&self.buf.as_slice()[..self.len]);
             self.buf = grown;
@@ -527,5 +547,33 @@ mod tests {
         let secret = buf.finish().unwrap();
         assert_eq!(secret.len(), 1000);
         assert_eq!(&secret.as_slice()[..10], b"0123456789");
+    }
+
+    #[test]
+    fn buf_refuses_to_grow_past_the_limit_instead_of_panicking() {
+        // A 3 MiB value whose JSON escaping doubles it: the render must fail, not panic.
+        let mut buf = SecretBuf::with_capacity(3 * 1024 * 1024).unwrap();
+        let chunk = vec![b'"'; 64 * 1024];
+        let mut refused = false;
+        for _ in 0..100 {
+            match buf.extend_from_slice(&chunk) {
+                Ok(()) => assert!(buf.len() <= MAX_SECRET_LEN),
+                Err(MemError::TooLarge { max, .. }) => {
+                    assert_eq!(max, MAX_SECRET_LEN);
+                    refused = true;
+                    break;
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert!(refused);
+        // The buffer is intact and still usable up to the limit.
+        let room = MAX_SECRET_LEN - buf.len();
+        buf.extend_from_slice(&vec![b'x'; room]).unwrap();
+        assert_eq!(buf.len(), MAX_SECRET_LEN);
+        assert!(matches!(
+            buf.extend_from_slice(b"y"),
+            Err(MemError::TooLarge { .. })
+        ));
     }
 }
