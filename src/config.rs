@@ -99,6 +99,11 @@ pub struct RawServer {
     /// Connection cap.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one uid may hold (default: a quarter of `max_connections`).
+    pub max_connections_per_uid: Option<usize>,
+    /// A write that makes no progress this long closes the connection.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_secs: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
@@ -113,6 +118,9 @@ fn default_max_connections() -> usize {
     1024
 }
 fn default_shutdown_timeout() -> u64 {
+    10
+}
+fn default_write_timeout() -> u64 {
     10
 }
 
@@ -307,6 +315,10 @@ pub struct ServerConfig {
     pub socket_group: Option<u32>,
     /// Connection cap.
     pub max_connections: NonZeroUsize,
+    /// Connections one uid may hold (uid 0 and admin peers are not counted against it).
+    pub max_connections_per_uid: NonZeroUsize,
+    /// A write that makes no progress this long closes the connection.
+    pub write_timeout: Duration,
     /// Drain bound on shutdown.
     pub shutdown_timeout: Duration,
     /// The systemd credentials socket, when configured.
@@ -540,6 +552,24 @@ impl RawServer {
         let max_connections = NonZeroUsize::new(self.max_connections)
             .filter(|n| n.get() <= 65_536)
             .ok_or_else(|| ctx.invalid("server.max_connections", "must be between 1 and 65536"))?;
+        let max_connections_per_uid = match self.max_connections_per_uid {
+            None => NonZeroUsize::new(max_connections.get() / 4).unwrap_or(NonZeroUsize::MIN),
+            Some(n) => NonZeroUsize::new(n)
+                .filter(|n| *n <= max_connections)
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        "server.max_connections_per_uid",
+                        format!("must be between 1 and server.max_connections ({max_connections})"),
+                    )
+                })?,
+        };
+        let write_timeout = secs(
+            ctx,
+            "server.write_timeout_secs",
+            self.write_timeout_secs,
+            1,
+            3600,
+        )?;
         let shutdown_timeout = secs(
             ctx,
             "server.shutdown_timeout_secs",
@@ -552,6 +582,8 @@ impl RawServer {
             socket_mode,
             socket_group,
             max_connections,
+            max_connections_per_uid,
+            write_timeout,
             shutdown_timeout,
             creds_socket: self.creds_socket,
         })
@@ -903,6 +935,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = check(&base(dir.path())).unwrap();
         assert_eq!(config.server.socket_mode, 0o660);
+        assert_eq!(config.server.max_connections_per_uid.get(), 256);
+        assert_eq!(config.server.write_timeout, Duration::from_secs(10));
         assert_eq!(config.cache.ttl, Duration::from_secs(3600));
         assert_eq!(config.cache.lock_memory, LockPolicy::Required);
         assert_eq!(config.rules.len(), 1);
@@ -938,6 +972,21 @@ mod tests {
                 "socket_mode = \"0660\"",
                 "socket_group = \"no-such-group-x\"",
                 "server.socket_group",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "max_connections_per_uid = 0",
+                "server.max_connections_per_uid",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "max_connections = 8\nmax_connections_per_uid = 9",
+                "server.max_connections_per_uid",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "write_timeout_secs = 0",
+                "server.write_timeout_secs",
             ),
             ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
             (
