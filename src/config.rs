@@ -143,6 +143,9 @@ pub struct RawCache {
     /// "required" or "best-effort".
     #[serde(default = "default_lock_memory")]
     pub lock_memory: String,
+    /// Budget on secret memory: cached values and in-flight responses.
+    #[serde(default = "default_max_locked_bytes")]
+    pub max_locked_bytes: u64,
 }
 
 fn default_ttl() -> u64 {
@@ -160,6 +163,11 @@ fn default_stale_if_error() -> u64 {
 fn default_lock_memory() -> String {
     "required".to_owned()
 }
+fn default_max_locked_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+/// The smallest `cache.max_locked_bytes`: a few slab chunks and one large value.
+const MIN_LOCKED_BYTES: u64 = 1024 * 1024;
 
 impl Default for RawCache {
     fn default() -> Self {
@@ -169,6 +177,7 @@ impl Default for RawCache {
             refresh_ahead_secs: default_refresh_ahead(),
             stale_if_error_secs: default_stale_if_error(),
             lock_memory: default_lock_memory(),
+            max_locked_bytes: default_max_locked_bytes(),
         }
     }
 }
@@ -338,6 +347,8 @@ pub struct CacheConfig {
     pub stale_if_error: Duration,
     /// Memory locking policy.
     pub lock_memory: LockPolicy,
+    /// Budget on secret memory mapped (cached values and in-flight responses), in bytes.
+    pub max_locked_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -348,6 +359,7 @@ impl Default for CacheConfig {
             refresh_ahead: Duration::from_secs(default_refresh_ahead()),
             stale_if_error: Duration::from_secs(default_stale_if_error()),
             lock_memory: LockPolicy::Required,
+            max_locked_bytes: 64 << 20,
         }
     }
 }
@@ -683,12 +695,22 @@ impl RawCache {
                 ));
             }
         };
+        let max_locked_bytes = usize::try_from(self.max_locked_bytes)
+            .ok()
+            .filter(|_| self.max_locked_bytes >= MIN_LOCKED_BYTES)
+            .ok_or_else(|| {
+                ctx.invalid(
+                    "cache.max_locked_bytes",
+                    format!("must be at least {MIN_LOCKED_BYTES} (1 MiB)"),
+                )
+            })?;
         Ok(CacheConfig {
             ttl,
             max_entries,
             refresh_ahead,
             stale_if_error,
             lock_memory,
+            max_locked_bytes,
         })
     }
 }
@@ -987,6 +1009,11 @@ mod tests {
                 "socket_mode = \"0660\"",
                 "write_timeout_secs = 0",
                 "server.write_timeout_secs",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes = 65536\n[server]",
+                "cache.max_locked_bytes",
             ),
             ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
             (

@@ -215,3 +215,78 @@ fn an_attacker_that_pipelines_requests_and_never_reads_is_cut_off_after_the_writ
         "the attacker got every reply ({bytes} bytes): it was never cut off"
     );
 }
+
+/// Sends `argv[2]` requests for `argv[3]` on as many connections and never reads; prints `sent`
+/// and holds them until stdin closes.
+const STALL_READS: &str = r#"
+import socket, sys
+path, count, target = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+held = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.sendall(("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target).encode())
+    held.append(s)
+print("sent", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn an_attacker_stalling_reads_of_a_large_field_cannot_pin_more_than_the_memory_budget() {
+    const MIB: usize = 1024 * 1024;
+    const BUDGET: usize = 4 * MIB;
+    let dir = TestDir::new();
+    let mut big = b"{\"k\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', MIB));
+    big.extend_from_slice(b"\"}");
+    dir.secret("big", &big);
+    dir.secret("app", b"honest-value");
+    let agent = Agent::start(
+        &dir,
+        &config("max_connections_per_uid = 64\nwrite_timeout_secs = 3").replace(
+            "[cache]\n",
+            &format!("[cache]\nmax_locked_bytes = {BUDGET}\n"),
+        ),
+    );
+    let socket = agent.socket.display().to_string();
+    let memory = || agent.metric("credagent_secret_memory_bytes ");
+    let status_of = |uid| {
+        let resp = common::request_as(uid, &agent.socket, "GET", "/v1/secrets/files/big?field=k");
+        match resp.status {
+            200 => "200".to_owned(),
+            status => format!("{status} {}", resp.error_code()),
+        }
+    };
+    // Every ?field= response is a fresh locked buffer of 1 MiB, held while the reader stalls.
+    let mut attacker = python_as(
+        ATTACKER,
+        STALL_READS,
+        &[&socket, "16", "/v1/secrets/files/big?field=k"],
+    );
+    assert_eq!(first_line(&mut attacker), "sent");
+    let mut last = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            last = status_of(ATTACKER);
+            last == "503 memory_budget"
+        }),
+        "last: {last}, memory {}",
+        memory()
+    );
+    assert!(
+        memory() <= BUDGET as f64,
+        "secret memory {} passed the budget",
+        memory()
+    );
+    assert_eq!(status_of(ATTACKER), "503 memory_budget");
+    // The stalled responses are dropped at the write timeout; the memory comes back, and an
+    // honest caller of another uid is served again.
+    assert!(wait_until(Duration::from_secs(10), || status_of(HONEST) == "200"));
+    assert_eq!(
+        timed_request_as(HONEST, &agent.socket, "/v1/secrets/files/app").0,
+        200
+    );
+    assert!(memory() <= BUDGET as f64);
+    drop(attacker.stdin.take());
+    attacker.wait().unwrap();
+}

@@ -6,6 +6,7 @@ use http_body_util::Full;
 use hyper::{Response, StatusCode, header};
 
 use crate::name::NameError;
+use crate::secure_mem::MemError;
 use crate::source::SourceError;
 
 /// Everything a request can fail with.
@@ -178,6 +179,16 @@ impl From<&SourceError> for ApiError {
             SourceError::BadReply { .. } => ApiError::UpstreamBadReply,
             SourceError::Invalid(_) => ApiError::BadRequest("the id is not valid for this source"),
             SourceError::Memory(_) => ApiError::MemoryUnavailable,
+            SourceError::MemoryBudget(_) => ApiError::MemoryBudget,
+        }
+    }
+}
+
+impl From<&MemError> for ApiError {
+    fn from(err: &MemError) -> Self {
+        match err {
+            MemError::Budget { .. } => ApiError::MemoryBudget,
+            _ => ApiError::MemoryUnavailable,
         }
     }
 }

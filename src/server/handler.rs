@@ -221,7 +221,7 @@ fn render(
             Ok(bytes) => Bytes::from_owner(bytes),
             Err(FieldError::Missing) => return Err(ApiError::FieldNotFound),
             Err(FieldError::NotObject) => return Err(ApiError::NotJson),
-            Err(FieldError::Memory(_)) => return Err(ApiError::MemoryUnavailable),
+            Err(FieldError::Memory(err)) => return Err(ApiError::from(&err)),
         },
     };
     match format {
@@ -234,8 +234,7 @@ fn render(
             Ok(secret_response(content_type, value))
         }
         Format::Json => {
-            let body =
-                render_json(name, &secret, &value).map_err(|_| ApiError::MemoryUnavailable)?;
+            let body = render_json(name, &secret, &value).map_err(|err| ApiError::from(&err))?;
             Ok(secret_response("application/json", Bytes::from_owner(body)))
         }
     }

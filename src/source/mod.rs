@@ -101,6 +101,9 @@ pub enum SourceError {
     /// Secure memory could not hold the value.
     #[error("secure memory: {0}")]
     Memory(String),
+    /// Holding the value would pass `cache.max_locked_bytes` (transient: room comes back).
+    #[error("secure memory: {0}")]
+    MemoryBudget(String),
 }
 
 impl SourceError {
@@ -108,14 +111,19 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SourceError::Unavailable { .. } | SourceError::Timeout(_)
+            SourceError::Unavailable { .. }
+                | SourceError::Timeout(_)
+                | SourceError::MemoryBudget(_)
         )
     }
 }
 
 impl From<MemError> for SourceError {
     fn from(err: MemError) -> Self {
-        SourceError::Memory(err.to_string())
+        match err {
+            MemError::Budget { .. } => SourceError::MemoryBudget(err.to_string()),
+            _ => SourceError::Memory(err.to_string()),
+        }
     }
 }
 
