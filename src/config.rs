@@ -382,6 +382,8 @@ pub struct SourceConfig {
     pub ttl: Duration,
     /// Fetch timeout.
     pub fetch_timeout: Duration,
+    /// Fetches in flight at once; further misses wait in a bounded queue.
+    pub max_concurrent_fetches: NonZeroUsize,
 }
 
 /// Kind-specific source settings.
@@ -402,6 +404,9 @@ pub enum SourceKind {
     /// AWS Secrets Manager.
     Aws(Box<AwsConfig>),
 }
+
+/// Default `max_concurrent_fetches` of a source.
+pub const DEFAULT_MAX_FETCHES: usize = 8;
 
 /// Default fetch timeout of a source.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -721,6 +726,20 @@ fn build_source(
     raw: RawSource,
     cache: &CacheConfig,
 ) -> Result<SourceConfig, ConfigError> {
+    let max_fetches = match &raw {
+        RawSource::File(f) => f.max_concurrent_fetches,
+        RawSource::Env(e) => e.max_concurrent_fetches,
+        RawSource::Vault(v) => v.max_concurrent_fetches,
+        RawSource::Aws(a) => a.max_concurrent_fetches,
+    };
+    let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
+        .filter(|n| n.get() <= 1024)
+        .ok_or_else(|| {
+            ctx.invalid(
+                format!("{key}.max_concurrent_fetches"),
+                "must be between 1 and 1024",
+            )
+        })?;
     let (kind, ttl_secs, timeout_secs) = match raw {
         RawSource::File(f) => {
             let dir = resolve_relative(ctx.path, &f.dir);
@@ -797,6 +816,7 @@ fn build_source(
         kind,
         ttl,
         fetch_timeout,
+        max_concurrent_fetches,
     })
 }
 
@@ -1016,6 +1036,11 @@ mod tests {
                 "cache.max_locked_bytes",
             ),
             ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
+            (
+                "dir = ",
+                "max_concurrent_fetches = 0\ndir = ",
+                "sources.files.max_concurrent_fetches",
+            ),
             (
                 "secrets = [\"files/*\"]",
                 "secrets = [\"filez/*\"]",

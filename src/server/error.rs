@@ -180,6 +180,7 @@ impl From<&SourceError> for ApiError {
             SourceError::Invalid(_) => ApiError::BadRequest("the id is not valid for this source"),
             SourceError::Memory(_) => ApiError::MemoryUnavailable,
             SourceError::MemoryBudget(_) => ApiError::MemoryBudget,
+            SourceError::Busy => ApiError::SourceBusy,
         }
     }
 }

@@ -169,7 +169,7 @@ pub(crate) async fn lookup(
         let started = Instant::now();
         let result = match tokio::time::timeout(
             entry.fetch_timeout,
-            entry.source.fetch(&fetch_request, previous.as_deref()),
+            entry.fetch_limited(&fetch_request, previous.as_deref()),
         )
         .await
         {
