@@ -132,6 +132,12 @@ pub enum BrokerError {
     /// Secure memory could not hold the value.
     #[error("no secure memory for the value")]
     MemoryUnavailable,
+    /// The locked-memory budget (`cache.max_locked_bytes`) is spent, even after evictions.
+    #[error("the locked-memory budget is spent")]
+    MemoryBudget,
+    /// The source's concurrent fetches and their queue are full.
+    #[error("the source is busy")]
+    SourceBusy,
 }
 
 impl BrokerError {
@@ -148,7 +154,10 @@ impl BrokerError {
             | BrokerError::NotRoot
             | BrokerError::UnitMismatch => 403,
             BrokerError::NotFound | BrokerError::FieldNotFound => 404,
-            BrokerError::ShuttingDown | BrokerError::MemoryUnavailable => 503,
+            BrokerError::ShuttingDown
+            | BrokerError::MemoryUnavailable
+            | BrokerError::MemoryBudget
+            | BrokerError::SourceBusy => 503,
             BrokerError::UpstreamDenied
             | BrokerError::UpstreamUnavailable
             | BrokerError::UpstreamBadReply => 502,
@@ -179,13 +188,18 @@ impl From<&SourceError> for BrokerError {
             // request to the backend failing to build, which no caller can fix.
             SourceError::Invalid(_) => BrokerError::UpstreamBadReply,
             SourceError::Memory(_) => BrokerError::MemoryUnavailable,
+            SourceError::MemoryBudget(_) => BrokerError::MemoryBudget,
+            SourceError::Busy => BrokerError::SourceBusy,
         }
     }
 }
 
 impl From<MemError> for BrokerError {
-    fn from(_: MemError) -> Self {
-        BrokerError::MemoryUnavailable
+    fn from(err: MemError) -> Self {
+        match err {
+            MemError::Budget { .. } => BrokerError::MemoryBudget,
+            _ => BrokerError::MemoryUnavailable,
+        }
     }
 }
 
@@ -483,7 +497,7 @@ async fn cached_fetch(
         let started = Instant::now();
         let result = match tokio::time::timeout(
             entry.fetch_timeout,
-            entry.source.fetch(&fetch_request, previous.as_deref()),
+            entry.fetch_limited(&fetch_request, previous.as_deref()),
         )
         .await
         {
@@ -542,7 +556,7 @@ fn render(
             Ok(bytes) => Bytes::from_owner(bytes),
             Err(FieldError::Missing) => return Err(BrokerError::FieldNotFound),
             Err(FieldError::NotObject) => return Err(BrokerError::NotJson),
-            Err(FieldError::Memory(_)) => return Err(BrokerError::MemoryUnavailable),
+            Err(FieldError::Memory(err)) => return Err(BrokerError::from(err)),
         },
     };
     match format {
@@ -637,6 +651,7 @@ gone = "fake/missing"
                 source: Source::Fake(FakeSource::default()),
                 ttl: std::time::Duration::from_secs(60),
                 fetch_timeout: std::time::Duration::from_secs(5),
+                limit: crate::source::FetchLimit::new(std::num::NonZeroUsize::new(8).unwrap()),
             });
             let sources = Sources::from([("fake".to_owned(), fake.clone())]);
             let metrics = Arc::new(Metrics::default());

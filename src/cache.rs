@@ -356,6 +356,39 @@ impl Cache {
         flushed
     }
 
+    /// Evicts least recently used values until at least `len` bytes of values are dropped (or
+    /// none is left); returns how many were evicted. Memory a value still lends to an in-flight
+    /// response is freed when that response is done.
+    pub fn reclaim(&self, len: usize) -> usize {
+        let mut victims = Vec::new();
+        let mut freed = 0usize;
+        {
+            let mut inner = self.lock();
+            while freed < len {
+                let Some(secret) = take_lru(&mut inner) else {
+                    break;
+                };
+                freed = freed.saturating_add(secret.value.len());
+                victims.push(secret);
+            }
+        }
+        let evicted = victims.len();
+        self.metrics.cache_evictions.fetch_add(
+            u64::try_from(evicted).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        // Dropped here, outside the cache lock.
+        drop(victims);
+        evicted
+    }
+
+    /// Makes this cache the one secure memory asks for room when `cache.max_locked_bytes` is
+    /// reached (the agent has one cache).
+    pub fn reclaim_for_budget(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        crate::secure_mem::set_reclaimer(move |len| weak.upgrade().map_or(0, |c| c.reclaim(len)));
+    }
+
     /// Remaining lifetime of a cached value (for tests and diagnostics).
     pub fn ttl_left(&self, request: &SecretRequest) -> Option<Duration> {
         match self.lock().map.get(request) {
@@ -383,6 +416,11 @@ fn lost_entry() -> SourceError {
 
 /// Evicts the least recently used cached value; returns whether one was evicted.
 fn evict_lru(inner: &mut Inner) -> bool {
+    take_lru(inner).is_some()
+}
+
+/// Removes the least recently used cached value and returns it.
+fn take_lru(inner: &mut Inner) -> Option<Arc<Secret>> {
     let victim = inner
         .map
         .iter()
@@ -392,9 +430,9 @@ fn evict_lru(inner: &mut Inner) -> bool {
         })
         .min_by_key(|(used, _)| *used)
         .map(|(_, k)| k.clone());
-    match victim {
-        Some(key) => inner.map.remove(&key).is_some(),
-        None => false,
+    match inner.map.remove(&victim?)? {
+        Slot::Ready(entry) => Some(entry.secret),
+        Slot::Loading { .. } => None,
     }
 }
 
@@ -485,6 +523,7 @@ mod tests {
             refresh_ahead: Duration::from_secs(refresh_ahead),
             stale_if_error: Duration::from_secs(stale),
             lock_memory: crate::secure_mem::LockPolicy::BestEffort,
+            max_locked_bytes: 64 << 20,
         }
     }
 
@@ -650,6 +689,23 @@ mod tests {
         assert_eq!(cache.flush(Some(&Glob::parse("fake/a").unwrap())), 1);
         assert_eq!(cache.flush(Some(&Glob::parse("other/*").unwrap())), 0);
         assert_eq!(cache.flush(None), 1);
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reclaim_evicts_least_recently_used_until_enough_is_freed() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let fake = Fake::new("0123456789", Duration::ZERO);
+        for id in ["a", "b", "c", "d"] {
+            read(&cache, &fake, id).await.0.unwrap();
+        }
+        read(&cache, &fake, "a").await.0.unwrap(); // b is now the least recently used
+        assert_eq!(cache.reclaim(15), 2); // b and c, 20 bytes
+        assert!(cache.ttl_left(&req("b")).is_none());
+        assert!(cache.ttl_left(&req("c")).is_none());
+        assert!(cache.ttl_left(&req("a")).is_some());
+        assert_eq!(cache.reclaim(usize::MAX), 2);
+        assert_eq!(cache.reclaim(1), 0);
         assert!(cache.is_empty());
     }
 

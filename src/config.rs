@@ -99,6 +99,11 @@ pub struct RawServer {
     /// Connection cap.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one uid may hold (default: a quarter of `max_connections`).
+    pub max_connections_per_uid: Option<usize>,
+    /// A write that makes no progress this long closes the connection.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout_secs: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout_secs: u64,
@@ -113,6 +118,9 @@ fn default_max_connections() -> usize {
     1024
 }
 fn default_shutdown_timeout() -> u64 {
+    10
+}
+fn default_write_timeout() -> u64 {
     10
 }
 
@@ -135,6 +143,9 @@ pub struct RawCache {
     /// "required" or "best-effort".
     #[serde(default = "default_lock_memory")]
     pub lock_memory: String,
+    /// Budget on secret memory: cached values and in-flight responses.
+    #[serde(default = "default_max_locked_bytes")]
+    pub max_locked_bytes: u64,
 }
 
 fn default_ttl() -> u64 {
@@ -152,6 +163,11 @@ fn default_stale_if_error() -> u64 {
 fn default_lock_memory() -> String {
     "required".to_owned()
 }
+fn default_max_locked_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+/// The smallest `cache.max_locked_bytes`: a few slab chunks and one large value.
+const MIN_LOCKED_BYTES: u64 = 1024 * 1024;
 
 impl Default for RawCache {
     fn default() -> Self {
@@ -161,6 +177,7 @@ impl Default for RawCache {
             refresh_ahead_secs: default_refresh_ahead(),
             stale_if_error_secs: default_stale_if_error(),
             lock_memory: default_lock_memory(),
+            max_locked_bytes: default_max_locked_bytes(),
         }
     }
 }
@@ -307,6 +324,10 @@ pub struct ServerConfig {
     pub socket_group: Option<u32>,
     /// Connection cap.
     pub max_connections: NonZeroUsize,
+    /// Connections one uid may hold (uid 0 and admin peers are not counted against it).
+    pub max_connections_per_uid: NonZeroUsize,
+    /// A write that makes no progress this long closes the connection.
+    pub write_timeout: Duration,
     /// Drain bound on shutdown.
     pub shutdown_timeout: Duration,
     /// The systemd credentials socket, when configured.
@@ -326,6 +347,8 @@ pub struct CacheConfig {
     pub stale_if_error: Duration,
     /// Memory locking policy.
     pub lock_memory: LockPolicy,
+    /// Budget on secret memory mapped (cached values and in-flight responses), in bytes.
+    pub max_locked_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -336,6 +359,7 @@ impl Default for CacheConfig {
             refresh_ahead: Duration::from_secs(default_refresh_ahead()),
             stale_if_error: Duration::from_secs(default_stale_if_error()),
             lock_memory: LockPolicy::Required,
+            max_locked_bytes: 64 << 20,
         }
     }
 }
@@ -358,6 +382,8 @@ pub struct SourceConfig {
     pub ttl: Duration,
     /// Fetch timeout.
     pub fetch_timeout: Duration,
+    /// Fetches in flight at once; further misses wait in a bounded queue.
+    pub max_concurrent_fetches: NonZeroUsize,
 }
 
 /// Kind-specific source settings.
@@ -378,6 +404,9 @@ pub enum SourceKind {
     /// AWS Secrets Manager.
     Aws(Box<AwsConfig>),
 }
+
+/// Default `max_concurrent_fetches` of a source.
+pub const DEFAULT_MAX_FETCHES: usize = 8;
 
 /// Default fetch timeout of a source.
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -540,6 +569,24 @@ impl RawServer {
         let max_connections = NonZeroUsize::new(self.max_connections)
             .filter(|n| n.get() <= 65_536)
             .ok_or_else(|| ctx.invalid("server.max_connections", "must be between 1 and 65536"))?;
+        let max_connections_per_uid = match self.max_connections_per_uid {
+            None => NonZeroUsize::new(max_connections.get() / 4).unwrap_or(NonZeroUsize::MIN),
+            Some(n) => NonZeroUsize::new(n)
+                .filter(|n| *n <= max_connections)
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        "server.max_connections_per_uid",
+                        format!("must be between 1 and server.max_connections ({max_connections})"),
+                    )
+                })?,
+        };
+        let write_timeout = secs(
+            ctx,
+            "server.write_timeout_secs",
+            self.write_timeout_secs,
+            1,
+            3600,
+        )?;
         let shutdown_timeout = secs(
             ctx,
             "server.shutdown_timeout_secs",
@@ -552,6 +599,8 @@ impl RawServer {
             socket_mode,
             socket_group,
             max_connections,
+            max_connections_per_uid,
+            write_timeout,
             shutdown_timeout,
             creds_socket: self.creds_socket,
         })
@@ -651,12 +700,22 @@ impl RawCache {
                 ));
             }
         };
+        let max_locked_bytes = usize::try_from(self.max_locked_bytes)
+            .ok()
+            .filter(|_| self.max_locked_bytes >= MIN_LOCKED_BYTES)
+            .ok_or_else(|| {
+                ctx.invalid(
+                    "cache.max_locked_bytes",
+                    format!("must be at least {MIN_LOCKED_BYTES} (1 MiB)"),
+                )
+            })?;
         Ok(CacheConfig {
             ttl,
             max_entries,
             refresh_ahead,
             stale_if_error,
             lock_memory,
+            max_locked_bytes,
         })
     }
 }
@@ -667,6 +726,20 @@ fn build_source(
     raw: RawSource,
     cache: &CacheConfig,
 ) -> Result<SourceConfig, ConfigError> {
+    let max_fetches = match &raw {
+        RawSource::File(f) => f.max_concurrent_fetches,
+        RawSource::Env(e) => e.max_concurrent_fetches,
+        RawSource::Vault(v) => v.max_concurrent_fetches,
+        RawSource::Aws(a) => a.max_concurrent_fetches,
+    };
+    let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
+        .filter(|n| n.get() <= 1024)
+        .ok_or_else(|| {
+            ctx.invalid(
+                format!("{key}.max_concurrent_fetches"),
+                "must be between 1 and 1024",
+            )
+        })?;
     let (kind, ttl_secs, timeout_secs) = match raw {
         RawSource::File(f) => {
             let dir = resolve_relative(ctx.path, &f.dir);
@@ -743,6 +816,7 @@ fn build_source(
         kind,
         ttl,
         fetch_timeout,
+        max_concurrent_fetches,
     })
 }
 
@@ -903,6 +977,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = check(&base(dir.path())).unwrap();
         assert_eq!(config.server.socket_mode, 0o660);
+        assert_eq!(config.server.max_connections_per_uid.get(), 256);
+        assert_eq!(config.server.write_timeout, Duration::from_secs(10));
         assert_eq!(config.cache.ttl, Duration::from_secs(3600));
         assert_eq!(config.cache.lock_memory, LockPolicy::Required);
         assert_eq!(config.rules.len(), 1);
@@ -939,7 +1015,32 @@ mod tests {
                 "socket_group = \"no-such-group-x\"",
                 "server.socket_group",
             ),
+            (
+                "socket_mode = \"0660\"",
+                "max_connections_per_uid = 0",
+                "server.max_connections_per_uid",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "max_connections = 8\nmax_connections_per_uid = 9",
+                "server.max_connections_per_uid",
+            ),
+            (
+                "socket_mode = \"0660\"",
+                "write_timeout_secs = 0",
+                "server.write_timeout_secs",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes = 65536\n[server]",
+                "cache.max_locked_bytes",
+            ),
             ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
+            (
+                "dir = ",
+                "max_concurrent_fetches = 0\ndir = ",
+                "sources.files.max_concurrent_fetches",
+            ),
             (
                 "secrets = [\"files/*\"]",
                 "secrets = [\"filez/*\"]",

@@ -6,7 +6,13 @@
 //! seen. Each change is read after a short debounce and applied when the event names the file
 //! or its content changed. Lines: `flush PATTERN` (glob over `{source}/{id}`), `#` comments; a
 //! file with no flush line flushes everything; a bad line is logged and skipped.
+//!
+//! Only a regular file is read, opened `O_NONBLOCK|O_NOFOLLOW` and read with a hard byte bound:
+//! a FIFO, a device, a symlink as the final component, or a file over 1 MiB is one log line and
+//! no flush. The one symlink followed is the kubelet's ConfigMap link `NAME -> ..data/NAME`.
 
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +25,7 @@ use crate::name::Glob;
 
 /// Coalesces the several inotify events one write produces.
 const DEBOUNCE: Duration = Duration::from_millis(50);
-/// A control file larger than this is not parsed; everything is flushed instead.
+/// A control file larger than this is refused (nothing is flushed).
 const MAX_CONTROL_LEN: u64 = 1024 * 1024;
 
 /// One instruction from the control file.
@@ -125,20 +131,31 @@ async fn watch(path: &Path, cache: Arc<Cache>) -> Result<(), notify::Error> {
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     tracing::info!(path = %path.display(), "watching control file");
-    let mut last = read_control(path).await;
+    let mut last = match read_control(path).await {
+        ControlRead::Text(text) => Some(text),
+        ControlRead::Missing | ControlRead::Refused(_) => None,
+    };
     while let Some(first) = rx.recv().await {
         let mut names_file = first;
         tokio::time::sleep(DEBOUNCE).await;
         while let Ok(more) = rx.try_recv() {
             names_file |= more;
         }
-        let current = read_control(path).await;
-        let Some(text) = current.clone() else {
-            // Deleted (or unreadable): nothing to apply until it comes back.
-            tracing::debug!(path = %path.display(), "control file missing; nothing to apply until it is back");
-            last = None;
-            continue;
+        let text = match read_control(path).await {
+            ControlRead::Text(text) => text,
+            ControlRead::Missing => {
+                // Deleted: nothing to apply until it comes back.
+                tracing::debug!(path = %path.display(), "control file missing; nothing to apply until it is back");
+                last = None;
+                continue;
+            }
+            ControlRead::Refused(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "control file refused; nothing flushed");
+                last = None;
+                continue;
+            }
         };
+        let current = Some(text.clone());
         if !names_file && last.as_ref() == Some(&text) {
             continue;
         }
@@ -154,15 +171,82 @@ async fn watch(path: &Path, cache: Arc<Cache>) -> Result<(), notify::Error> {
     Ok(())
 }
 
-/// The file's text; `None` when missing or unreadable. An oversized file reads as "" (flush all).
-async fn read_control(path: &Path) -> Option<String> {
-    let meta = tokio::fs::metadata(path).await.ok()?;
-    if meta.len() > MAX_CONTROL_LEN {
-        tracing::error!(path = %path.display(), "control file larger than 1 MiB; flushing everything");
-        return Some(String::new());
+/// What reading the control file gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlRead {
+    /// The file's text (invalid UTF-8 replaced).
+    Text(String),
+    /// No such file.
+    Missing,
+    /// Not read, and why (not a regular file, a symlink, too large, unreadable).
+    Refused(String),
+}
+
+async fn read_control(path: &Path) -> ControlRead {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || load_control(&path))
+        .await
+        .unwrap_or_else(|_| ControlRead::Refused("the reading task failed".to_owned()))
+}
+
+/// Reads the control file at `path`. Never blocks on a FIFO or device, never follows a symlink
+/// other than the ConfigMap link, never reads more than [`MAX_CONTROL_LEN`] + 1 bytes.
+pub fn load_control(path: &Path) -> ControlRead {
+    use nix::errno::Errno;
+    use nix::fcntl::OFlag;
+    let target = configmap_target(path).unwrap_or_else(|| path.to_path_buf());
+    // SECURITY: O_NOFOLLOW so a symlink planted as the file cannot make the agent read (or block
+    // on) something else; O_NONBLOCK so opening a FIFO with no writer returns at once.
+    let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match nix::fcntl::open(&target, flags, nix::sys::stat::Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return ControlRead::Missing,
+        Err(Errno::ELOOP) => {
+            return ControlRead::Refused(
+                "it is a symlink (only the ConfigMap link NAME -> ..data/NAME is followed)"
+                    .to_owned(),
+            );
+        }
+        Err(err) => return ControlRead::Refused(format!("cannot open it: {err}")),
+    };
+    let file = std::fs::File::from(fd);
+    let file_type = match file.metadata() {
+        Ok(meta) => meta.file_type(),
+        Err(err) => return ControlRead::Refused(format!("cannot stat it: {err}")),
+    };
+    if !file_type.is_file() {
+        let what = if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else {
+            "a device"
+        };
+        return ControlRead::Refused(format!("it is {what}, not a regular file"));
     }
-    let bytes = tokio::fs::read(path).await.ok()?;
-    Some(String::from_utf8_lossy(&bytes).into_owned())
+    let mut bytes = Vec::new();
+    // The bound is on the read itself, not on a size checked before it (the file can grow).
+    if let Err(err) = file.take(MAX_CONTROL_LEN + 1).read_to_end(&mut bytes) {
+        return ControlRead::Refused(format!("cannot read it: {err}"));
+    }
+    if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > MAX_CONTROL_LEN {
+        return ControlRead::Refused("it is larger than 1 MiB".to_owned());
+    }
+    ControlRead::Text(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The kubelet writes a ConfigMap key as `dir/NAME -> ..data/NAME` with `..data` a symlink to a
+/// timestamped directory it swaps atomically. For exactly that link, the path to open
+/// (`dir/..data/NAME`, whose last component is again opened without following).
+fn configmap_target(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?;
+    let link = std::fs::read_link(path).ok()?;
+    if link != Path::new("..data").join(name) {
+        return None;
+    }
+    Some(path.with_file_name("..data").join(name))
 }
 
 #[cfg(test)]
@@ -200,6 +284,72 @@ mod tests {
             vec![ControlCommand::Flush(None), ControlCommand::Flush(None)]
         );
     }
+    #[test]
+    fn only_a_bounded_regular_file_or_the_configmap_link_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |n: &str| dir.path().join(n);
+        std::fs::write(path("plain"), "flush files/a\n").unwrap();
+        assert_eq!(
+            load_control(&path("plain")),
+            ControlRead::Text("flush files/a\n".to_owned())
+        );
+        assert_eq!(load_control(&path("missing")), ControlRead::Missing);
+
+        // A FIFO with no writer: refused at once, never a blocked read.
+        nix::unistd::mkfifo(
+            &path("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        assert!(
+            matches!(load_control(&path("fifo")), ControlRead::Refused(r) if r.contains("FIFO"))
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+
+        // A symlink as the final component, to anything but `..data/NAME`.
+        std::os::unix::fs::symlink(path("plain"), path("link")).unwrap();
+        assert!(
+            matches!(load_control(&path("link")), ControlRead::Refused(r) if r.contains("symlink"))
+        );
+        std::os::unix::fs::symlink("/dev/zero", path("zero")).unwrap();
+        assert!(matches!(
+            load_control(&path("zero")),
+            ControlRead::Refused(_)
+        ));
+
+        // The ConfigMap layout is followed; its final file must still be regular.
+        std::fs::create_dir(path("..2026_01")).unwrap();
+        std::fs::write(path("..2026_01/control"), "flush x/y\n").unwrap();
+        std::os::unix::fs::symlink("..2026_01", path("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/control", path("control")).unwrap();
+        assert_eq!(
+            load_control(&path("control")),
+            ControlRead::Text("flush x/y\n".to_owned())
+        );
+        std::fs::remove_file(path("..2026_01/control")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", path("..2026_01/control")).unwrap();
+        assert!(matches!(
+            load_control(&path("control")),
+            ControlRead::Refused(_)
+        ));
+
+        // Over the bound: refused, not parsed and not "flush everything".
+        let max = usize::try_from(MAX_CONTROL_LEN).unwrap();
+        std::fs::write(path("big"), vec![b'#'; max + 1]).unwrap();
+        assert!(
+            matches!(load_control(&path("big")), ControlRead::Refused(r) if r.contains("1 MiB"))
+        );
+        std::fs::write(path("at-bound"), vec![b'#'; max]).unwrap();
+        assert!(matches!(load_control(&path("at-bound")), ControlRead::Text(t) if t.len() == max));
+
+        std::fs::create_dir(path("dir")).unwrap();
+        assert!(matches!(
+            load_control(&path("dir")),
+            ControlRead::Refused(_)
+        ));
+    }
+
     #[test]
     fn hostile_control_files_never_panic() {
         let seeds = [

@@ -31,27 +31,38 @@ pub fn extract_field(json: &[u8], field: &str) -> Result<SecretBytes, FieldError
         serde_json::from_slice(json).map_err(|_| FieldError::NotObject)?;
     let raw = map.get(field).ok_or(FieldError::Missing)?.get().as_bytes();
     if raw.first() == Some(&b'"') {
-        unescape_string(raw).ok_or(FieldError::NotObject)
+        let mut out = SecretBuf::with_capacity(raw.len())?;
+        unescape_string(raw, &mut out)?.ok_or(FieldError::NotObject)?;
+        Ok(out.finish()?)
     } else {
         Ok(SecretBytes::from_slice(raw)?)
     }
 }
 
-/// Unescapes a JSON string literal (quotes included) into secure memory.
-fn unescape_string(lit: &[u8]) -> Option<SecretBytes> {
-    let body = lit.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    let mut out = SecretBuf::with_capacity(body.len()).ok()?;
+/// Unescapes a JSON string literal (quotes included) into `out`: `Ok(None)` when the literal is
+/// malformed, `Err` when secure memory cannot hold it (so a budget refusal is not reported as a
+/// malformed value).
+fn unescape_string(lit: &[u8], out: &mut SecretBuf) -> Result<Option<()>, MemError> {
+    macro_rules! syntax {
+        ($e:expr) => {
+            match $e {
+                Some(v) => v,
+                None => return Ok(None),
+            }
+        };
+    }
+    let body = syntax!(lit.strip_prefix(b"\"").and_then(|b| b.strip_suffix(b"\"")));
     let mut i = 0;
     while i < body.len() {
         let start = i;
         while i < body.len() && body[i] != b'\\' {
             i += 1;
         }
-        out.extend_from_slice(&body[start..i]).ok()?;
+        out.extend_from_slice(&body[start..i])?;
         if i >= body.len() {
             break;
         }
-        let esc = *body.get(i + 1)?;
+        let esc = *syntax!(body.get(i + 1));
         i += 2;
         let simple = match esc {
             b'"' => Some(b'"'),
@@ -63,33 +74,32 @@ fn unescape_string(lit: &[u8]) -> Option<SecretBytes> {
             b'r' => Some(b'\r'),
             b't' => Some(b'\t'),
             b'u' => None,
-            _ => return None,
+            _ => return Ok(None),
         };
         if let Some(b) = simple {
-            out.extend_from_slice(&[b]).ok()?;
+            out.extend_from_slice(&[b])?;
             continue;
         }
-        let hi = hex4(body.get(i..i + 4)?)?;
+        let hi = syntax!(body.get(i..i + 4).and_then(hex4));
         i += 4;
         let code = if (0xD800..0xDC00).contains(&hi) {
-            if body.get(i..i + 2)? != b"\\u" {
-                return None;
+            if body.get(i..i + 2) != Some(b"\\u") {
+                return Ok(None);
             }
-            let lo = hex4(body.get(i + 2..i + 6)?)?;
+            let lo = syntax!(body.get(i + 2..i + 6).and_then(hex4));
             i += 6;
             if !(0xDC00..0xE000).contains(&lo) {
-                return None;
+                return Ok(None);
             }
             0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
         } else {
             hi
         };
-        let ch = char::from_u32(code)?;
+        let ch = syntax!(char::from_u32(code));
         let mut utf8 = [0u8; 4];
-        out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes())
-            .ok()?;
+        out.extend_from_slice(ch.encode_utf8(&mut utf8).as_bytes())?;
     }
-    out.finish().ok()
+    Ok(Some(()))
 }
 
 fn hex4(digits: &[u8]) -> Option<u32> {

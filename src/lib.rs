@@ -103,11 +103,13 @@ pub enum RunError {
 /// Start-up order: harden memory, open the audit sink, build sources, bind the socket (or take
 /// it from systemd), set its owner and mode, start the control watcher, tell systemd READY, serve.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    secure_mem::set_budget(config.cache.max_locked_bytes);
     secure_mem::init(config.cache.lock_memory)?;
     let metrics = Arc::new(Metrics::default());
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
     let sources = source::build_all(&config).await?;
     let cache = Cache::new(config.cache, metrics.clone());
+    cache.reclaim_for_budget();
     let (inherited, inherited_creds) = systemd::split_listeners(systemd::take_listeners());
     let listener = match inherited {
         Some(listener) => {
@@ -198,6 +200,7 @@ async fn reload(state: &AppState) {
                     tracing::warn!("[control] and [audit] changes take effect at the next restart");
                 }
                 secure_mem::set_policy(new.cache.lock_memory);
+                secure_mem::set_budget(new.cache.max_locked_bytes);
                 state.cache.set_settings(new.cache);
                 // Sources may now point elsewhere: never serve a value fetched under the old config.
                 let flushed = state.cache.flush(None);

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Statuses counted under their own label; anything else is counted as "other".
-const STATUSES: [u16; 13] = [
-    200, 400, 403, 404, 405, 408, 413, 431, 500, 502, 503, 504, 0,
+const STATUSES: [u16; 14] = [
+    200, 400, 403, 404, 405, 408, 413, 429, 431, 500, 502, 503, 504, 0,
 ];
 /// Fetch latency histogram upper bounds, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
@@ -66,6 +66,10 @@ pub struct Metrics {
     pub cache_evictions: AtomicU64,
     /// Audit lines dropped because the writer fell behind.
     pub audit_dropped: AtomicU64,
+    /// Connections answered `429 too_many_connections` and closed (no per-uid label: cardinality).
+    pub connections_rejected: AtomicU64,
+    /// Connections closed because a write made no progress within `write_timeout_secs`.
+    pub write_timeouts: AtomicU64,
     sources: Mutex<BTreeMap<String, Arc<SourceMetrics>>>,
 }
 
@@ -141,6 +145,16 @@ impl Metrics {
                 "credagent_audit_dropped_total",
                 "Audit lines dropped because the writer fell behind.",
                 &self.audit_dropped,
+            ),
+            (
+                "credagent_connections_rejected_total",
+                "Connections refused with 429 because the caller's uid held its share.",
+                &self.connections_rejected,
+            ),
+            (
+                "credagent_write_timeouts_total",
+                "Connections closed because a write made no progress in time.",
+                &self.write_timeouts,
             ),
         ];
         for (name, help, counter) in counters {

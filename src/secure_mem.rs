@@ -10,8 +10,14 @@
 //! - the one raw-fd adoption the agent needs (a socket inherited from systemd), because turning an
 //!   inherited descriptor number into an owned fd is `unsafe` and unsafe code stays here.
 //!
+//! A budget (`cache.max_locked_bytes`) bounds the secret memory mapped in all: a mapping that
+//! would pass it first asks the registered reclaimer (the cache, evicting least recently used
+//! values) for room, then fails with [`MemError::Budget`] — never an OOM, never a panic.
+//!
 //! It deliberately does not decide *what* is secret or how long it lives: the cache does.
 
+// SECURITY: lengths here come from data (values, replies); arithmetic on them must not overflow.
+#![deny(clippy::arithmetic_side_effects)]
 #![allow(unsafe_code)]
 
 use std::ffi::c_void;
@@ -68,6 +74,14 @@ pub enum MemError {
         /// Maximum length.
         max: usize,
     },
+    /// Mapping would pass the locked-memory budget, even after reclaiming cached values.
+    #[error("{len} more bytes of secret memory would pass the {budget} byte budget")]
+    Budget {
+        /// Bytes the mapping needed.
+        len: usize,
+        /// The budget (`cache.max_locked_bytes`).
+        budget: usize,
+    },
     /// Hardening the process failed.
     #[error("cannot harden the process ({what}): {source}")]
     Harden {
@@ -89,6 +103,11 @@ static POLICY: AtomicU8 = AtomicU8::new(0); // 0 = Required, 1 = BestEffort
 static WARNED: AtomicBool = AtomicBool::new(false);
 static LOCKED_BYTES: AtomicUsize = AtomicUsize::new(0);
 static MAPPED_BYTES: AtomicUsize = AtomicUsize::new(0);
+static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Frees room when the budget is reached: asked for `len` bytes, returns how many values it
+/// dropped (0: nothing left to drop).
+type Reclaimer = Box<dyn Fn(usize) -> usize + Send + Sync>;
+static RECLAIMER: Mutex<Option<Reclaimer>> = Mutex::new(None);
 static POOL: Mutex<Pool> = Mutex::new(Pool::new());
 
 /// Hardens the process and sets the lock policy; call once at start, before any secret exists.
@@ -133,6 +152,24 @@ fn policy() -> LockPolicy {
     }
 }
 
+/// Sets the budget on secret memory mapped in all (`cache.max_locked_bytes`).
+pub fn set_budget(bytes: usize) {
+    BUDGET.store(bytes, Ordering::SeqCst);
+}
+
+/// Registers what frees room when the budget is reached (the cache's LRU eviction). It is
+/// called with no lock of this module held.
+pub fn set_reclaimer(reclaim: impl Fn(usize) -> usize + Send + Sync + 'static) {
+    *RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(reclaim));
+}
+
+fn reclaim(len: usize) -> usize {
+    match RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        Some(reclaim) => reclaim(len),
+        None => 0,
+    }
+}
+
 /// Bytes of secret memory currently locked by this module.
 pub fn locked_bytes() -> usize {
     LOCKED_BYTES.load(Ordering::Relaxed)
@@ -165,6 +202,14 @@ impl Pool {
 /// Maps `len` bytes (a multiple of the page size), locks and advises them.
 fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
     let size = std::num::NonZeroUsize::new(len).ok_or(MemError::TooLarge { len, max: 0 })?;
+    // SECURITY: reserve against the budget before mapping, so concurrent requests cannot all
+    // pass the check and together exceed it.
+    let budget = BUDGET.load(Ordering::SeqCst);
+    MAPPED_BYTES
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |mapped| {
+            mapped.checked_add(len).filter(|total| *total <= budget)
+        })
+        .map_err(|_| MemError::Budget { len, budget })?;
     // SAFETY: an anonymous private mapping with no address hint aliases nothing in this process.
     let ptr = unsafe {
         mmap_anonymous(
@@ -174,8 +219,10 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
             MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS,
         )
     }
-    .map_err(|source| MemError::Map { source })?;
-    MAPPED_BYTES.fetch_add(len, Ordering::Relaxed);
+    .map_err(|source| {
+        MAPPED_BYTES.fetch_sub(len, Ordering::SeqCst);
+        MemError::Map { source }
+    })?;
     let unmap = || {
         // SAFETY: unmapping the mapping created above, which nothing references yet.
         let _ = unsafe { munmap(ptr, len) };
@@ -262,8 +309,18 @@ unsafe impl Send for SecretBytes {}
 unsafe impl Sync for SecretBytes {}
 
 impl SecretBytes {
-    /// A zero-filled buffer of `len` bytes in secure memory.
+    /// A zero-filled buffer of `len` bytes in secure memory. At the budget, asks the reclaimer
+    /// for room (as long as it finds something to drop) before giving up.
     pub fn zeroed(len: usize) -> Result<Self, MemError> {
+        loop {
+            match Self::zeroed_once(len) {
+                Err(MemError::Budget { .. }) if reclaim(len) > 0 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn zeroed_once(len: usize) -> Result<Self, MemError> {
         if len > MAX_SECRET_LEN {
             return Err(MemError::TooLarge {
                 len,
@@ -288,7 +345,12 @@ impl SecretBytes {
             }
             None => {
                 let page = page_size();
-                let size = len.div_ceil(page) * page;
+                let size = len
+                    .checked_next_multiple_of(page)
+                    .ok_or(MemError::TooLarge {
+                        len,
+                        max: MAX_SECRET_LEN,
+                    })?;
                 let ptr = map_region(size)?;
                 Ok(SecretBytes {
                     ptr: ptr.cast(),
@@ -343,6 +405,8 @@ impl SecretBytes {
     }
 }
 
+// Slab geometry is compile-time constants (`SLAB_CHUNK`, `CLASSES`), never data.
+#[allow(clippy::arithmetic_side_effects)]
 fn take_slot(class: usize) -> Result<Slot, MemError> {
     let mut pool = POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(slot) = pool.free[class].pop() {
@@ -418,10 +482,21 @@ impl SecretBuf {
     }
 
     /// Appends bytes, growing (and wiping the old buffer) when needed.
+    /// More than [`MAX_SECRET_LEN`] in all is [`MemError::TooLarge`] (and the buffer is unchanged).
     pub fn extend_from_slice(&mut self, bytes: &[u8]) -> Result<(), MemError> {
-        let needed = self.len + bytes.len();
+        // SECURITY: the length comes from data (a value escaped for JSON grows up to 6x): refuse
+        // past the limit instead of growing to the limit and writing past it.
+        let needed = self
+            .len
+            .checked_add(bytes.len())
+            .filter(|n| *n <= MAX_SECRET_LEN)
+            .ok_or(MemError::TooLarge {
+                len: self.len.saturating_add(bytes.len()),
+                max: MAX_SECRET_LEN,
+            })?;
         if needed > self.buf.len() {
-            let mut grown = SecretBytes::zeroed(needed.max(self.buf.len() * 2).min(MAX_SECRET_LEN))
+            let doubled = self.buf.len().saturating_mul(2).min(MAX_SECRET_LEN);
+            let mut grown = SecretBytes::zeroed(needed.max(doubled))
                 .or_else(|_| SecretBytes::zeroed(needed))?;
             grown.as_mut_slice()[..self.len].copy_from_slice(&self.buf.as_slice()[..self.len]);
             self.buf = grown;
@@ -527,5 +602,33 @@ mod tests {
         let secret = buf.finish().unwrap();
         assert_eq!(secret.len(), 1000);
         assert_eq!(&secret.as_slice()[..10], b"0123456789");
+    }
+
+    #[test]
+    fn buf_refuses_to_grow_past_the_limit_instead_of_panicking() {
+        // A 3 MiB value whose JSON escaping doubles it: the render must fail, not panic.
+        let mut buf = SecretBuf::with_capacity(3 * 1024 * 1024).unwrap();
+        let chunk = vec![b'"'; 64 * 1024];
+        let mut refused = false;
+        for _ in 0..100 {
+            match buf.extend_from_slice(&chunk) {
+                Ok(()) => assert!(buf.len() <= MAX_SECRET_LEN),
+                Err(MemError::TooLarge { max, .. }) => {
+                    assert_eq!(max, MAX_SECRET_LEN);
+                    refused = true;
+                    break;
+                }
+                Err(other) => panic!("unexpected {other}"),
+            }
+        }
+        assert!(refused);
+        // The buffer is intact and still usable up to the limit.
+        let room = MAX_SECRET_LEN - buf.len();
+        buf.extend_from_slice(&vec![b'x'; room]).unwrap();
+        assert_eq!(buf.len(), MAX_SECRET_LEN);
+        assert!(matches!(
+            buf.extend_from_slice(b"y"),
+            Err(MemError::TooLarge { .. })
+        ));
     }
 }

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 
 use common::{Agent, TestDir};
@@ -158,19 +157,9 @@ fn a_caller_that_exits_before_it_is_served_gets_no_exe_identity() {
     );
     let agent = Agent::start(&dir, &config);
 
-    // Occupy the only connection slot (answered, so accepted), so the next caller waits in the
-    // backlog.
-    let mut holder = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
-    holder
-        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut answered = Vec::new();
-    while !String::from_utf8_lossy(&answered).contains(r#"{"status":"ok"}"#) {
-        let mut buf = [0u8; 1024];
-        let n = holder.read(&mut buf).unwrap();
-        assert!(n > 0, "holder connection closed");
-        answered.extend_from_slice(&buf[..n]);
-    }
+    // Occupy every connection slot (answered, so accepted): the only general one and the
+    // operator reserve, so the next caller waits in the backlog.
+    let holder = common::hold_connections(&agent.socket, 1 + common::OPERATOR_RESERVE);
     // A caller that has connected and sent its request says so, then waits to be killed.
     let script = r#"
 import socket, sys, time

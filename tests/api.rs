@@ -480,3 +480,28 @@ fn a_flood_of_bad_requests_is_logged_at_most_20_lines_a_second_with_the_rest_cou
         "{lines} log lines for {FLOOD} rejected requests in about {flood_secs} s (at most {bound})"
     );
 }
+
+#[test]
+fn a_3_mib_secret_whose_json_escaping_passes_4_mib_is_503_and_the_agent_lives() {
+    const MIB: usize = 1024 * 1024;
+    let (dir, agent) = agent_with_demo_secrets();
+    // Every quote escapes to two bytes: 6 MiB of JSON from a 3 MiB value.
+    dir.secret("quotes", &vec![b'"'; 3 * MIB]);
+    let resp = agent.request(
+        "GET",
+        "/v1/secrets/files/quotes",
+        &[("Accept", "application/json")],
+        b"",
+    );
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (503, "memory_unavailable"),
+        "{}",
+        resp.text()
+    );
+    // Raw it is served, and the agent is still up for everyone else.
+    let raw = agent.secret("files/quotes");
+    assert_eq!(raw.status, 200);
+    assert_eq!(raw.body.len(), 3 * MIB);
+    assert_eq!(agent.secret("files/demo-password").status, 200);
+}

@@ -164,6 +164,55 @@ fn control_file_configmap_symlink_swap() {
 }
 
 #[test]
+fn an_attacker_plants_a_fifo_or_a_symlink_as_the_control_file_and_nothing_is_flushed() {
+    let dir = TestDir::new();
+    let control = dir.path().join("control");
+    std::fs::write(&control, "# initial\n").unwrap();
+    let agent = control_agent(&dir, &control);
+    dir.secret("a", b"a2");
+    let refusals = |agent: &Agent| agent.log_text().matches("control file refused").count();
+
+    // A FIFO with no writer: a blocking read would hang the watcher for good.
+    std::fs::remove_file(&control).unwrap();
+    nix::unistd::mkfifo(&control, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    assert!(
+        wait_until(WAIT, || refusals(&agent) >= 1),
+        "FIFO not refused; log:\n{}",
+        agent.log_text()
+    );
+    assert_eq!(value(&agent, "files/a"), b"a1", "a FIFO must not flush");
+
+    // A symlink as the final component, to a file that says "flush".
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, "flush files/a\n").unwrap();
+    let tmp = dir.path().join(".control.tmp");
+    std::os::unix::fs::symlink(&elsewhere, &tmp).unwrap();
+    std::fs::rename(&tmp, &control).unwrap();
+    let before = refusals(&agent);
+    assert!(wait_until(WAIT, || refusals(&agent) > before));
+    assert_eq!(value(&agent, "files/a"), b"a1", "a symlink must not flush");
+
+    // Oversized: refused, where it used to flush everything.
+    std::fs::remove_file(&control).unwrap();
+    std::fs::write(&control, vec![b'#'; 1024 * 1024 + 1]).unwrap();
+    let before = refusals(&agent);
+    assert!(wait_until(WAIT, || refusals(&agent) > before));
+    assert_eq!(
+        value(&agent, "files/a"),
+        b"a1",
+        "an oversized file must not flush"
+    );
+
+    // The watcher is still alive: a regular file is applied.
+    std::fs::write(&tmp, "flush files/a\n").unwrap();
+    std::fs::rename(&tmp, &control).unwrap();
+    assert!(
+        becomes(&agent, "files/a", b"a2"),
+        "watcher stopped after the refusals"
+    );
+}
+
+#[test]
 fn control_file_created_after_start() {
     let dir = TestDir::new();
     let control = dir.path().join("later");

@@ -90,7 +90,8 @@ fn script(body: &str) -> String {
 const EXEC_AFTER_CONNECT: &str = r#"
 path, out, allowed = sys.argv[1], sys.argv[2], sys.argv[3]
 
-# Take the agent's only connection slot (max_connections = 1), and see that it was accepted.
+# Take the agent's last connection slot (max_connections = 1; the test holds the operator
+# reserve), and see that it was accepted.
 holder = socket.socket(socket.AF_UNIX)
 holder.connect(path)
 holder.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -133,6 +134,8 @@ fn helper_forked_before_the_connector_execs_an_allowed_binary_gets_403_peer_chan
             "socket_mode = \"0666\"\nmax_connections = 1",
         ),
     );
+    // The operator reserve is taken here, so the connector's holder takes the last slot.
+    let _reserve = common::hold_connections(&agent.socket, common::OPERATOR_RESERVE);
     let out = scratch(&dir).join("response");
     let mut connector = Command::new(PYTHON)
         .arg("-c")

@@ -47,6 +47,12 @@ pub enum ApiError {
     UpstreamBadReply,
     /// Secure memory could not hold the value.
     MemoryUnavailable,
+    /// The caller's uid holds its share of connections (or every general slot is taken).
+    TooManyConnections,
+    /// Holding the response would exceed `cache.max_locked_bytes`.
+    MemoryBudget,
+    /// The source has `max_concurrent_fetches` running and its queue is full or timed out.
+    SourceBusy,
 }
 
 impl ApiError {
@@ -64,7 +70,11 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ShuttingDown | ApiError::MemoryUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ShuttingDown
+            | ApiError::MemoryUnavailable
+            | ApiError::MemoryBudget
+            | ApiError::SourceBusy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamDenied
             | ApiError::UpstreamUnavailable
             | ApiError::UpstreamBadReply => StatusCode::BAD_GATEWAY,
@@ -92,6 +102,9 @@ impl ApiError {
             ApiError::UpstreamUnavailable | ApiError::UpstreamTimeout => "upstream_unavailable",
             ApiError::UpstreamBadReply => "upstream_bad_reply",
             ApiError::MemoryUnavailable => "memory_unavailable",
+            ApiError::TooManyConnections => "too_many_connections",
+            ApiError::MemoryBudget => "memory_budget",
+            ApiError::SourceBusy => "source_busy",
         }
     }
 
@@ -120,14 +133,29 @@ impl ApiError {
             ApiError::UpstreamTimeout => "the secret backend did not answer in time".to_owned(),
             ApiError::UpstreamBadReply => "the secret backend's reply was unusable".to_owned(),
             ApiError::MemoryUnavailable => "no secure memory left to hold the secret".to_owned(),
+            ApiError::TooManyConnections => {
+                "too many connections from this user; close idle ones and retry".to_owned()
+            }
+            ApiError::MemoryBudget => {
+                "the agent's locked-memory budget is exhausted; retry later".to_owned()
+            }
+            ApiError::SourceBusy => {
+                "too many fetches from this source are in flight; retry later".to_owned()
+            }
         }
+    }
+
+    /// The JSON error body `{"error":{"code","message"}}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({
+            "error": { "code": self.code(), "message": self.message() }
+        })
+        .to_string()
     }
 
     /// The JSON error response.
     pub fn response(&self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.message() }
-        });
+        let body = self.body();
         let mut builder = Response::builder()
             .status(self.status())
             .header(header::CONTENT_TYPE, "application/json");
@@ -135,7 +163,7 @@ impl ApiError {
             builder = builder.header(header::ALLOW, "GET, POST");
         }
         builder
-            .body(Full::new(Bytes::from(body.to_string())))
+            .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
     }
 }
@@ -160,6 +188,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::UpstreamTimeout => ApiError::UpstreamTimeout,
             BrokerError::UpstreamBadReply => ApiError::UpstreamBadReply,
             BrokerError::MemoryUnavailable => ApiError::MemoryUnavailable,
+            BrokerError::MemoryBudget => ApiError::MemoryBudget,
+            BrokerError::SourceBusy => ApiError::SourceBusy,
         }
     }
 }
@@ -193,6 +223,9 @@ mod tests {
             (ApiError::UpstreamUnavailable, 502, "upstream_unavailable"),
             (ApiError::UpstreamTimeout, 504, "upstream_unavailable"),
             (ApiError::UpstreamBadReply, 502, "upstream_bad_reply"),
+            (ApiError::TooManyConnections, 429, "too_many_connections"),
+            (ApiError::MemoryBudget, 503, "memory_budget"),
+            (ApiError::SourceBusy, 503, "source_busy"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -220,6 +253,8 @@ mod tests {
             BrokerError::UpstreamTimeout,
             BrokerError::UpstreamBadReply,
             BrokerError::MemoryUnavailable,
+            BrokerError::MemoryBudget,
+            BrokerError::SourceBusy,
         ];
         for err in all {
             let status = err.status();

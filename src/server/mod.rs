@@ -2,33 +2,54 @@
 //! connection cap, one HTTP/1.1 connection task per client with its peer identity read once at
 //! accept and every read checked to come from that peer (`sender`), and a graceful drain on
 //! shutdown. Routing and handling live in `route` and `handler`.
+//!
+//! Fairness between local users is decided here, per connection: one uid holds at most
+//! `max_connections_per_uid` connections and all uids together at most `max_connections`; past
+//! that a connection is answered `429 too_many_connections` and closed at once. uid 0 and admin
+//! peers are not counted and have [`OPERATOR_RESERVE`] connections beyond `max_connections`, so
+//! an operator can always reach health, flush and metrics. Writes are bounded by
+//! `write_timeout` (`write_timeout`).
 
 pub mod creds;
 pub mod error;
 pub mod handler;
 pub mod route;
 pub mod sender;
+pub mod write_timeout;
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::ServerConfig;
-use crate::peer;
+use crate::peer::{self, PeerIdentity};
+use crate::rate_limited;
 use crate::state::AppState;
+use crate::{acl, server::error::ApiError};
 
 /// Largest request head (request line plus headers); larger gets 431.
 const MAX_HEAD: usize = 16 * 1024;
 /// A client must send its request head within this time.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections beyond `max_connections` that only uid 0 and admin peers may use.
+pub const OPERATOR_RESERVE: usize = 8;
+/// A refused client's request is read (and dropped) for up to this long and this many bytes
+/// before closing, so its write does not fail with EPIPE before it reads the 429.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+const REFUSED_DRAIN: usize = 16 * 1024;
+/// At most this many refused connections linger at once; past that they are closed at once.
+const MAX_LINGERING: usize = 64;
 
 /// Failures to set up the socket.
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +217,10 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let max = config.max_connections.get();
-    let limit = Arc::new(Semaphore::new(max));
+    let all = max.saturating_add(OPERATOR_RESERVE);
+    let limit = Arc::new(Semaphore::new(all));
+    let admission = Arc::new(Admission::new(&config));
+    let write_timeout = config.write_timeout;
     let conn_shutdown = shutdown.clone();
     accept_until_shutdown(
         listener,
@@ -205,11 +229,18 @@ pub async fn serve(
         "agent socket",
         move |stream| {
             let accepted = peer::AcceptTime::now();
-            serve_connection(stream, accepted, state.clone(), conn_shutdown.clone())
+            serve_connection(
+                stream,
+                accepted,
+                state.clone(),
+                admission.clone(),
+                write_timeout,
+                conn_shutdown.clone(),
+            )
         },
     )
     .await;
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let all = u32::try_from(all).unwrap_or(u32::MAX);
     match tokio::time::timeout(config.shutdown_timeout, limit.acquire_many(all)).await {
         Ok(_) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!(
@@ -217,6 +248,137 @@ pub async fn serve(
             "shutdown timeout reached with connections still open"
         ),
     }
+}
+
+/// Connection counts per uid, for fairness between local users.
+#[derive(Debug)]
+struct Admission {
+    max_general: usize,
+    per_uid: usize,
+    counts: Mutex<Counts>,
+    /// Refused connections draining their request, outside every connection slot.
+    lingering: Arc<Semaphore>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    general: usize,
+    by_uid: HashMap<u32, usize>,
+}
+
+/// A connection's place in [`Admission`]; gives it back on drop.
+#[derive(Debug)]
+struct Admitted {
+    admission: Arc<Admission>,
+    /// `None` for an operator (not counted).
+    uid: Option<u32>,
+}
+
+impl Admission {
+    fn new(config: &ServerConfig) -> Self {
+        Admission {
+            max_general: config.max_connections.get(),
+            per_uid: config.max_connections_per_uid.get(),
+            counts: Mutex::new(Counts::default()),
+            lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
+        }
+    }
+
+    /// Admits a connection from `uid`, or refuses it. Operators (uid 0, admin peers) are not
+    /// counted: the accept loop's cap leaves them [`OPERATOR_RESERVE`] slots beyond the rest.
+    fn admit(self: &Arc<Self>, uid: u32, operator: bool) -> Option<Admitted> {
+        if operator {
+            return Some(Admitted {
+                admission: self.clone(),
+                uid: None,
+            });
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let held = counts.by_uid.get(&uid).copied().unwrap_or(0);
+        if held >= self.per_uid || counts.general >= self.max_general {
+            return None;
+        }
+        counts.general = counts.general.saturating_add(1);
+        counts.by_uid.insert(uid, held.saturating_add(1));
+        Some(Admitted {
+            admission: self.clone(),
+            uid: Some(uid),
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(uid) = self.uid else { return };
+        let mut counts = self
+            .admission
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        counts.general = counts.general.saturating_sub(1);
+        if let Some(held) = counts.by_uid.get_mut(&uid) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.by_uid.remove(&uid);
+            }
+        }
+    }
+}
+
+/// Answers `429 too_many_connections` without waiting for the request, then lets the client's
+/// request drain in a task of its own that holds no connection slot, and closes.
+async fn refuse(mut stream: UnixStream, write_timeout: Duration, lingering: &Arc<Semaphore>) {
+    let err = ApiError::TooManyConnections;
+    let body = err.body();
+    let status = err.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let reply = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(write_timeout, reply).await.is_err() {
+        return;
+    }
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let drain = async {
+            let mut sink = [0u8; 4096];
+            let mut drained = 0usize;
+            while drained < REFUSED_DRAIN {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained = drained.saturating_add(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(REFUSED_LINGER, drain).await;
+        drop(permit);
+    });
+}
+
+/// Whether `peer` gets the operator's reserve and is not held to the per-uid cap.
+fn is_operator(state: &AppState, peer: &PeerIdentity) -> bool {
+    peer.uid == 0 || acl::decide_admin(&state.runtime().rules, peer).allowed()
+}
+
+/// Whether a connection error is the write deadline firing.
+fn is_write_timeout(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// The accept loop both sockets share (mini-redis style): take a permit from `limit` (the
@@ -272,6 +434,8 @@ async fn serve_connection(
     stream: UnixStream,
     accepted: peer::AcceptTime,
     state: Arc<AppState>,
+    admission: Arc<Admission>,
+    write_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let identity = match peer::identify(&stream, accepted, &state.runtime().exe_rules) {
@@ -288,7 +452,20 @@ async fn serve_connection(
         tracing::warn!(error = %err, "dropping connection: cannot enable SO_PASSCRED on it");
         return;
     }
+    // SECURITY: one local user cannot take every connection slot from the others.
+    let operator = is_operator(&state, &identity);
+    let Some(_admitted) = admission.admit(identity.uid, operator) else {
+        state
+            .metrics
+            .connections_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        rate_limited!(info, uid = identity.uid, pid = ?identity.pid, "too many connections from this uid; refusing");
+        refuse(stream, write_timeout, &admission.lingering).await;
+        return;
+    };
     let (stream, taint) = sender::CheckedStream::new(stream, sender::Connector::of(&identity));
+    let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
+    let metrics = state.metrics.clone();
     let service = service_fn(move |req| {
         let state = state.clone();
         let identity = identity.clone();
@@ -308,6 +485,9 @@ async fn serve_connection(
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(err) = result {
+                if is_write_timeout(&err) {
+                    metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::debug!(error = %err, "connection ended with an error");
             }
         }

@@ -33,6 +33,8 @@ pub struct RawFileSource {
     pub ttl_secs: Option<u64>,
     /// Per-source fetch timeout.
     pub fetch_timeout_secs: Option<u64>,
+    /// Fetches from this source in flight at once (default 8); further misses queue.
+    pub max_concurrent_fetches: Option<usize>,
 }
 
 /// Serves files below `dir`.

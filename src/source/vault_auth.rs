@@ -7,6 +7,9 @@
 //! and transit modules call [`VaultSession::call`], which retries once after a re-login when a
 //! 403 turns out to mean "this token is no longer valid" rather than "your policy says no".
 
+// SECURITY: TTLs here come from Vault's replies; arithmetic on them must not overflow.
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::{Arc, RwLock, Weak};
@@ -138,7 +141,8 @@ impl VaultSession {
 
     fn install(&self, token: SecretBytes) {
         *self.token.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(token);
-        self.generation.send_modify(|g| *g += 1);
+        // A change counter compared for equality only: wrapping is harmless.
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     /// Calls Vault with the agent's token. On 403, asks Vault whether the token itself is still
@@ -201,11 +205,7 @@ async fn maintain(
     let mut login_ttl = ttl;
     let mut renew_failures = 0u32;
     loop {
-        let renew_at = if ttl.is_zero() {
-            None
-        } else {
-            Some((ttl * 2 / 3).max(Duration::from_millis(500)))
-        };
+        let renew_at = renew_delay(ttl);
         let want_login = tokio::select! {
             () = relogin.notified() => true,
             () = sleep_opt(renew_at) => false,
@@ -237,15 +237,15 @@ async fn maintain(
                 }
                 Ok(Err(SourceError::Denied { .. })) => do_login = true,
                 Ok(Err(err)) => {
-                    renew_failures += 1;
+                    renew_failures = renew_failures.saturating_add(1);
                     tracing::warn!(source = %name, error = %err, "Vault token renewal failed; will retry");
-                    ttl = backoff(renew_failures) * 3 / 2;
+                    ttl = retry_ttl(backoff(renew_failures));
                     continue;
                 }
                 Err(_) => {
-                    renew_failures += 1;
+                    renew_failures = renew_failures.saturating_add(1);
                     tracing::warn!(source = %name, "Vault token renewal timed out; will retry");
-                    ttl = backoff(renew_failures) * 3 / 2;
+                    ttl = retry_ttl(backoff(renew_failures));
                     continue;
                 }
             }
@@ -262,6 +262,22 @@ async fn maintain(
             }
         }
     }
+}
+
+/// When to renew a token of lifetime `ttl`: at 2/3 of it, at least 500 ms from now; `None` for
+/// a token that does not expire. `ttl` comes from Vault's reply (`lease_duration`, up to
+/// `u64::MAX` seconds), so the arithmetic must not overflow.
+fn renew_delay(ttl: Duration) -> Option<Duration> {
+    if ttl.is_zero() {
+        return None;
+    }
+    let two_thirds = ttl.checked_div(3).unwrap_or_default().saturating_mul(2);
+    Some(two_thirds.max(Duration::from_millis(500)))
+}
+
+/// The TTL whose renewal point ([`renew_delay`]) is `delay` from now.
+fn retry_ttl(delay: Duration) -> Duration {
+    delay.saturating_mul(3).checked_div(2).unwrap_or(delay)
 }
 
 async fn sleep_opt(duration: Option<Duration>) {
@@ -295,7 +311,7 @@ async fn login_with_backoff(session: &Weak<VaultSession>, name: &str) -> Option<
             Err(_) => tracing::warn!(source = %name, attempt, "Vault login timed out; backing off"),
         }
         drop(strong);
-        attempt += 1;
+        attempt = attempt.saturating_add(1);
         tokio::time::sleep(backoff(attempt)).await;
     }
 }
@@ -309,7 +325,8 @@ fn backoff(attempt: u32) -> Duration {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(attempt);
     let jitter = hasher.finish() % 1000; // per mille of half the base
-    base - base / 2 * u32::try_from(jitter).unwrap_or(0) / 1000
+    let per_mille = base.checked_div(2000).unwrap_or_default();
+    base.saturating_sub(per_mille.saturating_mul(u32::try_from(jitter).unwrap_or(0)))
 }
 
 /// Reads a credential file into secure memory, without trailing whitespace.
@@ -322,7 +339,7 @@ fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
         .as_slice()
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
+        .map_or(0, |i| i.saturating_add(1));
     if len == 0 {
         return Err(SourceError::BadReply {
             detail: format!("{} is empty", path.display()),
@@ -469,6 +486,28 @@ async fn renew_self(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_lease_duration_schedules_renewal_without_panicking() {
+        // Vault's reply decides `lease_duration`; u64::MAX seconds once killed the renewal task.
+        let huge = Duration::from_secs(u64::MAX);
+        let at = renew_delay(huge).unwrap();
+        assert!(at >= Duration::from_secs(u64::MAX / 3));
+        let sleeping = tokio::time::timeout(Duration::from_secs(1), sleep_opt(Some(at))).await;
+        assert!(
+            sleeping.is_err(),
+            "a far-future renewal sleeps, it does not fire"
+        );
+        assert_eq!(renew_delay(Duration::ZERO), None);
+        assert_eq!(
+            renew_delay(Duration::from_secs(30)),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            renew_delay(Duration::from_millis(1)),
+            Some(Duration::from_millis(500))
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -36,6 +36,8 @@ pub struct RawVaultSource {
     pub ttl_secs: Option<u64>,
     /// Per-source fetch timeout.
     pub fetch_timeout_secs: Option<u64>,
+    /// Fetches from this source in flight at once (default 8); further misses queue.
+    pub max_concurrent_fetches: Option<usize>,
 }
 
 fn default_kv_mount() -> String {

@@ -542,3 +542,27 @@ pub fn pipelined(socket: &Path, request: &str, count: usize) -> Vec<u8> {
     sender.join().unwrap();
     out
 }
+
+/// Connections the agent keeps beyond `server.max_connections` for uid 0 and admin peers.
+pub const OPERATOR_RESERVE: usize = 8;
+
+/// Opens `count` keep-alive connections, each answered once (so the agent has accepted it), and
+/// returns them open: as root (an operator) this takes slots of the operator reserve first.
+pub fn hold_connections(socket: &Path, count: usize) -> Vec<UnixStream> {
+    (0..count)
+        .map(|_| {
+            let mut stream = UnixStream::connect(socket).unwrap();
+            stream
+                .write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut answered = Vec::new();
+            while !String::from_utf8_lossy(&answered).contains(r#"{"status":"ok"}"#) {
+                let mut buf = [0u8; 1024];
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "held connection closed");
+                answered.extend_from_slice(&buf[..n]);
+            }
+            stream
+        })
+        .collect()
+}
