@@ -144,6 +144,9 @@ pub fn push_json_string(out: &mut SecretBuf, text: &str) -> Result<(), MemError>
 }
 
 /// Appends standard base64 of `bytes` (for binary values in JSON responses).
+///
+/// Not the `base64` crate (in the lock file): it encodes into a `String` or plain slice, and the
+/// encoded value is as secret as the value, so it is written into the locked buffer directly.
 pub fn push_base64(out: &mut SecretBuf, bytes: &[u8]) -> Result<(), MemError> {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in bytes.chunks(3) {

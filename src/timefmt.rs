@@ -1,4 +1,8 @@
 //! RFC 3339 UTC timestamps without a date crate (audit lines and JSON responses).
+//!
+//! Not the `time` crate (in the lock file): its `Rfc3339` prints a variable-length fraction, and
+//! audit lines want a fixed millisecond width that sorts as text; a custom format needs its
+//! `macros` feature (a proc-macro crate) for the twenty lines of civil-date arithmetic below.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

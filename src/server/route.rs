@@ -147,6 +147,10 @@ fn accepts_json(headers: &hyper::HeaderMap) -> bool {
 }
 
 /// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are errors.
+///
+/// Not the `percent-encoding` crate (in the lock file): it passes a malformed escape such as
+/// `%zz` or a trailing `%` through as literal text, and a name must mean one thing only, so a
+/// malformed escape here is a `400`.
 pub fn percent_decode(text: &str) -> Result<String, ApiError> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());

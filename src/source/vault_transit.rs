@@ -222,6 +222,9 @@ fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 /// Standard base64 (padding optional) into secure memory.
+///
+/// Not the `base64` crate (in the lock file): its decoders write into a `Vec` or a plain slice,
+/// and this plaintext (a data key or a decrypted value) must land in locked memory directly.
 fn decode_base64(text: &[u8]) -> Option<SecretBytes> {
     fn sextet(c: u8) -> Option<u32> {
         Some(u32::from(match c {
