@@ -16,6 +16,7 @@ use crate::acl::{PeerMatch, Rule};
 use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
 use crate::source::aws::{AwsConfig, RawAwsSource};
+use crate::source::aws_ssm::{RawSsmSource, SsmConfig};
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
 use crate::source::vault::{RawVaultSource, VaultConfig};
@@ -210,6 +211,9 @@ pub enum RawSource {
     /// `type = "aws-secretsmanager"`.
     #[serde(rename = "aws-secretsmanager")]
     Aws(Box<RawAwsSource>),
+    /// `type = "aws-ssm"`.
+    #[serde(rename = "aws-ssm")]
+    AwsSsm(Box<RawSsmSource>),
 }
 
 /// `[[allow]]` as written.
@@ -377,6 +381,8 @@ pub enum SourceKind {
     Vault(Box<VaultConfig>),
     /// AWS Secrets Manager.
     Aws(Box<AwsConfig>),
+    /// AWS SSM Parameter Store.
+    AwsSsm(Box<SsmConfig>),
 }
 
 /// Default fetch timeout of a source.
@@ -728,6 +734,16 @@ fn build_source(
                 SourceKind::Aws(Box::new(aws)),
                 a.ttl_secs,
                 a.fetch_timeout_secs,
+            )
+        }
+        RawSource::AwsSsm(a) => {
+            let ssm = a
+                .validate(key, ctx.path)
+                .map_err(|e| ctx.invalid(e.key, e.reason))?;
+            (
+                SourceKind::AwsSsm(Box::new(ssm)),
+                a.aws.ttl_secs,
+                a.aws.fetch_timeout_secs,
             )
         }
     };

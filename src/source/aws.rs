@@ -175,6 +175,59 @@ impl RawAwsSource {
     }
 }
 
+impl AwsConfig {
+    /// The SDK config every AWS source kind builds its client from: the credentials (checked
+    /// with STS here), region, endpoint, timeouts and retries.
+    pub async fn sdk_config(
+        &self,
+        fetch_timeout: Duration,
+    ) -> Result<aws_config::SdkConfig, aws_auth::AuthError> {
+        let net = NetSettings {
+            operation_timeout: fetch_timeout,
+        };
+        let credentials = aws_auth::build(&self.auth, net).await?;
+        Ok(
+            aws_auth::sdk_config(credentials, &self.region, self.endpoint_url.as_deref(), net)
+                .await,
+        )
+    }
+}
+
+/// Splits the keys a kind adds to the shared AWS settings (`bucket`, `prefix`) off a source
+/// section, and parses the rest as [`RawAwsSource`] (unknown keys still refused).
+pub fn split_aws_section<'de, D>(
+    deserializer: D,
+    own_keys: &[&str],
+) -> Result<(toml::Table, RawAwsSource), D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    let mut table = toml::Table::deserialize(deserializer)?;
+    let mut own = toml::Table::new();
+    for key in own_keys {
+        if let Some(value) = table.remove(*key) {
+            own.insert((*key).to_owned(), value);
+        }
+    }
+    let aws = toml::Value::Table(table)
+        .try_into::<RawAwsSource>()
+        .map_err(|e| D::Error::custom(e.message().trim_end().to_owned()))?;
+    Ok((own, aws))
+}
+
+/// An optional string among the keys [`split_aws_section`] split off.
+pub fn own_string<E: serde::de::Error>(own: &toml::Table, key: &str) -> Result<Option<String>, E> {
+    match own.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(E::custom(format!(
+            "{key}: expected a string, found {}",
+            other.type_str()
+        ))),
+    }
+}
+
 impl RawAssumeRole {
     fn validate(
         &self,
@@ -352,8 +405,8 @@ pub fn check_secret_id(id: &str) -> Result<(), &'static str> {
 /// Selectors this source accepts: `version_id` (32–64 of letters, digits, `-`) and
 /// `version_stage` (1–256 characters); not `version`.
 pub fn check_selector(selector: &Selector) -> Result<(), &'static str> {
-    if selector.version.is_some() {
-        return Err("AWS secrets take version_id or version_stage, not version");
+    if selector.version.is_some() || selector.label.is_some() {
+        return Err("AWS secrets take version_id or version_stage, not version or label");
     }
     if let Some(id) = &selector.version_id {
         let ok = (32..=64).contains(&id.len())
@@ -397,17 +450,7 @@ impl AwsSource {
         config: &AwsConfig,
         fetch_timeout: Duration,
     ) -> Result<AwsSource, aws_auth::AuthError> {
-        let net = NetSettings {
-            operation_timeout: fetch_timeout,
-        };
-        let credentials = aws_auth::build(&config.auth, net).await?;
-        let sdk = aws_auth::sdk_config(
-            credentials,
-            &config.region,
-            config.endpoint_url.as_deref(),
-            net,
-        )
-        .await;
+        let sdk = config.sdk_config(fetch_timeout).await?;
         Ok(AwsSource {
             client: aws_sdk_secretsmanager::Client::new(&sdk),
             region: config.region.clone(),
@@ -496,17 +539,39 @@ impl AwsSource {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let detail = format!("{operation}: {}", DisplayErrorContext(&err));
-        match &err {
-            SdkError::TimeoutError(_) => SourceError::Timeout(self.operation_timeout),
-            SdkError::DispatchFailure(f) if f.is_timeout() => {
-                SourceError::Timeout(self.operation_timeout)
-            }
-            SdkError::ServiceError(ctx) => {
-                classify(ctx.err().code(), ctx.raw().status().as_u16(), detail)
-            }
+        map_sdk_error(operation, err, self.operation_timeout)
+    }
+}
+
+/// Maps any AWS SDK error (every service's client shares the HTTP response type) to a
+/// [`SourceError`]; `timeout` is the operation timeout the source was built with.
+pub fn map_sdk_error<E>(
+    operation: &str,
+    err: SdkError<E, aws_sdk_secretsmanager::config::http::HttpResponse>,
+    timeout: Duration,
+) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    if let SdkError::ResponseError(ctx) = &err {
+        // SECURITY: the SDK's context for an unparseable response includes the raw body, which
+        // on a success status is the value itself: log the status only. 401/403 without a
+        // parseable body (moto answers auth failures in XML to JSON protocols) is a denial.
+        let status = ctx.raw().status().as_u16();
+        let detail = format!("{operation}: unparseable response, HTTP {status}");
+        return match status {
+            401 | 403 => SourceError::Denied { detail },
             _ => SourceError::Unavailable { detail },
+        };
+    }
+    let detail = format!("{operation}: {}", DisplayErrorContext(&err));
+    match &err {
+        SdkError::TimeoutError(_) => SourceError::Timeout(timeout),
+        SdkError::DispatchFailure(f) if f.is_timeout() => SourceError::Timeout(timeout),
+        SdkError::ServiceError(ctx) => {
+            classify(ctx.err().code(), ctx.raw().status().as_u16(), detail)
         }
+        _ => SourceError::Unavailable { detail },
     }
 }
 
@@ -514,7 +579,14 @@ impl AwsSource {
 /// [`SourceError`]. 403 without a code (moto's XML auth errors) is a denial.
 fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError {
     match code {
-        Some("ResourceNotFoundException") => SourceError::NotFound,
+        // Secrets Manager; SSM Parameter Store; S3.
+        Some(
+            "ResourceNotFoundException"
+            | "ParameterNotFound"
+            | "ParameterVersionNotFound"
+            | "NoSuchKey"
+            | "NoSuchVersion",
+        ) => SourceError::NotFound,
         // A secret scheduled for deletion: gone, as far as a reader is concerned.
         Some("InvalidRequestException") if detail.contains("deleted") => SourceError::NotFound,
         Some(
@@ -527,7 +599,9 @@ fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError {
             | "InvalidClientTokenId"
             | "ExpiredTokenException"
             | "IncompleteSignature"
-            | "KMSAccessDeniedException",
+            | "KMSAccessDeniedException"
+            | "InvalidKeyId"
+            | "NoSuchBucket",
         ) => SourceError::Denied { detail },
         Some(
             "ThrottlingException"
@@ -536,6 +610,9 @@ fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError {
             | "RequestLimitExceeded"
             | "InternalServiceError"
             | "InternalFailure"
+            | "InternalServerError"
+            | "InternalError"
+            | "SlowDown"
             | "ServiceUnavailable",
         ) => SourceError::Unavailable { detail },
         _ => match status {
@@ -727,6 +804,7 @@ mod tests {
             version_id: id.map(str::to_owned),
             version_stage: stage.map(str::to_owned),
             version,
+            label: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
         assert!(check_selector(&sel(None, Some("AWSPREVIOUS"), None)).is_ok());

@@ -6,6 +6,7 @@
 //! the cache and the ACL do. Dispatch is a plain enum, one variant per kind, one file per kind.
 
 pub mod aws;
+pub mod aws_ssm;
 pub mod env;
 pub mod file;
 pub mod vault;
@@ -28,14 +29,19 @@ pub struct Selector {
     pub version_id: Option<String>,
     /// AWS `VersionStage` (`AWSCURRENT`, `AWSPREVIOUS`, custom).
     pub version_stage: Option<String>,
-    /// Vault KV v2 version number.
+    /// Vault KV v2 version number; SSM parameter version.
     pub version: Option<u64>,
+    /// SSM parameter label.
+    pub label: Option<String>,
 }
 
 impl Selector {
     /// Whether no selector is set.
     pub fn is_empty(&self) -> bool {
-        self.version_id.is_none() && self.version_stage.is_none() && self.version.is_none()
+        self.version_id.is_none()
+            && self.version_stage.is_none()
+            && self.version.is_none()
+            && self.label.is_none()
     }
 }
 
@@ -132,6 +138,8 @@ pub enum Source {
     VaultTransit(vault_transit::TransitSource),
     /// AWS Secrets Manager.
     Aws(aws::AwsSource),
+    /// AWS SSM Parameter Store.
+    AwsSsm(aws_ssm::SsmSource),
     /// A scripted source for unit tests of the layers above.
     #[cfg(test)]
     Fake(crate::testutil::FakeSource),
@@ -146,6 +154,7 @@ impl Source {
             Source::Vault(_) => "vault",
             Source::VaultTransit(_) => "vault-transit",
             Source::Aws(_) => "aws-secretsmanager",
+            Source::AwsSsm(_) => "aws-ssm",
             #[cfg(test)]
             Source::Fake(_) => "fake",
         }
@@ -155,7 +164,10 @@ impl Source {
     pub fn check_selector(&self, selector: &Selector) -> Result<(), &'static str> {
         match self {
             Source::Vault(_) => {
-                if selector.version_id.is_some() || selector.version_stage.is_some() {
+                if selector.version_id.is_some()
+                    || selector.version_stage.is_some()
+                    || selector.label.is_some()
+                {
                     Err("Vault KV takes ?version=N, not version_id or version_stage")
                 } else {
                     Ok(())
@@ -169,6 +181,7 @@ impl Source {
                 }
             }
             Source::Aws(_) => aws::check_selector(selector),
+            Source::AwsSsm(_) => aws_ssm::check_selector(selector),
             #[cfg(test)]
             Source::Fake(_) => {
                 if selector.version.is_some() {
@@ -188,6 +201,7 @@ impl Source {
             Source::Env(_) => env::check_id(id),
             Source::VaultTransit(_) => vault_transit::split_id(id).map(|_| ()),
             Source::Aws(_) => aws::check_secret_id(id),
+            Source::AwsSsm(_) => aws_ssm::check_id(id),
             #[cfg(test)]
             Source::Fake(_) => crate::testutil::FakeSource::check_id(id),
         }
@@ -208,6 +222,7 @@ impl Source {
                 .map(Fetched::New),
             Source::VaultTransit(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Aws(s) => s.fetch(request, previous).await,
+            Source::AwsSsm(s) => s.fetch(request).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
@@ -326,6 +341,17 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
                     warn_plain_http(name);
                 }
                 aws::AwsSource::build(aws, cfg.fetch_timeout)
+                    .await
+                    .map_err(|e| BuildError {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    })?
+            }),
+            crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
+                if ssm.aws.allow_plain_http {
+                    warn_plain_http(name);
+                }
+                aws_ssm::SsmSource::build(ssm, cfg.fetch_timeout)
                     .await
                     .map_err(|e| BuildError {
                         name: name.clone(),
