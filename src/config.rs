@@ -17,6 +17,7 @@ use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
 use crate::source::aws::{AwsConfig, RawAwsSource};
 use crate::source::aws_ssm::{RawSsmSource, SsmConfig};
+use crate::source::command::{CommandConfig, RawCommandSource};
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
 use crate::source::vault::{RawVaultSource, VaultConfig};
@@ -214,6 +215,9 @@ pub enum RawSource {
     /// `type = "aws-ssm"`.
     #[serde(rename = "aws-ssm")]
     AwsSsm(Box<RawSsmSource>),
+    /// `type = "command"`.
+    #[serde(rename = "command")]
+    Command(RawCommandSource),
 }
 
 /// `[[allow]]` as written.
@@ -383,6 +387,8 @@ pub enum SourceKind {
     Aws(Box<AwsConfig>),
     /// AWS SSM Parameter Store.
     AwsSsm(Box<SsmConfig>),
+    /// A command's output.
+    Command(CommandConfig),
 }
 
 /// Default fetch timeout of a source.
@@ -735,6 +741,15 @@ fn build_source(
                 a.ttl_secs,
                 a.fetch_timeout_secs,
             )
+        }
+        RawSource::Command(c) => {
+            let command = c
+                .validate()
+                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
+            // The command's own limit bounds the fetch; one second more lets it kill the
+            // command's process group before the broker gives up on the fetch.
+            let timeout_secs = Some(command.timeout.as_secs() + 1);
+            (SourceKind::Command(command), c.ttl_secs, timeout_secs)
         }
         RawSource::AwsSsm(a) => {
             let ssm = a

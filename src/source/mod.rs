@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod aws_ssm;
+pub mod command;
 pub mod env;
 pub mod file;
 pub mod vault;
@@ -140,6 +141,8 @@ pub enum Source {
     Aws(aws::AwsSource),
     /// AWS SSM Parameter Store.
     AwsSsm(aws_ssm::SsmSource),
+    /// A command's output (`pass`, `gopass`, …).
+    Command(command::CommandSource),
     /// A scripted source for unit tests of the layers above.
     #[cfg(test)]
     Fake(crate::testutil::FakeSource),
@@ -155,6 +158,7 @@ impl Source {
             Source::VaultTransit(_) => "vault-transit",
             Source::Aws(_) => "aws-secretsmanager",
             Source::AwsSsm(_) => "aws-ssm",
+            Source::Command(_) => "command",
             #[cfg(test)]
             Source::Fake(_) => "fake",
         }
@@ -173,7 +177,7 @@ impl Source {
                     Ok(())
                 }
             }
-            Source::File(_) | Source::Env(_) | Source::VaultTransit(_) => {
+            Source::File(_) | Source::Env(_) | Source::VaultTransit(_) | Source::Command(_) => {
                 if selector.is_empty() {
                     Ok(())
                 } else {
@@ -202,6 +206,7 @@ impl Source {
             Source::VaultTransit(_) => vault_transit::split_id(id).map(|_| ()),
             Source::Aws(_) => aws::check_secret_id(id),
             Source::AwsSsm(_) => aws_ssm::check_id(id),
+            Source::Command(_) => command::check_id(id),
             #[cfg(test)]
             Source::Fake(_) => crate::testutil::FakeSource::check_id(id),
         }
@@ -223,6 +228,7 @@ impl Source {
             Source::VaultTransit(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Aws(s) => s.fetch(request, previous).await,
             Source::AwsSsm(s) => s.fetch(request).await,
+            Source::Command(s) => s.fetch(request).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
@@ -347,6 +353,14 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
                         reason: e.to_string(),
                     })?
             }),
+            crate::config::SourceKind::Command(command) => {
+                Source::Command(command::CommandSource::build(command).map_err(|reason| {
+                    BuildError {
+                        name: name.clone(),
+                        reason,
+                    }
+                })?)
+            }
             crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
                 if ssm.aws.allow_plain_http {
                     warn_plain_http(name);
