@@ -16,6 +16,7 @@ use crate::acl::{PeerMatch, Rule};
 use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
 use crate::source::aws::{AwsConfig, RawAwsSource};
+use crate::source::aws_s3::{RawS3Source, S3Config};
 use crate::source::aws_ssm::{RawSsmSource, SsmConfig};
 use crate::source::command::{CommandConfig, RawCommandSource};
 use crate::source::env::RawEnvSource;
@@ -215,6 +216,9 @@ pub enum RawSource {
     /// `type = "aws-ssm"`.
     #[serde(rename = "aws-ssm")]
     AwsSsm(Box<RawSsmSource>),
+    /// `type = "aws-s3"`.
+    #[serde(rename = "aws-s3")]
+    AwsS3(Box<RawS3Source>),
     /// `type = "command"`.
     #[serde(rename = "command")]
     Command(RawCommandSource),
@@ -389,6 +393,8 @@ pub enum SourceKind {
     AwsSsm(Box<SsmConfig>),
     /// A command's output.
     Command(CommandConfig),
+    /// AWS S3.
+    AwsS3(Box<S3Config>),
 }
 
 /// Default fetch timeout of a source.
@@ -750,6 +756,16 @@ fn build_source(
             // command's process group before the broker gives up on the fetch.
             let timeout_secs = Some(command.timeout.as_secs() + 1);
             (SourceKind::Command(command), c.ttl_secs, timeout_secs)
+        }
+        RawSource::AwsS3(a) => {
+            let s3 = a
+                .validate(key, ctx.path)
+                .map_err(|e| ctx.invalid(e.key, e.reason))?;
+            (
+                SourceKind::AwsS3(Box::new(s3)),
+                a.aws.ttl_secs,
+                a.aws.fetch_timeout_secs,
+            )
         }
         RawSource::AwsSsm(a) => {
             let ssm = a

@@ -6,6 +6,7 @@
 //! the cache and the ACL do. Dispatch is a plain enum, one variant per kind, one file per kind.
 
 pub mod aws;
+pub mod aws_s3;
 pub mod aws_ssm;
 pub mod command;
 pub mod env;
@@ -141,6 +142,8 @@ pub enum Source {
     Aws(aws::AwsSource),
     /// AWS SSM Parameter Store.
     AwsSsm(aws_ssm::SsmSource),
+    /// AWS S3, one object per secret.
+    AwsS3(aws_s3::S3Source),
     /// A command's output (`pass`, `gopass`, …).
     Command(command::CommandSource),
     /// A scripted source for unit tests of the layers above.
@@ -159,6 +162,7 @@ impl Source {
             Source::Aws(_) => "aws-secretsmanager",
             Source::AwsSsm(_) => "aws-ssm",
             Source::Command(_) => "command",
+            Source::AwsS3(_) => "aws-s3",
             #[cfg(test)]
             Source::Fake(_) => "fake",
         }
@@ -186,6 +190,7 @@ impl Source {
             }
             Source::Aws(_) => aws::check_selector(selector),
             Source::AwsSsm(_) => aws_ssm::check_selector(selector),
+            Source::AwsS3(_) => aws_s3::check_selector(selector),
             #[cfg(test)]
             Source::Fake(_) => {
                 if selector.version.is_some() {
@@ -201,7 +206,7 @@ impl Source {
     /// creates no cache slot, no fetch and no source error).
     pub fn check_id(&self, id: &str) -> Result<(), &'static str> {
         match self {
-            Source::File(_) | Source::Vault(_) => Ok(()),
+            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => Ok(()),
             Source::Env(_) => env::check_id(id),
             Source::VaultTransit(_) => vault_transit::split_id(id).map(|_| ()),
             Source::Aws(_) => aws::check_secret_id(id),
@@ -229,6 +234,7 @@ impl Source {
             Source::Aws(s) => s.fetch(request, previous).await,
             Source::AwsSsm(s) => s.fetch(request).await,
             Source::Command(s) => s.fetch(request).await,
+            Source::AwsS3(s) => s.fetch(request).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
@@ -361,6 +367,17 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
                     }
                 })?)
             }
+            crate::config::SourceKind::AwsS3(s3) => Source::AwsS3({
+                if s3.aws.allow_plain_http {
+                    warn_plain_http(name);
+                }
+                aws_s3::S3Source::build(s3, cfg.fetch_timeout)
+                    .await
+                    .map_err(|e| BuildError {
+                        name: name.clone(),
+                        reason: e.to_string(),
+                    })?
+            }),
             crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
                 if ssm.aws.allow_plain_http {
                     warn_plain_http(name);
