@@ -22,6 +22,21 @@ if [ ! -f "$tools_stamp" ]; then
   touch "$tools_stamp"
 fi
 
+# Password stores for tests/command.rs: Debian's pass and gopass, and GnuPG (root only; a
+# non-root run reports what is missing and the tests say which program they could not run).
+missing=()
+for tool in pass:pass gopass:gopass gpg:gnupg gpgconf:gnupg; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+  else
+    echo "install-test-deps: missing ${missing[*]} (apt-get install them as root)" >&2
+  fi
+fi
+
 if [ -f "$stamp" ]; then
   exit 0
 fi

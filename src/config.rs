@@ -16,6 +16,9 @@ use crate::acl::{PeerMatch, Rule};
 use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
 use crate::source::aws::{AwsConfig, RawAwsSource};
+use crate::source::aws_s3::{RawS3Source, S3Config};
+use crate::source::aws_ssm::{RawSsmSource, SsmConfig};
+use crate::source::command::{CommandConfig, RawCommandSource};
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
 use crate::source::vault::{RawVaultSource, VaultConfig};
@@ -227,6 +230,15 @@ pub enum RawSource {
     /// `type = "aws-secretsmanager"`.
     #[serde(rename = "aws-secretsmanager")]
     Aws(Box<RawAwsSource>),
+    /// `type = "aws-ssm"`.
+    #[serde(rename = "aws-ssm")]
+    AwsSsm(Box<RawSsmSource>),
+    /// `type = "aws-s3"`.
+    #[serde(rename = "aws-s3")]
+    AwsS3(Box<RawS3Source>),
+    /// `type = "command"`.
+    #[serde(rename = "command")]
+    Command(RawCommandSource),
 }
 
 /// `[[allow]]` as written.
@@ -403,6 +415,12 @@ pub enum SourceKind {
     Vault(Box<VaultConfig>),
     /// AWS Secrets Manager.
     Aws(Box<AwsConfig>),
+    /// AWS SSM Parameter Store.
+    AwsSsm(Box<SsmConfig>),
+    /// A command's output.
+    Command(CommandConfig),
+    /// AWS S3.
+    AwsS3(Box<S3Config>),
 }
 
 /// Default `max_concurrent_fetches` of a source.
@@ -731,6 +749,9 @@ fn build_source(
         RawSource::Env(e) => e.max_concurrent_fetches,
         RawSource::Vault(v) => v.max_concurrent_fetches,
         RawSource::Aws(a) => a.max_concurrent_fetches,
+        RawSource::AwsSsm(s) => s.aws.max_concurrent_fetches,
+        RawSource::AwsS3(s) => s.aws.max_concurrent_fetches,
+        RawSource::Command(c) => c.max_concurrent_fetches,
     };
     let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
         .filter(|n| n.get() <= 1024)
@@ -801,6 +822,35 @@ fn build_source(
                 SourceKind::Aws(Box::new(aws)),
                 a.ttl_secs,
                 a.fetch_timeout_secs,
+            )
+        }
+        RawSource::Command(c) => {
+            let command = c
+                .validate()
+                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
+            // The command's own limit bounds the fetch; one second more lets it kill the
+            // command's process group before the broker gives up on the fetch.
+            let timeout_secs = Some(command.timeout.as_secs() + 1);
+            (SourceKind::Command(command), c.ttl_secs, timeout_secs)
+        }
+        RawSource::AwsS3(a) => {
+            let s3 = a
+                .validate(key, ctx.path)
+                .map_err(|e| ctx.invalid(e.key, e.reason))?;
+            (
+                SourceKind::AwsS3(Box::new(s3)),
+                a.aws.ttl_secs,
+                a.aws.fetch_timeout_secs,
+            )
+        }
+        RawSource::AwsSsm(a) => {
+            let ssm = a
+                .validate(key, ctx.path)
+                .map_err(|e| ctx.invalid(e.key, e.reason))?;
+            (
+                SourceKind::AwsSsm(Box::new(ssm)),
+                a.aws.ttl_secs,
+                a.aws.fetch_timeout_secs,
             )
         }
     };

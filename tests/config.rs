@@ -161,14 +161,14 @@ fn shipped_example_and_demo_configs_are_valid() {
 }
 
 #[test]
-fn example_aws_and_vault_sections_are_valid_when_uncommented() {
-    // config.example.toml ships the AWS and Vault sources commented out (they contact their
-    // backends at start); uncommented, they must still pass check-config, which does not.
+fn example_backend_sections_are_valid_when_uncommented() {
+    // config.example.toml ships the sources that contact their backends at start commented
+    // out; uncommented, they must still pass check-config, which does not.
     let text = std::fs::read_to_string(common::repo_root().join("config.example.toml")).unwrap();
     let mut uncommented = Vec::new();
     let mut in_block = false;
     for line in text.lines() {
-        if line.starts_with("# [sources.aws]") || line.starts_with("# [sources.vault]") {
+        if line.starts_with("# [sources.") {
             in_block = true;
         }
         let line = if !in_block {
@@ -210,5 +210,8 @@ fn example_aws_and_vault_sections_are_valid_when_uncommented() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary = String::from_utf8_lossy(&out.stdout);
-    assert!(summary.contains("[aws, env, files, vault]"), "{summary}");
+    assert!(
+        summary.contains("[aws, env, files, pass, s3, ssm, vault]"),
+        "{summary}"
+    );
 }

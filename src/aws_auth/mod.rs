@@ -279,6 +279,17 @@ pub fn map_sdk_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if let SdkError::ResponseError(ctx) = &err {
+        // SECURITY: the SDK's context for an unparseable response includes the raw body, which
+        // on a success status is the value itself: log the status only. 401/403 without a
+        // parseable body (moto answers auth failures in XML to JSON protocols) is a denial.
+        let status = ctx.raw().status().as_u16();
+        let detail = format!("{operation}: unparseable response, HTTP {status}");
+        return match status {
+            401 | 403 => SourceError::Denied { detail },
+            _ => SourceError::Unavailable { detail },
+        };
+    }
     let detail = format!("{operation}: {}", DisplayErrorContext(&err));
     match &err {
         SdkError::TimeoutError(_) => SourceError::Timeout(timeout),
@@ -317,7 +328,14 @@ fn assume_role_refusal(err: &(dyn std::error::Error + 'static)) -> Option<(Optio
 /// [`SourceError`]. 403 without a code (moto's XML auth errors) is a denial.
 pub fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError {
     match code {
-        Some("ResourceNotFoundException") => SourceError::NotFound,
+        // Secrets Manager; SSM Parameter Store; S3.
+        Some(
+            "ResourceNotFoundException"
+            | "ParameterNotFound"
+            | "ParameterVersionNotFound"
+            | "NoSuchKey"
+            | "NoSuchVersion",
+        ) => SourceError::NotFound,
         // A secret scheduled for deletion: gone, as far as a reader is concerned.
         Some("InvalidRequestException") if detail.contains("deleted") => SourceError::NotFound,
         Some(
@@ -330,7 +348,9 @@ pub fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError 
             | "InvalidClientTokenId"
             | "ExpiredTokenException"
             | "IncompleteSignature"
-            | "KMSAccessDeniedException",
+            | "KMSAccessDeniedException"
+            | "InvalidKeyId"
+            | "NoSuchBucket",
         ) => SourceError::Denied { detail },
         Some(
             "ThrottlingException"
@@ -339,6 +359,9 @@ pub fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError 
             | "RequestLimitExceeded"
             | "InternalServiceError"
             | "InternalFailure"
+            | "InternalServerError"
+            | "InternalError"
+            | "SlowDown"
             | "ServiceUnavailable",
         ) => SourceError::Unavailable { detail },
         _ => match status {

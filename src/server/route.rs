@@ -96,6 +96,7 @@ fn parse_secret(
             "field" => field.replace(value).is_some(),
             "version_id" => selector.version_id.replace(value).is_some(),
             "version_stage" => selector.version_stage.replace(value).is_some(),
+            "label" => selector.label.replace(value).is_some(),
             "version" => {
                 let n = value
                     .parse::<u64>()
@@ -110,9 +111,14 @@ fn parse_secret(
             return Err(ApiError::BadParameter("parameter given twice"));
         }
     }
-    for value in [&selector.version_id, &selector.version_stage, &field]
-        .into_iter()
-        .flatten()
+    for value in [
+        &selector.version_id,
+        &selector.version_stage,
+        &selector.label,
+        &field,
+    ]
+    .into_iter()
+    .flatten()
     {
         if value.len() > 256 || value.chars().any(char::is_control) {
             return Err(ApiError::BadParameter(

@@ -177,6 +177,59 @@ impl RawAwsSource {
     }
 }
 
+impl AwsConfig {
+    /// The SDK config every AWS source kind builds its client from: the credentials (checked
+    /// with STS here), region, endpoint, timeouts and retries.
+    pub async fn sdk_config(
+        &self,
+        fetch_timeout: Duration,
+    ) -> Result<aws_config::SdkConfig, aws_auth::AuthError> {
+        let net = NetSettings {
+            operation_timeout: fetch_timeout,
+        };
+        let credentials = aws_auth::build(&self.auth, net).await?;
+        Ok(
+            aws_auth::sdk_config(credentials, &self.region, self.endpoint_url.as_deref(), net)
+                .await,
+        )
+    }
+}
+
+/// Splits the keys a kind adds to the shared AWS settings (`bucket`, `prefix`) off a source
+/// section, and parses the rest as [`RawAwsSource`] (unknown keys still refused).
+pub fn split_aws_section<'de, D>(
+    deserializer: D,
+    own_keys: &[&str],
+) -> Result<(toml::Table, RawAwsSource), D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error as _;
+    let mut table = toml::Table::deserialize(deserializer)?;
+    let mut own = toml::Table::new();
+    for key in own_keys {
+        if let Some(value) = table.remove(*key) {
+            own.insert((*key).to_owned(), value);
+        }
+    }
+    let aws = toml::Value::Table(table)
+        .try_into::<RawAwsSource>()
+        .map_err(|e| D::Error::custom(e.message().trim_end().to_owned()))?;
+    Ok((own, aws))
+}
+
+/// An optional string among the keys [`split_aws_section`] split off.
+pub fn own_string<E: serde::de::Error>(own: &toml::Table, key: &str) -> Result<Option<String>, E> {
+    match own.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(E::custom(format!(
+            "{key}: expected a string, found {}",
+            other.type_str()
+        ))),
+    }
+}
+
 impl RawAssumeRole {
     fn validate(
         &self,
@@ -354,8 +407,8 @@ pub fn check_secret_id(id: &str) -> Result<(), &'static str> {
 /// Selectors this source accepts: `version_id` (32–64 of letters, digits, `-`) and
 /// `version_stage` (1–256 characters); not `version`.
 pub fn check_selector(selector: &Selector) -> Result<(), &'static str> {
-    if selector.version.is_some() {
-        return Err("AWS secrets take version_id or version_stage, not version");
+    if selector.version.is_some() || selector.label.is_some() {
+        return Err("AWS secrets take version_id or version_stage, not version or label");
     }
     if let Some(id) = &selector.version_id {
         let ok = (32..=64).contains(&id.len())
@@ -399,17 +452,7 @@ impl AwsSource {
         config: &AwsConfig,
         fetch_timeout: Duration,
     ) -> Result<AwsSource, aws_auth::AuthError> {
-        let net = NetSettings {
-            operation_timeout: fetch_timeout,
-        };
-        let credentials = aws_auth::build(&config.auth, net).await?;
-        let sdk = aws_auth::sdk_config(
-            credentials,
-            &config.region,
-            config.endpoint_url.as_deref(),
-            net,
-        )
-        .await;
+        let sdk = config.sdk_config(fetch_timeout).await?;
         Ok(AwsSource {
             client: aws_sdk_secretsmanager::Client::new(&sdk),
             region: config.region.clone(),
@@ -682,6 +725,7 @@ mod tests {
             version_id: id.map(str::to_owned),
             version_stage: stage.map(str::to_owned),
             version,
+            label: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
         assert!(check_selector(&sel(None, Some("AWSPREVIOUS"), None)).is_ok());

@@ -6,6 +6,9 @@
 //! the cache and the ACL do. Dispatch is a plain enum, one variant per kind, one file per kind.
 
 pub mod aws;
+pub mod aws_s3;
+pub mod aws_ssm;
+pub mod command;
 pub mod env;
 pub mod file;
 pub mod vault;
@@ -29,14 +32,19 @@ pub struct Selector {
     pub version_id: Option<String>,
     /// AWS `VersionStage` (`AWSCURRENT`, `AWSPREVIOUS`, custom).
     pub version_stage: Option<String>,
-    /// Vault KV v2 version number.
+    /// Vault KV v2 version number; SSM parameter version.
     pub version: Option<u64>,
+    /// SSM parameter label.
+    pub label: Option<String>,
 }
 
 impl Selector {
     /// Whether no selector is set.
     pub fn is_empty(&self) -> bool {
-        self.version_id.is_none() && self.version_stage.is_none() && self.version.is_none()
+        self.version_id.is_none()
+            && self.version_stage.is_none()
+            && self.version.is_none()
+            && self.label.is_none()
     }
 }
 
@@ -146,6 +154,12 @@ pub enum Source {
     VaultTransit(vault_transit::TransitSource),
     /// AWS Secrets Manager.
     Aws(aws::AwsSource),
+    /// AWS SSM Parameter Store.
+    AwsSsm(aws_ssm::SsmSource),
+    /// AWS S3, one object per secret.
+    AwsS3(aws_s3::S3Source),
+    /// A command's output (`pass`, `gopass`, …).
+    Command(command::CommandSource),
     /// A scripted source for unit tests of the layers above.
     #[cfg(test)]
     Fake(crate::testutil::FakeSource),
@@ -160,6 +174,9 @@ impl Source {
             Source::Vault(_) => "vault",
             Source::VaultTransit(_) => "vault-transit",
             Source::Aws(_) => "aws-secretsmanager",
+            Source::AwsSsm(_) => "aws-ssm",
+            Source::Command(_) => "command",
+            Source::AwsS3(_) => "aws-s3",
             #[cfg(test)]
             Source::Fake(_) => "fake",
         }
@@ -169,13 +186,16 @@ impl Source {
     pub fn check_selector(&self, selector: &Selector) -> Result<(), &'static str> {
         match self {
             Source::Vault(_) => {
-                if selector.version_id.is_some() || selector.version_stage.is_some() {
+                if selector.version_id.is_some()
+                    || selector.version_stage.is_some()
+                    || selector.label.is_some()
+                {
                     Err("Vault KV takes ?version=N, not version_id or version_stage")
                 } else {
                     Ok(())
                 }
             }
-            Source::File(_) | Source::Env(_) | Source::VaultTransit(_) => {
+            Source::File(_) | Source::Env(_) | Source::VaultTransit(_) | Source::Command(_) => {
                 if selector.is_empty() {
                     Ok(())
                 } else {
@@ -183,6 +203,8 @@ impl Source {
                 }
             }
             Source::Aws(_) => aws::check_selector(selector),
+            Source::AwsSsm(_) => aws_ssm::check_selector(selector),
+            Source::AwsS3(_) => aws_s3::check_selector(selector),
             #[cfg(test)]
             Source::Fake(_) => {
                 if selector.version.is_some() {
@@ -198,10 +220,12 @@ impl Source {
     /// creates no cache slot, no fetch and no source error).
     pub fn check_id(&self, id: &str) -> Result<(), &'static str> {
         match self {
-            Source::File(_) | Source::Vault(_) => Ok(()),
+            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => Ok(()),
             Source::Env(_) => env::check_id(id),
             Source::VaultTransit(_) => vault_transit::split_id(id).map(|_| ()),
             Source::Aws(_) => aws::check_secret_id(id),
+            Source::AwsSsm(_) => aws_ssm::check_id(id),
+            Source::Command(_) => command::check_id(id),
             #[cfg(test)]
             Source::Fake(_) => crate::testutil::FakeSource::check_id(id),
         }
@@ -222,6 +246,9 @@ impl Source {
                 .map(Fetched::New),
             Source::VaultTransit(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Aws(s) => s.fetch(request, previous).await,
+            Source::AwsSsm(s) => s.fetch(request).await,
+            Source::Command(s) => s.fetch(request).await,
+            Source::AwsS3(s) => s.fetch(request).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
@@ -353,6 +380,14 @@ pub enum BuildError {
         /// What failed.
         cause: crate::aws_auth::AuthError,
     },
+    /// A command source's program is not there.
+    #[error("source {name:?}: {cause}")]
+    Command {
+        /// Source name.
+        name: String,
+        /// What is missing.
+        cause: command::ProgramNotFound,
+    },
     /// A source's name is the one its Vault source's transit side would take.
     #[error("source {name:?}: the name is taken by the transit side of {vault:?}")]
     NameTaken {
@@ -371,7 +406,7 @@ impl BuildError {
         match self {
             BuildError::Vault { cause, .. } => cause.retry_may_help(),
             BuildError::Aws { cause, .. } => cause.retry_may_help(),
-            BuildError::NameTaken { .. } => false,
+            BuildError::Command { .. } | BuildError::NameTaken { .. } => false,
         }
     }
 }
@@ -438,6 +473,36 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
                     warn_plain_http(name);
                 }
                 aws::AwsSource::build(aws, cfg.fetch_timeout)
+                    .await
+                    .map_err(|cause| BuildError::Aws {
+                        name: name.clone(),
+                        cause,
+                    })?
+            }),
+            crate::config::SourceKind::Command(command) => {
+                Source::Command(command::CommandSource::build(command).map_err(|cause| {
+                    BuildError::Command {
+                        name: name.clone(),
+                        cause,
+                    }
+                })?)
+            }
+            crate::config::SourceKind::AwsS3(s3) => Source::AwsS3({
+                if s3.aws.allow_plain_http {
+                    warn_plain_http(name);
+                }
+                aws_s3::S3Source::build(s3, cfg.fetch_timeout)
+                    .await
+                    .map_err(|cause| BuildError::Aws {
+                        name: name.clone(),
+                        cause,
+                    })?
+            }),
+            crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
+                if ssm.aws.allow_plain_http {
+                    warn_plain_http(name);
+                }
+                aws_ssm::SsmSource::build(ssm, cfg.fetch_timeout)
                     .await
                     .map_err(|cause| BuildError::Aws {
                         name: name.clone(),

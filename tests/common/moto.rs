@@ -157,6 +157,40 @@ impl Moto {
         v["version_id"].as_str().unwrap().to_owned()
     }
 
+    /// Overwrites the SSM parameter `name` (SecureString, as the admin user); returns its version.
+    pub fn put_param(&self, name: &str, value: &str) -> u64 {
+        let (key, secret) = self.key("admin");
+        let out = self.script(&["put-param", &key, &secret, name, value]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["version"].as_u64().unwrap()
+    }
+
+    /// A `[sources.NAME]` section of `kind` signing as `user` with key files written to `dir`.
+    pub fn source_section(
+        &self,
+        dir: &Path,
+        name: &str,
+        kind: &str,
+        user: &str,
+        extra: &str,
+    ) -> String {
+        let (id, secret) = self.key_files(dir, user);
+        format!(
+            r#"[sources.{name}]
+type = "{kind}"
+region = "eu-west-1"
+endpoint_url = "{url}"
+auth = "access-key"
+access_key_id_file = "{id}"
+secret_access_key_file = "{secret}"
+{extra}
+"#,
+            url = self.url,
+            id = id.display(),
+            secret = secret.display()
+        )
+    }
+
     /// Clears the recording and starts recording requests.
     pub fn start_recording(&self) {
         for path in [
@@ -274,4 +308,27 @@ pub fn http(
     let resp = super::parse_response(&raw)
         .ok_or_else(|| std::io::Error::other("unparseable HTTP response"))?;
     Ok((resp.status, resp.body))
+}
+
+/// An agent config with `cache` settings, `sources`, and this process allowed everything
+/// (and admin).
+pub fn agent_config(cache: &str, sources: &str) -> String {
+    format!(
+        r#"[server]
+socket = "{{socket}}"
+socket_mode = "0666"
+
+[cache]
+lock_memory = "best-effort"
+{cache}
+
+{sources}
+
+[[allow]]
+peer = {{ uid = {uid} }}
+secrets = ["*"]
+admin = true
+"#,
+        uid = nix::unistd::geteuid().as_raw()
+    )
 }

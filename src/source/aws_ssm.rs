@@ -1,0 +1,249 @@
+//! The SSM Parameter Store source (`type = "aws-ssm"`): `GetParameter` with decryption, by
+//! name (`{prefix}{id}`), with an optional version (`?version=N`) or label (`?label=L`).
+//!
+//! It owns its config section ([`RawSsmSource`]: the Secrets Manager source's AWS settings plus
+//! `prefix`), its id and selector rules, and moving values into secure memory. Credentials,
+//! their refresh, and the mapping of SDK errors are shared with `aws-secretsmanager`
+//! (`crate::aws_auth`, [`crate::aws_auth::map_sdk_error`]); caching and access control are the
+//! cache's and the ACL's.
+//!
+//! There is no rotation check: Parameter Store has no call cheaper than `GetParameter` that
+//! tells whether a value changed (`DescribeParameters` is a list call with a lower quota), so
+//! an expired entry is simply read again. `StringList` values are served as their text
+//! (comma-separated), `SecureString` values decrypted (`kms:Decrypt` on the key).
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use super::aws::{AwsConfig, InvalidKey, RawAwsSource, own_string};
+use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
+use crate::aws_auth;
+use crate::aws_auth::map_sdk_error;
+use crate::secure_mem::SecretBytes;
+
+/// Longest parameter name SSM accepts (with its hierarchy).
+const MAX_NAME_LEN: usize = 2048;
+
+/// `[sources.NAME]` with `type = "aws-ssm"`: every `aws-secretsmanager` key, plus `prefix`.
+#[derive(Debug)]
+pub struct RawSsmSource {
+    /// Prepended to the id to form the parameter name; default `/`.
+    pub prefix: Option<String>,
+    /// The shared AWS settings (region, endpoint, auth, assume role, TTL, timeout).
+    pub aws: RawAwsSource,
+}
+
+impl<'de> Deserialize<'de> for RawSsmSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (own, aws) = super::aws::split_aws_section(deserializer, &["prefix"])?;
+        Ok(RawSsmSource {
+            prefix: own_string(&own, "prefix")?,
+            aws,
+        })
+    }
+}
+
+/// A validated `aws-ssm` source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SsmConfig {
+    /// Shared AWS settings.
+    pub aws: AwsConfig,
+    /// Parameter name prefix.
+    pub prefix: String,
+}
+
+impl RawSsmSource {
+    /// Validates the section at `key` (`sources.NAME`).
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<SsmConfig, InvalidKey> {
+        let aws = self.aws.validate(key, config_path)?;
+        let prefix = self.prefix.clone().unwrap_or_else(|| "/".to_owned());
+        let ok = prefix.len() < MAX_NAME_LEN
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
+            && !prefix.contains("//");
+        if !ok {
+            return Err(InvalidKey {
+                key: format!("{key}.prefix"),
+                reason: format!(
+                    "{prefix:?} must be letters, digits and /_.- (no \"//\"), e.g. \"/\" or \"/prod/\""
+                ),
+            });
+        }
+        Ok(SsmConfig { aws, prefix })
+    }
+}
+
+/// Ids are parameter names below the prefix: letters, digits and `/_.-` (no `:`, which SSM
+/// reads as a version or label selector).
+pub fn check_id(id: &str) -> Result<(), &'static str> {
+    let ok = (1..MAX_NAME_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("a parameter name is letters, digits and /_.- (at most 2047 characters)")
+    }
+}
+
+/// Selectors this source accepts: `version` or `label` (1–100 letters, digits, `._-`), not both.
+pub fn check_selector(selector: &Selector) -> Result<(), &'static str> {
+    if selector.version_id.is_some() || selector.version_stage.is_some() {
+        return Err("SSM parameters take ?version=N or ?label=L, not version_id or version_stage");
+    }
+    if selector.version.is_some() && selector.label.is_some() {
+        return Err("give ?version=N or ?label=L, not both");
+    }
+    if let Some(label) = &selector.label {
+        let ok = (1..=100).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok {
+            return Err("label must be 1 to 100 letters, digits or ._-");
+        }
+    }
+    Ok(())
+}
+
+/// The name `GetParameter` is asked for: `{prefix}{id}`, with `:N` or `:LABEL` when selected.
+fn parameter_name(prefix: &str, id: &str, selector: &Selector) -> String {
+    match (selector.version, &selector.label) {
+        (Some(n), _) => format!("{prefix}{id}:{n}"),
+        (None, Some(label)) => format!("{prefix}{id}:{label}"),
+        (None, None) => format!("{prefix}{id}"),
+    }
+}
+
+/// A Parameter Store client with its own credentials.
+pub struct SsmSource {
+    client: aws_sdk_ssm::Client,
+    prefix: String,
+    operation_timeout: Duration,
+}
+
+impl std::fmt::Debug for SsmSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SsmSource")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SsmSource {
+    /// Builds the credentials (checking them with STS) and the client.
+    pub async fn build(
+        config: &SsmConfig,
+        fetch_timeout: Duration,
+    ) -> Result<SsmSource, aws_auth::AuthError> {
+        let sdk = config.aws.sdk_config(fetch_timeout).await?;
+        Ok(SsmSource {
+            client: aws_sdk_ssm::Client::new(&sdk),
+            prefix: config.prefix.clone(),
+            operation_timeout: fetch_timeout,
+        })
+    }
+
+    /// Reads the parameter (decrypted); its version number becomes the secret's version.
+    pub async fn fetch(&self, request: &SecretRequest) -> Result<Fetched, SourceError> {
+        let id = request.name.id();
+        check_id(id).map_err(|why| SourceError::Invalid(why.to_owned()))?;
+        check_selector(&request.selector).map_err(|why| SourceError::Invalid(why.to_owned()))?;
+        let out = self
+            .client
+            .get_parameter()
+            .name(parameter_name(&self.prefix, id, &request.selector))
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error("GetParameter", e, self.operation_timeout))?;
+        let Some(mut parameter) = out.parameter else {
+            return Err(SourceError::BadReply {
+                detail: "GetParameter returned no Parameter".to_owned(),
+            });
+        };
+        let Some(text) = parameter.value.take() else {
+            return Err(SourceError::BadReply {
+                detail: "GetParameter returned a Parameter without a Value".to_owned(),
+            });
+        };
+        Ok(Fetched::New(Secret {
+            value: SecretBytes::from_vec_wiping(text.into_bytes())?,
+            version: Some(parameter.version.to_string()),
+            fetched_at: SystemTime::now(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<SsmConfig, InvalidKey> {
+        let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
+        let raw: RawSsmSource = toml::from_str(&text).map_err(|e| InvalidKey {
+            key: "parse".into(),
+            reason: e.to_string(),
+        })?;
+        raw.validate("sources.ssm", Path::new("/nonexistent/config.toml"))
+    }
+
+    #[test]
+    fn config_shares_the_aws_keys_and_refuses_unknown_ones() {
+        let cfg = parse("").unwrap();
+        assert_eq!(cfg.prefix, "/");
+        assert_eq!(cfg.aws.region, "eu-west-1");
+        assert_eq!(parse("prefix = \"/prod/\"").unwrap().prefix, "/prod/");
+        assert_eq!(parse("prefix = \"\"").unwrap().prefix, "");
+        let role = "[assume_role]\nrole_arn = \"arn:aws:iam::210987654321:role/r\"\n";
+        assert!(parse(role).unwrap().aws.auth.assume_role.is_some());
+        for (extra, key) in [
+            ("prefix = \"a b\"", "sources.ssm.prefix"),
+            ("prefix = \"//x\"", "sources.ssm.prefix"),
+            ("prefix = 3", "parse"),
+            ("bucket = \"x\"", "parse"),
+            ("region2 = \"x\"", "parse"),
+            ("endpoint_url = \"ftp://x\"", "sources.ssm.endpoint_url"),
+        ] {
+            assert_eq!(parse(extra).unwrap_err().key, key, "{extra}");
+        }
+    }
+
+    #[test]
+    fn ids_and_selectors_table() {
+        for (id, ok) in [
+            ("prod/db/password", true),
+            ("a.b_c-d", true),
+            ("name:3", false),
+            ("with space", false),
+            ("", false),
+        ] {
+            assert_eq!(check_id(id).is_ok(), ok, "{id}");
+        }
+        let sel = |version: Option<u64>, label: Option<&str>, stage: Option<&str>| Selector {
+            version,
+            label: label.map(str::to_owned),
+            version_stage: stage.map(str::to_owned),
+            version_id: None,
+        };
+        assert!(check_selector(&sel(None, None, None)).is_ok());
+        assert!(check_selector(&sel(Some(2), None, None)).is_ok());
+        assert!(check_selector(&sel(None, Some("blue"), None)).is_ok());
+        assert!(check_selector(&sel(Some(2), Some("blue"), None)).is_err());
+        assert!(check_selector(&sel(None, Some("a:b"), None)).is_err());
+        assert!(check_selector(&sel(None, None, Some("AWSCURRENT"))).is_err());
+        assert_eq!(
+            parameter_name("/", "app/db", &sel(Some(2), None, None)),
+            "/app/db:2"
+        );
+        assert_eq!(
+            parameter_name("/p/", "x", &sel(None, Some("blue"), None)),
+            "/p/x:blue"
+        );
+        assert_eq!(parameter_name("", "x", &Selector::default()), "x");
+    }
+}
