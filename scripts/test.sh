@@ -97,6 +97,9 @@ fatal_step "installing packaging tools (lintian, buildah, systemd tools, cargo-d
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+# Crate sources for every platform first, so the licence check itself needs no network.
+step "cargo deny check bans licenses sources (deny.toml)" \
+    sh -c 'cargo fetch --locked --quiet && cargo deny --offline check bans licenses sources'
 
 # One cargo invocation per test target (features unified over the workspace, as `cargo test
 # --workspace` would), so a target that does not build cannot keep the others from running.
