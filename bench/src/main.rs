@@ -245,11 +245,58 @@ async fn measure(
     let meta = meta(options, bin, split, cores);
     eprintln!("credagent-bench: agent {}", bin.display());
 
-    // Side by side: both servers up, runs interleaved.
+    // Side by side: both servers up, runs interleaved; first pinned (server and load generator
+    // on cores of their own), then unpinned, as the agent is deployed.
+    eprintln!(
+        "credagent-bench: side by side, pinned ({})",
+        split.describe()
+    );
+    let (cells, audit_dropped) = side_by_side(options, bin, split.server).await?;
+    procfs::unpin_current_thread()?;
+    eprintln!("credagent-bench: side by side, unpinned (the scheduler places both)");
+    let (unpinned, unpinned_dropped) = side_by_side(options, bin, None).await?;
+    procfs::pin_current_thread(split.client)?;
+    let audit_dropped = audit_dropped + unpinned_dropped;
+
+    eprintln!("credagent-bench: misses");
+    let misses = checks::file_misses(bin, split.server).await?;
+    let aws = aws::misses(bin, split.server).await?;
+    eprintln!("credagent-bench: expiry");
+    let expiry = checks::expiry(
+        bin,
+        split.server,
+        Duration::from_millis(if quick { 2500 } else { 7000 }),
+    )
+    .await?;
+    eprintln!("credagent-bench: memory");
+    let memory = checks::memory(bin, split.server, if quick { 1000 } else { 10_000 }).await?;
+    eprintln!("credagent-bench: start");
+    let start = checks::start(bin, split.server, if quick { 1 } else { 9 }).await?;
+    Ok(report::Report {
+        meta,
+        quick,
+        cells,
+        unpinned,
+        audit_dropped,
+        misses,
+        aws,
+        expiry,
+        memory,
+        start,
+    })
+}
+
+/// One side-by-side series (every round × connection count, agent then floor) with both
+/// servers on `server_core` (None: not pinned); the audit lines the agent dropped meanwhile.
+async fn side_by_side(
+    options: &Options,
+    bin: &std::path::Path,
+    server_core: Option<usize>,
+) -> Result<(Vec<throughput::Cell>, u64), BenchError> {
     let scratch = agent::Scratch::new("throughput")?;
     scratch.secret("bench", floor::BODY)?;
     let config = agent::config(scratch.path(), agent::CacheSettings::default(), "");
-    let agent = agent::Agent::start(bin, &scratch, &config, split.server).await?;
+    let agent = agent::Agent::start(bin, &scratch, &config, server_core).await?;
     let (status, body) = load::get_once(agent.socket(), floor::SECRET_PATH)
         .await
         .map_err(BenchError::io("first read from the agent"))?;
@@ -260,10 +307,10 @@ async fn measure(
             agent.log_text()
         )));
     }
-    let (floor_child, floor_socket) = floor::start(scratch.path(), split.server).await?;
+    let (floor_child, floor_socket) = floor::start(scratch.path(), server_core).await?;
     let timing = throughput::Timing {
         rounds: options.rounds,
-        warmup: if quick {
+        warmup: if options.quick {
             Duration::from_millis(50)
         } else {
             Duration::from_millis(500)
@@ -296,32 +343,7 @@ async fn measure(
     let audit_dropped = agent.metric("credagent_audit_dropped_total").await? as u64;
     drop(floor_child);
     drop(agent);
-
-    eprintln!("credagent-bench: misses");
-    let misses = checks::file_misses(bin, split.server).await?;
-    let aws = aws::misses(bin, split.server).await?;
-    eprintln!("credagent-bench: expiry");
-    let expiry = checks::expiry(
-        bin,
-        split.server,
-        Duration::from_millis(if quick { 2500 } else { 7000 }),
-    )
-    .await?;
-    eprintln!("credagent-bench: memory");
-    let memory = checks::memory(bin, split.server, if quick { 1000 } else { 10_000 }).await?;
-    eprintln!("credagent-bench: start");
-    let start = checks::start(bin, split.server, if quick { 1 } else { 9 }).await?;
-    Ok(report::Report {
-        meta,
-        quick,
-        cells,
-        audit_dropped,
-        misses,
-        aws,
-        expiry,
-        memory,
-        start,
-    })
+    Ok((cells, audit_dropped))
 }
 
 fn meta(
@@ -362,7 +384,10 @@ fn meta(
             "load average at start".to_owned(),
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         ),
-        ("CPU split".to_owned(), split.describe()),
+        (
+            "CPU split".to_owned(),
+            format!("{} for the first table; not pinned for the second", split.describe()),
+        ),
         (
             "load generator".to_owned(),
             "the bench's own tokio client (current-thread runtime, raw HTTP/1.1 keep-alive, one request in flight per connection)".to_owned(),

@@ -60,6 +60,19 @@ pub fn pin_current_thread(core: Option<usize>) -> Result<(), BenchError> {
         })
 }
 
+/// Lets the calling thread run on every CPU again (the unpinned, as-deployed runs).
+pub fn unpin_current_thread() -> Result<(), BenchError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut set = CpuSet::new();
+    (0..cores)
+        .try_for_each(|core| set.set(core))
+        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set))
+        .map_err(|e| BenchError::Io {
+            what: "unpin from CPUs".to_owned(),
+            source: e.into(),
+        })
+}
+
 /// A child process (a server under test), killed on drop.
 #[derive(Debug)]
 pub struct ChildGuard {
