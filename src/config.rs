@@ -516,14 +516,14 @@ impl RawConfig {
                 if c.file.as_os_str().is_empty() || c.file.file_name().is_none() {
                     return Err(ctx.invalid("control.file", "must be a file path"));
                 }
-                Some(c.file)
+                Some(resolve_relative(ctx.path, &c.file))
             }
             None => None,
         };
         let audit = match self.audit.file.as_str() {
             "-" => AuditSink::Stderr,
             "" => return Err(ctx.invalid("audit.file", "must be \"-\" (stderr) or a file path")),
-            other => AuditSink::File(PathBuf::from(other)),
+            other => AuditSink::File(resolve_relative(ctx.path, Path::new(other))),
         };
         let mut sources = BTreeMap::new();
         for (name, raw) in self.sources {
@@ -550,10 +550,15 @@ impl RawConfig {
 }
 
 impl RawServer {
-    fn build(self, ctx: &Ctx<'_>) -> Result<ServerConfig, ConfigError> {
+    fn build(mut self, ctx: &Ctx<'_>) -> Result<ServerConfig, ConfigError> {
         if self.socket.as_os_str().is_empty() || self.socket.file_name().is_none() {
             return Err(ctx.invalid("server.socket", "must be a file path"));
         }
+        // One rule for every path in the file: relative to the config file's directory.
+        self.socket = resolve_relative(ctx.path, &self.socket);
+        self.creds_socket = self
+            .creds_socket
+            .map(|creds| resolve_relative(ctx.path, &creds));
         // sun_path holds 108 bytes including the terminating NUL.
         if self.socket.as_os_str().len() > 107 {
             return Err(ctx.invalid(
@@ -562,11 +567,13 @@ impl RawServer {
             ));
         }
         if let Some(creds) = &self.creds_socket
-            && (!creds.is_absolute() || creds.as_os_str().len() > 107 || *creds == self.socket)
+            && (creds.file_name().is_none()
+                || creds.as_os_str().len() > 107
+                || *creds == self.socket)
         {
             return Err(ctx.invalid(
                 "server.creds_socket",
-                "must be an absolute path of at most 107 bytes, other than server.socket",
+                "must be a file path of at most 107 bytes, other than server.socket",
             ));
         }
         let socket_mode = parse_mode(&self.socket_mode).ok_or_else(|| {
@@ -1200,7 +1207,7 @@ mod tests {
         }
         let bad_socket = ok.replace(
             "socket = \"/tmp/x.sock\"",
-            "socket = \"/tmp/x.sock\"\ncreds_socket = \"relative.sock\"",
+            "socket = \"/tmp/x.sock\"\ncreds_socket = \"/tmp/x.sock\"",
         );
         assert!(
             matches!(check(&bad_socket), Err(ConfigError::Invalid { key, .. }) if key == "server.creds_socket")

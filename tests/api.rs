@@ -505,3 +505,20 @@ fn a_3_mib_secret_whose_json_escaping_passes_4_mib_is_503_and_the_agent_lives() 
     assert_eq!(raw.body.len(), 3 * MIB);
     assert_eq!(agent.secret("files/demo-password").status, 200);
 }
+
+#[test]
+fn method_not_allowed_names_the_methods_the_route_takes() {
+    let dir = TestDir::new();
+    let agent = Agent::start(&dir, &file_config(""));
+    for (method, path, allow) in [
+        ("DELETE", "/v1/secrets/files/x", "GET, HEAD"),
+        ("POST", "/v1/health", "GET, HEAD"),
+        ("POST", "/v1/metrics", "GET, HEAD"),
+        ("GET", "/v1/cache/flush", "POST"),
+    ] {
+        let resp = agent.request(method, path, &[], b"");
+        assert_eq!(resp.status, 405, "{method} {path}");
+        assert_eq!(resp.error_code(), "method_not_allowed", "{method} {path}");
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+    }
+}

@@ -215,3 +215,53 @@ fn example_backend_sections_are_valid_when_uncommented() {
         "{summary}"
     );
 }
+
+#[test]
+fn relative_socket_audit_and_control_paths_are_relative_to_the_config_file() {
+    let dir = TestDir::new();
+    dir.secret("x", b"relative-ok");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nsocket = \"run/agent.sock\"\n\n[control]\nfile = \"flush-control\"\n\n\
+             [audit]\nfile = \"audit.log\"\n\n[cache]\nlock_memory = \"best-effort\"\n\n\
+             [sources.files]\ntype = \"file\"\ndir = \"secrets\"\n\n\
+             [[allow]]\npeer = {{ uid = {} }}\nsecrets = [\"files/*\"]\n",
+            nix::unistd::geteuid().as_raw()
+        ),
+    )
+    .unwrap();
+    // Started from somewhere else: nothing may land in the working directory.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let child = std::process::Command::new(common::bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .current_dir(elsewhere.path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _guard = common::ChildGuard(child);
+    let socket = dir.path().join("run/agent.sock");
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(20), || socket.exists()),
+        "no socket at {}; log:\n{}",
+        socket.display(),
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+    let resp = common::try_request(&socket, "GET", "/v1/secrets/files/x", &[], b"").unwrap();
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"relative-ok"[..])
+    );
+    assert!(common::wait_until(
+        std::time::Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(dir.path().join("audit.log"))
+                .is_ok_and(|t| t.contains("files/x"))
+        }
+    ));
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+}

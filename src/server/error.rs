@@ -31,8 +31,8 @@ pub enum ApiError {
     FieldNotFound,
     /// No such endpoint.
     NoRoute,
-    /// Endpoint exists, method does not.
-    MethodNotAllowed,
+    /// Endpoint exists, method does not; the methods it takes (for `Allow:`).
+    MethodNotAllowed(&'static str),
     /// Request body too large.
     PayloadTooLarge,
     /// The agent is draining.
@@ -68,7 +68,7 @@ impl ApiError {
             ApiError::NotFound | ApiError::FieldNotFound | ApiError::NoRoute => {
                 StatusCode::NOT_FOUND
             }
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ShuttingDown
             | ApiError::MemoryUnavailable
@@ -95,7 +95,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::FieldNotFound => "field_not_found",
             ApiError::NoRoute => "no_route",
-            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::UpstreamDenied => "upstream_denied",
@@ -125,7 +125,7 @@ impl ApiError {
             ApiError::NotFound => "no such secret".to_owned(),
             ApiError::FieldNotFound => "the secret has no such field".to_owned(),
             ApiError::NoRoute => "no such endpoint".to_owned(),
-            ApiError::MethodNotAllowed => "method not allowed on this endpoint".to_owned(),
+            ApiError::MethodNotAllowed(_) => "method not allowed on this endpoint".to_owned(),
             ApiError::PayloadTooLarge => "request body too large".to_owned(),
             ApiError::ShuttingDown => "the agent is shutting down".to_owned(),
             ApiError::UpstreamDenied => "the secret backend denied the agent's request".to_owned(),
@@ -159,8 +159,8 @@ impl ApiError {
         let mut builder = Response::builder()
             .status(self.status())
             .header(header::CONTENT_TYPE, "application/json");
-        if matches!(self, ApiError::MethodNotAllowed) {
-            builder = builder.header(header::ALLOW, "GET, POST");
+        if let ApiError::MethodNotAllowed(allowed) = self {
+            builder = builder.header(header::ALLOW, *allowed);
         }
         builder
             .body(Full::new(Bytes::from(body)))
@@ -215,7 +215,11 @@ mod tests {
             (ApiError::NotFound, 404, "not_found"),
             (ApiError::FieldNotFound, 404, "field_not_found"),
             (ApiError::NoRoute, 404, "no_route"),
-            (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
+            (
+                ApiError::MethodNotAllowed("POST"),
+                405,
+                "method_not_allowed",
+            ),
             (ApiError::PayloadTooLarge, 413, "payload_too_large"),
             (ApiError::ShuttingDown, 503, "shutting_down"),
             (ApiError::MemoryUnavailable, 503, "memory_unavailable"),

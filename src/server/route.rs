@@ -10,6 +10,9 @@ use crate::source::Selector;
 
 pub use crate::broker::Format;
 
+/// What `Allow:` says for the routes that read.
+const READ_METHODS: &str = "GET, HEAD";
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -43,7 +46,7 @@ impl Route {
         let query = uri.query();
         if let Some(rest) = path.strip_prefix("/v1/secrets/") {
             if method != Method::GET && method != Method::HEAD {
-                return Err(ApiError::MethodNotAllowed);
+                return Err(ApiError::MethodNotAllowed(READ_METHODS));
             }
             return parse_secret(rest, query, headers);
         }
@@ -53,12 +56,16 @@ impl Route {
             "/v1/metrics" => Route::Metrics,
             _ => return Err(ApiError::NoRoute),
         };
+        let allowed = match route {
+            Route::Flush => "POST",
+            _ => READ_METHODS,
+        };
         let method_ok = match route {
             Route::Flush => method == Method::POST,
             _ => method == Method::GET || method == Method::HEAD,
         };
         if !method_ok {
-            return Err(ApiError::MethodNotAllowed);
+            return Err(ApiError::MethodNotAllowed(allowed));
         }
         if query.is_some_and(|q| !q.is_empty()) {
             return Err(ApiError::BadParameter(
@@ -230,7 +237,11 @@ mod tests {
     fn route_table() {
         let cases: Vec<(Method, &str, Result<Route, ApiError>)> = vec![
             (Method::GET, "/v1/health", Ok(Route::Health)),
-            (Method::POST, "/v1/health", Err(ApiError::MethodNotAllowed)),
+            (
+                Method::POST,
+                "/v1/health",
+                Err(ApiError::MethodNotAllowed("GET, HEAD")),
+            ),
             (
                 Method::GET,
                 "/v1/health?x=1",
@@ -243,7 +254,7 @@ mod tests {
             (
                 Method::GET,
                 "/v1/cache/flush",
-                Err(ApiError::MethodNotAllowed),
+                Err(ApiError::MethodNotAllowed("POST")),
             ),
             (
                 Method::GET,
@@ -268,7 +279,7 @@ mod tests {
             (
                 Method::DELETE,
                 "/v1/secrets/files/x",
-                Err(ApiError::MethodNotAllowed),
+                Err(ApiError::MethodNotAllowed("GET, HEAD")),
             ),
             (
                 Method::GET,
