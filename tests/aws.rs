@@ -7,57 +7,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::imds::Imds;
-use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, header};
+use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, config, header, key_source};
 use common::{Agent, CANARY, TestDir, wait_until};
 
 const GET: &str = "secretsmanager.GetSecretValue";
 const DESCRIBE: &str = "secretsmanager.DescribeSecret";
-
-/// A config with `sources` and this process allowed everything (and admin).
-fn config(cache: &str, sources: &str) -> String {
-    format!(
-        r#"[server]
-socket = "{{socket}}"
-socket_mode = "0666"
-
-[cache]
-lock_memory = "best-effort"
-{cache}
-
-{sources}
-
-[[allow]]
-peer = {{ uid = {uid} }}
-secrets = ["*"]
-admin = true
-"#,
-        uid = nix::unistd::geteuid().as_raw()
-    )
-}
-
-/// An access-key source `name` for `user`, key files written to `dir`.
-fn key_source(dir: &Path, moto: &Moto, name: &str, user: &str, extra: &str) -> String {
-    let (id, secret) = moto.key_files(dir, user);
-    format!(
-        r#"[sources.{name}]
-type = "aws-secretsmanager"
-region = "eu-west-1"
-endpoint_url = "{url}"
-auth = "access-key"
-access_key_id_file = "{id}"
-secret_access_key_file = "{secret}"
-{extra}
-"#,
-        url = moto.url,
-        id = id.display(),
-        secret = secret.display()
-    )
-}
 
 /// Starts `credagent serve` expecting it to fail at start; returns (exit code, log).
 fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {

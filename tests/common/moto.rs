@@ -218,6 +218,47 @@ impl Moto {
     }
 }
 
+/// A config with `sources` and this process allowed everything (and admin).
+pub fn config(cache: &str, sources: &str) -> String {
+    format!(
+        r#"[server]
+socket = "{{socket}}"
+socket_mode = "0666"
+
+[cache]
+lock_memory = "best-effort"
+{cache}
+
+{sources}
+
+[[allow]]
+peer = {{ uid = {uid} }}
+secrets = ["*"]
+admin = true
+"#,
+        uid = nix::unistd::geteuid().as_raw()
+    )
+}
+
+/// An access-key source `name` for `user`, key files written to `dir`.
+pub fn key_source(dir: &Path, moto: &Moto, name: &str, user: &str, extra: &str) -> String {
+    let (id, secret) = moto.key_files(dir, user);
+    format!(
+        r#"[sources.{name}]
+type = "aws-secretsmanager"
+region = "eu-west-1"
+endpoint_url = "{url}"
+auth = "access-key"
+access_key_id_file = "{id}"
+secret_access_key_file = "{secret}"
+{extra}
+"#,
+        url = moto.url,
+        id = id.display(),
+        secret = secret.display()
+    )
+}
+
 /// The body of a recorded request as text (the recorder base64-encodes most bodies).
 pub fn body(record: &serde_json::Value) -> String {
     let raw = record["body"].as_str().unwrap_or_default();
