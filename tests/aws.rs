@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::imds::Imds;
-use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, config, header, key_source};
-use common::{Agent, CANARY, TestDir, wait_until};
+use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, header, key_source};
+use common::{Agent, CANARY, TestDir, config_allowing_all as config, wait_until};
 
 const GET: &str = "secretsmanager.GetSecretValue";
 const DESCRIBE: &str = "secretsmanager.DescribeSecret";

@@ -1,7 +1,8 @@
 //! Fault suite: the backends and the agent itself fail under load, and the agent's answers stay
 //! within stated bounds. Each test names its bound and asserts it on every request it made:
-//! moto killed and restarted, the agent SIGKILLed and restarted over its stale socket file, and
-//! the audit file's disk full (a small tmpfs, so these tests run as root, as the suite does).
+//! moto killed and restarted, the agent SIGKILLed and restarted over its stale socket file, the
+//! audit file's disk full (a small tmpfs, so these tests run as root, as the suite does), and
+//! OpenBao with persistent storage restarted and sealed, its tokens revoked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -13,8 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::moto::{Moto, config, key_source};
-use common::{Agent, CANARY, TestDir, file_config, try_request, wait_until};
+use common::bao::{Bao, ROLE_ID, SECRET_ID};
+use common::moto::{Moto, key_source};
+use common::{
+    Agent, CANARY, TestDir, config_allowing_all as config, file_config, try_request, wait_until,
+};
+use serde_json::json;
 
 /// One request a load thread made.
 #[derive(Debug, Clone)]
@@ -377,4 +382,92 @@ fn audit_disk_full_every_request_still_200_and_every_lost_line_counted() {
         let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
         assert!(parsed.is_ok(), "torn audit line: {line:?}");
     }
+}
+
+/// Once OpenBao is unsealed again, a fresh read must succeed within this long.
+const VAULT_RECOVERY: Duration = Duration::from_secs(30);
+
+#[test]
+fn openbao_restarted_from_disk_and_tokens_revoked_agent_logs_in_again_and_serves_within_30s() {
+    let dir = TestDir::new();
+    let mut bao = Bao::start_persistent(dir.path());
+    bao.setup(3600, 7200, None);
+    bao.kv_put("app/cached", json!({ "v": "cached-1" }));
+    bao.kv_put("app/later", json!({ "v": "later" }));
+    for (file, text) in [("role_id", ROLE_ID), ("secret_id", SECRET_ID)] {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let source = format!(
+        r#"[sources.vault]
+type = "vault"
+address = "{address}"
+kv_mount = "secret"
+ttl_secs = 1
+fetch_timeout_secs = {timeout}
+auth = {{ method = "approle", role_id_file = "{{dir}}/role_id", secret_id_file = "{{dir}}/secret_id" }}
+"#,
+        address = bao.address(),
+        timeout = FETCH_TIMEOUT.as_secs()
+    );
+    let cache = format!("refresh_ahead_secs = 0\nstale_if_error_secs = {STALE_IF_ERROR_SECS}");
+    let agent = Agent::start(&dir, &config(&cache, &source));
+    const CACHED_V: &str = "vault/app/cached?field=v";
+    const LATER_V: &str = "vault/app/later?field=v";
+    assert_eq!(agent.secret(CACHED_V).text(), "cached-1");
+
+    let cached_load = Load::spawn(&agent.socket, 2, &[CACHED_V]);
+    std::thread::sleep(Duration::from_millis(300));
+    bao.stop();
+    let killed_at = Instant::now();
+    let uncached_load = Load::spawn(&agent.socket, 2, &[LATER_V]);
+    std::thread::sleep(Duration::from_secs(3));
+    let restart_at = Instant::now();
+    // Same storage: sealed until the harness unseals it, then the same data and tokens.
+    bao.restart();
+    // The agent's token survived the restart; revoking it makes the agent log in again. A secret
+    // written now was never cached, so only a fresh read with a new token can serve it.
+    assert!(bao.revoke_login_tokens("approle") >= 1);
+    bao.kv_put("app/fresh", json!({ "v": "fresh" }));
+    let back_at = Instant::now();
+    let recovered = wait_until(VAULT_RECOVERY, || {
+        agent.secret("vault/app/fresh?field=v").text() == "fresh"
+    });
+    let recovered_in = back_at.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut samples = cached_load.finish();
+    samples.extend(uncached_load.finish());
+    assert!(
+        recovered && recovered_in <= VAULT_RECOVERY,
+        "no recovery within {VAULT_RECOVERY:?}; log:\n{}",
+        agent.log_text()
+    );
+    assert!(killed_at.elapsed() < Duration::from_secs(STALE_IF_ERROR_SECS));
+
+    let mut failed_fast = 0;
+    for s in &samples {
+        let since_kill = s.at.saturating_duration_since(killed_at);
+        if s.name == CACHED_V {
+            assert_eq!(
+                (s.status, String::from_utf8_lossy(&s.body).as_ref()),
+                (Some(200), "cached-1"),
+                "cached read {since_kill:?} after the kill"
+            );
+        } else if s.at < restart_at {
+            assert!(
+                matches!(s.status, Some(502 | 504)) && s.latency <= FETCH_TIMEOUT + SLACK,
+                "uncached read {since_kill:?} after the kill: {:?} in {:?}",
+                s.status,
+                s.latency
+            );
+            failed_fast += 1;
+        } else if s.status == Some(200) {
+            assert_eq!(s.body, b"later");
+        }
+    }
+    assert!(failed_fast > 0, "no uncached read while OpenBao was down");
+    let log = agent.log_text();
+    assert!(log.contains("logged in to Vault again"), "{log}");
 }

@@ -218,28 +218,6 @@ impl Moto {
     }
 }
 
-/// A config with `sources` and this process allowed everything (and admin).
-pub fn config(cache: &str, sources: &str) -> String {
-    format!(
-        r#"[server]
-socket = "{{socket}}"
-socket_mode = "0666"
-
-[cache]
-lock_memory = "best-effort"
-{cache}
-
-{sources}
-
-[[allow]]
-peer = {{ uid = {uid} }}
-secrets = ["*"]
-admin = true
-"#,
-        uid = nix::unistd::geteuid().as_raw()
-    )
-}
-
 /// An access-key source `name` for `user`, key files written to `dir`.
 pub fn key_source(dir: &Path, moto: &Moto, name: &str, user: &str, extra: &str) -> String {
     let (id, secret) = moto.key_files(dir, user);
