@@ -2,7 +2,8 @@
 //!
 //! Lines go through a bounded channel to a writer task, so a request never waits for its line to
 //! be written: when the channel is full the line is dropped and counted
-//! (`credagent_audit_dropped_total`). The sink is stderr (`file = "-"`, journald under systemd)
+//! (`credagent_audit_dropped_total`), and so is every line of a batch whose write fails (disk
+//! full, I/O error): requests keep being answered either way. The sink is stderr (`file = "-"`, journald under systemd)
 //! or a file opened append-only with mode 0640. The writer batches every queued line into one
 //! write. A file is written with plain write(2) from the writer task (a page-cache copy; a
 //! tokio file would hand each batch to a blocking thread, which the bench measured as the
@@ -167,7 +168,7 @@ impl Audit {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(rx, writer));
+        tokio::spawn(write_lines(rx, writer, metrics.clone()));
         Ok(Audit { tx, metrics })
     }
 
@@ -197,7 +198,14 @@ enum Writer {
 impl Writer {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
-            Writer::File(file) => std::io::Write::write_all(file, bytes),
+            Writer::File(file) => {
+                // A failed write (disk full) may have appended part of the batch: cut it off, so
+                // the file never holds a torn line that the next batch would be glued to.
+                let len = file.metadata()?.len();
+                std::io::Write::write_all(file, bytes).inspect_err(|_| {
+                    let _ = file.set_len(len);
+                })
+            }
             Writer::Stream(stream) => {
                 stream.write_all(bytes).await?;
                 stream.flush().await
@@ -206,7 +214,11 @@ impl Writer {
     }
 }
 
-async fn write_lines(mut rx: mpsc::Receiver<AuditEvent>, mut writer: Writer) {
+async fn write_lines(
+    mut rx: mpsc::Receiver<AuditEvent>,
+    mut writer: Writer,
+    metrics: Arc<Metrics>,
+) {
     let mut line = Vec::with_capacity(512);
     while let Some(event) = rx.recv().await {
         line.clear();
@@ -214,16 +226,20 @@ async fn write_lines(mut rx: mpsc::Receiver<AuditEvent>, mut writer: Writer) {
             continue;
         }
         line.push(b'\n');
+        let mut lines = 1u64;
         // Let the requests already runnable finish first, so their lines share this write.
         tokio::task::yield_now().await;
         // Batch whatever else is already queued into the same write.
         while let Ok(more) = rx.try_recv() {
             if serde_json::to_writer(&mut line, &more).is_ok() {
                 line.push(b'\n');
+                lines = lines.saturating_add(1);
             }
         }
         if let Err(e) = writer.write(&line).await {
-            tracing::error!(error = %e, "cannot write audit line");
+            // The whole batch counts as dropped, even if part of it reached the file.
+            metrics.audit_dropped.fetch_add(lines, Ordering::Relaxed);
+            crate::rate_limited!(error, error = %e, lines, "cannot write audit lines; dropped");
         }
     }
 }

@@ -53,6 +53,8 @@ pub mod metrics;
 pub mod name;
 pub mod output;
 pub mod peer;
+#[cfg(test)]
+mod properties;
 pub mod ratelimit;
 pub mod secure_mem;
 pub mod server;

@@ -64,7 +64,7 @@ pub struct Metrics {
     pub cache_refresh_ahead: AtomicU64,
     /// Entries evicted because the cache was full.
     pub cache_evictions: AtomicU64,
-    /// Audit lines dropped because the writer fell behind.
+    /// Audit lines dropped because the writer fell behind or a write failed.
     pub audit_dropped: AtomicU64,
     /// Connections answered `429 too_many_connections` and closed (no per-uid label: cardinality).
     pub connections_rejected: AtomicU64,
@@ -143,7 +143,7 @@ impl Metrics {
             ),
             (
                 "credagent_audit_dropped_total",
-                "Audit lines dropped because the writer fell behind.",
+                "Audit lines dropped because the writer fell behind or a write failed.",
                 &self.audit_dropped,
             ),
             (

@@ -7,21 +7,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::imds::Imds;
-use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, agent_config as config, header};
-use common::{Agent, CANARY, TestDir, wait_until};
+use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, header, key_source};
+use common::{Agent, CANARY, TestDir, config_allowing_all as config, wait_until};
 
 const GET: &str = "secretsmanager.GetSecretValue";
 const DESCRIBE: &str = "secretsmanager.DescribeSecret";
-
-/// An access-key source `name` for `user`, key files written to `dir`.
-fn key_source(dir: &Path, moto: &Moto, name: &str, user: &str, extra: &str) -> String {
-    moto.source_section(dir, name, "aws-secretsmanager", user, extra)
-}
 
 /// Starts `credagent serve` expecting it to fail at start; returns (exit code, log).
 fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::moto::{Moto, agent_config};
+use common::config_allowing_all as agent_config;
+use common::moto::Moto;
 use common::{Agent, CANARY, TestDir};
 
 #[test]

@@ -9,7 +9,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::moto::{Moto, agent_config};
+use common::config_allowing_all as agent_config;
+use common::moto::Moto;
 use common::{Agent, CANARY, TestDir, wait_until};
 
 const GET: &str = "AmazonSSM.GetParameter";

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::moto::agent_config;
+use common::config_allowing_all as agent_config;
 use common::pass::PassStore;
 use common::{Agent, CANARY, TestDir};
 

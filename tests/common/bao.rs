@@ -1,5 +1,7 @@
-//! A real OpenBao dev server (Vault's API) for the Vault tests: started on a free loopback port
+//! A real OpenBao server (Vault's API) for the Vault tests: started on a free loopback port
 //! from the pinned venv, configured through its HTTP API with the root token, killed on drop.
+//! A dev server by default; [`Bao::start_persistent`] runs one with Raft storage on disk that the
+//! harness initialises and unseals itself, so a restart keeps its data and tokens.
 //!
 //! [`Bao::setup`] enables what the agent needs and nothing more: KV v2 at `secret/` (the dev
 //! default), transit with key `app-key`, AppRole and JWT auth, and the policy `agent` that may
@@ -27,12 +29,14 @@ path "secret/data/app/*" { capabilities = ["read"] }
 path "transit/decrypt/app-key" { capabilities = ["update"] }
 "#;
 
-/// A running dev server.
+/// A running server: a dev server, or one with persistent storage.
 pub struct Bao {
     pub port: u16,
     child: Option<ChildGuard>,
     /// With `-dev-tls`: where the server wrote `vault-ca.pem`.
     tls_dir: Option<PathBuf>,
+    /// Not dev mode: the config file (Raft storage on disk) and the unseal key.
+    persistent: Option<(PathBuf, String)>,
 }
 
 impl Bao {
@@ -42,9 +46,93 @@ impl Bao {
             port: free_port(),
             child: None,
             tls_dir: None,
+            persistent: None,
         };
         bao.launch();
         bao
+    }
+
+    /// Starts a server that is not in dev mode: Raft storage in `dir/bao-data`, initialised (one
+    /// unseal key) and unsealed through the HTTP API, with a token `root` like the dev server's
+    /// and KV v2 at `secret/`. Its state survives [`Bao::stop`] and [`Bao::restart`], which
+    /// unseals it again.
+    pub fn start_persistent(dir: &Path) -> Bao {
+        let port = free_port();
+        let cluster = free_port();
+        let data = dir.join("bao-data");
+        std::fs::create_dir_all(&data).unwrap();
+        let config = dir.join("bao.hcl");
+        std::fs::write(
+            &config,
+            format!(
+                r#"storage "raft" {{
+  path = "{data}"
+  node_id = "node1"
+}}
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster}"
+  tls_disable = true
+}}
+api_addr = "http://127.0.0.1:{port}"
+cluster_addr = "http://127.0.0.1:{cluster}"
+"#,
+                data = data.display()
+            ),
+        )
+        .unwrap();
+        let mut bao = Bao {
+            port,
+            child: None,
+            tls_dir: None,
+            persistent: Some((config, String::new())),
+        };
+        bao.launch();
+        let (status, init) = bao
+            .try_api(
+                None,
+                "PUT",
+                "sys/init",
+                Some(json!({ "secret_shares": 1, "secret_threshold": 1 })),
+            )
+            .unwrap();
+        assert_eq!(status, 200, "bao init: {init}");
+        let key = init["keys_base64"][0].as_str().unwrap().to_owned();
+        let initial_root = init["root_token"].as_str().unwrap().to_owned();
+        if let Some((_, unseal_key)) = &mut bao.persistent {
+            *unseal_key = key;
+        }
+        bao.unseal();
+        let (status, created) = bao
+            .try_api(
+                Some(&initial_root),
+                "POST",
+                "auth/token/create",
+                Some(json!({ "id": ROOT, "policies": ["root"], "no_parent": true })),
+            )
+            .unwrap();
+        assert_eq!(status, 200, "root token: {created}");
+        bao.api(
+            "POST",
+            "sys/mounts/secret",
+            Some(json!({ "type": "kv", "options": { "version": "2" } })),
+        );
+        bao
+    }
+
+    /// Unseals a persistent server and waits until it is active.
+    fn unseal(&self) {
+        let Some((_, key)) = &self.persistent else {
+            return;
+        };
+        let (status, reply) = self
+            .try_api(None, "PUT", "sys/unseal", Some(json!({ "key": key })))
+            .unwrap();
+        assert_eq!(status, 200, "bao unseal: {reply}");
+        let active = wait_until(Duration::from_secs(30), || {
+            matches!(self.try_api(None, "GET", "sys/health", None), Ok((200, _)))
+        });
+        assert!(active, "bao not active after unseal on port {}", self.port);
     }
 
     /// Starts a `-dev-tls` server (its own CA, written to `cert_dir/vault-ca.pem`). Set it up
@@ -54,6 +142,7 @@ impl Bao {
             port: free_port(),
             child: None,
             tls_dir: Some(cert_dir.to_path_buf()),
+            persistent: None,
         };
         bao.launch();
         bao
@@ -78,16 +167,24 @@ impl Bao {
     }
 
     fn launch(&mut self) {
-        let mut args = vec![
-            "server".to_owned(),
-            "-dev".to_owned(),
-            format!("-dev-root-token-id={ROOT}"),
-            format!("-dev-listen-address=127.0.0.1:{}", self.port),
-        ];
-        if let Some(dir) = &self.tls_dir {
-            args.push("-dev-tls".to_owned());
-            args.push(format!("-dev-tls-cert-dir={}", dir.display()));
-        }
+        let args = match (&self.persistent, &self.tls_dir) {
+            (Some((config, _)), _) => {
+                vec!["server".to_owned(), format!("-config={}", config.display())]
+            }
+            (None, tls_dir) => {
+                let mut args = vec![
+                    "server".to_owned(),
+                    "-dev".to_owned(),
+                    format!("-dev-root-token-id={ROOT}"),
+                    format!("-dev-listen-address=127.0.0.1:{}", self.port),
+                ];
+                if let Some(dir) = tls_dir {
+                    args.push("-dev-tls".to_owned());
+                    args.push(format!("-dev-tls-cert-dir={}", dir.display()));
+                }
+                args
+            }
+        };
         let child = Command::new(venv_bin("bao"))
             .args(&args)
             .env_remove("VAULT_ADDR")
@@ -99,16 +196,19 @@ impl Bao {
             .expect("start bao");
         self.child = Some(ChildGuard(child));
         let healthy = wait_until(Duration::from_secs(20), || {
-            if self.tls_dir.is_some() {
+            if self.persistent.is_some() {
+                // Sealed (and at first uninitialised), it still answers health.
+                self.try_api(None, "GET", "sys/health", None).is_ok()
+            } else if self.tls_dir.is_some() {
                 self.ca_file().exists() && self.cli(&["status"]).status.success()
             } else {
                 matches!(self.try_api(None, "GET", "sys/health", None), Ok((200, _)))
             }
         });
-        assert!(healthy, "bao dev server not healthy on port {}", self.port);
+        assert!(healthy, "bao server not healthy on port {}", self.port);
     }
 
-    /// Kills the server (its in-memory storage is lost).
+    /// Kills the server (a dev server's in-memory storage is lost).
     pub fn stop(&mut self) {
         self.child = None;
         let port = self.port;
@@ -122,9 +222,11 @@ impl Bao {
         );
     }
 
-    /// Starts a fresh server on the same port (empty storage: run `setup` again).
+    /// Starts the server again on the same port: a dev server empty (run `setup` again), a
+    /// persistent one with its state, unsealed.
     pub fn restart(&mut self) {
         self.launch();
+        self.unseal();
     }
 
     /// `http://127.0.0.1:PORT`.

@@ -485,6 +485,28 @@ admin = true
     )
 }
 
+/// A config with `cache` keys and `sources` tables, this process allowed every secret (and admin).
+pub fn config_allowing_all(cache: &str, sources: &str) -> String {
+    format!(
+        r#"[server]
+socket = "{{socket}}"
+socket_mode = "0666"
+
+[cache]
+lock_memory = "best-effort"
+{cache}
+
+{sources}
+
+[[allow]]
+peer = {{ uid = {uid} }}
+secrets = ["*"]
+admin = true
+"#,
+        uid = nix::unistd::geteuid().as_raw()
+    )
+}
+
 /// One request sent by a process running as `uid` (`/usr/bin/python3`, which any uid may run),
 /// parsed; for callers the `credagent` client cannot play (metrics, HEAD, raw paths).
 pub fn request_as(uid: u32, socket: &Path, method: &str, path: &str) -> Response {

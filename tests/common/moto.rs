@@ -252,6 +252,11 @@ secret_access_key_file = "{secret}"
     }
 }
 
+/// An access-key source `name` for `user`, key files written to `dir`.
+pub fn key_source(dir: &Path, moto: &Moto, name: &str, user: &str, extra: &str) -> String {
+    moto.source_section(dir, name, "aws-secretsmanager", user, extra)
+}
+
 /// The body of a recorded request as text (the recorder base64-encodes most bodies).
 pub fn body(record: &serde_json::Value) -> String {
     let raw = record["body"].as_str().unwrap_or_default();
@@ -308,27 +313,4 @@ pub fn http(
     let resp = super::parse_response(&raw)
         .ok_or_else(|| std::io::Error::other("unparseable HTTP response"))?;
     Ok((resp.status, resp.body))
-}
-
-/// An agent config with `cache` settings, `sources`, and this process allowed everything
-/// (and admin).
-pub fn agent_config(cache: &str, sources: &str) -> String {
-    format!(
-        r#"[server]
-socket = "{{socket}}"
-socket_mode = "0666"
-
-[cache]
-lock_memory = "best-effort"
-{cache}
-
-{sources}
-
-[[allow]]
-peer = {{ uid = {uid} }}
-secrets = ["*"]
-admin = true
-"#,
-        uid = nix::unistd::geteuid().as_raw()
-    )
 }
