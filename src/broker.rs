@@ -8,19 +8,23 @@
 //!   id creates no cache slot, no fetch and no source error;
 //! - decides access (`acl`), including the location a transit read takes its ciphertext from;
 //! - runs the cached fetch under one timeout, metrics and logging policy;
-//! - writes exactly one audit record per decision, never a value.
+//! - writes exactly one audit record per decision, never a value;
+//! - tags each value it serves with an ETag (a keyed hash of the served bytes under a
+//!   per-process random key, so it tells nothing of the value), answers `NotModified` to a
+//!   caller that holds the current one, and holds a waiting read until the served bytes differ
+//!   or its deadline passes (the cache says when a key may have changed).
 //!
 //! It knows nothing of HTTP: the only protocol numbers here are the statuses the audit trail
 //! records ([`BrokerError::status`]), which every front end's audit lines share.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::acl;
 use crate::audit::{AuditEvent, RequestId};
-use crate::cache::Served;
+use crate::cache::{Refresh, Served};
 use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
 use crate::name::{Glob, SecretName};
 use crate::peer::PeerIdentity;
@@ -50,7 +54,33 @@ pub struct ReadRequest {
     pub field: Option<String>,
     /// Raw or JSON.
     pub format: Format,
+    /// The ETag the caller holds (`If-None-Match`): the same bytes are answered `NotModified`.
+    pub if_none_match: Option<String>,
+    /// Hold the read up to this long while the served bytes would still match
+    /// `if_none_match`.
+    pub wait: Option<Duration>,
+    /// Re-fetch now, once per `cache.min_refresh_interval` (`?refresh=true`).
+    pub refresh: bool,
 }
+
+impl ReadRequest {
+    /// A plain read of `name`: raw value, no selector, no field, no condition.
+    pub fn plain(name: SecretName) -> Self {
+        ReadRequest {
+            name,
+            selector: Selector::default(),
+            field: None,
+            format: Format::Raw,
+            if_none_match: None,
+            wait: None,
+            refresh: false,
+        }
+    }
+}
+
+/// The least time between two reads of one waiting request, so a backend that keeps failing
+/// or changing is not asked in a loop.
+const MIN_RECHECK: Duration = Duration::from_secs(1);
 
 /// Who is asking, as the front end established it.
 #[derive(Debug, Clone, Copy)]
@@ -75,10 +105,68 @@ pub enum ReplyKind {
 /// A value to send, still backed by secure memory.
 #[derive(Debug)]
 pub struct Reply {
-    /// The bytes (borrowing the cached secret or owning a locked buffer).
+    /// The bytes (borrowing the cached secret or owning a locked buffer); empty when
+    /// `not_modified`.
     pub body: Bytes,
     /// What they are.
     pub kind: ReplyKind,
+    /// The served bytes' tag (`None` only if the process has no random key for it).
+    pub etag: Option<String>,
+    /// The caller's `If-None-Match` is still current: no body.
+    pub not_modified: bool,
+    /// What a `?refresh=true` did.
+    pub refresh: Option<Refresh>,
+}
+
+impl Reply {
+    fn new(body: Bytes, kind: ReplyKind) -> Self {
+        Reply {
+            body,
+            kind,
+            etag: None,
+            not_modified: false,
+            refresh: None,
+        }
+    }
+}
+
+/// SECURITY: the key of every ETag, random per process: a tag says whether bytes changed and
+/// nothing else; it cannot be matched against a guessed value, nor across restarts.
+static ETAG_KEY: OnceLock<Option<aws_lc_rs::hmac::Key>> = OnceLock::new();
+
+/// `"<32 hex>"`: HMAC-SHA-256 of `body` under [`ETAG_KEY`], truncated to 128 bits.
+fn etag(body: &[u8]) -> Option<String> {
+    let key = ETAG_KEY
+        .get_or_init(|| {
+            let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+            match getrandom::fill(raw.as_mut()) {
+                Ok(()) => Some(aws_lc_rs::hmac::Key::new(
+                    aws_lc_rs::hmac::HMAC_SHA256,
+                    raw.as_ref(),
+                )),
+                Err(err) => {
+                    tracing::error!(error = %err, "no random key for ETags: replies carry none");
+                    None
+                }
+            }
+        })
+        .as_ref()?;
+    let tag = aws_lc_rs::hmac::sign(key, body);
+    let hex: String = tag.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Some(format!("\"{hex}\""))
+}
+
+/// Whether `If-None-Match` (one tag or a comma-separated list) names `etag`.
+fn etag_matches(if_none_match: Option<&str>, etag: Option<&str>) -> bool {
+    let (Some(held), Some(etag)) = (if_none_match, etag) else {
+        return false;
+    };
+    held.split(',')
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag)
 }
 
 /// Why the broker refused or failed a request. Messages never contain a value.
@@ -223,11 +311,20 @@ impl<'a> Audited<'a> {
     }
 
     /// Records the outcome and hands it back.
-    fn finish<T>(mut self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+    fn finish<T>(self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
+        self.finish_status(result, |_| 200)
+    }
+
+    /// As [`Audited::finish`], with the status of a success taken from it.
+    fn finish_status<T>(
+        mut self,
+        result: Result<T, BrokerError>,
+        status: impl FnOnce(&T) -> u16,
+    ) -> Result<T, BrokerError> {
         match &result {
-            Ok(_) => {
+            Ok(value) => {
                 debug_assert_eq!(self.event.decision, "allow");
-                self.event.status = 200;
+                self.event.status = status(value);
             }
             // `decision` stays "deny" unless a rule admitted the caller before the failure.
             Err(err) => {
@@ -270,13 +367,16 @@ pub fn health(state: &AppState, caller: Caller<'_>) -> Result<(), BrokerError> {
     Err(refuse_changed_peer(state, caller))
 }
 
-/// Reads a secret for `caller`.
+/// Reads a secret for `caller`: at once, or — with `wait` and an `if_none_match` that is still
+/// current — once the served bytes differ, else `not_modified` at the deadline. One audit line
+/// whatever the wait (`"action":"refresh"` for a forced re-fetch).
 pub async fn read(
     state: &AppState,
     caller: Caller<'_>,
     request: ReadRequest,
 ) -> Result<Reply, BrokerError> {
-    let mut audited = Audited::new(state, caller.peer, "read");
+    let action = if request.refresh { "refresh" } else { "read" };
+    let mut audited = Audited::new(state, caller.peer, action);
     audited.event.secret = Some(request.name.to_string());
     let request_id = audited.request_id();
     let runtime = state.runtime();
@@ -310,17 +410,63 @@ pub async fn read(
             name: request.name,
             selector: request.selector,
         };
-        let (secret, served) = cached_fetch(state, request_id, entry, &secret_request).await;
-        audited.event.cache = Some(served.as_str());
-        render(
-            &secret_request.name,
-            secret?,
-            request.field.as_deref(),
-            request.format,
-        )
+        // Subscribed before the first read, so a change between it and the wait is not lost.
+        let mut changes = request.wait.map(|_| state.cache.subscribe(&secret_request));
+        let deadline = request.wait.map(|w| tokio::time::Instant::now() + w);
+        let mut force = request.refresh;
+        loop {
+            let read_at = tokio::time::Instant::now();
+            let (secret, served, refresh) =
+                cached_fetch(state, request_id, entry.clone(), &secret_request, force).await;
+            audited.event.cache = Some(served.as_str());
+            let mut reply = render(
+                &secret_request.name,
+                secret?,
+                request.field.as_deref(),
+                request.format,
+            )?;
+            reply.etag = etag(&reply.body);
+            reply.refresh = force.then_some(refresh);
+            force = false;
+            if !etag_matches(request.if_none_match.as_deref(), reply.etag.as_deref()) {
+                return Ok(reply);
+            }
+            let not_modified = Reply {
+                body: Bytes::new(),
+                not_modified: true,
+                ..reply
+            };
+            let (Some(deadline), Some(changes)) = (deadline, changes.as_mut()) else {
+                return Ok(not_modified);
+            };
+            // Wake on news of the key, when its value is due for refresh (so a value nobody
+            // else reads still follows its TTL), at the deadline, or at shutdown.
+            let recheck = state
+                .cache
+                .next_refresh(&secret_request)
+                .map_or(deadline, |d| {
+                    tokio::time::Instant::now() + d.max(MIN_RECHECK)
+                });
+            let wake = recheck.min(deadline);
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(wake).await;
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {}
+                () = state.shutdown_signal() => return Ok(not_modified),
+            }
+            // At most one re-read per MIN_RECHECK: news that keeps coming (a TTL shorter than
+            // the refresh-ahead window, a flush loop) cannot make waiters hammer the backend.
+            tokio::time::sleep_until((read_at + MIN_RECHECK).min(deadline)).await;
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(not_modified);
+            }
+        }
     }
     .await;
-    audited.finish(result)
+    audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
 }
 
 /// What PID 1 asks the credentials socket for, from its socket address.
@@ -378,14 +524,14 @@ pub async fn credential(
             return Err(denied);
         }
         let secret_request = SecretRequest { name, selector };
-        let (secret, served) =
-            cached_fetch(state, request_id, entry, &secret_request).await;
+        let (secret, served, _) =
+            cached_fetch(state, request_id, entry, &secret_request, false).await;
         audited.event.cache = Some(served.as_str());
         let secret = secret?;
-        Ok(Reply {
-            kind: raw_kind(secret.value.as_slice()),
-            body: Bytes::from_owner(CachedBody(secret)),
-        })
+        Ok(Reply::new(
+            Bytes::from_owner(CachedBody(secret.clone())),
+            raw_kind(secret.value.as_slice()),
+        ))
     }
     .await;
     audited.finish(result)
@@ -478,14 +624,16 @@ fn check_ciphertext_location(
     }
 }
 
-/// Looks `request` up in the cache, fetching it from its source on a miss (single-flight,
-/// bounded by the source's fetch timeout, counted, logged at one rate-limited site).
+/// Looks `request` up in the cache, fetching it from its source on a miss, or now when `force`
+/// (single-flight, bounded by the source's fetch timeout, counted, logged at one rate-limited
+/// site).
 async fn cached_fetch(
     state: &AppState,
     request_id: RequestId,
     entry: Arc<SourceEntry>,
     request: &SecretRequest,
-) -> (Result<Arc<Secret>, BrokerError>, Served) {
+    force: bool,
+) -> (Result<Arc<Secret>, BrokerError>, Served, Refresh) {
     let metrics = state.metrics.clone();
     let ttl = entry.ttl;
     // Only runs on a miss or refresh: nothing here is on the cache-hit path.
@@ -519,12 +667,17 @@ async fn cached_fetch(
         }
         result
     };
-    let (result, served) = state.cache.get(request, ttl, fetch).await;
+    let (result, served, refresh) = if force {
+        state.cache.refresh(request, ttl, fetch).await
+    } else {
+        let (result, served) = state.cache.get(request, ttl, fetch).await;
+        (result, served, Refresh::Done)
+    };
     let result = result.map_err(|err| {
         rate_limited!(info, %request_id, secret = %request.name, error = %err, "request failed");
         BrokerError::from(&err)
     });
-    (result, served)
+    (result, served, refresh)
 }
 
 /// Lets `Bytes` borrow a cached secret without copying it out of secure memory.
@@ -560,14 +713,14 @@ fn render(
         },
     };
     match format {
-        Format::Raw => Ok(Reply {
-            kind: raw_kind(&value),
-            body: value,
-        }),
-        Format::Json => Ok(Reply {
-            body: Bytes::from_owner(render_json(name, &secret, &value)?),
-            kind: ReplyKind::Json,
-        }),
+        Format::Raw => {
+            let kind = raw_kind(&value);
+            Ok(Reply::new(value, kind))
+        }
+        Format::Json => Ok(Reply::new(
+            Bytes::from_owner(render_json(name, &secret, &value)?),
+            ReplyKind::Json,
+        )),
     }
 }
 
@@ -696,10 +849,9 @@ gone = "fake/missing"
     fn read_request(name: &str, selector: Selector, field: Option<&str>) -> ReadRequest {
         let (source, id) = name.split_once('/').unwrap();
         ReadRequest {
-            name: SecretName::new(source, id).unwrap(),
             selector,
             field: field.map(str::to_owned),
-            format: Format::Raw,
+            ..ReadRequest::plain(SecretName::new(source, id).unwrap())
         }
     }
 
@@ -935,6 +1087,68 @@ gone = "fake/missing"
         .await;
         assert_eq!(got.unwrap_err(), BrokerError::ShuttingDown);
         assert_eq!(fx.lines()[0].status, 503);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn etag_conditional_wait_and_refresh_are_one_audit_line_each() {
+        let mut fx = Fixture::new();
+        let peer = peer(1000, None);
+        let caller = Caller {
+            peer: &peer,
+            sender_is_connector: true,
+        };
+        let plain = || read_request("fake/ok/a", Selector::default(), None);
+        let first = read(&fx.state, caller, plain()).await.unwrap();
+        let etag = first.etag.clone().unwrap();
+        assert_eq!(etag.len(), 34);
+        // Same bytes, same tag; the tag held: 304 at once without wait, at the deadline with it.
+        let held = ReadRequest {
+            if_none_match: Some(etag.clone()),
+            ..plain()
+        };
+        let reply = read(&fx.state, caller, held.clone()).await.unwrap();
+        assert!(reply.not_modified && reply.body.is_empty());
+        let started = tokio::time::Instant::now();
+        let waiting = ReadRequest {
+            wait: Some(Duration::from_secs(5)),
+            ..held
+        };
+        let reply = read(&fx.state, caller, waiting.clone()).await.unwrap();
+        assert!(reply.not_modified);
+        assert!(started.elapsed() >= Duration::from_secs(5));
+        // Another tag: the value at once.
+        let other = ReadRequest {
+            if_none_match: Some("\"0000\"".to_owned()),
+            ..waiting
+        };
+        let reply = read(&fx.state, caller, other).await.unwrap();
+        assert_eq!(
+            (&reply.body[..], reply.etag.as_deref()),
+            (&b"ok/a"[..], Some(&etag[..]))
+        );
+        // A forced re-fetch, then a throttled one.
+        let refresh = ReadRequest {
+            refresh: true,
+            ..plain()
+        };
+        let fetches = fx.fetches();
+        let reply = read(&fx.state, caller, refresh.clone()).await.unwrap();
+        assert_eq!(reply.refresh, Some(Refresh::Done));
+        let reply = read(&fx.state, caller, refresh).await.unwrap();
+        assert_eq!(reply.refresh, Some(Refresh::Throttled));
+        assert_eq!(fx.fetches(), fetches + 1);
+        let lines: Vec<_> = fx.lines().iter().map(|l| (l.action, l.status)).collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("read", 200),
+                ("read", 304),
+                ("read", 304),
+                ("read", 200),
+                ("refresh", 200),
+                ("refresh", 200)
+            ]
+        );
     }
 
     #[tokio::test]

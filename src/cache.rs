@@ -6,6 +6,13 @@
 //! client that disconnects never cancels a fetch others wait on; waiters share its result through
 //! a `watch` channel. Errors are never cached. Time is `tokio::time::Instant`, so tests drive TTLs
 //! with a paused clock. The cache does not know sources or peers: callers pass a fetch closure.
+//!
+//! It also tells who waits for a key ([`Cache::subscribe`]) when that key may have changed: a
+//! fetch stored a value, or a flush dropped it. Waiters re-read and compare what they serve; the
+//! cache never compares values. A reader may force one re-fetch per key per
+//! `min_refresh_interval` ([`Cache::refresh`]). Each stored value's expiry and refresh-ahead
+//! start are spread by up to `jitter_percent`, so agents started together do not refresh
+//! together.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,17 +58,35 @@ type Shared = Result<Arc<Secret>, SourceError>;
 type Waiter = watch::Receiver<Option<Shared>>;
 
 enum Slot {
-    Loading { id: u64, rx: Waiter },
+    Loading {
+        id: u64,
+        rx: Waiter,
+        /// A reader forced this fetch: it counts as the key's last forced re-fetch.
+        forced: bool,
+    },
     Ready(Entry),
 }
 
 struct Entry {
     secret: Arc<Secret>,
     expires: Instant,
+    /// When refresh-ahead may start (expiry minus the jittered window).
+    refresh_at: Instant,
+    /// The last reader-forced re-fetch.
+    forced_at: Option<Instant>,
     ttl: Duration,
     last_used: u64,
     refresh: Option<(u64, Waiter)>,
     retry_after: Option<Instant>,
+}
+
+/// Whether a reader's forced re-fetch ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// The value was fetched (or a fetch already in flight was joined).
+    Done,
+    /// Within `min_refresh_interval` of the last one: served as a plain read.
+    Throttled,
 }
 
 /// What `get` does after the lookup under the lock.
@@ -84,6 +109,8 @@ struct Inner {
 /// The cache.
 pub struct Cache {
     inner: Mutex<Inner>,
+    /// Change notification per key, for as long as someone waits on it.
+    changes: Mutex<HashMap<SecretRequest, watch::Sender<u64>>>,
     settings: Mutex<CacheConfig>,
     metrics: Arc<Metrics>,
 }
@@ -105,6 +132,7 @@ impl Cache {
                 clock: 0,
                 next_id: 0,
             }),
+            changes: Mutex::new(HashMap::new()),
             settings: Mutex::new(settings),
             metrics,
         })
@@ -152,7 +180,31 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let step = self.lookup(request, ttl, fetch);
+        let (step, _) = self.lookup(request, ttl, false, fetch);
+        self.finish(step).await
+    }
+
+    /// As [`Cache::get`], but a reader asks for a re-fetch now (after a login failed with the
+    /// cached value, say): one single-flighted fetch, at most once per key per
+    /// `min_refresh_interval`; within it, a plain read answered [`Refresh::Throttled`]. A
+    /// transient failure of the re-fetch serves the cached value within the stale-if-error
+    /// bound.
+    pub async fn refresh<F, Fut>(
+        self: &Arc<Self>,
+        request: &SecretRequest,
+        ttl: Duration,
+        fetch: F,
+    ) -> (Result<Arc<Secret>, SourceError>, Served, Refresh)
+    where
+        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
+    {
+        let (step, refresh) = self.lookup(request, ttl, true, fetch);
+        let (result, served) = self.finish(step).await;
+        (result, served, refresh)
+    }
+
+    async fn finish(&self, step: Step) -> (Result<Arc<Secret>, SourceError>, Served) {
         match step {
             Step::Done(secret, served) => (Ok(secret), served),
             Step::WaitMiss(rx) => {
@@ -183,7 +235,13 @@ impl Cache {
     }
 
     /// The synchronous part of `get`, under the lock: decide what to serve or wait for.
-    fn lookup<F, Fut>(self: &Arc<Self>, request: &SecretRequest, ttl: Duration, fetch: F) -> Step
+    fn lookup<F, Fut>(
+        self: &Arc<Self>,
+        request: &SecretRequest,
+        ttl: Duration,
+        force: bool,
+        fetch: F,
+    ) -> (Step, Refresh)
     where
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
@@ -195,12 +253,26 @@ impl Cache {
         inner.clock += 1;
         let clock = inner.clock;
         let next_id = inner.next_id + 1;
-        match inner.map.get_mut(request) {
+        let step = match inner.map.get_mut(request) {
             Some(Slot::Ready(entry)) => {
                 entry.last_used = clock;
+                let allowed = entry
+                    .forced_at
+                    .is_none_or(|t| now >= t + settings.min_refresh_interval);
+                // A reader's forced re-fetch goes the way of an expired value: join the fetch in
+                // flight or start one, and wait for it.
+                let forced = force && allowed;
+                if forced {
+                    entry.forced_at = Some(now);
+                }
+                let refresh = if force && !allowed {
+                    Refresh::Throttled
+                } else {
+                    Refresh::Done
+                };
                 let backing_off = entry.retry_after.is_some_and(|t| now < t);
-                if now < entry.expires {
-                    let refresh_due = now + settings.refresh_ahead >= entry.expires;
+                if !forced && now < entry.expires {
+                    let refresh_due = now >= entry.refresh_at;
                     if refresh_due && entry.refresh.is_none() && !backing_off {
                         inner.next_id = next_id;
                         let prev = entry.secret.clone();
@@ -211,14 +283,14 @@ impl Cache {
                             .fetch_add(1, Ordering::Relaxed);
                     }
                     self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Step::Done(entry.secret.clone(), Served::Hit);
+                    return (Step::Done(entry.secret.clone(), Served::Hit), refresh);
                 }
-                // Expired.
+                // Expired (or forced).
                 let stale_until = entry.expires + settings.stale_if_error;
                 let prev = entry.secret.clone();
-                if backing_off && now < stale_until {
+                if !forced && backing_off && now < stale_until {
                     self.metrics.cache_stale.fetch_add(1, Ordering::Relaxed);
-                    return Step::Done(prev, Served::Stale);
+                    return (Step::Done(prev, Served::Stale), refresh);
                 }
                 let rx = match &entry.refresh {
                     Some((_, rx)) => rx.clone(),
@@ -235,13 +307,19 @@ impl Cache {
                         rx
                     }
                 };
-                Step::WaitRefresh {
-                    rx,
-                    prev,
-                    stale_until,
-                }
+                return (
+                    Step::WaitRefresh {
+                        rx,
+                        prev,
+                        stale_until,
+                    },
+                    refresh,
+                );
             }
-            Some(Slot::Loading { rx, .. }) => Step::WaitMiss(rx.clone()),
+            Some(Slot::Loading { rx, forced, .. }) => {
+                *forced |= force;
+                Step::WaitMiss(rx.clone())
+            }
             None => {
                 if inner.map.len() >= settings.max_entries.get() && evict_lru(inner) {
                     self.metrics.cache_evictions.fetch_add(1, Ordering::Relaxed);
@@ -253,11 +331,13 @@ impl Cache {
                     Slot::Loading {
                         id: next_id,
                         rx: rx.clone(),
+                        forced: force,
                     },
                 );
                 Step::WaitMiss(rx)
             }
-        }
+        };
+        (step, Refresh::Done)
     }
 
     fn spawn_fetch<F, Fut>(
@@ -293,22 +373,32 @@ impl Cache {
     fn complete(&self, request: &SecretRequest, id: u64, ttl: Duration, outcome: &Shared) {
         let settings = self.settings();
         let now = Instant::now();
+        let (expires, refresh_at) = jittered(now, ttl, &settings);
         let mut guard = self.lock();
         let inner: &mut Inner = &mut guard;
         let Some(slot) = inner.map.get_mut(request) else {
             return;
         };
+        let mut stored = false;
         let remove = match slot {
-            Slot::Loading { id: slot_id, .. } if *slot_id == id => match outcome {
+            Slot::Loading {
+                id: slot_id,
+                forced,
+                ..
+            } if *slot_id == id => match outcome {
                 Ok(secret) => {
+                    let forced_at = forced.then_some(now);
                     *slot = Slot::Ready(Entry {
                         secret: secret.clone(),
-                        expires: now + ttl,
+                        expires,
+                        refresh_at,
+                        forced_at,
                         ttl,
                         last_used: inner.clock,
                         refresh: None,
                         retry_after: None,
                     });
+                    stored = true;
                     false
                 }
                 Err(_) => true,
@@ -317,9 +407,11 @@ impl Cache {
                 entry.refresh = None;
                 match outcome {
                     Ok(secret) => {
+                        stored = !Arc::ptr_eq(&entry.secret, secret);
                         entry.secret = secret.clone();
                         entry.ttl = ttl;
-                        entry.expires = now + ttl;
+                        entry.expires = expires;
+                        entry.refresh_at = refresh_at;
                         entry.retry_after = None;
                         false
                     }
@@ -338,21 +430,68 @@ impl Cache {
         if remove {
             inner.map.remove(request);
         }
+        drop(guard);
+        // A removed value is news too: a waiter's next read fetches afresh and tells.
+        if stored || remove {
+            self.notify(|key| key == request);
+        }
+    }
+
+    /// A receiver that changes whenever `request`'s cached value may have changed (stored,
+    /// replaced, dropped or flushed). Subscribe before reading, so no change is missed.
+    pub fn subscribe(&self, request: &SecretRequest) -> watch::Receiver<u64> {
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        changes.retain(|_, tx| tx.receiver_count() > 0);
+        changes
+            .entry(request.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Wakes the waiters of every key `matches` accepts.
+    fn notify(&self, matches: impl Fn(&SecretRequest) -> bool) {
+        let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        changes.retain(|_, tx| tx.receiver_count() > 0);
+        for (key, tx) in changes.iter() {
+            if matches(key) {
+                tx.send_modify(|generation| *generation = generation.wrapping_add(1));
+            }
+        }
+    }
+
+    /// How long until `request`'s value is due for a re-fetch (refresh-ahead or expiry): a
+    /// waiter re-reads then, so a value nobody else reads still follows its TTL.
+    pub fn next_refresh(&self, request: &SecretRequest) -> Option<Duration> {
+        match self.lock().map.get(request) {
+            Some(Slot::Ready(entry)) => Some(
+                entry
+                    .refresh_at
+                    .min(entry.expires)
+                    .saturating_duration_since(Instant::now()),
+            ),
+            _ => None,
+        }
     }
 
     /// Drops cached values whose `source/id` matches `pattern` (all when `None`); returns how
     /// many values were dropped. In-flight fetches for matching keys are detached: their result
     /// still reaches the requests already waiting, but is not cached.
     pub fn flush(&self, pattern: Option<&Glob>) -> usize {
+        let matches = |key: &SecretRequest| {
+            pattern.is_none_or(|g| g.matches_parts(key.name.source(), key.name.id()))
+        };
         let mut inner = self.lock();
         let mut flushed = 0;
         inner.map.retain(|key, slot| {
-            let hit = pattern.is_none_or(|g| g.matches_parts(key.name.source(), key.name.id()));
+            let hit = matches(key);
             if hit && matches!(slot, Slot::Ready(_)) {
                 flushed += 1;
             }
             !hit
         });
+        drop(inner);
+        // Waiters re-read at once: one single-flighted fetch, and an answer only if it differs.
+        self.notify(matches);
         flushed
     }
 
@@ -406,6 +545,26 @@ impl Cache {
             _ => None,
         }
     }
+}
+
+/// Expiry and refresh-ahead start for a value stored `now`: the TTL shortened, and the
+/// refresh-ahead window widened, each by a random share of up to `jitter_percent` (never
+/// longer than configured, so a value is never served past its TTL).
+fn jittered(now: Instant, ttl: Duration, settings: &CacheConfig) -> (Instant, Instant) {
+    let spread = |d: Duration| {
+        if settings.jitter_percent == 0 {
+            return Duration::ZERO;
+        }
+        // No randomness: no spread, which is today's behaviour.
+        let r = getrandom::u64().unwrap_or(0);
+        let fraction = (r >> 11) as f64 / (1u64 << 53) as f64;
+        d.mul_f64(fraction * f64::from(settings.jitter_percent) / 100.0)
+    };
+    let ttl = ttl.saturating_sub(spread(ttl));
+    let expires = now + ttl;
+    let window = settings.refresh_ahead + spread(settings.refresh_ahead);
+    let refresh_at = expires.checked_sub(window).unwrap_or(now).max(now);
+    (expires, refresh_at)
 }
 
 fn lost_entry() -> SourceError {
@@ -524,6 +683,8 @@ mod tests {
             stale_if_error: Duration::from_secs(stale),
             lock_memory: crate::secure_mem::LockPolicy::BestEffort,
             max_locked_bytes: 64 << 20,
+            min_refresh_interval: Duration::from_secs(10),
+            jitter_percent: 0,
         }
     }
 
@@ -737,5 +898,80 @@ mod tests {
         assert_eq!(v.value.as_slice(), b"previous");
         let p = cache.get(&plain, TTL, fake.fetcher()).await.0.unwrap();
         assert_eq!(p.value.as_slice(), b"current");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_hear_of_stored_values_and_flushes_only_for_their_key() {
+        let cache = Cache::new(settings(10, 0, 100), Arc::default());
+        let fake = Fake::new("v1", Duration::ZERO);
+        read(&cache, &fake, "a").await.0.unwrap();
+        let mut a = cache.subscribe(&req("a"));
+        let b = cache.subscribe(&req("b"));
+        // Refresh-ahead stores a new value: a's waiter hears, b's does not.
+        fake.set(Ok("v2"));
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        assert_eq!(cache.next_refresh(&req("a")), Some(Duration::ZERO));
+        read(&cache, &fake, "a").await.0.unwrap();
+        a.changed().await.unwrap();
+        assert!(!b.has_changed().unwrap());
+        cache.flush(Some(&Glob::parse("fake/b").unwrap()));
+        assert!(b.has_changed().unwrap());
+        assert!(!a.has_changed().unwrap());
+        // A gone waiter leaves nothing behind.
+        drop(b);
+        cache.flush(None);
+        assert!(a.has_changed().unwrap());
+        assert_eq!(cache.changes.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forced_refresh_fetches_once_per_interval() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let fake = Fake::new("v1", Duration::from_millis(10));
+        // On a miss the fetch itself counts as the refresh.
+        let (v, _, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        assert_eq!(
+            (v.unwrap().value.as_slice(), r),
+            (&b"v1"[..], Refresh::Done)
+        );
+        fake.set(Ok("v2"));
+        let (v, served, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        assert_eq!(v.unwrap().value.as_slice(), b"v1");
+        assert_eq!((served, r), (Served::Hit, Refresh::Throttled));
+        assert_eq!(fake.count(), 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // Concurrent forced refreshes share one fetch.
+        let key = req("a");
+        let (x, y) = tokio::join!(
+            cache.refresh(&key, TTL, fake.fetcher()),
+            cache.refresh(&key, TTL, fake.fetcher())
+        );
+        assert_eq!(x.0.unwrap().value.as_slice(), b"v2");
+        assert_eq!(x.2, Refresh::Done);
+        assert_eq!(y.2, Refresh::Throttled);
+        assert_eq!(fake.count(), 2);
+        assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "v2");
+    }
+
+    #[test]
+    fn jitter_shortens_the_ttl_and_widens_refresh_ahead_within_bounds() {
+        let mut s = settings(10, 0, 100);
+        s.jitter_percent = 10;
+        let now = Instant::now();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let (expires, refresh_at) = jittered(now, TTL, &s);
+            let ttl = expires - now;
+            assert!(ttl <= TTL && ttl >= TTL.mul_f64(0.9), "{ttl:?}");
+            let window = expires - refresh_at;
+            assert!(window >= Duration::from_secs(10) && window <= Duration::from_secs(11));
+            seen.insert(ttl);
+        }
+        assert!(seen.len() > 100, "the spread is random");
+        s.jitter_percent = 0;
+        assert_eq!(
+            jittered(now, TTL, &s),
+            (now + TTL, now + TTL - Duration::from_secs(10))
+        );
     }
 }

@@ -149,6 +149,12 @@ pub struct RawCache {
     /// Budget on secret memory: cached values and in-flight responses.
     #[serde(default = "default_max_locked_bytes")]
     pub max_locked_bytes: u64,
+    /// A reader's `?refresh=true` re-fetches a secret at most once per this many seconds.
+    #[serde(default = "default_min_refresh_interval")]
+    pub min_refresh_interval_secs: u64,
+    /// TTL expiry and refresh-ahead are spread by up to this percentage.
+    #[serde(default = "default_jitter_percent")]
+    pub jitter_percent: u8,
 }
 
 fn default_ttl() -> u64 {
@@ -166,6 +172,12 @@ fn default_stale_if_error() -> u64 {
 fn default_lock_memory() -> String {
     "required".to_owned()
 }
+fn default_min_refresh_interval() -> u64 {
+    10
+}
+fn default_jitter_percent() -> u8 {
+    10
+}
 fn default_max_locked_bytes() -> u64 {
     64 * 1024 * 1024
 }
@@ -181,6 +193,8 @@ impl Default for RawCache {
             stale_if_error_secs: default_stale_if_error(),
             lock_memory: default_lock_memory(),
             max_locked_bytes: default_max_locked_bytes(),
+            min_refresh_interval_secs: default_min_refresh_interval(),
+            jitter_percent: default_jitter_percent(),
         }
     }
 }
@@ -361,6 +375,10 @@ pub struct CacheConfig {
     pub lock_memory: LockPolicy,
     /// Budget on secret memory mapped (cached values and in-flight responses), in bytes.
     pub max_locked_bytes: usize,
+    /// Least time between two reader-forced re-fetches of one secret.
+    pub min_refresh_interval: Duration,
+    /// TTL expiry and refresh-ahead spread, in percent (0–50).
+    pub jitter_percent: u8,
 }
 
 impl Default for CacheConfig {
@@ -372,6 +390,8 @@ impl Default for CacheConfig {
             stale_if_error: Duration::from_secs(default_stale_if_error()),
             lock_memory: LockPolicy::Required,
             max_locked_bytes: 64 << 20,
+            min_refresh_interval: Duration::from_secs(default_min_refresh_interval()),
+            jitter_percent: default_jitter_percent(),
         }
     }
 }
@@ -734,6 +754,16 @@ impl RawCache {
                     format!("must be at least {MIN_LOCKED_BYTES} (1 MiB)"),
                 )
             })?;
+        let min_refresh_interval = secs(
+            ctx,
+            "cache.min_refresh_interval_secs",
+            self.min_refresh_interval_secs,
+            0,
+            24 * 3600,
+        )?;
+        if self.jitter_percent > 50 {
+            return Err(ctx.invalid("cache.jitter_percent", "must be between 0 and 50"));
+        }
         Ok(CacheConfig {
             ttl,
             max_entries,
@@ -741,6 +771,8 @@ impl RawCache {
             stale_if_error,
             lock_memory,
             max_locked_bytes,
+            min_refresh_interval,
+            jitter_percent: self.jitter_percent,
         })
     }
 }
@@ -1091,6 +1123,16 @@ mod tests {
                 "[server]",
                 "[cache]\nmax_locked_bytes = 65536\n[server]",
                 "cache.max_locked_bytes",
+            ),
+            (
+                "[server]",
+                "[cache]\njitter_percent = 51\n[server]",
+                "cache.jitter_percent",
+            ),
+            (
+                "[server]",
+                "[cache]\nmin_refresh_interval_secs = 86401\n[server]",
+                "cache.min_refresh_interval_secs",
             ),
             ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
             (

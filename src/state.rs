@@ -53,6 +53,7 @@ pub struct AppState {
     /// Audit writer.
     pub audit: Audit,
     shutting_down: AtomicBool,
+    shutdown: tokio::sync::watch::Sender<bool>,
     next_request: AtomicU64,
 }
 
@@ -65,6 +66,7 @@ impl AppState {
             metrics,
             audit,
             shutting_down: AtomicBool::new(false),
+            shutdown: tokio::sync::watch::channel(false).0,
             next_request: AtomicU64::new(1),
         }
     }
@@ -90,6 +92,15 @@ impl AppState {
     /// Marks the agent as draining: new secret requests get 503.
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once the agent begins to drain (waiting reads answer then).
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.subscribe();
+        async move {
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
     }
 
     /// Whether the agent is draining.

@@ -29,7 +29,10 @@ fn values_are_cached_until_the_ttl_runs_out() {
     dir.secret("a", b"v1");
     let agent = Agent::start(
         &dir,
-        &file_config("").replace("[cache]", "[cache]\nttl_secs = 1\nrefresh_ahead_secs = 0"),
+        &file_config("").replace(
+            "[cache]",
+            "[cache]\nttl_secs = 1\nrefresh_ahead_secs = 0\njitter_percent = 0",
+        ),
     );
     let fetched = std::time::Instant::now();
     assert_eq!(value(&agent, "files/a"), b"v1");

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::route::{Route, parse_flush_body};
 use super::sender::Taint;
 use crate::broker::{self, BrokerError, Caller, ReadRequest, Reply, ReplyKind};
+use crate::cache::Refresh;
 use crate::peer::PeerIdentity;
 use crate::rate_limited;
 use crate::state::AppState;
@@ -22,6 +23,9 @@ use crate::state::AppState;
 const MAX_BODY: usize = 64 * 1024;
 
 type Resp = Response<Full<Bytes>>;
+
+/// What a `?refresh=true` did: `refreshed` or `throttled`.
+const REFRESH_HEADER: header::HeaderName = header::HeaderName::from_static("x-credagent-refresh");
 
 /// Serves one request from `peer`. `taint` says whether any byte on the connection so far came
 /// from a process other than `peer` (hyper has read the request head when this runs).
@@ -50,12 +54,18 @@ pub async fn handle(
             selector,
             field,
             format,
+            if_none_match,
+            wait,
+            refresh,
         }) => {
             let request = ReadRequest {
                 name,
                 selector,
                 field,
                 format,
+                if_none_match,
+                wait: wait.map(|secs| std::time::Duration::from_secs(secs.into())),
+                refresh,
             };
             match broker::read(state, caller(taint), request).await {
                 Ok(reply) => secret_response(reply),
@@ -111,12 +121,31 @@ fn secret_response(reply: Reply) -> Resp {
         ReplyKind::Binary => "application/octet-stream",
         ReplyKind::Json => "application/json",
     };
+    let not_modified = reply.not_modified;
     let mut response = Response::new(Full::new(reply.body));
+    if not_modified {
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+    }
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
+    if !not_modified {
+        headers.insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(content_type),
+        );
+    }
+    if let Some(etag) = reply
+        .etag
+        .and_then(|t| header::HeaderValue::from_str(&t).ok())
+    {
+        headers.insert(header::ETAG, etag);
+    }
+    if let Some(refresh) = reply.refresh {
+        let value = match refresh {
+            Refresh::Done => "refreshed",
+            Refresh::Throttled => "throttled",
+        };
+        headers.insert(REFRESH_HEADER, header::HeaderValue::from_static(value));
+    }
     // SECURITY: no intermediary or client-side cache should keep a copy.
     headers.insert(
         header::CACHE_CONTROL,

@@ -13,6 +13,9 @@ pub use crate::broker::Format;
 /// What `Allow:` says for the routes that read.
 const READ_METHODS: &str = "GET, HEAD";
 
+/// The longest `?wait=` a read may hold its connection.
+pub const MAX_WAIT_SECS: u16 = 300;
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -28,6 +31,12 @@ pub enum Route {
         field: Option<String>,
         /// Response format.
         format: Format,
+        /// `If-None-Match`.
+        if_none_match: Option<String>,
+        /// `?wait=SECS` (1–300).
+        wait: Option<u16>,
+        /// `?refresh=true`.
+        refresh: bool,
     },
     /// `POST /v1/cache/flush`.
     Flush,
@@ -88,6 +97,8 @@ fn parse_secret(
     let name = SecretName::new(source, id).map_err(ApiError::InvalidName)?;
     let mut selector = Selector::default();
     let mut field = None;
+    let mut wait = None;
+    let mut refresh = None;
     for pair in query
         .unwrap_or_default()
         .split('&')
@@ -112,6 +123,22 @@ fn parse_secret(
                     .ok_or(ApiError::BadParameter("version must be a positive integer"))?;
                 selector.version.replace(n).is_some()
             }
+            "wait" => {
+                let secs = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (1..=MAX_WAIT_SECS).contains(n))
+                    .ok_or(ApiError::BadParameter("wait must be 1 to 300 seconds"))?;
+                wait.replace(secs).is_some()
+            }
+            "refresh" => {
+                let on = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::BadParameter("refresh must be true or false")),
+                };
+                refresh.replace(on).is_some()
+            }
             _ => return Err(ApiError::BadParameter("unknown parameter")),
         };
         if dup {
@@ -133,6 +160,19 @@ fn parse_secret(
             ));
         }
     }
+    if wait.is_some() && refresh == Some(true) {
+        return Err(ApiError::BadParameter("refresh and wait do not combine"));
+    }
+    let if_none_match = match headers.get(header::IF_NONE_MATCH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|t| t.len() <= 1024)
+                .ok_or(ApiError::BadRequest("unusable If-None-Match"))?
+                .to_owned(),
+        ),
+    };
     let format = if accepts_json(headers) {
         Format::Json
     } else {
@@ -143,6 +183,9 @@ fn parse_secret(
         selector,
         field,
         format,
+        if_none_match,
+        wait,
+        refresh: refresh.unwrap_or(false),
     })
 }
 
@@ -230,6 +273,21 @@ mod tests {
             selector: Selector::default(),
             field: None,
             format: Format::Raw,
+            if_none_match: None,
+            wait: None,
+            refresh: false,
+        }
+    }
+
+    fn conditional(id: &str, wait: Option<u16>, refresh: bool) -> Route {
+        Route::Secret {
+            name: SecretName::new("files", id).unwrap(),
+            selector: Selector::default(),
+            field: None,
+            format: Format::Raw,
+            if_none_match: None,
+            wait,
+            refresh,
         }
     }
 
@@ -335,6 +393,36 @@ mod tests {
                 Method::GET,
                 "/v1/secrets/files/x?field=a&field=b",
                 Err(ApiError::BadParameter("parameter given twice")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?wait=300",
+                Ok(conditional("x", Some(300), false)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?refresh=true",
+                Ok(conditional("x", None, true)),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?wait=0",
+                Err(ApiError::BadParameter("wait must be 1 to 300 seconds")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?wait=301",
+                Err(ApiError::BadParameter("wait must be 1 to 300 seconds")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?refresh=yes",
+                Err(ApiError::BadParameter("refresh must be true or false")),
+            ),
+            (
+                Method::GET,
+                "/v1/secrets/files/x?refresh=true&wait=5",
+                Err(ApiError::BadParameter("refresh and wait do not combine")),
             ),
             (
                 Method::GET,
