@@ -3,7 +3,7 @@
 # a Debian 12 rootfs built once with mmdebstrap from Debian's packages (cached in
 # target/systemd-test/), booted with systemd-nspawn, `apt-get install ./credagent.deb` inside
 # (apt resolves the dependencies), then checked as a user would, one counted check each:
-# the README's credential-file steps, socket activation, a user outside the ACL, reload,
+# the documented credential-file steps (docs/deploy.md), socket activation, a user outside the ACL, reload,
 # LoadCredential=, the watchdog, drain on stop, the journal, systemd-analyze security, remove and
 # purge.
 # Nothing is installed on this machine but the tools (scripts/install-packaging-deps.sh).
@@ -122,11 +122,11 @@ check "both sockets are listening and the service is not running yet" inside \
 check "the agent socket is 0660 root:credagent-clients" inside \
     '[ "$(stat -c %a:%U:%G /run/credagent/agent.sock)" = 660:root:credagent-clients ]'
 
-echo "== the README's credential-file steps, as written"
+echo "== the documented credential-file steps (docs/deploy.md), as written"
 readme_block=$(awk '/^<!-- scripts\/test-systemd.sh runs this block/ { found = 1; next }
-    found && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit } inblock { print }' README.md)
-check "README.md has the credential-file block" test -n "$readme_block"
-check "the README's credential-file steps run on the installed package" inside \
+    found && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit } inblock { print }' docs/deploy.md)
+check "docs/deploy.md has the credential-file block" test -n "$readme_block"
+check "the documented credential-file steps run on the installed package" inside \
     "set -e; DB_PASSWORD='$CANARY'; VAULT_TOKEN='s.not-a-real-token'; $readme_block"
 check "they made each file 0600 credagent:credagent" inside \
     '[ "$(stat -c %a:%U:%G /etc/credagent/secrets/web/db-password /etc/credagent/vault-token | sort -u)" = 600:credagent:credagent ]'
@@ -139,7 +139,7 @@ type = \"vault\"
 address = \"http://127.0.0.1:8200\"
 auth = { method = \"token\", token_file = \"/etc/credagent/vault-token\" }
 EOF"
-check "the agent, as its own user, accepts the token file the README made" inside \
+check "the agent, as its own user, accepts the token file those steps made" inside \
     'runuser -u credagent -- credagent check-config --config /etc/credagent/vault-check.toml >/dev/null'
 check "and refuses it (exit 78, naming mode and fix) once it is 0644" inside \
     'chmod 0644 /etc/credagent/vault-token; out=$(runuser -u credagent -- credagent check-config --config /etc/credagent/vault-check.toml 2>&1); rc=$?;
@@ -167,6 +167,7 @@ get() { # get USER PATH -> "STATUS BODY"
         awk '{ lines[NR] = $0 } END { printf "%s", lines[NR]; for (i = 1; i < NR; i++) printf " %s", lines[i]; print "" }'
 }
 out=$(get root /v1/secrets/files/web/db-password)
+[ "$out" = "200 $CANARY" ] || echo "first read answered: ${out:0:120}"
 check "the first connection starts the agent, which serves a file secret" test "$out" = "200 $CANARY"
 check "the service was started by the socket and is active" inside 'systemctl is-active -q credagent.service'
 check "the running service left the socket 0660 root:credagent-clients" inside \

@@ -190,7 +190,7 @@ async fn read_control(path: &Path) -> ControlRead {
 }
 
 /// Reads the control file at `path`. Never blocks on a FIFO or device, never follows a symlink
-/// other than the ConfigMap link, never reads more than [`MAX_CONTROL_LEN`] + 1 bytes.
+/// other than the ConfigMap link, never reads more than `MAX_CONTROL_LEN` + 1 bytes.
 pub fn load_control(path: &Path) -> ControlRead {
     use nix::errno::Errno;
     use nix::fcntl::OFlag;
