@@ -13,7 +13,7 @@ missing=()
 for tool in lintian:lintian buildah:buildah systemd-analyze:systemd systemd-socket-activate:systemd \
     dpkg-deb:dpkg strip:binutils adduser:adduser python3:python3 curl:curl \
     deb-systemd-helper:init-system-helpers systemd-nspawn:systemd-container \
-    mmdebstrap:mmdebstrap nsenter:util-linux; do
+    mmdebstrap:mmdebstrap nsenter:util-linux ss:iproute2; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool##*:}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -538,16 +538,8 @@ pub fn flush(
 ) -> Result<usize, BrokerError> {
     let mut audited = Audited::new(state, caller.peer, "flush");
     let request_id = audited.request_id();
-    let runtime = state.runtime();
     let result = (|| {
-        check_sender(caller, request_id)?;
-        if state.shutting_down() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        if !acl::decide_admin(&runtime.rules, caller.peer).allowed() {
-            return Err(BrokerError::Forbidden);
-        }
-        audited.event.decision = "allow";
+        admit_admin(state, caller, &mut audited)?;
         let pattern = pattern.map_err(BrokerError::BadFlush)?;
         audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).to_owned());
         let flushed = state.cache.flush(pattern.as_ref());
@@ -557,20 +549,28 @@ pub fn flush(
     audited.finish(result)
 }
 
+/// The gate of every admin operation: the connector's own bytes, not draining, an admin rule.
+fn admit_admin(
+    state: &AppState,
+    caller: Caller<'_>,
+    audited: &mut Audited<'_>,
+) -> Result<(), BrokerError> {
+    check_sender(caller, audited.request_id())?;
+    if state.shutting_down() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    if !acl::decide_admin(&state.runtime().rules, caller.peer).allowed() {
+        return Err(BrokerError::Forbidden);
+    }
+    audited.event.decision = "allow";
+    Ok(())
+}
+
 /// The Prometheus text for an admin caller.
 pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerError> {
     let mut audited = Audited::new(state, caller.peer, "metrics");
-    let request_id = audited.request_id();
-    let runtime = state.runtime();
     let result = (|| {
-        check_sender(caller, request_id)?;
-        if state.shutting_down() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        if !acl::decide_admin(&runtime.rules, caller.peer).allowed() {
-            return Err(BrokerError::Forbidden);
-        }
-        audited.event.decision = "allow";
+        admit_admin(state, caller, &mut audited)?;
         Ok(state
             .metrics
             .render(state.cache.len(), locked_bytes(), mapped_bytes()))

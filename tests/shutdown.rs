@@ -226,6 +226,22 @@ os.execv(sys.argv[1], sys.argv[1:])
     assert!(stderr.contains("cannot install signal handler"), "{stderr}");
 }
 
+/// Bytes queued unread at the agent's end of the connections to `socket` (`ss -x`: Recv-Q of
+/// established sockets whose local address is the socket path); None when there is none.
+fn unread_by_agent(socket: &std::path::Path) -> Option<u64> {
+    let out = Command::new("ss")
+        .args(["-x", "-H", "-n"])
+        .output()
+        .unwrap();
+    let path = socket.to_str().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 4 && f[1] == "ESTAB" && f[4] == path)
+        .map(|f| f[2].parse::<u64>().unwrap_or(u64::MAX))
+        .reduce(|a, b| a.saturating_add(b))
+}
+
 /// The sockets (`socket:[INODE]`) the agent holds: its listener and accepted connections.
 fn sockets(pid: u32) -> std::collections::HashSet<String> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -253,6 +269,13 @@ fn a_request_that_arrives_during_the_drain_gets_503_shutting_down() {
     );
     late.write_all(b"GET /v1/secrets/files/x HTTP/1.1\r\n")
         .unwrap();
+    // ...and the agent has read that start (hyper closes a connection it has read nothing from
+    // as idle when the drain begins; this test is about one it has).
+    assert!(
+        common::wait_until(Duration::from_secs(10), || unread_by_agent(&agent.socket)
+            == Some(0)),
+        "the agent did not read the start of the request"
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGTERM,
