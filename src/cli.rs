@@ -74,15 +74,23 @@ pub enum Command {
         /// Permission bits of the --output file (octal).
         #[arg(long, default_value = "0600", value_parser = parse_file_mode)]
         mode: u32,
+        /// `SCHEME=SOURCE` for `{{ secret SCHEME://PATH }}`; repeatable; also
+        /// `$CREDAGENT_SCHEMES` (comma-separated). Defaults: awsSecret=aws, s3=s3,
+        /// gopass=gopass, env=env.
+        #[arg(long = "scheme", env = "CREDAGENT_SCHEMES", value_delimiter = ',')]
+        schemes: Vec<String>,
         /// Agent socket.
         #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
     /// Run a command with secrets in its environment: `exec --env VAR=SOURCE/ID[#FIELD] -- CMD…`.
     Exec {
-        /// `VAR=SOURCE/ID` or `VAR=SOURCE/ID#FIELD`; repeatable.
+        /// `VAR=SOURCE/ID` or `VAR=SOURCE/ID#FIELD` (or `VAR=SCHEME://PATH[#FIELD]`); repeatable.
         #[arg(long = "env", required = true)]
         bindings: Vec<String>,
+        /// `SCHEME=SOURCE`, as for `render`; repeatable; also `$CREDAGENT_SCHEMES`.
+        #[arg(long = "scheme", env = "CREDAGENT_SCHEMES", value_delimiter = ',')]
+        schemes: Vec<String>,
         /// Agent socket.
         #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,

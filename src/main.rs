@@ -47,13 +47,17 @@ fn main() -> ExitCode {
             template,
             output,
             mode,
+            schemes,
             socket,
-        } => client_main(|rt| commands::render(rt, &socket, &template, output.as_deref(), mode)),
+        } => client_main(|rt| {
+            commands::render(rt, &socket, &template, &schemes, output.as_deref(), mode)
+        }),
         Command::Exec {
             bindings,
+            schemes,
             socket,
             command,
-        } => client_main(|rt| commands::exec(rt, &socket, &bindings, &command)),
+        } => client_main(|rt| commands::exec(rt, &socket, &bindings, &schemes, &command)),
         Command::Flush { pattern, socket } => {
             client_main(|rt| commands::flush(rt, &socket, pattern.as_deref()))
         }

@@ -1,8 +1,73 @@
 //! Config-file templates for `credagent render`: text with `{{ secret SOURCE/ID }}` or
-//! `{{ secret SOURCE/ID field=KEY }}` placeholders. Parsing is pure; the CLI fetches the values
-//! over the socket and writes the result. There is no escape for a literal `{{`.
+//! `{{ secret SOURCE/ID field=KEY }}` placeholders, and the Secret Replacer's
+//! `{{ secret SCHEME://PATH }}`, where a scheme names a source ([`Schemes`]). Parsing is pure;
+//! the CLI fetches the values over the socket and writes the result. There is no escape for a
+//! literal `{{`.
+
+use std::collections::BTreeMap;
 
 use crate::name::SecretName;
+
+/// Which source each `SCHEME://` names. The defaults are the Secret Replacer's own schemes
+/// (`awsSecret`, `s3`, `gopass`, `env`) mapped to sources of the usual names; `--scheme` and
+/// `$CREDAGENT_SCHEMES` add to them or change them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schemes(BTreeMap<String, String>);
+
+impl Default for Schemes {
+    fn default() -> Self {
+        Schemes(
+            [
+                ("awsSecret", "aws"),
+                ("s3", "s3"),
+                ("gopass", "gopass"),
+                ("env", "env"),
+            ]
+            .into_iter()
+            .map(|(scheme, source)| (scheme.to_owned(), source.to_owned()))
+            .collect(),
+        )
+    }
+}
+
+impl Schemes {
+    /// The defaults, then `SCHEME=SOURCE` items in order (a later one wins).
+    pub fn with<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut schemes = Schemes::default();
+        for item in items {
+            let (scheme, source) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?}: expected SCHEME=SOURCE"))?;
+            let scheme_ok = !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !scheme_ok || crate::name::validate_source_name(source).is_err() {
+                return Err(format!(
+                    "{item:?}: a scheme is letters, digits and '-'; a source name is [a-z0-9_-]+"
+                ));
+            }
+            schemes.0.insert(scheme.to_owned(), source.to_owned());
+        }
+        Ok(schemes)
+    }
+
+    /// `SOURCE/ID` or `SCHEME://PATH` as a secret name.
+    pub fn name(&self, text: &str) -> Result<SecretName, String> {
+        match text.split_once("://") {
+            None => SecretName::parse(text).map_err(|e| format!("{text:?}: {e}")),
+            Some((scheme, path)) => {
+                let source = self.0.get(scheme).ok_or_else(|| {
+                    format!(
+                        "unknown scheme {scheme:?} in {text:?} (known: {}; add one with --scheme {scheme}=SOURCE)",
+                        self.0.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+                SecretName::new(source, path).map_err(|e| format!("{text:?}: {e}"))
+            }
+        }
+    }
+}
 
 /// One piece of a parsed template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,8 +93,14 @@ pub struct TemplateError {
     pub reason: String,
 }
 
-/// Splits a template into text and secret placeholders.
+/// Splits a template into text and secret placeholders, with the default schemes.
 pub fn parse_template(text: &str) -> Result<Vec<Piece>, TemplateError> {
+    parse_template_with(text, &Schemes::default())
+}
+
+/// Splits a template into text and secret placeholders; `SCHEME://PATH` names go through
+/// `schemes`.
+pub fn parse_template_with(text: &str, schemes: &Schemes) -> Result<Vec<Piece>, TemplateError> {
     let mut pieces = Vec::new();
     let mut rest = text;
     let mut consumed = 0usize;
@@ -53,7 +124,7 @@ pub fn parse_template(text: &str) -> Result<Vec<Piece>, TemplateError> {
         let name_text = words
             .next()
             .ok_or_else(|| err("`secret` needs SOURCE/ID".to_owned()))?;
-        let name = SecretName::parse(name_text).map_err(|e| err(format!("{name_text:?}: {e}")))?;
+        let name = schemes.name(name_text).map_err(err)?;
         let field = match words.next() {
             None => None,
             Some(word) => match word.strip_prefix("field=") {
@@ -79,8 +150,17 @@ pub fn parse_template(text: &str) -> Result<Vec<Piece>, TemplateError> {
     Ok(pieces)
 }
 
-/// Parses `VAR=SOURCE/ID` or `VAR=SOURCE/ID#FIELD` (for `credagent exec --env`).
+/// Parses `VAR=SOURCE/ID` or `VAR=SOURCE/ID#FIELD` (for `credagent exec --env`), with the
+/// default schemes.
 pub fn parse_env_binding(text: &str) -> Result<(String, SecretName, Option<String>), String> {
+    parse_env_binding_with(text, &Schemes::default())
+}
+
+/// As [`parse_env_binding`]; the name may also be `SCHEME://PATH`, through `schemes`.
+pub fn parse_env_binding_with(
+    text: &str,
+    schemes: &Schemes,
+) -> Result<(String, SecretName, Option<String>), String> {
     let (var, target) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?}: expected VAR=SOURCE/ID[#FIELD]"))?;
@@ -95,7 +175,7 @@ pub fn parse_env_binding(text: &str) -> Result<(String, SecretName, Option<Strin
         Some(_) => return Err(format!("{text:?}: empty field after '#'")),
         None => (target, None),
     };
-    let name = SecretName::parse(name).map_err(|e| format!("{name:?}: {e}"))?;
+    let name = schemes.name(name)?;
     Ok((var.to_owned(), name, field))
 }
 
@@ -108,6 +188,45 @@ mod tests {
             name: SecretName::parse(name).unwrap(),
             field: field.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn secret_replacer_schemes() {
+        let text = "db={{ secret awsSecret://prod/db }}\nkey={{ secret gopass://team/key }}\n";
+        assert_eq!(
+            parse_template(text).unwrap(),
+            vec![
+                Piece::Text("db=".into()),
+                secret("aws/prod/db", None),
+                Piece::Text("\nkey=".into()),
+                secret("gopass/team/key", None),
+                Piece::Text("\n".into()),
+            ]
+        );
+        // A scheme mapped elsewhere, and one added.
+        let schemes = Schemes::with(["awsSecret=aws-prod", "vault=kv"]).unwrap();
+        assert_eq!(
+            parse_template_with(
+                "{{ secret awsSecret://db }}{{ secret vault://a/b }}",
+                &schemes
+            )
+            .unwrap(),
+            vec![secret("aws-prod/db", None), secret("kv/a/b", None)]
+        );
+        // An unknown scheme names its line.
+        let err = parse_template("ok\n{{ secret vault://a }}").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(err.reason.contains("unknown scheme \"vault\""), "{err}");
+        assert!(Schemes::with(["nope"]).is_err());
+        assert!(Schemes::with(["a=Bad Source"]).is_err());
+        assert_eq!(
+            parse_env_binding("DB=awsSecret://prod/db#password").unwrap(),
+            (
+                "DB".to_owned(),
+                SecretName::parse("aws/prod/db").unwrap(),
+                Some("password".to_owned())
+            )
+        );
     }
 
     #[test]

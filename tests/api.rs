@@ -522,3 +522,81 @@ fn method_not_allowed_names_the_methods_the_route_takes() {
         assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
     }
 }
+
+#[test]
+fn a_secret_replacer_template_renders_unchanged_through_scheme_mappings() {
+    let dir = TestDir::new();
+    dir.secret("prod/db", b"db-pass");
+    dir.secret("team/key", b"team-key");
+    // Sources named as the Secret Replacer's default schemes expect (awsSecret -> aws, gopass ->
+    // gopass), plus one reached only through --scheme.
+    let config = file_config(&format!(
+        "[sources.aws]\ntype = \"file\"\ndir = \"{0}\"\n\n[sources.gopass]\ntype = \"file\"\ndir = \"{0}\"\n\n[sources.kv]\ntype = \"file\"\ndir = \"{0}\"\n",
+        dir.secrets().display()
+    ))
+    .replace(r#"secrets = ["files/*"]"#, r#"secrets = ["*"]"#);
+    let agent = Agent::start(&dir, &config);
+    let template = dir.path().join("app.conf.tmpl");
+    std::fs::write(
+        &template,
+        "db={{ secret awsSecret://prod/db }}\nkey={{ secret gopass://team/key }}\nplain={{ secret files/prod/db }}\n",
+    )
+    .unwrap();
+    let out = agent.cli_as(None, &["render", template.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"db=db-pass\nkey=team-key\nplain=db-pass\n");
+
+    // A scheme of the user's own, by flag and by environment.
+    std::fs::write(&template, "v={{ secret vault://team/key }}\n").unwrap();
+    let out = agent.cli_as(
+        None,
+        &["render", template.to_str().unwrap(), "--scheme", "vault=kv"],
+    );
+    assert_eq!(
+        out.stdout,
+        b"v=team-key\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(common::bin())
+        .args(["render", template.to_str().unwrap(), "--socket"])
+        .arg(&agent.socket)
+        .env("CREDAGENT_SCHEMES", "x=files,vault=kv")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        b"v=team-key\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // An unknown scheme is an error naming the line; nothing is written.
+    std::fs::write(&template, "ok\n{{ secret nope://a }}\n").unwrap();
+    let out = agent.cli_as(None, &["render", template.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("unknown scheme \"nope\""),
+        "{stderr}"
+    );
+
+    // exec takes the same names.
+    let out = std::process::Command::new(common::bin())
+        .args(["exec", "--env", "DB=awsSecret://prod/db", "--socket"])
+        .arg(&agent.socket)
+        .args(["--", "printenv", "DB"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout,
+        b"db-pass\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

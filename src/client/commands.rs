@@ -25,6 +25,17 @@ pub fn get(
     write_stdout(&value).map_err(|e| ClientError::Usage(format!("cannot write to stdout: {e}")))
 }
 
+/// The default schemes with `--scheme`/`$CREDAGENT_SCHEMES` items applied.
+fn schemes_of(items: &[String]) -> Result<crate::template::Schemes, ClientError> {
+    crate::template::Schemes::with(
+        items
+            .iter()
+            .map(|item| item.trim())
+            .filter(|item| !item.is_empty()),
+    )
+    .map_err(|e| ClientError::Usage(format!("--scheme {e}")))
+}
+
 /// `credagent flush`: how many values were dropped.
 pub fn flush(rt: &Runtime, socket: &Path, pattern: Option<&str>) -> Result<(), ClientError> {
     let flushed = rt.block_on(super::flush(socket, pattern))?;
@@ -38,10 +49,12 @@ pub fn render(
     rt: &Runtime,
     socket: &Path,
     template: &Path,
+    schemes: &[String],
     output: Option<&Path>,
     mode: u32,
 ) -> Result<(), ClientError> {
-    let mut rendered = rt.block_on(super::render(socket, template))?;
+    let schemes = schemes_of(schemes)?;
+    let mut rendered = rt.block_on(super::render(socket, template, &schemes))?;
     let written = match output {
         Some(path) => {
             crate::output::write_private(path, &rendered, mode).map_err(|e| e.to_string())
@@ -58,9 +71,11 @@ pub fn exec(
     rt: &Runtime,
     socket: &Path,
     bindings: &[String],
+    schemes: &[String],
     command: &[String],
 ) -> Result<(), ClientError> {
-    let values = rt.block_on(super::fetch_bindings(socket, bindings))?;
+    let schemes = schemes_of(schemes)?;
+    let values = rt.block_on(super::fetch_bindings(socket, bindings, &schemes))?;
     let (program, args) = command
         .split_first()
         .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;

@@ -160,10 +160,14 @@ pub async fn flush(socket: &Path, pattern: Option<&str>) -> Result<u64, ClientEr
 
 /// Renders a template file, fetching every `{{ secret … }}` through the agent. The result is
 /// plain memory of this short-lived client; callers write it out and wipe it.
-pub async fn render(socket: &Path, template: &Path) -> Result<Vec<u8>, ClientError> {
+pub async fn render(
+    socket: &Path,
+    template: &Path,
+    schemes: &crate::template::Schemes,
+) -> Result<Vec<u8>, ClientError> {
     let text = std::fs::read_to_string(template)
         .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", template.display())))?;
-    let pieces = crate::template::parse_template(&text)
+    let pieces = crate::template::parse_template_with(&text, schemes)
         .map_err(|e| ClientError::Usage(format!("{}: {e}", template.display())))?;
     let mut out = Vec::with_capacity(text.len());
     for piece in pieces {
@@ -192,11 +196,12 @@ pub async fn render(socket: &Path, template: &Path) -> Result<Vec<u8>, ClientErr
 pub async fn fetch_bindings(
     socket: &Path,
     bindings: &[String],
+    schemes: &crate::template::Schemes,
 ) -> Result<Vec<(String, Bytes)>, ClientError> {
     let mut out = Vec::with_capacity(bindings.len());
     for binding in bindings {
-        let (var, name, field) =
-            crate::template::parse_env_binding(binding).map_err(ClientError::Usage)?;
+        let (var, name, field) = crate::template::parse_env_binding_with(binding, schemes)
+            .map_err(ClientError::Usage)?;
         let options = GetOptions {
             field,
             ..GetOptions::default()
