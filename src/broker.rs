@@ -112,7 +112,7 @@ pub struct Reply {
     pub body: Bytes,
     /// What they are.
     pub kind: ReplyKind,
-    /// The served bytes' tag (`None` only if the process has no random key for it).
+    /// The served bytes' tag (reads carry one; credential replies do not).
     pub etag: Option<String>,
     /// The caller's `If-None-Match` is still current: no body.
     pub not_modified: bool,
@@ -142,13 +142,9 @@ impl Reply {
 static ETAG_KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
 
 /// `"<32 hex>"`: two keyed hashes of `body` under [`ETAG_KEYS`].
-fn etag(body: &[u8]) -> Option<String> {
+fn etag(body: &[u8]) -> String {
     let (a, b) = ETAG_KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
-    Some(format!(
-        "\"{:016x}{:016x}\"",
-        a.hash_one(body),
-        b.hash_one(body)
-    ))
+    format!("\"{:016x}{:016x}\"", a.hash_one(body), b.hash_one(body))
 }
 
 /// Whether `If-None-Match` (one tag or a comma-separated list) names `etag`.
@@ -417,7 +413,7 @@ pub async fn read(
                 request.field.as_deref(),
                 request.format,
             )?;
-            reply.etag = etag(&reply.body);
+            reply.etag = Some(etag(&reply.body));
             reply.refresh = force.then_some(refresh);
             force = false;
             if !etag_matches(request.if_none_match.as_deref(), reply.etag.as_deref()) {
