@@ -4,8 +4,9 @@
 //! be written: when the channel is full the line is dropped and counted
 //! (`credagent_audit_dropped_total`), and so is every line of a batch whose write fails (disk
 //! full, I/O error): requests keep being answered either way. The sink is stderr (`file = "-"`, journald under systemd)
-//! or a file opened append-only with mode 0640. The writer batches every queued line into one
-//! write. A file is written with plain write(2) from the writer task (a page-cache copy; a
+//! or a file opened append-only with mode 0640. The writer gathers lines for [`BATCH_WINDOW`] after
+//! the first of a batch and writes them with one write; at a stop, [`Audit::flush`] writes what is
+//! queued before the agent exits. A file is written with plain write(2) from the writer task (a page-cache copy; a
 //! tokio file would hand each batch to a blocking thread, which the bench measured as the
 //! agent's largest per-request cost); stderr, which may be a pipe that fills, stays
 //! asynchronous.
@@ -18,7 +19,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditSink;
 use crate::metrics::Metrics;
@@ -26,6 +27,11 @@ use crate::peer::PeerIdentity;
 use crate::timefmt::rfc3339;
 
 const QUEUE: usize = 8192;
+/// How long the writer gathers lines after the first of a batch before writing them. At one
+/// connection every request was its own `write(2)` — the agent's largest cost above the bench's
+/// floor; gathering for this long makes it one write per window, and a line is on its way to the
+/// sink within this bound. A stop (SIGTERM) writes what is gathered before the agent exits.
+pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Failure to open the audit file.
 #[derive(Debug, thiserror::Error)]
@@ -81,25 +87,84 @@ pub struct AuditEvent {
     pub status: u16,
 }
 
-impl Serialize for AuditEvent {
+/// The fields of a line that come from the connection's identity, in line order.
+struct PeerFields<'a>(&'a PeerIdentity);
+
+impl Serialize for PeerFields<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut line = serializer.serialize_struct("AuditEvent", 14)?;
-        line.serialize_field("time", &*self.time)?;
-        line.serialize_field("request_id", &self.request_id)?;
-        line.serialize_field("action", self.action)?;
-        line.serialize_field("uid", &self.peer.uid)?;
-        line.serialize_field("gid", &self.peer.gid)?;
-        line.serialize_field("pid", &self.peer.pid)?;
-        line.serialize_field("exe", &self.peer.exe.as_ref().map(|p| p.to_string_lossy()))?;
-        line.serialize_field("unit", &self.peer.unit)?;
-        line.serialize_field("user_unit", &self.peer.user_unit)?;
-        line.serialize_field("secret", &self.secret)?;
-        line.serialize_field("decision", self.decision)?;
-        line.serialize_field("reason", &self.reason)?;
-        line.serialize_field("cache", &self.cache)?;
-        line.serialize_field("status", &self.status)?;
-        line.end()
+        let peer = self.0;
+        let mut fields = serializer.serialize_struct("PeerFields", 6)?;
+        fields.serialize_field("uid", &peer.uid)?;
+        fields.serialize_field("gid", &peer.gid)?;
+        fields.serialize_field("pid", &peer.pid)?;
+        fields.serialize_field("exe", &peer.exe.as_ref().map(|p| p.to_string_lossy()))?;
+        fields.serialize_field("unit", &peer.unit)?;
+        fields.serialize_field("user_unit", &peer.user_unit)?;
+        fields.end()
+    }
+}
+
+/// The peer fields of recent connections, rendered once: every request of a keep-alive
+/// connection shares them, and rendering them (the exe path's lossy UTF-8 and escaping among
+/// them) was most of a line's cost. Each entry holds its `Arc`, so the allocation a pointer
+/// names cannot be freed and reused by another connection's identity while it is here.
+#[derive(Default)]
+struct PeerFieldCache {
+    entries: Vec<(Arc<PeerIdentity>, Vec<u8>)>,
+}
+
+/// Connections whose peer fields are kept; past that the cache starts over.
+const PEER_FIELD_CACHE: usize = 64;
+
+impl PeerFieldCache {
+    /// `"uid":…,"user_unit":…` for `peer` (without braces).
+    fn fields(&mut self, peer: &Arc<PeerIdentity>) -> &[u8] {
+        let found = self.entries.iter().position(|(p, _)| Arc::ptr_eq(p, peer));
+        let index = match found {
+            Some(index) => index,
+            None => {
+                if self.entries.len() >= PEER_FIELD_CACHE {
+                    self.entries.clear();
+                }
+                let mut rendered = Vec::with_capacity(128);
+                if serde_json::to_writer(&mut rendered, &PeerFields(peer)).is_err() {
+                    rendered.clear();
+                }
+                // `{…}` → `…`
+                let inner = rendered
+                    .get(1..rendered.len().saturating_sub(1))
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
+                self.entries.push((Arc::clone(peer), inner));
+                self.entries.len().saturating_sub(1)
+            }
+        };
+        self.entries.get(index).map_or(&[], |(_, f)| f.as_slice())
+    }
+}
+
+impl AuditEvent {
+    /// Appends this event as one JSON object (no newline).
+    fn write_json(&self, out: &mut Vec<u8>, peers: &mut PeerFieldCache) -> serde_json::Result<()> {
+        use std::io::Write;
+        out.extend_from_slice(b"{\"time\":");
+        serde_json::to_writer(&mut *out, &*self.time)?;
+        // INVARIANT: writing to a Vec cannot fail.
+        let _ = write!(out, ",\"request_id\":\"{}\",\"action\":", self.request_id);
+        serde_json::to_writer(&mut *out, self.action)?;
+        out.push(b',');
+        out.extend_from_slice(peers.fields(&self.peer));
+        out.extend_from_slice(b",\"secret\":");
+        serde_json::to_writer(&mut *out, &self.secret)?;
+        out.extend_from_slice(b",\"decision\":");
+        serde_json::to_writer(&mut *out, self.decision)?;
+        out.extend_from_slice(b",\"reason\":");
+        serde_json::to_writer(&mut *out, &self.reason)?;
+        out.extend_from_slice(b",\"cache\":");
+        serde_json::to_writer(&mut *out, &self.cache)?;
+        let _ = write!(out, ",\"status\":{}}}", self.status);
+        Ok(())
     }
 }
 
@@ -146,6 +211,8 @@ fn now_rfc3339() -> Arc<str> {
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: mpsc::Sender<AuditEvent>,
+    /// Asks the writer to write everything queued at once and say when it has.
+    flush: Option<mpsc::UnboundedSender<oneshot::Sender<()>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -168,15 +235,36 @@ impl Audit {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_lines(rx, writer, metrics.clone()));
-        Ok(Audit { tx, metrics })
+        let (flush, flush_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_lines(rx, flush_rx, writer, metrics.clone()));
+        Ok(Audit {
+            tx,
+            flush: Some(flush),
+            metrics,
+        })
     }
 
     /// An audit handle whose events a test reads from the returned receiver.
     #[cfg(test)]
     pub fn capture(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<AuditEvent>) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        (Audit { tx, metrics }, rx)
+        (
+            Audit {
+                tx,
+                flush: None,
+                metrics,
+            },
+            rx,
+        )
+    }
+
+    /// Writes every line queued so far (at a stop), waiting at most `within`.
+    pub async fn flush(&self, within: std::time::Duration) {
+        let Some(flush) = &self.flush else { return };
+        let (done, written) = oneshot::channel();
+        if flush.send(done).is_ok() {
+            let _ = tokio::time::timeout(within, written).await;
+        }
     }
 
     /// Queues one line; never waits.
@@ -200,11 +288,24 @@ impl Writer {
         match self {
             Writer::File(file) => {
                 // A failed write (disk full) may have appended part of the batch: cut it off, so
-                // the file never holds a torn line that the next batch would be glued to.
-                let len = file.metadata()?.len();
-                std::io::Write::write_all(file, bytes).inspect_err(|_| {
-                    let _ = file.set_len(len);
-                })
+                // the file never holds a torn line that the next batch would be glued to. The
+                // length is only asked for after a failure (an fstat per batch was measurable).
+                let mut written = 0usize;
+                while let Some(rest) = bytes.get(written..).filter(|rest| !rest.is_empty()) {
+                    match std::io::Write::write(file, rest) {
+                        Ok(0) => {
+                            cut_torn_batch(file, written);
+                            return Err(std::io::ErrorKind::WriteZero.into());
+                        }
+                        Ok(n) => written = written.saturating_add(n),
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            cut_torn_batch(file, written);
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(())
             }
             Writer::Stream(stream) => {
                 stream.write_all(bytes).await?;
@@ -214,39 +315,210 @@ impl Writer {
     }
 }
 
+/// Removes the `written` bytes a failed batch left at the end of `file`.
+fn cut_torn_batch(file: &std::fs::File, written: usize) {
+    if written == 0 {
+        return;
+    }
+    if let Ok(meta) = file.metadata() {
+        let _ = file.set_len(meta.len().saturating_sub(written as u64));
+    }
+}
+
 async fn write_lines(
     mut rx: mpsc::Receiver<AuditEvent>,
+    mut flush_rx: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     mut writer: Writer,
     metrics: Arc<Metrics>,
 ) {
-    let mut line = Vec::with_capacity(512);
-    while let Some(event) = rx.recv().await {
-        line.clear();
-        if serde_json::to_writer(&mut line, &event).is_err() {
-            continue;
+    let mut batch = Vec::with_capacity(4096);
+    let mut peers = PeerFieldCache::default();
+    let mut flush_open = true;
+    loop {
+        // Wait for the first line of a batch, or for a flush.
+        let mut acks = Vec::new();
+        tokio::select! {
+            biased;
+            ack = flush_rx.recv(), if flush_open => match ack {
+                Some(ack) => acks.push(ack),
+                None => flush_open = false,
+            },
+            event = rx.recv() => match event {
+                Some(event) => {
+                    push_line(&mut batch, &event, &mut peers);
+                    // Gather what comes in the window; a flush cuts it short.
+                    tokio::select! {
+                        biased;
+                        ack = flush_rx.recv(), if flush_open => match ack {
+                            Some(ack) => acks.push(ack),
+                            None => flush_open = false,
+                        },
+                        () = tokio::time::sleep(BATCH_WINDOW) => {}
+                    }
+                }
+                None => break,
+            },
         }
-        line.push(b'\n');
-        let mut lines = 1u64;
-        // Let the requests already runnable finish first, so their lines share this write.
-        tokio::task::yield_now().await;
-        // Batch whatever else is already queued into the same write.
         while let Ok(more) = rx.try_recv() {
-            if serde_json::to_writer(&mut line, &more).is_ok() {
-                line.push(b'\n');
-                lines = lines.saturating_add(1);
-            }
+            push_line(&mut batch, &more, &mut peers);
         }
-        if let Err(e) = writer.write(&line).await {
+        let lines = batch_lines(&batch);
+        if !batch.is_empty()
+            && let Err(e) = writer.write(&batch).await
+        {
             // The whole batch counts as dropped, even if part of it reached the file.
             metrics.audit_dropped.fetch_add(lines, Ordering::Relaxed);
             crate::rate_limited!(error, error = %e, lines, "cannot write audit lines; dropped");
         }
+        batch.clear();
+        for ack in acks {
+            let _ = ack.send(());
+        }
     }
+}
+
+/// Appends `event` as one JSON line.
+fn push_line(batch: &mut Vec<u8>, event: &AuditEvent, peers: &mut PeerFieldCache) {
+    let len = batch.len();
+    if event.write_json(batch, peers).is_ok() {
+        batch.push(b'\n');
+    } else {
+        batch.truncate(len);
+    }
+}
+
+/// How many lines `batch` holds.
+fn batch_lines(batch: &[u8]) -> u64 {
+    batch.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(n: u64) -> AuditEvent {
+        let peer = Arc::new(PeerIdentity::default());
+        let mut event = AuditEvent::new(RequestId(n), "read", &peer);
+        event.secret = Some(format!("files/s{n}"));
+        event
+    }
+
+    /// A line is one JSON object with every field, in a fixed order; a path that is not UTF-8 or
+    /// holds quotes is escaped, and two connections never share each other's peer fields.
+    #[test]
+    fn a_line_has_every_field_escaped_and_its_own_peer() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = Arc::new(PeerIdentity {
+            uid: 1000,
+            gid: 100,
+            pid: Some(42),
+            exe: Some(std::path::PathBuf::from(std::ffi::OsStr::from_bytes(
+                b"/opt/\"q\"\xff/app",
+            ))),
+            unit: Some("web.service".to_owned()),
+            user_unit: Some("a\\b.service".to_owned()),
+            ..PeerIdentity::default()
+        });
+        let plain = Arc::new(PeerIdentity {
+            uid: 7,
+            ..PeerIdentity::default()
+        });
+        let mut peers = PeerFieldCache::default();
+        let mut out = Vec::new();
+        let mut first = AuditEvent::new(RequestId(0x2a), "read", &odd);
+        first.secret = Some("files/\"x\"".to_owned());
+        first.decision = "allow";
+        first.cache = Some("hit");
+        first.status = 200;
+        push_line(&mut out, &first, &mut peers);
+        let mut second = AuditEvent::new(RequestId(0x2b), "flush", &plain);
+        second.reason = Some("peer_changed");
+        second.status = 403;
+        push_line(&mut out, &second, &mut peers);
+        push_line(&mut out, &first, &mut peers);
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        // Every field, in this order.
+        let first_line = text.lines().next().unwrap();
+        let at: Vec<usize> = [
+            "time",
+            "request_id",
+            "action",
+            "uid",
+            "gid",
+            "pid",
+            "exe",
+            "unit",
+            "user_unit",
+            "secret",
+            "decision",
+            "reason",
+            "cache",
+            "status",
+        ]
+        .iter()
+        .map(|k| first_line.find(&format!("\"{k}\":")).unwrap())
+        .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{first_line}");
+        assert_eq!(lines[0].as_object().unwrap().len(), 14);
+        assert_eq!(lines[0]["request_id"], "2a");
+        assert_eq!(lines[0]["uid"], 1000);
+        assert_eq!(lines[0]["pid"], 42);
+        assert_eq!(lines[0]["exe"], "/opt/\"q\"\u{fffd}/app");
+        assert_eq!(lines[0]["unit"], "web.service");
+        assert_eq!(lines[0]["user_unit"], "a\\b.service");
+        assert_eq!(lines[0]["secret"], "files/\"x\"");
+        assert_eq!(lines[0]["decision"], "allow");
+        assert_eq!(lines[0]["cache"], "hit");
+        assert_eq!(lines[0]["reason"], serde_json::Value::Null);
+        assert_eq!(lines[0]["status"], 200);
+        assert_eq!(lines[1]["uid"], 7);
+        assert_eq!(lines[1]["pid"], serde_json::Value::Null);
+        assert_eq!(lines[1]["exe"], serde_json::Value::Null);
+        assert_eq!(lines[1]["action"], "flush");
+        assert_eq!(lines[1]["reason"], "peer_changed");
+        assert_eq!(lines[1]["decision"], "deny");
+        assert_eq!(lines[2], lines[0]);
+    }
+
+    /// Lines gathered in a window reach the file in order, all of them; a flush (the stop) writes
+    /// what is queued at once; a line recorded without a flush arrives within the window.
+    #[tokio::test]
+    async fn every_recorded_line_reaches_the_file_and_a_flush_writes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let metrics = Arc::new(Metrics::default());
+        let audit = Audit::spawn(&AuditSink::File(path.clone()), metrics.clone())
+            .await
+            .unwrap();
+        for n in 0..1000 {
+            audit.record(event(n));
+        }
+        audit.flush(std::time::Duration::from_secs(5)).await;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"].to_string()
+            })
+            .collect();
+        let want: Vec<String> = (0..1000u64).map(|n| format!("\"{n:x}\"")).collect();
+        assert_eq!(ids, want);
+        assert_eq!(metrics.audit_dropped.load(Ordering::Relaxed), 0);
+
+        audit.record(event(5000));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("files/s5000")
+        {
+            assert!(std::time::Instant::now() < deadline, "line never written");
+            tokio::time::sleep(BATCH_WINDOW).await;
+        }
+    }
 
     #[test]
     fn cached_time_is_the_current_millisecond() {

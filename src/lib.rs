@@ -177,6 +177,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     {
         tracing::error!(error = %err, "credentials server task failed");
     }
+    // Every decision made before the stop reaches the audit sink before the process exits.
+    state.audit.flush(std::time::Duration::from_secs(2)).await;
     tracing::info!("stopped");
     Ok(())
 }
