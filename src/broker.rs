@@ -365,7 +365,7 @@ pub async fn read(
 ) -> Result<Reply, BrokerError> {
     let action = if request.refresh { "refresh" } else { "read" };
     let mut audited = Audited::new(state, caller.peer, action);
-    audited.event.secret = Some(request.name.to_string());
+    audited.event.secret = Some(request.name.joined());
     let request_id = audited.request_id();
     let runtime = state.runtime();
     let result = async {
@@ -403,17 +403,22 @@ pub async fn read(
         let deadline = request.wait.map(|w| tokio::time::Instant::now() + w);
         let mut force = request.refresh;
         loop {
-            let read_at = tokio::time::Instant::now();
+            // Only a waiting read needs the time (no clock read on the common path).
+            let read_at = deadline.map(|_| tokio::time::Instant::now());
             let (secret, served, refresh) =
                 cached_fetch(state, request_id, entry.clone(), &secret_request, force).await;
             audited.event.cache = Some(served.as_str());
+            let secret = secret?;
+            // A read of the whole value answers with the tag kept beside it in the cache.
+            let whole = (request.field.is_none() && request.format == Format::Raw)
+                .then(|| secret.tag(etag));
             let mut reply = render(
                 &secret_request.name,
-                secret?,
+                secret,
                 request.field.as_deref(),
                 request.format,
             )?;
-            reply.etag = Some(etag(&reply.body));
+            reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
             reply.refresh = force.then_some(refresh);
             force = false;
             if !etag_matches(request.if_none_match.as_deref(), reply.etag.as_deref()) {
@@ -447,7 +452,9 @@ pub async fn read(
             }
             // At most one re-read per MIN_RECHECK: news that keeps coming (a TTL shorter than
             // the refresh-ahead window, a flush loop) cannot make waiters hammer the backend.
-            tokio::time::sleep_until((read_at + MIN_RECHECK).min(deadline)).await;
+            if let Some(read_at) = read_at {
+                tokio::time::sleep_until((read_at + MIN_RECHECK).min(deadline)).await;
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(not_modified);
             }

@@ -612,7 +612,6 @@ mod tests {
     use crate::source::Selector;
     use std::num::NonZeroUsize;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::SystemTime;
 
     type FakeFetch = std::pin::Pin<Box<dyn Future<Output = Result<Fetched, SourceError>> + Send>>;
 
@@ -658,11 +657,10 @@ mod tests {
                     {
                         return Ok(Fetched::Unchanged);
                     }
-                    Ok(Fetched::New(Secret {
-                        value: SecretBytes::from_slice(v.as_bytes()).unwrap(),
-                        version: None,
-                        fetched_at: SystemTime::now(),
-                    }))
+                    Ok(Fetched::New(Secret::new(
+                        SecretBytes::from_slice(v.as_bytes()).unwrap(),
+                        None,
+                    )))
                 })
             }
         }

@@ -93,10 +93,9 @@ impl FakeSource {
         } else {
             return Err(SourceError::NotFound);
         };
-        Ok(crate::source::Secret {
-            value: crate::secure_mem::SecretBytes::from_slice(value)?,
-            version: None,
-            fetched_at: std::time::SystemTime::now(),
-        })
+        Ok(crate::source::Secret::new(
+            crate::secure_mem::SecretBytes::from_slice(value)?,
+            None,
+        ))
     }
 }

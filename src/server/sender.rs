@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use nix::sys::socket::{
-    ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials, recvmsg, setsockopt, sockopt,
+    ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt,
 };
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
@@ -123,7 +123,8 @@ fn recv_with_sender(
     cmsg: &mut [u8],
 ) -> io::Result<(usize, Option<UnixCredentials>)> {
     let mut iov = [io::IoSliceMut::new(buf)];
-    let msg = recvmsg::<UnixAddr>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+    // No address: the stream is connected, and a `msg_name` buffer would only cost a copy.
+    let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
         .map_err(io::Error::from)?;
     let bytes = msg.bytes;
     // A truncated control buffer (ENOBUFS here) leaves the writer unknown.

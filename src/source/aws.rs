@@ -12,7 +12,7 @@
 //! memory").
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
@@ -501,11 +501,7 @@ impl AwsSource {
                 });
             }
         };
-        Ok(Fetched::New(Secret {
-            value,
-            version: out.version_id.take(),
-            fetched_at: SystemTime::now(),
-        }))
+        Ok(Fetched::New(Secret::new(value, out.version_id.take())))
     }
 
     async fn still_current(

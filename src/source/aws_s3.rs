@@ -12,7 +12,7 @@
 //! locked memory and dropped, as the other AWS sources do with the parsed value.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -188,11 +188,10 @@ impl S3Source {
             }
             value.extend_from_slice(&chunk)?;
         }
-        Ok(Fetched::New(Secret {
-            value: value.finish()?,
-            version: out.version_id.take().or_else(|| out.e_tag.take()),
-            fetched_at: SystemTime::now(),
-        }))
+        Ok(Fetched::New(Secret::new(
+            value.finish()?,
+            out.version_id.take().or_else(|| out.e_tag.take()),
+        )))
     }
 }
 

@@ -13,7 +13,7 @@
 //! (comma-separated), `SecureString` values decrypted (`kms:Decrypt` on the key).
 
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -171,11 +171,10 @@ impl SsmSource {
                 detail: "GetParameter returned a Parameter without a Value".to_owned(),
             });
         };
-        Ok(Fetched::New(Secret {
-            value: SecretBytes::from_vec_wiping(text.into_bytes())?,
-            version: Some(parameter.version.to_string()),
-            fetched_at: SystemTime::now(),
-        }))
+        Ok(Fetched::New(Secret::new(
+            SecretBytes::from_vec_wiping(text.into_bytes())?,
+            Some(parameter.version.to_string()),
+        )))
     }
 }
 

@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
@@ -280,11 +280,7 @@ impl CommandSource {
         if self.config.trim_newline {
             value = trim_one_newline(value)?;
         }
-        Ok(Fetched::New(Secret {
-            value,
-            version: None,
-            fetched_at: SystemTime::now(),
-        }))
+        Ok(Fetched::New(Secret::new(value, None)))
     }
 }
 

@@ -8,8 +8,6 @@
 //! memory and wipes its temporary copy, but cannot lock the environment block (documented in the
 //! README).
 
-use std::time::SystemTime;
-
 use serde::Deserialize;
 use zeroize::Zeroize;
 
@@ -57,11 +55,7 @@ impl EnvSource {
         let mut bytes = std::os::unix::ffi::OsStringExt::into_vec(value);
         let secret = SecretBytes::from_slice(&bytes);
         bytes.zeroize();
-        Ok(Secret {
-            value: secret?,
-            version: None,
-            fetched_at: SystemTime::now(),
-        })
+        Ok(Secret::new(secret?, None))
     }
 }
 

@@ -13,7 +13,6 @@ use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
 
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat, openat2};
 use nix::sys::stat::{Mode, SFlag, fstat};
@@ -196,11 +195,7 @@ fn read_resolved(dir: &Path, id: &str, walk: bool) -> Result<Secret, SourceError
     } else {
         value
     };
-    Ok(Secret {
-        value,
-        version: None,
-        fetched_at: SystemTime::now(),
-    })
+    Ok(Secret::new(value, None))
 }
 
 fn read_error(dir: &Path, e: &std::io::Error) -> SourceError {

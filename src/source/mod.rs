@@ -66,6 +66,28 @@ pub struct Secret {
     pub version: Option<String>,
     /// When it was fetched from the backend.
     pub fetched_at: SystemTime,
+    /// The value's change tag, computed on first use and kept while the value is cached (every
+    /// read of the whole value answers with it).
+    tag: std::sync::OnceLock<String>,
+}
+
+impl Secret {
+    /// A value fetched now.
+    pub fn new(value: SecretBytes, version: Option<String>) -> Self {
+        Secret {
+            value,
+            version,
+            fetched_at: SystemTime::now(),
+            tag: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The value's change tag: `compute(value)` the first time, the same string after.
+    pub fn tag(&self, compute: impl FnOnce(&[u8]) -> String) -> String {
+        self.tag
+            .get_or_init(|| compute(self.value.as_slice()))
+            .clone()
+    }
 }
 
 /// The outcome of a fetch that may reuse a previously fetched value.

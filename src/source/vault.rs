@@ -7,7 +7,6 @@
 //! shape in `vault_config`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use hyper::Method;
 use serde::Deserialize;
@@ -76,15 +75,14 @@ fn parse_kv(body: &[u8]) -> Result<Secret, SourceError> {
     // A deleted or destroyed version has `data: null`.
     let data = reply.data.data.ok_or(SourceError::NotFound)?;
     let value = SecretBytes::from_slice(data.get().as_bytes())?;
-    Ok(Secret {
+    Ok(Secret::new(
         value,
-        version: reply
+        reply
             .data
             .metadata
             .and_then(|m| m.version)
             .map(|v| v.to_string()),
-        fetched_at: SystemTime::now(),
-    })
+    ))
 }
 
 #[cfg(test)]

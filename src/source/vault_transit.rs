@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use bytes::Bytes;
@@ -102,11 +101,7 @@ impl TransitSource {
                 ),
             });
         };
-        Ok(Secret {
-            value,
-            version: None,
-            fetched_at: SystemTime::now(),
-        })
+        Ok(Secret::new(value, None))
     }
 
     /// The ciphertext named by `rest`: from the config, or read through another source.

@@ -283,7 +283,9 @@ cluster_addr = "http://127.0.0.1:{cluster}"
         body: Option<Value>,
     ) -> std::io::Result<(u16, Value)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // Generous: `sys/init` on raft storage (key generation, fsyncs) took over 10 s on a
+        // loaded 2-core machine.
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut head = format!(
             "{method} /v1/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
