@@ -128,7 +128,7 @@ fn check_config(path: std::path::PathBuf, demo: bool) -> ExitCode {
     }
 }
 
-/// `kill -HUP PID` without depending on a `kill` binary (a minimal system has none).
+/// The runtime `serve` runs on: multi-threaded, one worker per CPU the process may use.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
