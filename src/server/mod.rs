@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
@@ -40,7 +40,8 @@ use crate::{acl, server::error::ApiError};
 
 /// Largest request head (request line plus headers); larger gets 431.
 const MAX_HEAD: usize = 16 * 1024;
-/// A client must send its request head within this time.
+/// A connection on which no request starts or ends for this long (none in flight) is closed:
+/// one that sends part of a request head and stalls, or none at all, is gone after 10–20 s.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections beyond `max_connections` that only uid 0 and admin peers may use.
 pub const OPERATOR_RESERVE: usize = 8;
@@ -369,6 +370,22 @@ fn is_operator(state: &AppState, peer: &PeerIdentity) -> bool {
     peer.uid == 0 || acl::decide_admin(&state.runtime().rules, peer).allowed()
 }
 
+/// Requests started and finished on one connection, for its idle check.
+#[derive(Debug, Default)]
+struct Activity {
+    started: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
+}
+
+impl Activity {
+    fn snapshot(&self) -> (u64, u64) {
+        (
+            self.started.load(Ordering::Relaxed),
+            self.finished.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Whether a connection error is the write deadline firing.
 fn is_write_timeout(err: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(err);
@@ -466,15 +483,25 @@ async fn serve_connection(
     let (stream, taint) = sender::CheckedStream::new(stream, sender::Connector::of(&identity));
     let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
     let metrics = state.metrics.clone();
-    let service = service_fn(move |req| {
-        let state = state.clone();
-        let identity = identity.clone();
-        let taint = taint.clone();
-        async move { Ok::<_, Infallible>(handler::handle(&state, &identity, &taint, req).await) }
-    });
+    let activity = Arc::new(Activity::default());
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let state = state.clone();
+            let identity = identity.clone();
+            let taint = taint.clone();
+            let activity = activity.clone();
+            activity.started.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let response = handler::handle(&state, &identity, &taint, req).await;
+                activity.finished.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    // No hyper timer: its header-read timeout armed and cancelled a timer for every request on
+    // a keep-alive connection. The idle check below arms one per HEADER_TIMEOUT instead.
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
         // A client may shut down its write side (or exit) once its request is sent: the request
         // is still answered and audited, not dropped when its EOF is read.
         .half_close(true)
@@ -482,19 +509,35 @@ async fn serve_connection(
         .writev(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => {
-            if let Err(err) = result {
-                if is_write_timeout(&err) {
-                    metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
+    let mut seen = activity.snapshot();
+    loop {
+        tokio::select! {
+            biased;
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    if is_write_timeout(&err) {
+                        metrics.write_timeouts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(error = %err, "connection ended with an error");
                 }
-                tracing::debug!(error = %err, "connection ended with an error");
+                return;
             }
-        }
-        () = signalled(&mut shutdown) => {
-            // Finish the request in flight, then close.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.as_mut().await;
+            () = tokio::time::sleep(HEADER_TIMEOUT) => {
+                // SECURITY: a client that holds a connection without completing a request
+                // (slowloris, or an idle keep-alive) loses it.
+                let now = activity.snapshot();
+                if now == seen && now.0 == now.1 {
+                    tracing::debug!("closing a connection with no request for {HEADER_TIMEOUT:?}");
+                    return;
+                }
+                seen = now;
+            }
+            () = signalled(&mut shutdown) => {
+                // Finish the request in flight, then close.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.as_mut().await;
+                return;
+            }
         }
     }
 }
