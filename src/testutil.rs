@@ -97,6 +97,7 @@ impl FakeSource {
             value: crate::secure_mem::SecretBytes::from_slice(value)?,
             version: None,
             fetched_at: std::time::SystemTime::now(),
+            lifetime: None,
         })
     }
 }

@@ -505,6 +505,7 @@ impl AwsSource {
             value,
             version: out.version_id.take(),
             fetched_at: SystemTime::now(),
+            lifetime: None,
         }))
     }
 

@@ -192,6 +192,7 @@ impl S3Source {
             value: value.finish()?,
             version: out.version_id.take().or_else(|| out.e_tag.take()),
             fetched_at: SystemTime::now(),
+            lifetime: None,
         }))
     }
 }

@@ -175,6 +175,7 @@ impl SsmSource {
             value: SecretBytes::from_vec_wiping(text.into_bytes())?,
             version: Some(parameter.version.to_string()),
             fetched_at: SystemTime::now(),
+            lifetime: None,
         }))
     }
 }

@@ -284,6 +284,7 @@ impl CommandSource {
             value,
             version: None,
             fetched_at: SystemTime::now(),
+            lifetime: None,
         }))
     }
 }

@@ -61,6 +61,7 @@ impl EnvSource {
             value: secret?,
             version: None,
             fetched_at: SystemTime::now(),
+            lifetime: None,
         })
     }
 }

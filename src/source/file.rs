@@ -200,6 +200,7 @@ fn read_resolved(dir: &Path, id: &str, walk: bool) -> Result<Secret, SourceError
         value,
         version: None,
         fetched_at: SystemTime::now(),
+        lifetime: None,
     })
 }
 

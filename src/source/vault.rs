@@ -84,6 +84,7 @@ fn parse_kv(body: &[u8]) -> Result<Secret, SourceError> {
             .and_then(|m| m.version)
             .map(|v| v.to_string()),
         fetched_at: SystemTime::now(),
+        lifetime: None,
     })
 }
 
