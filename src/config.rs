@@ -1110,6 +1110,35 @@ mod tests {
     }
 
     #[test]
+    fn oauth2_credentials_must_name_another_non_oauth2_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let idp = |name: &str, secret: &str| {
+            format!(
+                "[sources.{name}]\ntype = \"oauth2\"\ntoken_url = \"https://login.example/token\"\nclient_id = \"app\"\nclient_secret = \"{secret}\"\ngrant = \"client_credentials\"\n[sources.{name}.tokens.api]\n"
+            )
+        };
+        let ok = format!("{}\n{}", base(dir.path()), idp("idp", "files/client"));
+        assert!(matches!(
+            check(&ok).unwrap().sources["idp"].kind,
+            SourceKind::OAuth2(_)
+        ));
+        for (extra, key) in [
+            (idp("idp", "nowhere/client"), "sources.idp.client_secret"),
+            (
+                format!("{}{}", idp("idp", "files/client"), idp("other", "idp/api")),
+                "sources.other.client_secret",
+            ),
+            (idp("idp", "idp/api"), "sources.idp.client_secret"),
+        ] {
+            let text = format!("{}\n{extra}", base(dir.path()));
+            match check(&text) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn minimal_config_builds_with_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let config = check(&base(dir.path())).unwrap();
