@@ -76,9 +76,17 @@ fn epoch_secs(text: &str) -> i64 {
 fn client_credentials_tokens_are_served_per_profile_with_expires_at_and_acl() {
     let dir = TestDir::new();
     let server = OidcServer::start(dir.path(), 600);
+    // A second client whose secret is not where the config says.
+    let missing_secret = format!(
+        "[sources.idp-broken]\ntype = \"oauth2\"\ntoken_url = \"{}\"\nclient_id = \"{CC_CLIENT}\"\nclient_secret = \"files/no-such-secret\"\ngrant = \"client_credentials\"\n[sources.idp-broken.tokens.api]\n",
+        server.token_url()
+    );
     let agent = Agent::start(
         &dir,
-        &agent_config("", &client_credentials(&server, &dir, 60)),
+        &agent_config(
+            "",
+            &format!("{}{missing_secret}", client_credentials(&server, &dir, 60)),
+        ),
     );
 
     let api = agent.secret("idp/api");
@@ -139,6 +147,14 @@ fn client_credentials_tokens_are_served_per_profile_with_expires_at_and_acl() {
             .is_none()
     );
 
+    // A client secret that does not exist is the agent's failure, and nothing is sent.
+    let broken = agent.secret("idp-broken/api");
+    assert_eq!(
+        (broken.status, broken.error_code().as_str()),
+        (502, "upstream_denied"),
+        "{}",
+        broken.text()
+    );
     // An unknown profile is 404 and asks the server nothing.
     let missing = agent.secret("idp/nope");
     assert_eq!(
