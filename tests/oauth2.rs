@@ -227,21 +227,58 @@ fn a_token_is_replaced_after_expires_in_minus_skew_with_one_request_within_3_s()
     assert_eq!(server.successes(), 2, "exactly one more token request");
 }
 
-#[test]
-fn refresh_token_grant_follows_the_rotation_through_two_refreshes() {
-    let dir = TestDir::new();
-    let server = OidcServer::start(dir.path(), 2);
-    let initial = server.refresh_token.clone();
+/// `idp` with the refresh_token grant (skew 1 s), starting from the server's minted token.
+fn refresh_token_config(server: &OidcServer, dir: &TestDir) -> String {
     dir.secret("rt-secret", RT_SECRET.as_bytes());
-    dir.secret("refresh-token", format!("{initial}\n").as_bytes());
+    dir.secret(
+        "refresh-token",
+        format!("{}\n", server.refresh_token).as_bytes(),
+    );
     let config = sources(
-        &server,
+        server,
         &format!(
             "client_id = \"{RT_CLIENT}\"\nclient_secret = \"files/rt-secret\"\ngrant = \"refresh_token\"\nrefresh_token = \"files/refresh-token\"\nrefresh_skew_secs = 1"
         ),
     )
     .replace("scope = \"api:read\"\naudience = \"https://api.example\"\n", "");
-    let agent = Agent::start(&dir, &agent_config("jitter_percent = 0", &config));
+    agent_config("jitter_percent = 0", &config)
+}
+
+#[test]
+fn a_reload_keeps_the_rotated_refresh_token_instead_of_the_spent_configured_one() {
+    let dir = TestDir::new();
+    let server = OidcServer::start(dir.path(), 600);
+    let agent = Agent::start(&dir, &refresh_token_config(&server, &dir));
+    let first = agent.secret("idp/api");
+    assert_eq!(first.status, 200, "{}", first.text());
+    // The reload flushes the cache, so the next read asks for a token at once: with the
+    // refresh token the server rotated in, not the configured one it already spent.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        agent.log_text().contains("configuration reloaded")
+    }));
+    let second = agent.secret("idp/api");
+    assert_eq!(
+        second.status,
+        200,
+        "{}; server: {}",
+        second.text(),
+        server.counts()
+    );
+    assert_ne!(second.text(), first.text());
+    assert_eq!((server.successes(), server.errors()), (2, 0));
+}
+
+#[test]
+fn refresh_token_grant_follows_the_rotation_through_two_refreshes() {
+    let dir = TestDir::new();
+    let server = OidcServer::start(dir.path(), 2);
+    let initial = server.refresh_token.clone();
+    let agent = Agent::start(&dir, &refresh_token_config(&server, &dir));
 
     // Each token lives 2 s and is held 1 s: three reads 1.5 s apart spend three refresh tokens,
     // the configured one and then each one the server rotated in.

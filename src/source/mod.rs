@@ -279,6 +279,20 @@ impl Source {
     }
 }
 
+/// After a reload: each new source that is the same OAuth2 refresh-token client as a source of
+/// the same name in `previous` keeps using the refresh token that source was rotated to (a
+/// reload does not go back to the configured, already spent, one).
+pub fn carry_over(previous: &Sources, new: &Sources) {
+    for (name, entry) in new {
+        let (Source::OAuth2(new), Some(Source::OAuth2(old))) =
+            (&entry.source, previous.get(name).map(|e| &e.source))
+        else {
+            continue;
+        };
+        new.adopt_rotation(old);
+    }
+}
+
 /// Reads `name` straight from its source among `others` (the sources built beside the caller):
 /// no cache, no caller's ACL — for a source that reads what it needs from another (transit's
 /// ciphertexts, OAuth2 client credentials). A source that is not there is `NotFound`.

@@ -13,7 +13,8 @@
 //! The token's lifetime (`expires_in`) becomes the cached value's [`Lifetime`]: the cache holds
 //! it until `expires_in - refresh_skew_secs` and never serves it, not even stale, past
 //! `expires_in`. A refresh token returned by the server replaces the configured one for the rest
-//! of the process (in locked memory); a restart or reload goes back to the configured one. A
+//! of the process (in locked memory, kept across a reload of the same client); a restart goes
+//! back to the configured one. A
 //! refresh-token source sends one token request at a time, so two profiles never spend the same
 //! refresh token.
 //!
@@ -413,9 +414,13 @@ pub struct OAuth2Source {
     /// Every source but transit ones, filled once all are built.
     others: Arc<OnceLock<Sources>>,
     /// The refresh token the server last returned; held across a whole refresh-token request,
-    /// so one request at a time spends it.
-    rotated: tokio::sync::Mutex<Option<SecretBytes>>,
+    /// so one request at a time spends it. Shared with the same client's source after a reload
+    /// ([`OAuth2Source::adopt_rotation`]).
+    rotated: std::sync::RwLock<RotatedSlot>,
 }
+
+/// Where a refresh-token client keeps the refresh token the server rotated in.
+type RotatedSlot = Arc<tokio::sync::Mutex<Option<SecretBytes>>>;
 
 impl std::fmt::Debug for OAuth2Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -458,8 +463,30 @@ impl OAuth2Source {
             client: https_client(config.ca_file.as_deref())?,
             config: config.clone(),
             others,
-            rotated: tokio::sync::Mutex::new(None),
+            rotated: std::sync::RwLock::new(Arc::default()),
         })
+    }
+
+    /// After a reload: when `previous` is the same refresh-token client (same `token_url`,
+    /// `client_id` and `refresh_token`), this source shares its rotated refresh token — the same
+    /// slot, so a request still in flight on the old source and the first on this one never
+    /// spend one refresh token twice. Called before this source serves anything.
+    pub fn adopt_rotation(&self, previous: &OAuth2Source) {
+        let same_client = matches!(self.config.grant, Grant::RefreshToken(_))
+            && self.config.grant == previous.config.grant
+            && self.config.token_url == previous.config.token_url
+            && self.config.client_id == previous.config.client_id;
+        if same_client {
+            let slot = previous.rotated_slot();
+            *self.rotated.write().unwrap_or_else(|p| p.into_inner()) = slot;
+        }
+    }
+
+    fn rotated_slot(&self) -> RotatedSlot {
+        self.rotated
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Requests a token for the profile `request` names.
@@ -479,7 +506,8 @@ impl OAuth2Source {
             }
             Grant::RefreshToken(configured) => {
                 // SECURITY: held across the request: a rotated refresh token is spent once.
-                let mut rotated = self.rotated.lock().await;
+                let slot = self.rotated_slot();
+                let mut rotated = slot.lock().await;
                 let current = match rotated.as_ref() {
                     Some(token) => SecretBytes::from_slice(token.as_slice())?,
                     None => self.read_other(configured).await?,
