@@ -1001,6 +1001,75 @@ mod tests {
         }
     }
 
+    /// Serves one raw HTTP reply per connection on loopback (a stand-in token endpoint for the
+    /// limits a real server will not produce); returns its token URL.
+    async fn one_reply_server(replies: Vec<Vec<u8>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            for reply in replies {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head and the short form body arrive together or soon after.
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let _ = stream.write_all(&reply).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        format!("http://127.0.0.1:{port}/token")
+    }
+
+    #[tokio::test]
+    async fn huge_and_unusable_replies_are_errors_not_crashes() {
+        let ok = |body: &[u8]| {
+            let mut reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            reply.extend_from_slice(body);
+            reply
+        };
+        let huge = format!(
+            r#"{{"access_token":"{}","token_type":"Bearer"}}"#,
+            "a".repeat(MAX_TOKEN_REPLY)
+        );
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (ok(huge.as_bytes()), "larger than"),
+            (ok(b"<html>not json</html>"), "not a JSON object"),
+            (
+                ok(br#"{"access_token":"t","token_type":"N_A"}"#),
+                "other than Bearer",
+            ),
+            (ok(br#"{"token_type":"Bearer"}"#), "no access_token"),
+        ];
+        let url = one_reply_server(cases.iter().map(|(r, _)| r.clone()).collect()).await;
+        let config = parse("client_secret = \"a/b\"\ngrant = \"client_credentials\"\n[tokens.a]\n")
+            .map(|c| OAuth2Config {
+                token_url: url,
+                ..c
+            })
+            .unwrap();
+        let source = OAuth2Source::build(&config, Arc::new(OnceLock::new())).unwrap();
+        let secret = SecretBytes::from_slice(b"s").unwrap();
+        for (_, want) in &cases {
+            let body = form_body(&[("grant_type", b"client_credentials".as_slice())]).unwrap();
+            let err = source.request(body, &secret).await.map(|_| ()).unwrap_err();
+            assert!(
+                matches!(&err, SourceError::BadReply { detail } if detail.contains(want)),
+                "{want}: {err:?}"
+            );
+        }
+    }
+
     #[test]
     fn form_and_basic_auth_encoding() {
         let body = form_body(&[
