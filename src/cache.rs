@@ -78,6 +78,17 @@ struct Entry {
     last_used: u64,
     refresh: Option<(u64, Waiter)>,
     retry_after: Option<Instant>,
+    /// The end of a value's own lifetime (`Secret::lifetime`): never served past it, not even
+    /// stale.
+    valid_until: Option<Instant>,
+}
+
+impl Entry {
+    /// Until when a transient refresh failure may serve this value.
+    fn stale_until(&self, stale_if_error: Duration) -> Instant {
+        let bound = self.expires + stale_if_error;
+        self.valid_until.map_or(bound, |v| bound.min(v))
+    }
 }
 
 /// Whether a reader's forced re-fetch ran.
@@ -286,7 +297,7 @@ impl Cache {
                     return (Step::Done(entry.secret.clone(), Served::Hit), refresh);
                 }
                 // Expired (or forced).
-                let stale_until = entry.expires + settings.stale_if_error;
+                let stale_until = entry.stale_until(settings.stale_if_error);
                 let prev = entry.secret.clone();
                 if !forced && backing_off && now < stale_until {
                     self.metrics.cache_stale.fetch_add(1, Ordering::Relaxed);
@@ -373,7 +384,19 @@ impl Cache {
     fn complete(&self, request: &SecretRequest, id: u64, ttl: Duration, outcome: &Shared) {
         let settings = self.settings();
         let now = Instant::now();
-        let (expires, refresh_at) = jittered(now, ttl, &settings);
+        // A value with a lifetime of its own is held no longer than the source says, and its
+        // refresh-ahead starts no earlier than half-way (else a lifetime shorter than the
+        // window would start a refresh on every read).
+        let lifetime = outcome.as_ref().ok().and_then(|s| s.lifetime);
+        let (ttl, max_window) = match lifetime {
+            Some(l) => {
+                let ttl = ttl.min(l.serve_for);
+                (ttl, Some(ttl / 2))
+            }
+            None => (ttl, None),
+        };
+        let valid_until = lifetime.map(|l| now + l.valid_for);
+        let (expires, refresh_at) = jittered(now, ttl, max_window, &settings);
         let mut guard = self.lock();
         let inner: &mut Inner = &mut guard;
         let Some(slot) = inner.map.get_mut(request) else {
@@ -397,6 +420,7 @@ impl Cache {
                         last_used: inner.clock,
                         refresh: None,
                         retry_after: None,
+                        valid_until,
                     });
                     stored = true;
                     false
@@ -413,10 +437,12 @@ impl Cache {
                         entry.expires = expires;
                         entry.refresh_at = refresh_at;
                         entry.retry_after = None;
+                        entry.valid_until = valid_until;
                         false
                     }
                     Err(err)
-                        if err.is_transient() && now < entry.expires + settings.stale_if_error =>
+                        if err.is_transient()
+                            && now < entry.stale_until(settings.stale_if_error) =>
                     {
                         entry.retry_after = Some(now + RETRY_BACKOFF);
                         false
@@ -549,8 +575,14 @@ impl Cache {
 
 /// Expiry and refresh-ahead start for a value stored `now`: the TTL shortened, and the
 /// refresh-ahead window widened, each by a random share of up to `jitter_percent` (never
-/// longer than configured, so a value is never served past its TTL).
-fn jittered(now: Instant, ttl: Duration, settings: &CacheConfig) -> (Instant, Instant) {
+/// longer than configured, so a value is never served past its TTL); the window is at most
+/// `max_window` when given.
+fn jittered(
+    now: Instant,
+    ttl: Duration,
+    max_window: Option<Duration>,
+    settings: &CacheConfig,
+) -> (Instant, Instant) {
     let spread = |d: Duration| {
         if settings.jitter_percent == 0 {
             return Duration::ZERO;
@@ -563,6 +595,7 @@ fn jittered(now: Instant, ttl: Duration, settings: &CacheConfig) -> (Instant, In
     let ttl = ttl.saturating_sub(spread(ttl));
     let expires = now + ttl;
     let window = settings.refresh_ahead + spread(settings.refresh_ahead);
+    let window = max_window.map_or(window, |max| window.min(max));
     let refresh_at = expires.checked_sub(window).unwrap_or(now).max(now);
     (expires, refresh_at)
 }
@@ -951,6 +984,62 @@ mod tests {
         assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "v2");
     }
 
+    /// A fetch that answers `value` with a lifetime (serve 20 s, valid 30 s), or fails
+    /// transiently once `down` is set.
+    fn expiring(
+        value: &'static str,
+        down: Arc<std::sync::atomic::AtomicBool>,
+        fetches: Arc<AtomicUsize>,
+    ) -> impl FnOnce(SecretRequest, Option<Arc<Secret>>) -> FakeFetch + Send + 'static {
+        move |_request, _prev| {
+            Box::pin(async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                if down.load(Ordering::SeqCst) {
+                    return Err(SourceError::Unavailable {
+                        detail: "down".into(),
+                    });
+                }
+                let mut secret =
+                    Secret::new(SecretBytes::from_slice(value.as_bytes()).unwrap(), None);
+                secret.lifetime = Some(crate::source::Lifetime {
+                    expires_at: std::time::SystemTime::now() + Duration::from_secs(30),
+                    serve_for: Duration::from_secs(20),
+                    valid_for: Duration::from_secs(30),
+                });
+                Ok(Fetched::New(secret))
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_value_with_a_lifetime_is_held_for_it_and_never_served_stale_past_it() {
+        // TTL 100 s, refresh-ahead 60 s, stale-if-error 300 s: the lifetime wins over all three.
+        let cache = Cache::new(settings(60, 300, 100), Arc::default());
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let key = req("t");
+        let get = |v| cache.get(&key, TTL, expiring(v, down.clone(), fetches.clone()));
+        assert_eq!(get("t1").await.0.unwrap().value.as_slice(), b"t1");
+        assert_eq!(cache.ttl_left(&key), Some(Duration::from_secs(20)));
+        // Refresh-ahead starts half-way, not 60 s before a 20 s expiry (every read).
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert_eq!(get("t2").await.1, Served::Hit);
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+        // Past the serve time with the backend down: stale only until the lifetime ends.
+        down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let (value, served) = get("t2").await;
+        assert_eq!(
+            (value.unwrap().value.as_slice(), served),
+            (&b"t1"[..], Served::Stale)
+        );
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(matches!(
+            get("t2").await.0,
+            Err(SourceError::Unavailable { .. })
+        ));
+    }
+
     #[test]
     fn jitter_shortens_the_ttl_and_widens_refresh_ahead_within_bounds() {
         let mut s = settings(10, 0, 100);
@@ -958,7 +1047,7 @@ mod tests {
         let now = Instant::now();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
-            let (expires, refresh_at) = jittered(now, TTL, &s);
+            let (expires, refresh_at) = jittered(now, TTL, None, &s);
             let ttl = expires - now;
             assert!(ttl <= TTL && ttl >= TTL.mul_f64(0.9), "{ttl:?}");
             let window = expires - refresh_at;
@@ -968,7 +1057,7 @@ mod tests {
         assert!(seen.len() > 100, "the spread is random");
         s.jitter_percent = 0;
         assert_eq!(
-            jittered(now, TTL, &s),
+            jittered(now, TTL, None, &s),
             (now + TTL, now + TTL - Duration::from_secs(10))
         );
     }

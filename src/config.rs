@@ -21,6 +21,7 @@ use crate::source::aws_ssm::{RawSsmSource, SsmConfig};
 use crate::source::command::{CommandConfig, RawCommandSource};
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
+use crate::source::oauth2::{OAuth2Config, RawOAuth2Source};
 use crate::source::vault::{RawVaultSource, VaultConfig};
 
 /// Default config path of `serve` and `check-config`.
@@ -253,6 +254,9 @@ pub enum RawSource {
     /// `type = "command"`.
     #[serde(rename = "command")]
     Command(RawCommandSource),
+    /// `type = "oauth2"`.
+    #[serde(rename = "oauth2")]
+    OAuth2(Box<RawOAuth2Source>),
 }
 
 /// `[[allow]]` as written.
@@ -441,6 +445,8 @@ pub enum SourceKind {
     Command(CommandConfig),
     /// AWS S3.
     AwsS3(Box<S3Config>),
+    /// OAuth2 access tokens.
+    OAuth2(Box<OAuth2Config>),
 }
 
 /// Default `max_concurrent_fetches` of a source.
@@ -551,6 +557,7 @@ impl RawConfig {
             validate_source_name(&name).map_err(|e| ctx.invalid(&key, e.to_string()))?;
             sources.insert(name, build_source(&ctx, &key, raw, &cache)?);
         }
+        check_oauth2_references(&ctx, &sources)?;
         let mut rules = Vec::with_capacity(self.allow.len());
         for (index, raw) in self.allow.into_iter().enumerate() {
             rules.push(raw.build(&ctx, index, &sources)?);
@@ -791,6 +798,7 @@ fn build_source(
         RawSource::AwsSsm(s) => s.aws.max_concurrent_fetches,
         RawSource::AwsS3(s) => s.aws.max_concurrent_fetches,
         RawSource::Command(c) => c.max_concurrent_fetches,
+        RawSource::OAuth2(o) => o.max_concurrent_fetches,
     };
     let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
         .filter(|n| n.get() <= 1024)
@@ -882,6 +890,17 @@ fn build_source(
                 a.aws.fetch_timeout_secs,
             )
         }
+        RawSource::OAuth2(o) => {
+            let oauth = o
+                .validate(&|p| resolve_relative(ctx.path, p))
+                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
+            // A token is held as long as the token endpoint says (capped by cache.ttl_secs).
+            (
+                SourceKind::OAuth2(Box::new(oauth)),
+                None,
+                o.fetch_timeout_secs,
+            )
+        }
         RawSource::AwsSsm(a) => {
             let ssm = a
                 .validate(key, ctx.path)
@@ -907,6 +926,35 @@ fn build_source(
         fetch_timeout,
         max_concurrent_fetches,
     })
+}
+
+/// An OAuth2 source's `client_secret` and `refresh_token` name secrets of other configured
+/// sources, which the agent reads for itself: not another OAuth2 source (no chains, no cycles),
+/// not a transit side (it decrypts through yet another source).
+fn check_oauth2_references(
+    ctx: &Ctx<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<(), ConfigError> {
+    for (name, source) in sources {
+        let SourceKind::OAuth2(oauth) = &source.kind else {
+            continue;
+        };
+        for (key, reference) in oauth.references() {
+            let ok = sources
+                .get(reference.source())
+                .is_some_and(|s| !matches!(s.kind, SourceKind::OAuth2(_)));
+            if !ok {
+                return Err(ctx.invalid(
+                    format!("sources.{name}.{key}"),
+                    format!(
+                        "{reference} must name a secret of another configured source that is \
+                         not an oauth2 source"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Relative paths in a config file are relative to the file's directory; in the embedded demo
@@ -1059,6 +1107,35 @@ mod tests {
             "{warnings:?}"
         );
         assert!(check(&base(dir.path())).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn oauth2_credentials_must_name_another_non_oauth2_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let idp = |name: &str, secret: &str| {
+            format!(
+                "[sources.{name}]\ntype = \"oauth2\"\ntoken_url = \"https://login.example/token\"\nclient_id = \"app\"\nclient_secret = \"{secret}\"\ngrant = \"client_credentials\"\n[sources.{name}.tokens.api]\n"
+            )
+        };
+        let ok = format!("{}\n{}", base(dir.path()), idp("idp", "files/client"));
+        assert!(matches!(
+            check(&ok).unwrap().sources["idp"].kind,
+            SourceKind::OAuth2(_)
+        ));
+        for (extra, key) in [
+            (idp("idp", "nowhere/client"), "sources.idp.client_secret"),
+            (
+                format!("{}{}", idp("idp", "files/client"), idp("other", "idp/api")),
+                "sources.other.client_secret",
+            ),
+            (idp("idp", "idp/api"), "sources.idp.client_secret"),
+        ] {
+            let text = format!("{}\n{extra}", base(dir.path()));
+            match check(&text) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{extra}"),
+                other => panic!("{extra}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -197,6 +197,7 @@ async fn reload(state: &AppState) {
         Ok(new) => match source::build_all(&new).await {
             Err(err) => Err(err.to_string()),
             Ok(sources) => {
+                source::carry_over(&current.sources, &sources);
                 if new.server != current.config.server {
                     tracing::warn!("[server] changes take effect at the next restart");
                 }

@@ -211,7 +211,7 @@ fn example_backend_sections_are_valid_when_uncommented() {
     );
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(
-        summary.contains("[aws, env, files, pass, s3, ssm, vault]"),
+        summary.contains("[aws, env, files, idp, pass, s3, ssm, vault]"),
         "{summary}"
     );
 }

@@ -7,6 +7,7 @@ use hyper::{Response, StatusCode, header};
 
 use crate::broker::BrokerError;
 use crate::name::NameError;
+use crate::source::oauth2::OAuthError;
 
 /// Everything a request can fail with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub enum ApiError {
     MemoryBudget,
     /// The source has `max_concurrent_fetches` running and its queue is full or timed out.
     SourceBusy,
+    /// An OAuth2 token endpoint refused the agent's token request, with this code.
+    TokenRefused(OAuthError),
 }
 
 impl ApiError {
@@ -77,7 +80,8 @@ impl ApiError {
             ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamDenied
             | ApiError::UpstreamUnavailable
-            | ApiError::UpstreamBadReply => StatusCode::BAD_GATEWAY,
+            | ApiError::UpstreamBadReply
+            | ApiError::TokenRefused(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -105,6 +109,7 @@ impl ApiError {
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::MemoryBudget => "memory_budget",
             ApiError::SourceBusy => "source_busy",
+            ApiError::TokenRefused(_) => "token_refused",
         }
     }
 
@@ -142,15 +147,19 @@ impl ApiError {
             ApiError::SourceBusy => {
                 "too many fetches from this source are in flight; retry later".to_owned()
             }
+            ApiError::TokenRefused(code) => {
+                format!("the OAuth2 token endpoint refused the agent's token request: {code}")
+            }
         }
     }
 
     /// The JSON error body `{"error":{"code","message"}}`.
     pub fn body(&self) -> String {
-        serde_json::json!({
-            "error": { "code": self.code(), "message": self.message() }
-        })
-        .to_string()
+        let mut error = serde_json::json!({ "code": self.code(), "message": self.message() });
+        if let ApiError::TokenRefused(code) = self {
+            error["oauth2_error"] = serde_json::Value::from(code.as_str());
+        }
+        serde_json::json!({ "error": error }).to_string()
     }
 
     /// The JSON error response.
@@ -190,6 +199,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::MemoryUnavailable => ApiError::MemoryUnavailable,
             BrokerError::MemoryBudget => ApiError::MemoryBudget,
             BrokerError::SourceBusy => ApiError::SourceBusy,
+            BrokerError::TokenRefused(code) => ApiError::TokenRefused(code),
         }
     }
 }
@@ -230,6 +240,11 @@ mod tests {
             (ApiError::TooManyConnections, 429, "too_many_connections"),
             (ApiError::MemoryBudget, 503, "memory_budget"),
             (ApiError::SourceBusy, 503, "source_busy"),
+            (
+                ApiError::TokenRefused(OAuthError::InvalidClient),
+                502,
+                "token_refused",
+            ),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -259,6 +274,7 @@ mod tests {
             BrokerError::MemoryUnavailable,
             BrokerError::MemoryBudget,
             BrokerError::SourceBusy,
+            BrokerError::TokenRefused(OAuthError::InvalidGrant),
         ];
         for err in all {
             let status = err.status();

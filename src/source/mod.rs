@@ -11,6 +11,7 @@ pub mod aws_ssm;
 pub mod command;
 pub mod env;
 pub mod file;
+pub mod oauth2;
 pub mod vault;
 pub mod vault_auth;
 pub mod vault_config;
@@ -66,6 +67,9 @@ pub struct Secret {
     pub version: Option<String>,
     /// When it was fetched from the backend.
     pub fetched_at: SystemTime,
+    /// A lifetime the backend gave the value itself (an OAuth2 access token); `None` for
+    /// values that stay valid until they are rotated.
+    pub lifetime: Option<Lifetime>,
     /// The value's change tag, computed on first use and kept while the value is cached (every
     /// read of the whole value answers with it).
     tag: std::sync::OnceLock<String>,
@@ -78,6 +82,7 @@ impl Secret {
             value,
             version,
             fetched_at: SystemTime::now(),
+            lifetime: None,
             tag: std::sync::OnceLock::new(),
         }
     }
@@ -88,6 +93,17 @@ impl Secret {
             .get_or_init(|| compute(self.value.as_slice()))
             .clone()
     }
+}
+
+/// How long a value with a lifetime of its own may be served, counted from when it was fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// When the backend says it stops working (`expires_at` in JSON replies).
+    pub expires_at: SystemTime,
+    /// How long the cache serves it (its lifetime minus a skew, so callers get time to use it).
+    pub serve_for: Duration,
+    /// How long it works: never served past this, not even stale.
+    pub valid_for: Duration,
 }
 
 /// The outcome of a fetch that may reuse a previously fetched value.
@@ -139,6 +155,9 @@ pub enum SourceError {
     /// (transient).
     #[error("too many fetches in flight")]
     Busy,
+    /// An OAuth2 token endpoint refused the request, with this error code (never its body).
+    #[error("the token endpoint refused the request: {0}")]
+    TokenRefused(oauth2::OAuthError),
 }
 
 impl SourceError {
@@ -182,6 +201,8 @@ pub enum Source {
     AwsS3(aws_s3::S3Source),
     /// A command's output (`pass`, `gopass`, …).
     Command(command::CommandSource),
+    /// OAuth2 access tokens.
+    OAuth2(Box<oauth2::OAuth2Source>),
     /// A scripted source for unit tests of the layers above.
     #[cfg(test)]
     Fake(crate::testutil::FakeSource),
@@ -199,6 +220,7 @@ impl Source {
             Source::AwsSsm(_) => "aws-ssm",
             Source::Command(_) => "command",
             Source::AwsS3(_) => "aws-s3",
+            Source::OAuth2(_) => "oauth2",
             #[cfg(test)]
             Source::Fake(_) => "fake",
         }
@@ -227,6 +249,7 @@ impl Source {
             Source::Aws(_) => aws::check_selector(selector),
             Source::AwsSsm(_) => aws_ssm::check_selector(selector),
             Source::AwsS3(_) => aws_s3::check_selector(selector),
+            Source::OAuth2(_) => oauth2::check_selector(selector),
             #[cfg(test)]
             Source::Fake(_) => {
                 if selector.version.is_some() {
@@ -248,6 +271,7 @@ impl Source {
             Source::Aws(_) => aws::check_secret_id(id),
             Source::AwsSsm(_) => aws_ssm::check_id(id),
             Source::Command(_) => command::check_id(id),
+            Source::OAuth2(_) => oauth2::check_id(id),
             #[cfg(test)]
             Source::Fake(_) => crate::testutil::FakeSource::check_id(id),
         }
@@ -271,10 +295,73 @@ impl Source {
             Source::AwsSsm(s) => s.fetch(request).await,
             Source::Command(s) => s.fetch(request).await,
             Source::AwsS3(s) => s.fetch(request).await,
+            Source::OAuth2(s) => s.fetch(request).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
     }
+}
+
+/// After a reload: each new source that is the same OAuth2 refresh-token client as a source of
+/// the same name in `previous` keeps using the refresh token that source was rotated to (a
+/// reload does not go back to the configured, already spent, one).
+pub fn carry_over(previous: &Sources, new: &Sources) {
+    for (name, entry) in new {
+        let (Source::OAuth2(new), Some(Source::OAuth2(old))) =
+            (&entry.source, previous.get(name).map(|e| &e.source))
+        else {
+            continue;
+        };
+        new.adopt_rotation(old);
+    }
+}
+
+/// Reads `name` straight from its source among `others` (the sources built beside the caller):
+/// no cache, no caller's ACL — for a source that reads what it needs from another (transit's
+/// ciphertexts, OAuth2 client credentials). A source that is not there is `NotFound`.
+///
+/// Returns a boxed `Send` future: `Source::fetch` contains this future and this future calls
+/// `Source::fetch`, and the compiler needs the `Send` stated to break the cycle.
+pub fn fetch_from_other<'a>(
+    others: &'a OnceLock<Sources>,
+    name: SecretName,
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<SecretBytes, SourceError>> + Send + 'a>,
+> {
+    Box::pin(async move {
+        let entry = others
+            .get()
+            .and_then(|all| all.get(name.source()))
+            .ok_or(SourceError::NotFound)?
+            .clone();
+        let request = SecretRequest {
+            name,
+            selector: Selector::default(),
+        };
+        let fetched = tokio::time::timeout(entry.fetch_timeout, entry.source.fetch(&request, None))
+            .await
+            .map_err(|_| SourceError::Timeout(entry.fetch_timeout))??;
+        match fetched {
+            Fetched::New(secret) => Ok(secret.value),
+            Fetched::Unchanged => Err(SourceError::BadReply {
+                detail: format!("{} returned no value", request.name),
+            }),
+        }
+    })
+}
+
+/// `value` without trailing whitespace (a secret file's final newline); `None` if nothing is
+/// left.
+pub fn trim_trailing_whitespace(value: SecretBytes) -> Result<Option<SecretBytes>, MemError> {
+    let len = value
+        .as_slice()
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i.saturating_add(1));
+    if len == 0 {
+        return Ok(None);
+    }
+    value.truncated(len).map(Some)
 }
 
 /// Refuses a plain `http://` URL to anything but loopback unless the source sets
@@ -410,6 +497,14 @@ pub enum BuildError {
         /// What is missing.
         cause: command::ProgramNotFound,
     },
+    /// An OAuth2 source's HTTP client could not be set up (its CA bundle).
+    #[error("source {name:?}: {cause}")]
+    OAuth2 {
+        /// Source name.
+        name: String,
+        /// What failed.
+        cause: oauth2::BuildError,
+    },
     /// A source's name is the one its Vault source's transit side would take.
     #[error("source {name:?}: the name is taken by the transit side of {vault:?}")]
     NameTaken {
@@ -428,7 +523,9 @@ impl BuildError {
         match self {
             BuildError::Vault { cause, .. } => cause.retry_may_help(),
             BuildError::Aws { cause, .. } => cause.retry_may_help(),
-            BuildError::Command { .. } | BuildError::NameTaken { .. } => false,
+            BuildError::Command { .. }
+            | BuildError::OAuth2 { .. }
+            | BuildError::NameTaken { .. } => false,
         }
     }
 }
@@ -520,6 +617,19 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildE
                         cause,
                     })?
             }),
+            crate::config::SourceKind::OAuth2(oauth) => {
+                if oauth.allow_plain_http {
+                    warn_plain_http(name);
+                }
+                let source =
+                    oauth2::OAuth2Source::build(oauth, others.clone()).map_err(|cause| {
+                        BuildError::OAuth2 {
+                            name: name.clone(),
+                            cause,
+                        }
+                    })?;
+                Source::OAuth2(Box::new(source))
+            }
             crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
                 if ssm.aws.allow_plain_http {
                     warn_plain_http(name);

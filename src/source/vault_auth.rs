@@ -335,17 +335,9 @@ fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
         detail: format!("cannot read {}: {e}", path.display()),
     })?;
     let secret = SecretBytes::from_vec_wiping(bytes)?;
-    let len = secret
-        .as_slice()
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i.saturating_add(1));
-    if len == 0 {
-        return Err(SourceError::BadReply {
-            detail: format!("{} is empty", path.display()),
-        });
-    }
-    Ok(secret.truncated(len)?)
+    super::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
+        detail: format!("{} is empty", path.display()),
+    })
 }
 
 /// `{"k1":"v1","k2":"v2"}` in secure memory, values taken from secret files.

@@ -33,8 +33,11 @@ use crate::secure_mem::{MAX_SECRET_LEN, SecretBuf, SecretBytes};
 pub struct VaultHttp {
     base: String,
     namespace: Option<HeaderValue>,
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpClient,
 }
+
+/// The client type [`https_client`] builds.
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 impl std::fmt::Debug for VaultHttp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,39 +86,7 @@ impl VaultHttp {
         namespace: Option<&str>,
         ca_file: Option<&Path>,
     ) -> Result<Self, SetupError> {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(SetupError::Tls)?;
-        let tls = match ca_file {
-            Some(path) => {
-                let ca_err = |reason: String| SetupError::CaFile {
-                    path: path.to_path_buf(),
-                    reason,
-                };
-                let mut roots = rustls::RootCertStore::empty();
-                let certs =
-                    CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?;
-                for cert in certs {
-                    let cert = cert.map_err(|e| ca_err(e.to_string()))?;
-                    roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
-                }
-                if roots.is_empty() {
-                    return Err(ca_err("no certificates found".to_owned()));
-                }
-                builder.with_root_certificates(roots).with_no_client_auth()
-            }
-            None => builder
-                .with_native_roots()
-                .map_err(SetupError::SystemRoots)?
-                .with_no_client_auth(),
-        };
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = https_client(ca_file)?;
         let namespace = match namespace {
             Some(ns) => Some(HeaderValue::from_str(ns).map_err(|_| SetupError::Namespace)?),
             None => None,
@@ -170,29 +141,82 @@ impl VaultHttp {
                     detail: format!("cannot reach Vault at {}: {}", self.base, error_chain(&e)),
                 })?;
         let status = response.status();
-        let mut out = SecretBuf::with_capacity(512)?;
-        let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| SourceError::Unavailable {
-                detail: format!("reading a reply from Vault at {}: {e}", self.base),
-            })?;
-            if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > MAX_SECRET_LEN {
-                    return Err(SourceError::BadReply {
-                        detail: format!("Vault's reply is larger than {MAX_SECRET_LEN} bytes"),
-                    });
-                }
-                out.extend_from_slice(&data)?;
-                wipe_if_unique(data);
-            }
-        }
-        let body = out.finish()?;
+        let body = read_body_limited(
+            response.into_body(),
+            MAX_SECRET_LEN,
+            &format!("Vault at {}", self.base),
+        )
+        .await?;
         if status.is_success() {
             Ok(Reply { status, body })
         } else {
             Err(status_error(status, body.as_slice()))
         }
     }
+}
+
+/// The HTTP(S) client every small HTTP source shares (Vault, the OAuth2 token endpoint): rustls
+/// with aws-lc, HTTP/1.1. With `ca_file`, only that bundle is trusted; without it, the system's
+/// roots.
+pub fn https_client(ca_file: Option<&Path>) -> Result<HttpClient, SetupError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(SetupError::Tls)?;
+    let tls = match ca_file {
+        Some(path) => {
+            let ca_err = |reason: String| SetupError::CaFile {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| ca_err(e.to_string()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| ca_err(e.to_string()))?;
+                roots.add(cert).map_err(|e| ca_err(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(ca_err("no certificates found".to_owned()));
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .with_native_roots()
+            .map_err(SetupError::SystemRoots)?
+            .with_no_client_auth(),
+    };
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+/// Reads a reply body straight into secure memory, at most `limit` bytes (`what` names the
+/// server in messages); received chunks are wiped when no one else holds them.
+pub async fn read_body_limited(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+    what: &str,
+) -> Result<SecretBytes, SourceError> {
+    let mut out = SecretBuf::with_capacity(512)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| SourceError::Unavailable {
+            detail: format!("reading a reply from {what}: {e}"),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                wipe_if_unique(data);
+                return Err(SourceError::BadReply {
+                    detail: format!("the reply from {what} is larger than {limit} bytes"),
+                });
+            }
+            out.extend_from_slice(&data)?;
+            wipe_if_unique(data);
+        }
+    }
+    Ok(out.finish()?)
 }
 
 /// Wipes a received chunk when this is its only reference (hyper may still share the buffer).
@@ -202,7 +226,8 @@ fn wipe_if_unique(data: Bytes) {
     }
 }
 
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// An error and its causes, on one line (for log details).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -21,7 +21,7 @@ use hyper::Method;
 use serde::Deserialize;
 
 use super::vault_auth::VaultSession;
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError, Sources};
+use super::{Secret, SourceError, Sources};
 use crate::name::SecretName;
 use crate::secure_mem::{SecretBuf, SecretBytes};
 
@@ -105,45 +105,16 @@ impl TransitSource {
     }
 
     /// The ciphertext named by `rest`: from the config, or read through another source.
-    ///
-    /// Returns a boxed `Send` future: `Source::fetch` contains this future and this future calls
-    /// `Source::fetch`, and the compiler needs the `Send` stated to break the cycle.
-    fn ciphertext<'a>(
-        &'a self,
-        rest: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<SecretBytes, SourceError>> + Send + 'a>,
-    > {
-        Box::pin(async move {
-            if let Some(text) = self.ciphertexts.get(rest) {
-                return Ok(SecretBytes::from_slice(text.as_bytes())?);
-            }
-            let Some((source, inner)) = rest.split_once('/') else {
-                return Err(SourceError::NotFound);
-            };
-            let entry = self
-                .others
-                .get()
-                .and_then(|all| all.get(source))
-                .ok_or(SourceError::NotFound)?
-                .clone();
-            let name = SecretName::new(source, inner)
-                .map_err(|e| SourceError::Invalid(format!("ciphertext name: {e}")))?;
-            let request = SecretRequest {
-                name,
-                selector: Selector::default(),
-            };
-            let fetched =
-                tokio::time::timeout(entry.fetch_timeout, entry.source.fetch(&request, None))
-                    .await
-                    .map_err(|_| SourceError::Timeout(entry.fetch_timeout))??;
-            match fetched {
-                Fetched::New(secret) => Ok(secret.value),
-                Fetched::Unchanged => Err(SourceError::BadReply {
-                    detail: "ciphertext source returned no value".to_owned(),
-                }),
-            }
-        })
+    async fn ciphertext(&self, rest: &str) -> Result<SecretBytes, SourceError> {
+        if let Some(text) = self.ciphertexts.get(rest) {
+            return Ok(SecretBytes::from_slice(text.as_bytes())?);
+        }
+        let Some((source, inner)) = rest.split_once('/') else {
+            return Err(SourceError::NotFound);
+        };
+        let name = SecretName::new(source, inner)
+            .map_err(|e| SourceError::Invalid(format!("ciphertext name: {e}")))?;
+        super::fetch_from_other(&self.others, name).await
     }
 
     /// `POST {mount}/decrypt/{key}`; the plaintext, base64-decoded, in secure memory.

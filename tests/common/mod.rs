@@ -15,6 +15,7 @@ pub mod cgroup;
 pub mod creds;
 pub mod imds;
 pub mod moto;
+pub mod oauth;
 pub mod pass;
 
 use std::io::{Read, Write};
