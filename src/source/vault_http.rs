@@ -177,7 +177,7 @@ impl VaultHttp {
                 detail: format!("reading a reply from Vault at {}: {e}", self.base),
             })?;
             if let Ok(data) = frame.into_data() {
-                if out.len() + data.len() > MAX_SECRET_LEN {
+                if out.len().saturating_add(data.len()) > MAX_SECRET_LEN {
                     return Err(SourceError::BadReply {
                         detail: format!("Vault's reply is larger than {MAX_SECRET_LEN} bytes"),
                     });
@@ -232,7 +232,8 @@ pub fn status_error(status: StatusCode, body: &[u8]) -> SourceError {
     if detail.len() > 200 {
         let mut cut = 200;
         while !detail.is_char_boundary(cut) {
-            cut -= 1;
+            // Index 0 is a char boundary: the loop stops there at the latest.
+            cut = cut.saturating_sub(1);
         }
         detail.truncate(cut);
     }
