@@ -13,6 +13,7 @@
 pub mod bao;
 pub mod cgroup;
 pub mod creds;
+pub mod delay_proxy;
 pub mod imds;
 pub mod moto;
 pub mod pass;
