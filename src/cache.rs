@@ -4,8 +4,9 @@
 //! Values are `Arc<Secret>`, whose bytes live in secure memory and are wiped when the last
 //! reference (cache entry or in-flight response) goes. Every fetch runs in its own task, so a
 //! client that disconnects never cancels a fetch others wait on; waiters share its result through
-//! a `watch` channel. Errors are never cached. Time is `tokio::time::Instant`, so tests drive TTLs
-//! with a paused clock. The cache does not know sources or peers: callers pass a fetch closure.
+//! a `watch` channel. Errors are not cached (except "not found", when negative caching is on:
+//! see below). Time is `tokio::time::Instant`, so tests drive TTLs with a paused clock. The cache
+//! does not know sources or peers: callers pass a fetch closure.
 //!
 //! It also tells who waits for a key ([`Cache::subscribe`]) when that key may have changed: a
 //! fetch stored a value, or a flush dropped it. Waiters re-read and compare what they serve; the
@@ -19,6 +20,7 @@
 //! calls. Such an absence holds no secret bytes but takes a slot under `max_entries` like a
 //! value, is evicted before any value, and goes with every flush; it never outlives
 //! `negative_ttl`, so a secret created later is served at the latest that long after.
+
 #![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;

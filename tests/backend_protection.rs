@@ -1,7 +1,7 @@
 //! What one allowed caller can make the agent ask of a backend, against a real moto server with
 //! signature and IAM checking on: with `cache.negative_ttl_secs`, reads of a missing name reach
 //! Secrets Manager once per negative TTL (and a secret created meanwhile is served after a flush
-//! or the TTL); with `max_concurrent_fetches`, a burst of distinct misses through a slow link
+//! by API, control file or reload, or after the TTL); with `max_concurrent_fetches`, a burst of distinct misses through a slow link
 //! never puts more calls in flight than the limit, the overflow is `503 source_busy`, and the
 //! source serves again once the burst is over.
 
@@ -28,11 +28,21 @@ fn audit_reads(agent: &Agent, secret: &str) -> Vec<serde_json::Value> {
 }
 
 #[test]
-fn fifty_reads_of_a_missing_name_make_one_backend_call_until_a_flush_shows_the_new_secret() {
+fn fifty_reads_of_a_missing_name_make_one_backend_call_until_a_flush_or_reload_shows_the_new_secret()
+ {
     let dir = TestDir::new();
     let moto = Moto::start(&dir);
     let sources = key_source(dir.path(), &moto, "aws", "reader", "");
-    let agent = Agent::start(&dir, &config("negative_ttl_secs = 3600", &sources));
+    let control = dir.path().join("control");
+    std::fs::write(&control, "# initial\n").unwrap();
+    let cache = format!(
+        "negative_ttl_secs = 3600\n[control]\nfile = \"{}\"\n",
+        control.display()
+    );
+    let agent = Agent::start(&dir, &config(&cache, &sources));
+    assert!(wait_until(Duration::from_secs(10), || agent
+        .log_text()
+        .contains("watching control file")));
     moto.start_recording();
 
     for _ in 0..50 {
@@ -78,6 +88,28 @@ fn fifty_reads_of_a_missing_name_make_one_backend_call_until_a_flush_shows_the_n
     let resp = agent.secret("aws/app/not-yet");
     assert_eq!((resp.status, resp.text().as_str()), (200, "created-later"));
     assert_eq!(moto.calls_for(GET, "app/not-yet"), 2);
+
+    // The control file's flush and a SIGHUP reload drop remembered absences too.
+    for (name, flush) in [("app/via-control", "control"), ("app/via-reload", "reload")] {
+        let path = format!("aws/{name}");
+        assert_eq!(agent.secret(&path).status, 404);
+        moto.create_secret(name, "created-later");
+        assert_eq!(agent.secret(&path).status, 404, "{flush}: remembered");
+        if flush == "control" {
+            std::fs::write(&control, format!("flush {path}\n")).unwrap();
+        } else {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(agent.pid() as i32),
+                nix::sys::signal::Signal::SIGHUP,
+            )
+            .unwrap();
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || agent.secret(&path).status
+                == 200),
+            "{flush} did not drop the absence"
+        );
+    }
 }
 
 #[test]
