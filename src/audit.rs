@@ -81,7 +81,8 @@ pub struct AuditEvent {
     pub decision: &'static str,
     /// Why a request was denied before any rule was asked (`peer_changed`), if it was.
     pub reason: Option<&'static str>,
-    /// `hit`, `miss`, `stale` when a value was looked up.
+    /// `hit`, `miss`, `stale`, or `negative` (a remembered "no such secret") when a value was
+    /// looked up.
     pub cache: Option<&'static str>,
     /// HTTP status returned.
     pub status: u16,

@@ -16,6 +16,7 @@
 //!
 //! It knows nothing of HTTP: the only protocol numbers here are the statuses the audit trail
 //! records ([`BrokerError::status`]), which every front end's audit lines share.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -26,7 +27,7 @@ use bytes::Bytes;
 
 use crate::acl;
 use crate::audit::{AuditEvent, RequestId};
-use crate::cache::{Refresh, Served};
+use crate::cache::{Refresh, Served, later};
 use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
 use crate::name::{Glob, SecretName};
 use crate::peer::PeerIdentity;
@@ -406,7 +407,7 @@ pub async fn read(
         };
         // Subscribed before the first read, so a change between it and the wait is not lost.
         let mut changes = request.wait.map(|_| state.cache.subscribe(&secret_request));
-        let deadline = request.wait.map(|w| tokio::time::Instant::now() + w);
+        let deadline = request.wait.map(|w| later(tokio::time::Instant::now(), w));
         let mut force = request.refresh;
         loop {
             // Only a waiting read needs the time (no clock read on the common path).
@@ -444,7 +445,7 @@ pub async fn read(
                 .cache
                 .next_refresh(&secret_request)
                 .map_or(deadline, |d| {
-                    tokio::time::Instant::now() + d.max(MIN_RECHECK)
+                    later(tokio::time::Instant::now(), d.max(MIN_RECHECK))
                 });
             let wake = recheck.min(deadline);
             tokio::select! {
@@ -459,7 +460,7 @@ pub async fn read(
             // At most one re-read per MIN_RECHECK: news that keeps coming (a TTL shorter than
             // the refresh-ahead window, a flush loop) cannot make waiters hammer the backend.
             if let Some(read_at) = read_at {
-                tokio::time::sleep_until((read_at + MIN_RECHECK).min(deadline)).await;
+                tokio::time::sleep_until(later(read_at, MIN_RECHECK).min(deadline)).await;
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(not_modified);
@@ -729,7 +730,7 @@ fn render(
 /// `"expires_at"` for a value with a lifetime of its own, an OAuth2 token); a value that is not
 /// UTF-8 is base64 with `"encoding":"base64"`.
 fn render_json(name: &SecretName, secret: &Secret, value: &[u8]) -> Result<SecretBytes, MemError> {
-    let mut out = SecretBuf::with_capacity(value.len() + 160)?;
+    let mut out = SecretBuf::with_capacity(value.len().saturating_add(160))?;
     out.extend_from_slice(b"{\"name\":")?;
     push_json_string(&mut out, name.id())?;
     out.extend_from_slice(b",\"source\":")?;

@@ -4,8 +4,9 @@
 //! Values are `Arc<Secret>`, whose bytes live in secure memory and are wiped when the last
 //! reference (cache entry or in-flight response) goes. Every fetch runs in its own task, so a
 //! client that disconnects never cancels a fetch others wait on; waiters share its result through
-//! a `watch` channel. Errors are never cached. Time is `tokio::time::Instant`, so tests drive TTLs
-//! with a paused clock. The cache does not know sources or peers: callers pass a fetch closure.
+//! a `watch` channel. Errors are not cached (except "not found", when negative caching is on:
+//! see below). Time is `tokio::time::Instant`, so tests drive TTLs with a paused clock. The cache
+//! does not know sources or peers: callers pass a fetch closure.
 //!
 //! It also tells who waits for a key ([`Cache::subscribe`]) when that key may have changed: a
 //! fetch stored a value, or a flush dropped it. Waiters re-read and compare what they serve; the
@@ -13,6 +14,14 @@
 //! `min_refresh_interval` ([`Cache::refresh`]). Each stored value's expiry and refresh-ahead
 //! start are spread by up to `jitter_percent`, so agents started together do not refresh
 //! together.
+//!
+//! With `negative_ttl` set, a source's "no such secret" is remembered for that long (negative
+//! caching), so one allowed glob cannot turn a stream of made-up names into a stream of backend
+//! calls. Such an absence holds no secret bytes but takes a slot under `max_entries` like a
+//! value, is evicted before any value, and goes with every flush; it never outlives
+//! `negative_ttl`, so a secret created later is served at the latest that long after.
+
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -41,6 +50,8 @@ pub enum Served {
     Miss,
     /// A stale value, because the source failed transiently within the stale-if-error bound.
     Stale,
+    /// The source's recent "no such secret", remembered (`cache.negative_ttl_secs`).
+    Negative,
 }
 
 impl Served {
@@ -50,6 +61,7 @@ impl Served {
             Served::Hit => "hit",
             Served::Miss => "miss",
             Served::Stale => "stale",
+            Served::Negative => "negative",
         }
     }
 }
@@ -65,6 +77,15 @@ enum Slot {
         forced: bool,
     },
     Ready(Entry),
+    /// The source answered "no such secret"; answered so again until `expires`.
+    Absent(Absent),
+}
+
+struct Absent {
+    expires: Instant,
+    /// The last reader-forced re-fetch.
+    forced_at: Option<Instant>,
+    last_used: u64,
 }
 
 struct Entry {
@@ -86,7 +107,7 @@ struct Entry {
 impl Entry {
     /// Until when a transient refresh failure may serve this value.
     fn stale_until(&self, stale_if_error: Duration) -> Instant {
-        let bound = self.expires + stale_if_error;
+        let bound = later(self.expires, stale_if_error);
         self.valid_until.map_or(bound, |v| bound.min(v))
     }
 }
@@ -103,6 +124,8 @@ pub enum Refresh {
 /// What `get` does after the lookup under the lock.
 enum Step {
     Done(Arc<Secret>, Served),
+    /// A remembered "no such secret".
+    Absent,
     WaitMiss(Waiter),
     WaitRefresh {
         rx: Waiter,
@@ -218,6 +241,7 @@ impl Cache {
     async fn finish(&self, step: Step) -> (Result<Arc<Secret>, SourceError>, Served) {
         match step {
             Step::Done(secret, served) => (Ok(secret), served),
+            Step::Absent => (Err(SourceError::NotFound), Served::Negative),
             Step::WaitMiss(rx) => {
                 self.metrics.cache_misses.fetch_add(1, Ordering::Relaxed);
                 (wait(rx).await, Served::Miss)
@@ -261,26 +285,20 @@ impl Cache {
         let now = Instant::now();
         let mut guard = self.lock();
         let inner: &mut Inner = &mut guard;
-        inner.clock += 1;
+        // A u64 counter of lookups and ids does not wrap within the life of a process.
+        inner.clock = inner.clock.saturating_add(1);
         let clock = inner.clock;
-        let next_id = inner.next_id + 1;
+        let next_id = inner.next_id.saturating_add(1);
         let step = match inner.map.get_mut(request) {
             Some(Slot::Ready(entry)) => {
                 entry.last_used = clock;
-                let allowed = entry
-                    .forced_at
-                    .is_none_or(|t| now >= t + settings.min_refresh_interval);
                 // A reader's forced re-fetch goes the way of an expired value: join the fetch in
                 // flight or start one, and wait for it.
-                let forced = force && allowed;
+                let (forced, refresh) =
+                    force_decision(force, entry.forced_at, now, settings.min_refresh_interval);
                 if forced {
                     entry.forced_at = Some(now);
                 }
-                let refresh = if force && !allowed {
-                    Refresh::Throttled
-                } else {
-                    Refresh::Done
-                };
                 let backing_off = entry.retry_after.is_some_and(|t| now < t);
                 if !forced && now < entry.expires {
                     let refresh_due = now >= entry.refresh_at;
@@ -331,24 +349,54 @@ impl Cache {
                 *forced |= force;
                 Step::WaitMiss(rx.clone())
             }
+            Some(Slot::Absent(absent)) => {
+                absent.last_used = clock;
+                // ?refresh=true may look again, as for a value: once per interval.
+                let (forced, refresh) =
+                    force_decision(force, absent.forced_at, now, settings.min_refresh_interval);
+                if !forced && now < absent.expires {
+                    self.metrics
+                        .cache_negative_hits
+                        .fetch_add(1, Ordering::Relaxed);
+                    return (Step::Absent, refresh);
+                }
+                // Expired (or forced): a miss in the slot the absence held.
+                let rx = self.start_miss(inner, request, next_id, ttl, forced, fetch);
+                return (Step::WaitMiss(rx), refresh);
+            }
             None => {
                 if inner.map.len() >= settings.max_entries.get() && evict_lru(inner) {
                     self.metrics.cache_evictions.fetch_add(1, Ordering::Relaxed);
                 }
-                inner.next_id = next_id;
-                let rx = self.spawn_fetch(request.clone(), next_id, ttl, None, fetch);
-                inner.map.insert(
-                    request.clone(),
-                    Slot::Loading {
-                        id: next_id,
-                        rx: rx.clone(),
-                        forced: force,
-                    },
-                );
-                Step::WaitMiss(rx)
+                Step::WaitMiss(self.start_miss(inner, request, next_id, ttl, force, fetch))
             }
         };
         (step, Refresh::Done)
+    }
+
+    /// Starts fetch `id` of `request` in a loading slot; returns its waiter.
+    fn start_miss<F, Fut>(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        request: &SecretRequest,
+        id: u64,
+        ttl: Duration,
+        forced: bool,
+        fetch: F,
+    ) -> Waiter
+    where
+        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
+    {
+        inner.next_id = id;
+        let rx = self.spawn_fetch(request.clone(), id, ttl, None, fetch);
+        let slot = Slot::Loading {
+            id,
+            rx: rx.clone(),
+            forced,
+        };
+        inner.map.insert(request.clone(), slot);
+        rx
     }
 
     fn spawn_fetch<F, Fut>(
@@ -391,11 +439,11 @@ impl Cache {
         let (ttl, max_window) = match lifetime {
             Some(l) => {
                 let ttl = ttl.min(l.serve_for);
-                (ttl, Some(ttl / 2))
+                (ttl, Some(ttl.checked_div(2).unwrap_or(ttl)))
             }
             None => (ttl, None),
         };
-        let valid_until = lifetime.map(|l| now + l.valid_for);
+        let valid_until = lifetime.map(|l| later(now, l.valid_for));
         let (expires, refresh_at) = jittered(now, ttl, max_window, &settings);
         let mut guard = self.lock();
         let inner: &mut Inner = &mut guard;
@@ -425,6 +473,15 @@ impl Cache {
                     stored = true;
                     false
                 }
+                Err(SourceError::NotFound) if !settings.negative_ttl.is_zero() => {
+                    let forced_at = forced.then_some(now);
+                    *slot = Slot::Absent(Absent {
+                        expires: later(now, settings.negative_ttl),
+                        forced_at,
+                        last_used: inner.clock,
+                    });
+                    false
+                }
                 Err(_) => true,
             },
             Slot::Ready(entry) if entry.refresh.as_ref().is_some_and(|(r, _)| *r == id) => {
@@ -444,7 +501,7 @@ impl Cache {
                         if err.is_transient()
                             && now < entry.stale_until(settings.stale_if_error) =>
                     {
-                        entry.retry_after = Some(now + RETRY_BACKOFF);
+                        entry.retry_after = Some(later(now, RETRY_BACKOFF));
                         false
                     }
                     // Gone, denied, or past the stale bound: stop serving the old value.
@@ -507,11 +564,12 @@ impl Cache {
             pattern.is_none_or(|g| g.matches_parts(key.name.source(), key.name.id()))
         };
         let mut inner = self.lock();
-        let mut flushed = 0;
+        let mut flushed = 0usize;
         inner.map.retain(|key, slot| {
             let hit = matches(key);
             if hit && matches!(slot, Slot::Ready(_)) {
-                flushed += 1;
+                // At most the number of entries.
+                flushed = flushed.saturating_add(1);
             }
             !hit
         });
@@ -593,12 +651,42 @@ fn jittered(
         d.mul_f64(fraction * f64::from(settings.jitter_percent) / 100.0)
     };
     let ttl = ttl.saturating_sub(spread(ttl));
-    let expires = now + ttl;
-    let window = settings.refresh_ahead + spread(settings.refresh_ahead);
+    let expires = later(now, ttl);
+    let window = settings
+        .refresh_ahead
+        .saturating_add(spread(settings.refresh_ahead));
     let window = max_window.map_or(window, |max| window.min(max));
     let refresh_at = expires.checked_sub(window).unwrap_or(now).max(now);
     (expires, refresh_at)
 }
+
+/// Whether a read that asks to `force` a re-fetch gets one (the key's last forced re-fetch, at
+/// `forced_at`, is at least `interval` ago), and what the reader is told.
+fn force_decision(
+    force: bool,
+    forced_at: Option<Instant>,
+    now: Instant,
+    interval: Duration,
+) -> (bool, Refresh) {
+    let allowed = forced_at.is_none_or(|t| now >= later(t, interval));
+    let refresh = if force && !allowed {
+        Refresh::Throttled
+    } else {
+        Refresh::Done
+    };
+    (force && allowed, refresh)
+}
+
+/// `t + d`, or as late as the clock can say: durations come from configuration and backends, and
+/// an overflow must not panic.
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d)
+        .or_else(|| t.checked_add(FAR_FUTURE))
+        .unwrap_or(t)
+}
+
+/// Later than any expiry the configuration allows (about 30 years).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 fn lost_entry() -> SourceError {
     SourceError::Unavailable {
@@ -606,9 +694,24 @@ fn lost_entry() -> SourceError {
     }
 }
 
-/// Evicts the least recently used cached value; returns whether one was evicted.
+/// Makes room for one slot: evicts the least recently used remembered absence, or else the least
+/// recently used value; returns whether one was evicted.
+///
+/// SECURITY: absences go first, so a flood of made-up names evicts at most one value.
 fn evict_lru(inner: &mut Inner) -> bool {
-    take_lru(inner).is_some()
+    let absent = inner
+        .map
+        .iter()
+        .filter_map(|(k, s)| match s {
+            Slot::Absent(a) => Some((a.last_used, k)),
+            Slot::Ready(_) | Slot::Loading { .. } => None,
+        })
+        .min_by_key(|(used, _)| *used)
+        .map(|(_, k)| k.clone());
+    match absent {
+        Some(key) => inner.map.remove(&key).is_some(),
+        None => take_lru(inner).is_some(),
+    }
 }
 
 /// Removes the least recently used cached value and returns it.
@@ -618,13 +721,13 @@ fn take_lru(inner: &mut Inner) -> Option<Arc<Secret>> {
         .iter()
         .filter_map(|(k, s)| match s {
             Slot::Ready(e) => Some((e.last_used, k)),
-            Slot::Loading { .. } => None,
+            Slot::Loading { .. } | Slot::Absent(_) => None,
         })
         .min_by_key(|(used, _)| *used)
         .map(|(_, k)| k.clone());
     match inner.map.remove(&victim?)? {
         Slot::Ready(entry) => Some(entry.secret),
-        Slot::Loading { .. } => None,
+        Slot::Loading { .. } | Slot::Absent(_) => None,
     }
 }
 
@@ -716,6 +819,7 @@ mod tests {
             max_locked_bytes: 64 << 20,
             min_refresh_interval: Duration::from_secs(10),
             jitter_percent: 0,
+            negative_ttl: Duration::ZERO,
         }
     }
 
@@ -1002,7 +1106,9 @@ mod tests {
                 let mut secret =
                     Secret::new(SecretBytes::from_slice(value.as_bytes()).unwrap(), None);
                 secret.lifetime = Some(crate::source::Lifetime {
-                    expires_at: std::time::SystemTime::now() + Duration::from_secs(30),
+                    expires_at: std::time::SystemTime::now()
+                        .checked_add(Duration::from_secs(30))
+                        .unwrap(),
                     serve_for: Duration::from_secs(20),
                     valid_for: Duration::from_secs(30),
                 });
@@ -1038,6 +1144,162 @@ mod tests {
             get("t2").await.0,
             Err(SourceError::Unavailable { .. })
         ));
+    }
+
+    fn negative(secs: u64, max: usize) -> CacheConfig {
+        CacheConfig {
+            negative_ttl: Duration::from_secs(secs),
+            ..settings(0, 0, max)
+        }
+    }
+
+    fn absences(cache: &Cache) -> usize {
+        cache
+            .lock()
+            .map
+            .values()
+            .filter(|s| matches!(s, Slot::Absent(_)))
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn not_found_is_remembered_for_negative_ttl_then_the_new_secret_is_served() {
+        let metrics = Arc::new(Metrics::default());
+        let cache = Cache::new(negative(30, 100), metrics.clone());
+        let fake = Fake::new("created", Duration::from_millis(10));
+        fake.set(Err(SourceError::NotFound));
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Err(SourceError::NotFound), Served::Miss)
+        );
+        for _ in 0..50 {
+            assert_eq!(
+                read(&cache, &fake, "a").await,
+                (Err(SourceError::NotFound), Served::Negative)
+            );
+        }
+        assert_eq!(fake.count(), 1);
+        assert_eq!(metrics.cache_negative_hits.load(Ordering::Relaxed), 50);
+        assert_eq!(cache.len(), 0, "an absence is not a cached value");
+        // The secret is created: still hidden within the negative TTL, served right after it.
+        fake.set(Ok("created"));
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(read(&cache, &fake, "a").await.1, Served::Negative);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            read(&cache, &fake, "a").await,
+            (Ok("created".to_owned()), Served::Miss)
+        );
+        assert_eq!(fake.count(), 2);
+        assert_eq!(absences(&cache), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn other_errors_are_never_remembered() {
+        let cache = Cache::new(negative(30, 100), Arc::default());
+        let fake = Fake::new("v", Duration::ZERO);
+        for err in [
+            SourceError::Denied {
+                detail: "no".into(),
+            },
+            SourceError::Busy,
+            SourceError::Unavailable {
+                detail: "down".into(),
+            },
+        ] {
+            fake.set(Err(err.clone()));
+            assert_eq!(read(&cache, &fake, "a").await.0, Err(err.clone()));
+            assert_eq!(read(&cache, &fake, "a").await.0, Err(err));
+        }
+        assert_eq!(fake.count(), 6);
+        assert_eq!(absences(&cache), 0);
+    }
+
+    /// A cache remembering absences for 300 s, after a read of `id` that its source (which says
+    /// "created" once told to) did not have.
+    async fn absent(id: &str) -> (Arc<Cache>, Fake) {
+        let cache = Cache::new(negative(300, 100), Arc::default());
+        let fake = Fake::new("created", Duration::ZERO);
+        fake.set(Err(SourceError::NotFound));
+        read(&cache, &fake, id).await.0.unwrap_err();
+        (cache, fake)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn flush_drops_absences() {
+        let (cache, fake) = absent("a").await;
+        read(&cache, &fake, "b").await.0.unwrap_err();
+        assert_eq!(absences(&cache), 2);
+        fake.set(Ok("created"));
+        // A flush that does not match keeps them; one that matches drops them.
+        cache.flush(Some(&Glob::parse("other/*").unwrap()));
+        assert_eq!(read(&cache, &fake, "a").await.1, Served::Negative);
+        cache.flush(Some(&Glob::parse("fake/a").unwrap()));
+        assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "created");
+        assert_eq!(read(&cache, &fake, "b").await.1, Served::Negative);
+        cache.flush(None);
+        assert_eq!(read(&cache, &fake, "b").await.0.unwrap(), "created");
+        assert_eq!(fake.count(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_missing_names_stays_under_max_entries_and_evicts_at_most_one_value() {
+        let metrics = Arc::new(Metrics::default());
+        let cache = Cache::new(negative(300, 4), metrics.clone());
+        let fake = Fake::new("v", Duration::ZERO);
+        for id in ["a", "b", "c", "d"] {
+            read(&cache, &fake, id).await.0.unwrap();
+        }
+        fake.set(Err(SourceError::NotFound));
+        for n in 0..1000 {
+            read(&cache, &fake, &format!("missing-{n}"))
+                .await
+                .0
+                .unwrap_err();
+            assert!(cache.lock().map.len() <= 4);
+        }
+        assert_eq!(cache.len(), 3, "only the least recently used value went");
+        assert!(cache.ttl_left(&req("a")).is_none());
+        assert_eq!(absences(&cache), 1);
+        assert_eq!(metrics.cache_evictions.load(Ordering::Relaxed), 1000);
+        // Memory reclaim takes values only: absences hold no secret bytes.
+        assert_eq!(cache.reclaim(usize::MAX), 3);
+        assert_eq!(absences(&cache), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forced_refresh_of_an_absence_looks_again_once_per_interval() {
+        let (cache, fake) = absent("a").await;
+        let (v, served, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        assert_eq!(
+            (v.unwrap_err(), served, r),
+            (SourceError::NotFound, Served::Miss, Refresh::Done)
+        );
+        let (_, served, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        assert_eq!((served, r), (Served::Negative, Refresh::Throttled));
+        assert_eq!(fake.count(), 2);
+        fake.set(Ok("created"));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (v, _, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        assert_eq!(
+            (v.unwrap().value.as_slice(), r),
+            (&b"created"[..], Refresh::Done)
+        );
+    }
+
+    #[test]
+    fn expiry_arithmetic_saturates_instead_of_panicking() {
+        let now = Instant::now();
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(later(now, Duration::MAX) > now);
+        let mut s = settings(0, 0, 100);
+        s.refresh_ahead = Duration::MAX;
+        s.jitter_percent = 50;
+        let (expires, refresh_at) = jittered(now, Duration::MAX, None, &s);
+        assert!(expires > now && refresh_at >= now);
     }
 
     #[test]

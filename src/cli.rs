@@ -56,9 +56,12 @@ pub enum Command {
         /// AWS version stage.
         #[arg(long)]
         version_stage: Option<String>,
-        /// Vault KV version.
+        /// Vault KV or SSM parameter version.
         #[arg(long)]
         version: Option<u64>,
+        /// SSM parameter label.
+        #[arg(long)]
+        label: Option<String>,
         /// Agent socket.
         #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,

@@ -4,6 +4,7 @@
 //! Every value is checked here, with an error naming the file, the key and the reason; the rest
 //! of the agent takes `Config` as correct. Building a config reads the filesystem (directories
 //! exist, users and groups resolve) but never contacts a backend: sources connect in `run`.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -156,6 +157,9 @@ pub struct RawCache {
     /// TTL expiry and refresh-ahead are spread by up to this percentage.
     #[serde(default = "default_jitter_percent")]
     pub jitter_percent: u8,
+    /// A source's "no such secret" is remembered this long (0: not at all).
+    #[serde(default)]
+    pub negative_ttl_secs: u64,
 }
 
 fn default_ttl() -> u64 {
@@ -196,9 +200,14 @@ impl Default for RawCache {
             max_locked_bytes: default_max_locked_bytes(),
             min_refresh_interval_secs: default_min_refresh_interval(),
             jitter_percent: default_jitter_percent(),
+            negative_ttl_secs: 0,
         }
     }
 }
+
+/// The largest `cache.negative_ttl_secs`: an absence hides a secret created later at most this
+/// long.
+const MAX_NEGATIVE_TTL_SECS: u64 = 3600;
 
 /// `[control]` as written.
 #[derive(Debug, Deserialize)]
@@ -383,6 +392,8 @@ pub struct CacheConfig {
     pub min_refresh_interval: Duration,
     /// TTL expiry and refresh-ahead spread, in percent (0–50).
     pub jitter_percent: u8,
+    /// How long a source's "no such secret" is remembered (zero: not at all).
+    pub negative_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -396,6 +407,7 @@ impl Default for CacheConfig {
             max_locked_bytes: 64 << 20,
             min_refresh_interval: Duration::from_secs(default_min_refresh_interval()),
             jitter_percent: default_jitter_percent(),
+            negative_ttl: Duration::ZERO,
         }
     }
 }
@@ -493,8 +505,9 @@ fn describe_toml_error(text: &str, err: &toml::de::Error) -> String {
         return message.to_owned();
     };
     let before = text.get(..span.start).unwrap_or_default();
-    let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line = before.matches('\n').count().saturating_add(1);
+    let line_start = before.rfind('\n').map_or(0, |i| i.saturating_add(1));
+    let column = before.len().saturating_sub(line_start).saturating_add(1);
     let snippet = text
         .get(span)
         .and_then(|s| s.lines().next())
@@ -771,6 +784,13 @@ impl RawCache {
         if self.jitter_percent > 50 {
             return Err(ctx.invalid("cache.jitter_percent", "must be between 0 and 50"));
         }
+        let negative_ttl = secs(
+            ctx,
+            "cache.negative_ttl_secs",
+            self.negative_ttl_secs,
+            0,
+            MAX_NEGATIVE_TTL_SECS,
+        )?;
         Ok(CacheConfig {
             ttl,
             max_entries,
@@ -780,6 +800,7 @@ impl RawCache {
             max_locked_bytes,
             min_refresh_interval,
             jitter_percent: self.jitter_percent,
+            negative_ttl,
         })
     }
 }
@@ -877,7 +898,7 @@ fn build_source(
                 .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
             // The command's own limit bounds the fetch; one second more lets it kill the
             // command's process group before the broker gives up on the fetch.
-            let timeout_secs = Some(command.timeout.as_secs() + 1);
+            let timeout_secs = Some(command.timeout.as_secs().saturating_add(1));
             (SourceKind::Command(command), c.ttl_secs, timeout_secs)
         }
         RawSource::AwsS3(a) => {
@@ -1210,6 +1231,11 @@ mod tests {
                 "[server]",
                 "[cache]\nmin_refresh_interval_secs = 86401\n[server]",
                 "cache.min_refresh_interval_secs",
+            ),
+            (
+                "[server]",
+                "[cache]\nnegative_ttl_secs = 3601\n[server]",
+                "cache.negative_ttl_secs",
             ),
             ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
             (

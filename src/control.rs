@@ -10,6 +10,7 @@
 //! Only a regular file is read, opened `O_NONBLOCK|O_NOFOLLOW` and read with a hard byte bound:
 //! a FIFO, a device, a symlink as the final component, or a file over 1 MiB is one log line and
 //! no flush. The one symlink followed is the kubelet's ConfigMap link `NAME -> ..data/NAME`.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::io::Read;
 use std::os::unix::fs::FileTypeExt;
@@ -61,16 +62,16 @@ pub fn parse_control(text: &str) -> (Vec<ControlCommand>, Vec<BadLine>) {
             (Some("flush"), Some(pattern), None) => match Glob::parse(pattern) {
                 Ok(glob) => commands.push(ControlCommand::Flush(Some(glob))),
                 Err(_) => bad.push(BadLine {
-                    line: index + 1,
+                    line: index.saturating_add(1),
                     reason: "invalid pattern",
                 }),
             },
             (Some("flush"), Some(_), Some(_)) => bad.push(BadLine {
-                line: index + 1,
+                line: index.saturating_add(1),
                 reason: "flush takes one pattern",
             }),
             _ => bad.push(BadLine {
-                line: index + 1,
+                line: index.saturating_add(1),
                 reason: "unknown command (expected `flush PATTERN`)",
             }),
         }

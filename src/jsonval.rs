@@ -5,6 +5,8 @@
 //! locked input, and string values are unescaped here straight into a [`SecretBuf`]. Errors carry
 //! no input text (serde_json's messages can quote values), only a kind.
 
+#![deny(clippy::arithmetic_side_effects)]
+
 use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
@@ -51,19 +53,18 @@ fn unescape_string(lit: &[u8], out: &mut SecretBuf) -> Result<Option<()>, MemErr
             }
         };
     }
-    let body = syntax!(lit.strip_prefix(b"\"").and_then(|b| b.strip_suffix(b"\"")));
-    let mut i = 0;
-    while i < body.len() {
-        let start = i;
-        while i < body.len() && body[i] != b'\\' {
-            i += 1;
-        }
-        out.extend_from_slice(&body[start..i])?;
-        if i >= body.len() {
+    let mut rest = syntax!(lit.strip_prefix(b"\"").and_then(|b| b.strip_suffix(b"\"")));
+    // Slices, not indices: no arithmetic on positions.
+    loop {
+        let plain = rest.iter().position(|&b| b == b'\\').unwrap_or(rest.len());
+        let (text, tail) = rest.split_at(plain);
+        out.extend_from_slice(text)?;
+        // `tail` is empty or starts with the backslash.
+        let Some((_, tail)) = tail.split_first() else {
             break;
-        }
-        let esc = *syntax!(body.get(i + 1));
-        i += 2;
+        };
+        let (&esc, tail) = syntax!(tail.split_first());
+        rest = tail;
         let simple = match esc {
             b'"' => Some(b'"'),
             b'\\' => Some(b'\\'),
@@ -80,18 +81,19 @@ fn unescape_string(lit: &[u8], out: &mut SecretBuf) -> Result<Option<()>, MemErr
             out.extend_from_slice(&[b])?;
             continue;
         }
-        let hi = syntax!(body.get(i..i + 4).and_then(hex4));
-        i += 4;
+        let (digits, tail) = syntax!(rest.split_at_checked(4));
+        let hi = syntax!(hex4(digits));
+        rest = tail;
         let code = if (0xD800..0xDC00).contains(&hi) {
-            if body.get(i..i + 2) != Some(b"\\u") {
-                return Ok(None);
-            }
-            let lo = syntax!(body.get(i + 2..i + 6).and_then(hex4));
-            i += 6;
+            let tail = syntax!(rest.strip_prefix(b"\\u"));
+            let (digits, tail) = syntax!(tail.split_at_checked(4));
+            let lo = syntax!(hex4(digits));
+            rest = tail;
             if !(0xDC00..0xE000).contains(&lo) {
                 return Ok(None);
             }
-            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+            // 10 bits each from hi and lo: 0x10000 plus at most 0xFFFFF.
+            syntax!(0x10000u32.checked_add(((hi & 0x3FF) << 10) | (lo & 0x3FF)))
         } else {
             hi
         };
@@ -137,7 +139,8 @@ pub fn push_json_string(out: &mut SecretBuf, text: &str) -> Result<(), MemError>
                 ])?;
             }
         }
-        start = i + 1;
+        // `i` indexes `bytes`, so `i + 1 <= bytes.len()`.
+        start = i.saturating_add(1);
     }
     out.extend_from_slice(&bytes[start..])?;
     out.extend_from_slice(b"\"")

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             version_id,
             version_stage,
             version,
+            label,
             socket,
         } => {
             let options = GetOptions {
@@ -40,6 +41,7 @@ fn main() -> ExitCode {
                 version_id,
                 version_stage,
                 version,
+                label,
             };
             client_main(|rt| commands::get(rt, &socket, &name, &options))
         }

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub cache_refresh_waits: AtomicU64,
     /// Background refreshes started before expiry.
     pub cache_refresh_ahead: AtomicU64,
+    /// Requests answered 404 from a remembered "no such secret" (`cache.negative_ttl_secs`).
+    pub cache_negative_hits: AtomicU64,
     /// Entries evicted because the cache was full.
     pub cache_evictions: AtomicU64,
     /// Audit lines dropped because the writer fell behind or a write failed.
@@ -135,6 +137,11 @@ impl Metrics {
                 "credagent_cache_refresh_ahead_total",
                 "Background refreshes started before expiry.",
                 &self.cache_refresh_ahead,
+            ),
+            (
+                "credagent_cache_negative_hits_total",
+                "Requests answered 404 from a remembered \"no such secret\".",
+                &self.cache_negative_hits,
             ),
             (
                 "credagent_cache_evictions_total",

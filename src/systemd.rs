@@ -2,6 +2,7 @@
 //! activation (`LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES`: the agent socket is named `agent`, the
 //! `LoadCredential=` socket `creds`, see [`split_listeners`]). Everything is a no-op when the agent
 //! is not started by systemd, so the same binary runs in a container or by hand.
+#![deny(clippy::arithmetic_side_effects)]
 
 use std::os::fd::OwnedFd;
 use std::os::linux::net::SocketAddrExt;
@@ -35,7 +36,11 @@ pub fn notify(state: &str) {
 /// `RELOADING=1` with the monotonic timestamp systemd >= 253 expects.
 pub fn notify_reloading() {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1000)
+        .map(|t| {
+            (t.tv_sec() as u64)
+                .saturating_mul(1_000_000)
+                .saturating_add(t.tv_nsec() as u64 / 1000)
+        })
         .unwrap_or(0);
     notify(&format!("RELOADING=1\nMONOTONIC_USEC={now}"));
 }
@@ -61,7 +66,8 @@ pub fn take_listeners() -> Vec<(String, UnixListener)> {
     }
     let mut names = names.split(':');
     let mut listeners = Vec::new();
-    for fd in LISTEN_FDS_START..LISTEN_FDS_START + count {
+    // LISTEN_FDS comes from the environment: no overflow on a huge count.
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START.saturating_add(count) {
         let name = names.next().unwrap_or("unknown").to_owned();
         let Some(owned): Option<OwnedFd> = adopt_inherited_fd(fd) else {
             continue;

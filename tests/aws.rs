@@ -7,34 +7,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::imds::Imds;
-use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, header, key_source};
-use common::{Agent, CANARY, TestDir, config_allowing_all as config, wait_until};
+use common::moto::{ACCOUNT_B, Moto, header, key_source};
+use common::{Agent, CANARY, TestDir, config_allowing_all as config, start_fails, wait_until};
 
 const GET: &str = "secretsmanager.GetSecretValue";
 const DESCRIBE: &str = "secretsmanager.DescribeSecret";
-
-/// Starts `credagent serve` expecting it to fail at start; returns (exit code, log).
-fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {
-    let config = dir.write_config(template);
-    let out = Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("CREDAGENT_LOG", "debug")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!log.contains(CANARY));
-    (out.status.code(), log)
-}
 
 #[test]
 fn access_key_serves_text_binary_fields_arns_and_stages() {
@@ -178,20 +158,7 @@ fn rotation_is_picked_up_after_ttl_via_describe_secret() {
 fn assume_role_with_external_id_custom_sts_endpoint_and_region() {
     let dir = TestDir::new();
     let moto = Moto::start(&dir);
-    let role = |external_id: &str| {
-        format!(
-            r#"
-[sources.aws.assume_role]
-role_arn = "arn:aws:iam::{ACCOUNT_A}:role/ext-reader"
-external_id = "{external_id}"
-session_name = "credagent-test-{{hostname}}"
-duration_secs = 900
-sts_endpoint = "http://localhost:{port}"
-sts_region = "us-east-2"
-"#,
-            port = moto.port
-        )
-    };
+    let role = |external_id: &str| moto.ext_reader_role("aws", external_id);
     moto.start_recording();
     let sources = key_source(dir.path(), &moto, "aws", "hopper", &role("ext-7d1f"));
     let agent = Agent::start(&dir, &config("", &sources));
@@ -223,29 +190,14 @@ sts_region = "us-east-2"
         .into_iter()
         .filter(|r| header(r, "X-Amz-Target") == Some(GET))
         .collect();
-    assert!(!gets.is_empty());
-    let log = agent.log_text();
-    for call in &gets {
-        assert!(
-            header(call, "Authorization")
-                .unwrap()
-                .contains("Credential=ASIA")
-        );
-        let token = header(call, "X-Amz-Security-Token").unwrap();
-        assert!(!log.contains(token), "a session token reached the log");
-    }
-    assert!(!log.contains(&moto.key("hopper").1));
+    moto.assert_signed_by_assumed_role(&gets, "hopper", &agent.log_text());
     drop(agent);
 
     // The trust policy's external id condition is enforced: a wrong one fails at start,
     // naming the source.
     let dir2 = TestDir::new();
     let sources = key_source(dir2.path(), &moto, "aws", "hopper", &role("wrong-id"));
-    let (code, log) = start_fails(&dir2, &config("", &sources));
-    // Refused for good: 77, which the unit's RestartPreventExitStatus= does not restart.
-    assert_eq!(code, Some(77), "{log}");
-    assert!(log.contains("source \"aws\""), "{log}");
-    assert!(log.contains("sources.aws.assume_role"), "{log}");
+    moto.assert_wrong_external_id_refused(&dir2, &config("", &sources), "aws", "hopper");
 }
 
 #[test]

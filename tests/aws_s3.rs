@@ -83,3 +83,68 @@ fn objects_under_the_prefix_are_served_with_versions_and_limits() {
     }
     assert!(!log.contains("s3-pw-"), "a value reached the log");
 }
+
+#[test]
+fn assume_role_with_external_id_reads_objects_within_the_role_policy_and_a_wrong_id_is_refused() {
+    let dir = TestDir::new();
+    let moto = Moto::start(&dir);
+    moto.start_recording();
+    let bucket = "bucket = \"app-secrets\"";
+    let sources = [
+        moto.source_section(
+            dir.path(),
+            "s3",
+            "aws-s3",
+            "hopper",
+            &format!(
+                "{bucket}\nprefix = \"prod/\"{}",
+                moto.ext_reader_role("s3", "ext-7d1f")
+            ),
+        ),
+        moto.source_section(
+            dir.path(),
+            "s3-root",
+            "aws-s3",
+            "hopper",
+            &format!("{bucket}{}", moto.ext_reader_role("s3-root", "ext-7d1f")),
+        ),
+    ]
+    .concat();
+    let agent = Agent::start(&dir, &agent_config("", &sources));
+    assert_eq!(agent.secret("s3/db").text(), "s3-pw-2");
+    assert_eq!(agent.secret("s3/canary").body, CANARY.as_bytes());
+    // The role's policy covers prod/* only: IAM is evaluated for the assumed role.
+    let outside = agent.secret("s3-root/other/key");
+    assert_eq!(
+        (outside.status, outside.error_code().as_str()),
+        (502, "upstream_denied"),
+        "{}",
+        outside.text()
+    );
+
+    let assumed = moto.sts_calls("AssumeRole");
+    assert!(!assumed.is_empty(), "no AssumeRole call recorded");
+    for call in &assumed {
+        assert!(common::moto::body(call).contains("ExternalId=ext-7d1f"));
+    }
+    let log = agent.log_text();
+    let gets: Vec<_> = moto
+        .recording()
+        .into_iter()
+        .filter(|r| r["method"] == "GET" && r["url"].as_str().unwrap_or("").contains("app-secrets"))
+        .collect();
+    assert!(gets.len() >= 3, "{gets:?}");
+    moto.assert_signed_by_assumed_role(&gets, "hopper", &log);
+    assert!(!log.contains("s3-pw-"), "an object's value reached the log");
+    drop(agent);
+
+    let dir2 = TestDir::new();
+    let sources = moto.source_section(
+        dir2.path(),
+        "s3",
+        "aws-s3",
+        "hopper",
+        &format!("{bucket}{}", moto.ext_reader_role("s3", "wrong-id")),
+    );
+    moto.assert_wrong_external_id_refused(&dir2, &agent_config("", &sources), "s3", "hopper");
+}

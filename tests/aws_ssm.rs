@@ -139,3 +139,79 @@ fn a_new_parameter_version_is_served_after_the_ttl_with_one_call_per_expiry() {
         agent.secret("ssm/app/db/password").text() == "ssm-pw-3"
     }));
 }
+
+#[test]
+fn the_get_cli_selects_a_parameter_by_label_and_version_as_the_query_does() {
+    let dir = TestDir::new();
+    let moto = Moto::start(&dir);
+    let sources = ssm_source(&dir, &moto, "ssm", "ssm_reader", "");
+    let agent = Agent::start(&dir, &agent_config("", &sources));
+    for (args, want) in [
+        (&[][..], "ssm-pw-2"),
+        (&["--label", "blue"][..], "ssm-pw-1"),
+        (&["--version", "1"][..], "ssm-pw-1"),
+        (&["--version", "2"][..], "ssm-pw-2"),
+    ] {
+        let out = agent.cli_as(None, &[&["get", "ssm/app/db/password"][..], args].concat());
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), want, "{args:?}");
+    }
+    for (args, code) in [
+        (&["--label", "green"][..], "not_found"),
+        (&["--label", "blue", "--version", "1"][..], "bad_selector"),
+        (&["--label", "a:b"][..], "bad_selector"),
+    ] {
+        let out = agent.cli_as(None, &[&["get", "ssm/app/db/password"][..], args].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(code), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn assume_role_with_external_id_reads_parameters_and_a_wrong_id_is_refused_at_start() {
+    let dir = TestDir::new();
+    let moto = Moto::start(&dir);
+    moto.start_recording();
+    let role = moto.ext_reader_role("ssm", "ext-7d1f");
+    let sources = ssm_source(&dir, &moto, "ssm", "hopper", &role);
+    let agent = Agent::start(&dir, &agent_config("", &sources));
+    for (name, want) in [
+        ("ssm/app/db/password", "ssm-pw-2"),
+        ("ssm/app/hosts", "a.internal,b.internal"),
+        ("ssm/app/canary", CANARY),
+    ] {
+        let resp = agent.secret(name);
+        assert_eq!((resp.status, resp.text().as_str()), (200, want), "{name}");
+    }
+    // The role was assumed with the external id, and Parameter Store was called with its
+    // temporary credentials, not hopper's key (whose own policy has no ssm:GetParameter).
+    let assumed = moto.sts_calls("AssumeRole");
+    assert!(!assumed.is_empty(), "no AssumeRole call recorded");
+    assert!(common::moto::body(&assumed[0]).contains("ExternalId=ext-7d1f"));
+    let gets: Vec<_> = moto
+        .recording()
+        .into_iter()
+        .filter(|r| common::moto::header(r, "X-Amz-Target") == Some(GET))
+        .collect();
+    assert_eq!(gets.len(), 3);
+    let log = agent.log_text();
+    moto.assert_signed_by_assumed_role(&gets, "hopper", &log);
+    assert!(
+        !log.contains("ssm-pw-"),
+        "a parameter value reached the log"
+    );
+    drop(agent);
+
+    // The trust policy's external id condition is enforced: refused for good at start (77),
+    // naming the source and the setting, with neither key in the output.
+    let dir2 = TestDir::new();
+    let role = moto.ext_reader_role("ssm", "wrong-id");
+    let sources = ssm_source(&dir2, &moto, "ssm", "hopper", &role);
+    moto.assert_wrong_external_id_refused(&dir2, &agent_config("", &sources), "ssm", "hopper");
+}

@@ -77,7 +77,7 @@ fn read_key_file(key: &str, path: &Path) -> Result<String, AuthError> {
     let len = usize::try_from(meta.len()).unwrap_or(0);
     // Capacity fixed up front so the buffer never reallocates (a reallocation would leave an
     // unwiped copy behind).
-    let mut bytes = Vec::with_capacity(len + 1);
+    let mut bytes = Vec::with_capacity(len.saturating_add(1));
     let read = file.by_ref().take(MAX_KEY_FILE).read_to_end(&mut bytes);
     if let Err(e) = read {
         bytes.zeroize();
@@ -99,7 +99,10 @@ fn read_key_file(key: &str, path: &Path) -> Result<String, AuthError> {
             "must hold exactly one key (no inner whitespace, not empty)".to_owned(),
         ));
     }
-    let (start, end) = (text.len() - text.trim_start().len(), text.trim_end().len());
+    let (start, end) = (
+        text.len().saturating_sub(text.trim_start().len()),
+        text.trim_end().len(),
+    );
     let mut text = text;
     text.truncate(end);
     if start > 0 {

@@ -8,6 +8,7 @@
 //!
 //! The SDK keeps credential strings in its own (unlocked) memory; this module never logs them
 //! and wipes the copies it reads from files or the environment once the SDK has its own.
+#![deny(clippy::arithmetic_side_effects)]
 
 pub mod access_key;
 pub mod assume_role;
@@ -145,11 +146,16 @@ pub struct NetSettings {
     pub operation_timeout: Duration,
 }
 
+/// Half of `d` (which, unlike `d / 2`, says it cannot panic).
+fn half(d: Duration) -> Duration {
+    d.checked_div(2).unwrap_or_default()
+}
+
 impl NetSettings {
     /// Short connect timeout and two attempts, so a down endpoint fails a fresh miss quickly
     /// (the cache's stale-if-error covers cached values).
     pub fn timeout_config(&self) -> TimeoutConfig {
-        let attempt = (self.operation_timeout / 2).max(Duration::from_secs(1));
+        let attempt = half(self.operation_timeout).max(Duration::from_secs(1));
         TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(2).min(attempt))
             .operation_attempt_timeout(attempt)

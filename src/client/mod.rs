@@ -119,6 +119,8 @@ pub struct GetOptions {
     pub version_stage: Option<String>,
     /// `?version=`.
     pub version: Option<u64>,
+    /// `?label=`.
+    pub label: Option<String>,
 }
 
 /// Fetches `name` (`SOURCE/ID`) and returns the value bytes.
@@ -134,6 +136,7 @@ pub async fn get(socket: &Path, name: &str, options: &GetOptions) -> Result<Byte
         ("version_id", options.version_id.clone()),
         ("version_stage", options.version_stage.clone()),
         ("version", options.version.map(|v| v.to_string())),
+        ("label", options.label.clone()),
     ] {
         if let Some(value) = value {
             query.push(format!("{key}={}", encode(&value, false)));

@@ -183,7 +183,7 @@ impl S3Source {
                 detail: format!("GetObject: reading the body: {e}"),
             })?
         {
-            if value.len() + chunk.len() > MAX_SECRET_LEN {
+            if value.len().saturating_add(chunk.len()) > MAX_SECRET_LEN {
                 return Err(too_large());
             }
             value.extend_from_slice(&chunk)?;

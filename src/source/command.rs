@@ -301,7 +301,7 @@ async fn read_limited<R: tokio::io::AsyncRead + Unpin>(
         if n == 0 {
             break;
         }
-        if out.len() + n > MAX_SECRET_LEN {
+        if out.len().saturating_add(n) > MAX_SECRET_LEN {
             return Err(SourceError::BadReply {
                 detail: format!("the command printed more than {MAX_SECRET_LEN} bytes"),
             });
@@ -315,8 +315,8 @@ async fn read_limited<R: tokio::io::AsyncRead + Unpin>(
 fn trim_one_newline(value: SecretBytes) -> Result<SecretBytes, SourceError> {
     let bytes = value.as_slice();
     let len = match bytes {
-        [.., b'\r', b'\n'] => bytes.len() - 2,
-        [.., b'\n'] => bytes.len() - 1,
+        [.., b'\r', b'\n'] => bytes.len().saturating_sub(2),
+        [.., b'\n'] => bytes.len().saturating_sub(1),
         _ => return Ok(value),
     };
     Ok(value.truncated(len)?)

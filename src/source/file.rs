@@ -170,7 +170,7 @@ fn read_resolved(dir: &Path, id: &str, walk: bool) -> Result<Secret, SourceError
     while filled < size {
         match file.read(&mut value.as_mut_slice()[filled..]) {
             Ok(0) => break,
-            Ok(n) => filled += n,
+            Ok(n) => filled = filled.saturating_add(n),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(read_error(dir, &e)),
         }

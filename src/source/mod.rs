@@ -4,6 +4,7 @@
 //! [`SourceError`] that says what kind of failure it was (so the server can pick a status and the
 //! cache can decide whether stale-if-error applies). Sources never cache and never check access:
 //! the cache and the ACL do. Dispatch is a plain enum, one variant per kind, one file per kind.
+#![deny(clippy::arithmetic_side_effects)]
 
 pub mod aws;
 pub mod aws_s3;
@@ -412,7 +413,8 @@ impl SourceEntry {
         request: &SecretRequest,
         previous: Option<&Secret>,
     ) -> Result<Fetched, SourceError> {
-        let _permit = self.limit.acquire(self.fetch_timeout / 2).await?;
+        let queue_wait = self.fetch_timeout.checked_div(2).unwrap_or_default();
+        let _permit = self.limit.acquire(queue_wait).await?;
         self.source.fetch(request, previous).await
     }
 }

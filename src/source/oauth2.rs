@@ -695,7 +695,8 @@ fn parse_reply(
     wipe_cow(access_token);
     wipe_cow(refresh_token);
     let lifetime = expires_in.map(|valid_for| Lifetime {
-        expires_at: sent_at + valid_for,
+        // `valid_for` is at most a year (checked above); an overflow would mean "expired now".
+        expires_at: sent_at.checked_add(valid_for).unwrap_or(sent_at),
         serve_for: serve_for(valid_for, skew),
         valid_for,
     });
@@ -708,9 +709,13 @@ fn parse_reply(
 /// lives no longer than the skew, half its life (at least a second, at most all of it).
 fn serve_for(valid_for: Duration, skew: Duration) -> Duration {
     if valid_for > skew {
-        valid_for - skew
+        valid_for.saturating_sub(skew)
     } else {
-        (valid_for / 2).max(Duration::from_secs(1)).min(valid_for)
+        valid_for
+            .checked_div(2)
+            .unwrap_or(valid_for)
+            .max(Duration::from_secs(1))
+            .min(valid_for)
     }
 }
 
@@ -744,11 +749,18 @@ fn push_form_encoded(out: &mut SecretBuf, bytes: &[u8]) -> Result<(), SourceErro
 /// `Basic base64(urlencode(client_id) ":" urlencode(secret))` (RFC 6749 §2.3.1) in secure
 /// memory.
 fn basic_auth(client_id: &str, secret: &[u8]) -> Result<SecretBytes, SourceError> {
-    let mut pair = SecretBuf::with_capacity(client_id.len() * 3 + secret.len() * 3 + 1)?;
+    let mut pair = SecretBuf::with_capacity(
+        client_id
+            .len()
+            .saturating_add(secret.len())
+            .saturating_mul(3)
+            .saturating_add(1),
+    )?;
     push_form_encoded(&mut pair, client_id.as_bytes())?;
     pair.extend_from_slice(b":")?;
     push_form_encoded(&mut pair, secret)?;
-    let mut out = SecretBuf::with_capacity(pair.len() * 4 / 3 + 16)?;
+    let mut out =
+        SecretBuf::with_capacity(pair.len().div_ceil(3).saturating_mul(4).saturating_add(16))?;
     out.extend_from_slice(b"Basic ")?;
     push_base64(&mut out, pair.as_slice())?;
     Ok(out.finish()?)
@@ -780,7 +792,7 @@ fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
         if n == 0 {
             break;
         }
-        len += n;
+        len = len.saturating_add(n);
         if len == buf.len() {
             return Err(unavailable("is larger than 4095 bytes".to_owned()));
         }

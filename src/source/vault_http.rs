@@ -206,7 +206,7 @@ pub async fn read_body_limited(
             detail: format!("reading a reply from {what}: {e}"),
         })?;
         if let Ok(data) = frame.into_data() {
-            if out.len() + data.len() > limit {
+            if out.len().saturating_add(data.len()) > limit {
                 wipe_if_unique(data);
                 return Err(SourceError::BadReply {
                     detail: format!("the reply from {what} is larger than {limit} bytes"),
@@ -257,7 +257,8 @@ pub fn status_error(status: StatusCode, body: &[u8]) -> SourceError {
     if detail.len() > 200 {
         let mut cut = 200;
         while !detail.is_char_boundary(cut) {
-            cut -= 1;
+            // Index 0 is a char boundary: the loop stops there at the latest.
+            cut = cut.saturating_sub(1);
         }
         detail.truncate(cut);
     }

@@ -183,7 +183,7 @@ fn trim(bytes: &[u8]) -> &[u8] {
     let end = bytes
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |i| i + 1);
+        .map_or(start, |i| i.saturating_add(1));
     &bytes[start..end]
 }
 
@@ -191,6 +191,11 @@ fn trim(bytes: &[u8]) -> &[u8] {
 ///
 /// Not the `base64` crate (in the lock file): its decoders write into a `Vec` or a plain slice,
 /// and this plaintext (a data key or a decrypted value) must land in locked memory directly.
+#[allow(
+    clippy::arithmetic_side_effects,
+    reason = "each subtraction stays in its matched range, shifts are at most 18, chunks are \
+              2 to 4 long (a 1-long last chunk is refused), and the capacity is below the input's"
+)]
 fn decode_base64(text: &[u8]) -> Option<SecretBytes> {
     fn sextet(c: u8) -> Option<u32> {
         Some(u32::from(match c {

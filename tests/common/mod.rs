@@ -13,6 +13,7 @@
 pub mod bao;
 pub mod cgroup;
 pub mod creds;
+pub mod delay_proxy;
 pub mod imds;
 pub mod moto;
 pub mod oauth;
@@ -446,6 +447,26 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `credagent serve` on `template` expecting it to fail at start (no secret value in its
+/// output); returns (exit code, log).
+pub fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {
+    let config = dir.write_config(template);
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("CREDAGENT_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!log.contains(CANARY));
+    (out.status.code(), log)
 }
 
 /// Polls `f` until it returns true or `timeout` passes.

@@ -157,6 +157,18 @@ impl Moto {
         v["version_id"].as_str().unwrap().to_owned()
     }
 
+    /// Creates the secret `name` with `value` (as the admin user).
+    pub fn create_secret(&self, name: &str, value: &str) {
+        let (key, secret) = self.key("admin");
+        self.script(&["create", &key, &secret, name, value]);
+    }
+
+    /// Creates `count` secrets `{prefix}0`… whose values are their names (as the admin user).
+    pub fn create_secrets(&self, prefix: &str, count: usize) {
+        let (key, secret) = self.key("admin");
+        self.script(&["create-many", &key, &secret, prefix, &count.to_string()]);
+    }
+
     /// Overwrites the SSM parameter `name` (SecureString, as the admin user); returns its version.
     pub fn put_param(&self, name: &str, value: &str) -> u64 {
         let (key, secret) = self.key("admin");
@@ -189,6 +201,67 @@ secret_access_key_file = "{secret}"
             id = id.display(),
             secret = secret.display()
         )
+    }
+
+    /// An `[sources.SOURCE.assume_role]` section for role `ext-reader` (account A), whose trust
+    /// policy asks for external id `ext-7d1f` and trusts user `hopper`: STS at this server as
+    /// `localhost`, signed for region us-east-2.
+    pub fn ext_reader_role(&self, source: &str, external_id: &str) -> String {
+        format!(
+            r#"
+[sources.{source}.assume_role]
+role_arn = "arn:aws:iam::{ACCOUNT_A}:role/ext-reader"
+external_id = "{external_id}"
+session_name = "credagent-test-{{hostname}}"
+duration_secs = 900
+sts_endpoint = "http://localhost:{port}"
+sts_region = "us-east-2"
+"#,
+            port = self.port
+        )
+    }
+
+    /// Asserts that every call in `calls` (at least one) was signed with temporary credentials
+    /// (an assumed role's `ASIA…` key id), and that neither its session token nor `user`'s
+    /// secret key is in `log`.
+    pub fn assert_signed_by_assumed_role(
+        &self,
+        calls: &[serde_json::Value],
+        user: &str,
+        log: &str,
+    ) {
+        assert!(!calls.is_empty(), "no call recorded");
+        for call in calls {
+            let auth = header(call, "Authorization").unwrap();
+            assert!(auth.contains("Credential=ASIA"), "{auth}");
+            let token = header(call, "X-Amz-Security-Token").unwrap();
+            assert!(!log.contains(token), "a session token reached the log");
+        }
+        assert!(
+            !log.contains(&self.key(user).1),
+            "{user}'s secret key reached the log"
+        );
+    }
+
+    /// Starts an agent on `template`, whose source `source` assumes a role with the wrong
+    /// external id as `user`, and asserts it is refused for good (77, which the unit's
+    /// `RestartPreventExitStatus=` does not restart), naming the source and its `assume_role`,
+    /// with no secret key of `user` in its output.
+    pub fn assert_wrong_external_id_refused(
+        &self,
+        dir: &TestDir,
+        template: &str,
+        source: &str,
+        user: &str,
+    ) {
+        let (code, log) = super::start_fails(dir, template);
+        assert_eq!(code, Some(77), "{log}");
+        assert!(log.contains(&format!("source \"{source}\"")), "{log}");
+        assert!(
+            log.contains(&format!("sources.{source}.assume_role")),
+            "{log}"
+        );
+        assert!(!log.contains(&self.key(user).1), "{log}");
     }
 
     /// Clears the recording and starts recording requests.
