@@ -214,6 +214,9 @@ pub enum BrokerError {
     /// The source's concurrent fetches and their queue are full.
     #[error("the source is busy")]
     SourceBusy,
+    /// The source has `startup_check = "retry"` and has not passed its check yet.
+    #[error("the source is still starting")]
+    SourceStarting,
 }
 
 impl BrokerError {
@@ -233,7 +236,8 @@ impl BrokerError {
             BrokerError::ShuttingDown
             | BrokerError::MemoryUnavailable
             | BrokerError::MemoryBudget
-            | BrokerError::SourceBusy => 503,
+            | BrokerError::SourceBusy
+            | BrokerError::SourceStarting => 503,
             BrokerError::UpstreamDenied
             | BrokerError::UpstreamUnavailable
             | BrokerError::UpstreamBadReply => 502,
@@ -353,6 +357,29 @@ pub fn health(state: &AppState, caller: Caller<'_>) -> Result<(), BrokerError> {
         return Ok(());
     }
     Err(refuse_changed_peer(state, caller))
+}
+
+/// `GET /v1/ready`: any caller, no decision to audit (as [`health`]); counts only.
+pub fn ready(state: &AppState, caller: Caller<'_>) -> Result<crate::startup::Report, BrokerError> {
+    health(state, caller)?;
+    Ok(state.readiness.report(&state.runtime()))
+}
+
+/// Fetches `name` into the cache for `[prefetch]`: the same validation and single-flight
+/// cached fetch as a read. It is the agent's own request, so there is no access decision and no
+/// audit line (no value leaves the agent; the first read of it is audited as a cache hit).
+pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerError> {
+    if state.shutting_down() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    let runtime = state.runtime();
+    let request = SecretRequest {
+        name: name.clone(),
+        selector: Selector::default(),
+    };
+    let entry = validate(&runtime, &request.name, &request.selector)?;
+    let (secret, _, _) = cached_fetch(state, state.next_request_id(), entry, &request, false).await;
+    secret.map(|_| ())
 }
 
 /// Reads a secret for `caller`: at once, or — with `wait` and an `if_none_match` that is still
@@ -580,10 +607,13 @@ fn validate(
     name: &SecretName,
     selector: &Selector,
 ) -> Result<Arc<SourceEntry>, BrokerError> {
-    let entry = runtime
-        .sources
-        .get(name.source())
-        .ok_or(BrokerError::NotFound)?;
+    let Some(entry) = runtime.sources.get(name.source()) else {
+        return Err(if runtime.starting.contains_key(name.source()) {
+            BrokerError::SourceStarting
+        } else {
+            BrokerError::NotFound
+        });
+    };
     entry
         .source
         .check_selector(selector)
@@ -1278,6 +1308,26 @@ gone = "fake/missing"
                 ("metrics", "allow", 200),
             ]
         );
+    }
+
+    /// The tag covers the served bytes: a re-fetch of the same value changes the JSON
+    /// document's `fetched_at`, hence its tag, and leaves the raw value's tag alone.
+    #[test]
+    fn a_new_fetched_at_changes_the_json_etag_and_not_the_raw_one() {
+        let name = SecretName::new("fake", "ok/a").unwrap();
+        let fetched = |secs: u64| {
+            Arc::new(Secret {
+                value: SecretBytes::from_slice(b"same value").unwrap(),
+                version: Some("v1".to_owned()),
+                fetched_at: std::time::UNIX_EPOCH + Duration::from_secs(secs),
+            })
+        };
+        let tag = |secs: u64, format: Format| {
+            etag(&render(&name, fetched(secs), None, format).unwrap().body)
+        };
+        assert_eq!(tag(1_000, Format::Raw), tag(2_000, Format::Raw));
+        assert_ne!(tag(1_000, Format::Json), tag(2_000, Format::Json));
+        assert_eq!(tag(1_000, Format::Json), tag(1_000, Format::Json));
     }
 
     #[test]

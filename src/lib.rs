@@ -59,6 +59,7 @@ pub mod ratelimit;
 pub mod secure_mem;
 pub mod server;
 pub mod source;
+pub mod startup;
 pub mod state;
 pub mod systemd;
 pub mod template;
@@ -109,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     secure_mem::init(config.cache.lock_memory)?;
     let metrics = Arc::new(Metrics::default());
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
-    let sources = source::build_all(&config).await?;
+    let built = source::build_all(&config).await?;
     let cache = Cache::new(config.cache, metrics.clone());
     cache.reclaim_for_budget();
     let (inherited, inherited_creds) = systemd::split_listeners(systemd::take_listeners());
@@ -134,12 +135,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         control::spawn_watcher(path.clone(), cache.clone());
     }
     let server_config = config.server.clone();
-    let state = Arc::new(AppState::new(
-        Runtime::new(config, sources),
-        cache,
-        metrics,
-        audit,
-    ));
+    let runtime = Runtime::new(config, built.sources).with_starting(built.starting.keys());
+    let generation = runtime.generation;
+    let state = Arc::new(AppState::new(runtime, cache, metrics, audit));
+    startup::spawn_source_retries(&state, generation, built.starting, &built.others);
+    startup::spawn_prefetch(&state, generation, &state.runtime().config.prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
@@ -181,8 +181,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// SIGHUP: re-read the config; a bad config is refused and the running one kept.
-async fn reload(state: &AppState) {
+/// SIGHUP: re-read the config; a bad config is refused and the running one kept. Sources with
+/// `startup_check = "retry"` that fail their check are retried as at start, and `[prefetch]`
+/// warms the flushed cache again.
+async fn reload(state: &Arc<AppState>) {
     systemd::notify_reloading();
     let current = state.runtime();
     let loaded = if current.config.path == std::path::Path::new(config::DEMO_PATH) {
@@ -194,7 +196,7 @@ async fn reload(state: &AppState) {
         Err(err) => Err(err.to_string()),
         Ok(new) => match source::build_all(&new).await {
             Err(err) => Err(err.to_string()),
-            Ok(sources) => {
+            Ok(built) => {
                 if new.server != current.config.server {
                     tracing::warn!("[server] changes take effect at the next restart");
                 }
@@ -206,7 +208,11 @@ async fn reload(state: &AppState) {
                 state.cache.set_settings(new.cache);
                 // Sources may now point elsewhere: never serve a value fetched under the old config.
                 let flushed = state.cache.flush(None);
-                state.replace_runtime(Runtime::new(new, sources));
+                let runtime = Runtime::new(new, built.sources).with_starting(built.starting.keys());
+                let generation = runtime.generation;
+                state.replace_runtime(runtime);
+                startup::spawn_source_retries(state, generation, built.starting, &built.others);
+                startup::spawn_prefetch(state, generation, &state.runtime().config.prefetch);
                 Ok(flushed)
             }
         },

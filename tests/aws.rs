@@ -7,34 +7,14 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::imds::Imds;
 use common::moto::{ACCOUNT_A, ACCOUNT_B, Moto, header, key_source};
-use common::{Agent, CANARY, TestDir, config_allowing_all as config, wait_until};
+use common::{Agent, CANARY, TestDir, config_allowing_all as config, start_fails, wait_until};
 
 const GET: &str = "secretsmanager.GetSecretValue";
 const DESCRIBE: &str = "secretsmanager.DescribeSecret";
-
-/// Starts `credagent serve` expecting it to fail at start; returns (exit code, log).
-fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {
-    let config = dir.write_config(template);
-    let out = Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("CREDAGENT_LOG", "debug")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!log.contains(CANARY));
-    (out.status.code(), log)
-}
 
 #[test]
 fn access_key_serves_text_binary_fields_arns_and_stages() {

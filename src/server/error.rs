@@ -53,6 +53,8 @@ pub enum ApiError {
     MemoryBudget,
     /// The source has `max_concurrent_fetches` running and its queue is full or timed out.
     SourceBusy,
+    /// The source has `startup_check = "retry"` and has not passed its check yet.
+    SourceStarting,
 }
 
 impl ApiError {
@@ -73,7 +75,8 @@ impl ApiError {
             ApiError::ShuttingDown
             | ApiError::MemoryUnavailable
             | ApiError::MemoryBudget
-            | ApiError::SourceBusy => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SourceBusy
+            | ApiError::SourceStarting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamDenied
             | ApiError::UpstreamUnavailable
@@ -105,6 +108,7 @@ impl ApiError {
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::MemoryBudget => "memory_budget",
             ApiError::SourceBusy => "source_busy",
+            ApiError::SourceStarting => "source_starting",
         }
     }
 
@@ -141,6 +145,9 @@ impl ApiError {
             }
             ApiError::SourceBusy => {
                 "too many fetches from this source are in flight; retry later".to_owned()
+            }
+            ApiError::SourceStarting => {
+                "the source has not passed its start-up check yet; retry later".to_owned()
             }
         }
     }
@@ -190,6 +197,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::MemoryUnavailable => ApiError::MemoryUnavailable,
             BrokerError::MemoryBudget => ApiError::MemoryBudget,
             BrokerError::SourceBusy => ApiError::SourceBusy,
+            BrokerError::SourceStarting => ApiError::SourceStarting,
         }
     }
 }
@@ -230,6 +238,7 @@ mod tests {
             (ApiError::TooManyConnections, 429, "too_many_connections"),
             (ApiError::MemoryBudget, 503, "memory_budget"),
             (ApiError::SourceBusy, 503, "source_busy"),
+            (ApiError::SourceStarting, 503, "source_starting"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -259,6 +268,7 @@ mod tests {
             BrokerError::MemoryUnavailable,
             BrokerError::MemoryBudget,
             BrokerError::SourceBusy,
+            BrokerError::SourceStarting,
         ];
         for err in all {
             let status = err.status();

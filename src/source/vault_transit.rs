@@ -13,7 +13,7 @@
 //! Plaintexts and data keys exist only in secure memory; the ciphertext is never served.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
@@ -22,7 +22,7 @@ use hyper::Method;
 use serde::Deserialize;
 
 use super::vault_auth::VaultSession;
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError, Sources};
+use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
 use crate::name::SecretName;
 use crate::secure_mem::{SecretBuf, SecretBytes};
 
@@ -32,7 +32,7 @@ pub struct TransitSource {
     session: Arc<VaultSession>,
     mount: String,
     ciphertexts: BTreeMap<String, String>,
-    others: Arc<OnceLock<Sources>>,
+    others: super::SharedSources,
 }
 
 #[derive(Deserialize)]
@@ -59,13 +59,13 @@ struct Envelope<'a> {
 }
 
 impl TransitSource {
-    /// A transit source; `others` is filled once all sources are built (ciphertexts held by
+    /// A transit source; `others` holds every other source once built (ciphertexts held by
     /// another source are read through it).
     pub fn new(
         session: Arc<VaultSession>,
         mount: String,
         ciphertexts: BTreeMap<String, String>,
-        others: Arc<OnceLock<Sources>>,
+        others: super::SharedSources,
     ) -> Self {
         TransitSource {
             session,
@@ -128,10 +128,11 @@ impl TransitSource {
             };
             let entry = self
                 .others
-                .get()
-                .and_then(|all| all.get(source))
-                .ok_or(SourceError::NotFound)?
-                .clone();
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(source)
+                .cloned()
+                .ok_or(SourceError::NotFound)?;
             let name = SecretName::new(source, inner)
                 .map_err(|e| SourceError::Invalid(format!("ciphertext name: {e}")))?;
             let request = SecretRequest {

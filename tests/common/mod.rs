@@ -447,6 +447,26 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts `credagent serve` on `template` rendered in `dir`, expecting it to fail at start;
+/// returns (exit code, log). The canary never reaches the log.
+pub fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {
+    let config = dir.write_config(template);
+    let out = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("CREDAGENT_LOG", "debug")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!log.contains(CANARY));
+    (out.status.code(), log)
+}
+
 /// Polls `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
