@@ -15,7 +15,8 @@
 //!                                  source::{file, env, …}   ◀── control file / flush API
 //! ```
 //! `run` wires these together; `main` only parses the command line and maps errors to exit
-//! codes.
+//! codes. Beside the server, `startup` retries sources with `startup_check = "retry"`, fetches
+//! `[prefetch]` secrets through the broker, and keeps the readiness `/v1/ready` reports.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
@@ -103,8 +104,10 @@ pub enum RunError {
 
 /// Runs the agent on `config` until `shutdown` resolves, then drains and returns.
 ///
-/// Start-up order: harden memory, open the audit sink, build sources, bind the socket (or take
-/// it from systemd), set its owner and mode, start the control watcher, tell systemd READY, serve.
+/// Start-up order: harden memory, open the audit sink, build sources (those with
+/// `startup_check = "retry"` that fail are retried in the background), bind the socket (or take
+/// it from systemd), set its owner and mode, start the control watcher, start the prefetches,
+/// tell systemd READY, serve.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     secure_mem::set_budget(config.cache.max_locked_bytes);
     secure_mem::init(config.cache.lock_memory)?;
