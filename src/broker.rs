@@ -1310,6 +1310,84 @@ gone = "fake/missing"
         );
     }
 
+    /// A source still starting answers `SourceStarting` (audited, 503) to an allowed caller and
+    /// counts against readiness; once up it serves, and readiness, once reached, stays.
+    #[tokio::test]
+    async fn a_starting_source_answers_source_starting_until_up_and_readiness_latches() {
+        let mut fx = Fixture::new();
+        let config = fx.state.runtime().config.clone();
+        let starting =
+            Runtime::new(config.clone(), Sources::new()).with_starting(["fake".to_owned()].iter());
+        let generation = starting.generation;
+        fx.state.replace_runtime(starting);
+        let peer = peer(1000, None);
+        let caller = Caller {
+            peer: &peer,
+            sender_is_connector: true,
+        };
+        let plain = || read_request("fake/ok/a", Selector::default(), None);
+        assert_eq!(
+            read(&fx.state, caller, plain()).await.unwrap_err(),
+            BrokerError::SourceStarting
+        );
+        let name = SecretName::new("fake", "ok/a").unwrap();
+        assert_eq!(
+            prefetch(&fx.state, &name).await,
+            Err(BrokerError::SourceStarting)
+        );
+        // A denied caller learns nothing, not even that the source is starting.
+        let stranger = self::peer(3000, None);
+        let denied = Caller {
+            peer: &stranger,
+            sender_is_connector: true,
+        };
+        assert_eq!(
+            read(&fx.state, denied, plain()).await.unwrap_err(),
+            BrokerError::Forbidden
+        );
+        let report = ready(&fx.state, caller).unwrap();
+        assert_eq!(
+            (
+                report.ready,
+                report.sources_starting,
+                report.prefetch_pending
+            ),
+            (false, 1, 0)
+        );
+
+        let fake = fx.fake.clone();
+        assert!(fx.state.update_runtime(|current| {
+            (current.generation == generation)
+                .then(|| current.with_source_up("fake", vec![("fake".to_owned(), fake)]))
+        }));
+        // The prefetch fills the cache without an audit line; the read is a hit.
+        prefetch(&fx.state, &name).await.unwrap();
+        assert_eq!(fx.fetches(), 1);
+        assert_eq!(
+            read(&fx.state, caller, plain()).await.unwrap().body,
+            &b"ok/a"[..]
+        );
+        assert!(ready(&fx.state, caller).unwrap().ready);
+        // Latched: a new generation with a starting source does not make it unready.
+        fx.state.replace_runtime(
+            Runtime::new(config, Sources::new()).with_starting(["fake".to_owned()].iter()),
+        );
+        assert!(ready(&fx.state, caller).unwrap().ready);
+        let lines: Vec<_> = fx
+            .lines()
+            .iter()
+            .map(|l| (l.decision, l.status, l.cache))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("allow", 503, None),
+                ("deny", 403, None),
+                ("allow", 200, Some("hit"))
+            ]
+        );
+    }
+
     /// The tag covers the served bytes: a re-fetch of the same value changes the JSON
     /// document's `fetched_at`, hence its tag, and leaves the raw value's tag alone.
     #[test]

@@ -232,7 +232,8 @@ pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &Prefetc
                 () = state.shutdown_signal() => return,
             }
             let mut backoff = Backoff::default();
-            let mut failing = false;
+            // What was last logged: nothing, waiting for the source, or failing.
+            let mut logged: Option<bool> = None;
             loop {
                 if state.runtime().generation != generation || state.shutting_down() {
                     return;
@@ -240,7 +241,7 @@ pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &Prefetc
                 changes.borrow_and_update();
                 match broker::prefetch(&state, &name).await {
                     Ok(()) => {
-                        if failing {
+                        if logged.is_some() {
                             tracing::info!(secret = %name, "prefetch of {name} succeeded");
                         } else {
                             tracing::debug!(secret = %name, "prefetched");
@@ -250,13 +251,18 @@ pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &Prefetc
                         return;
                     }
                     Err(err) => {
-                        if !failing {
-                            tracing::warn!(secret = %name, error = %err, "prefetch of {name} failed; retrying with backoff");
-                            failing = true;
-                        }
                         // Waiting for its source is not failing: no backoff spent, and the
                         // source coming up (a runtime change) wakes it at once.
-                        let wait = if err == BrokerError::SourceStarting {
+                        let starting = err == BrokerError::SourceStarting;
+                        if logged != Some(starting) {
+                            if starting {
+                                tracing::info!(secret = %name, "prefetch of {name} waits for its source to start");
+                            } else {
+                                tracing::warn!(secret = %name, error = %err, "prefetch of {name} failed; retrying with backoff");
+                            }
+                            logged = Some(starting);
+                        }
+                        let wait = if starting {
                             MAX_BACKOFF
                         } else {
                             backoff.next_delay()
