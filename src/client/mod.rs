@@ -1,6 +1,6 @@
 //! The client side of the CLI: HTTP over the agent's Unix socket with hyperlocal (this file),
-//! and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in [`commands`]. `main` only
-//! maps their errors to exit codes.
+//! and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
+//! [`commands`]. `main` only maps their errors to exit codes.
 
 pub mod commands;
 
