@@ -219,6 +219,9 @@ pub enum BrokerError {
     /// An OAuth2 token endpoint refused the agent's token request, with this code.
     #[error("the token endpoint refused the request: {0}")]
     TokenRefused(OAuthError),
+    /// The source has `startup_check = "retry"` and has not passed its check yet.
+    #[error("the source is still starting")]
+    SourceStarting,
 }
 
 impl BrokerError {
@@ -238,7 +241,8 @@ impl BrokerError {
             BrokerError::ShuttingDown
             | BrokerError::MemoryUnavailable
             | BrokerError::MemoryBudget
-            | BrokerError::SourceBusy => 503,
+            | BrokerError::SourceBusy
+            | BrokerError::SourceStarting => 503,
             BrokerError::UpstreamDenied
             | BrokerError::UpstreamUnavailable
             | BrokerError::UpstreamBadReply
@@ -360,6 +364,29 @@ pub fn health(state: &AppState, caller: Caller<'_>) -> Result<(), BrokerError> {
         return Ok(());
     }
     Err(refuse_changed_peer(state, caller))
+}
+
+/// `GET /v1/ready`: any caller, no decision to audit (as [`health`]); counts only.
+pub fn ready(state: &AppState, caller: Caller<'_>) -> Result<crate::startup::Report, BrokerError> {
+    health(state, caller)?;
+    Ok(state.readiness.report(&state.runtime()))
+}
+
+/// Fetches `name` into the cache for `[prefetch]`: the same validation and single-flight
+/// cached fetch as a read. It is the agent's own request, so there is no access decision and no
+/// audit line (no value leaves the agent; the first read of it is audited as a cache hit).
+pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerError> {
+    if state.shutting_down() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    let runtime = state.runtime();
+    let request = SecretRequest {
+        name: name.clone(),
+        selector: Selector::default(),
+    };
+    let entry = validate(&runtime, &request.name, &request.selector)?;
+    let (secret, _, _) = cached_fetch(state, state.next_request_id(), entry, &request, false).await;
+    secret.map(|_| ())
 }
 
 /// Reads a secret for `caller`: at once, or — with `wait` and an `if_none_match` that is still
@@ -594,10 +621,13 @@ fn validate(
     name: &SecretName,
     selector: &Selector,
 ) -> Result<Arc<SourceEntry>, BrokerError> {
-    let entry = runtime
-        .sources
-        .get(name.source())
-        .ok_or(BrokerError::NotFound)?;
+    let Some(entry) = runtime.sources.get(name.source()) else {
+        return Err(if runtime.starting.contains_key(name.source()) {
+            BrokerError::SourceStarting
+        } else {
+            BrokerError::NotFound
+        });
+    };
     entry
         .source
         .check_selector(selector)
@@ -1297,6 +1327,107 @@ gone = "fake/missing"
                 ("metrics", "allow", 200),
             ]
         );
+    }
+
+    /// A source still starting answers `SourceStarting` (audited, 503) to an allowed caller and
+    /// counts against readiness; once up it serves, and readiness, once reached, stays.
+    #[tokio::test]
+    async fn a_starting_source_answers_source_starting_until_up_and_readiness_latches() {
+        let mut fx = Fixture::new();
+        let config = fx.state.runtime().config.clone();
+        let starting =
+            Runtime::new(config.clone(), Sources::new()).with_starting(["fake".to_owned()].iter());
+        let generation = starting.generation;
+        fx.state.replace_runtime(starting);
+        let peer = peer(1000, None);
+        let caller = Caller {
+            peer: &peer,
+            sender_is_connector: true,
+        };
+        let plain = || read_request("fake/ok/a", Selector::default(), None);
+        assert_eq!(
+            read(&fx.state, caller, plain()).await.unwrap_err(),
+            BrokerError::SourceStarting
+        );
+        let name = SecretName::new("fake", "ok/a").unwrap();
+        assert_eq!(
+            prefetch(&fx.state, &name).await,
+            Err(BrokerError::SourceStarting)
+        );
+        // A denied caller learns nothing, not even that the source is starting.
+        let stranger = self::peer(3000, None);
+        let denied = Caller {
+            peer: &stranger,
+            sender_is_connector: true,
+        };
+        assert_eq!(
+            read(&fx.state, denied, plain()).await.unwrap_err(),
+            BrokerError::Forbidden
+        );
+        let report = ready(&fx.state, caller).unwrap();
+        assert_eq!(
+            (
+                report.ready,
+                report.sources_starting,
+                report.prefetch_pending
+            ),
+            (false, 1, 0)
+        );
+
+        let fake = fx.fake.clone();
+        assert!(fx.state.update_runtime(|current| {
+            (current.generation == generation)
+                .then(|| current.with_source_up("fake", vec![("fake".to_owned(), fake)]))
+        }));
+        // The prefetch fills the cache without an audit line; the read is a hit.
+        prefetch(&fx.state, &name).await.unwrap();
+        assert_eq!(fx.fetches(), 1);
+        assert_eq!(
+            read(&fx.state, caller, plain()).await.unwrap().body,
+            &b"ok/a"[..]
+        );
+        assert!(ready(&fx.state, caller).unwrap().ready);
+        // Latched: a new generation with a starting source does not make it unready.
+        fx.state.replace_runtime(
+            Runtime::new(config, Sources::new()).with_starting(["fake".to_owned()].iter()),
+        );
+        assert!(ready(&fx.state, caller).unwrap().ready);
+        let lines: Vec<_> = fx
+            .lines()
+            .iter()
+            .map(|l| (l.decision, l.status, l.cache))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ("allow", 503, None),
+                ("deny", 403, None),
+                ("allow", 200, Some("hit"))
+            ]
+        );
+    }
+
+    /// The tag covers the served bytes: a re-fetch of the same value changes the JSON
+    /// document's `fetched_at`, hence its tag, and leaves the raw value's tag alone.
+    #[test]
+    fn a_new_fetched_at_changes_the_json_etag_and_not_the_raw_one() {
+        let name = SecretName::new("fake", "ok/a").unwrap();
+        let fetched = |secs: u64| {
+            let mut secret = Secret::new(
+                SecretBytes::from_slice(b"same value").unwrap(),
+                Some("v1".to_owned()),
+            );
+            secret.fetched_at = std::time::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .unwrap();
+            Arc::new(secret)
+        };
+        let tag = |secs: u64, format: Format| {
+            etag(&render(&name, fetched(secs), None, format).unwrap().body)
+        };
+        assert_eq!(tag(1_000, Format::Raw), tag(2_000, Format::Raw));
+        assert_ne!(tag(1_000, Format::Json), tag(2_000, Format::Json));
+        assert_eq!(tag(1_000, Format::Json), tag(1_000, Format::Json));
     }
 
     #[test]

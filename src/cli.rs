@@ -1,4 +1,4 @@
-//! Command line: `serve`, `check-config`, `reload`, `get`, `render`, `exec`, `flush`.
+//! Command line: `serve`, `check-config`, `reload`, `get`, `render`, `exec`, `flush`, `health`.
 
 use std::path::PathBuf;
 
@@ -100,6 +100,16 @@ pub enum Command {
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Probe a running agent: exit 0 when it answers `200`, 1 otherwise (with the reason on
+    /// stderr); an exec probe for containers without a shell.
+    Health {
+        /// Ask `/v1/ready` (prefetched secrets cached, sources up) instead of `/v1/health`.
+        #[arg(long)]
+        ready: bool,
+        /// Agent socket.
+        #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Flush cached secrets (all, or those matching a glob over `SOURCE/ID`).
     Flush {

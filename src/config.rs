@@ -88,6 +88,21 @@ pub struct RawConfig {
     /// `[credentials]`: systemd credential id -> `source/id` (see `server::creds`).
     #[serde(default)]
     pub credentials: BTreeMap<String, String>,
+    /// `[prefetch]`: secrets fetched at start.
+    #[serde(default)]
+    pub prefetch: RawPrefetch,
+}
+
+/// `[prefetch]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrefetch {
+    /// `SOURCE/ID` of each secret to fetch at start.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// The fetches start at random moments within this many seconds of start.
+    #[serde(default)]
+    pub jitter_secs: u64,
 }
 
 /// `[server]` as written.
@@ -325,6 +340,28 @@ pub struct Config {
     pub rules: Vec<Rule>,
     /// systemd credential id -> secret, served on `server.creds_socket`.
     pub credentials: BTreeMap<String, SecretName>,
+    /// Secrets fetched at start.
+    pub prefetch: PrefetchConfig,
+}
+
+/// `[prefetch]`, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrefetchConfig {
+    /// Each names a configured source and an id that source could serve.
+    pub secrets: Vec<SecretName>,
+    /// The fetches start at random moments within this window of start.
+    pub jitter: Duration,
+}
+
+/// What the agent does when a source's start-up check (login, identity check, program lookup)
+/// fails.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StartupCheck {
+    /// Exit (75 when retrying may help, 77 when the refusal stands).
+    #[default]
+    Required,
+    /// Start anyway; the source answers `503 source_starting` until a retry succeeds.
+    Retry,
 }
 
 impl Config {
@@ -432,6 +469,8 @@ pub struct SourceConfig {
     pub fetch_timeout: Duration,
     /// Fetches in flight at once; further misses wait in a bounded queue.
     pub max_concurrent_fetches: NonZeroUsize,
+    /// Exit or retry when the start-up check fails.
+    pub startup_check: StartupCheck,
 }
 
 /// Kind-specific source settings.
@@ -576,6 +615,7 @@ impl RawConfig {
             rules.push(raw.build(&ctx, index, &sources)?);
         }
         let credentials = build_credentials(&ctx, self.credentials, &sources)?;
+        let prefetch = build_prefetch(&ctx, self.prefetch, &sources)?;
         Ok(Config {
             path: path.to_path_buf(),
             server,
@@ -585,8 +625,34 @@ impl RawConfig {
             sources,
             rules,
             credentials,
+            prefetch,
         })
     }
+}
+
+/// `[prefetch]`: each entry names a configured source (or a Vault source's transit side) and an
+/// id that source's own rules accept, so a typo fails here rather than retrying for ever.
+fn build_prefetch(
+    ctx: &Ctx<'_>,
+    raw: RawPrefetch,
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<PrefetchConfig, ConfigError> {
+    let jitter = secs(ctx, "prefetch.jitter_secs", raw.jitter_secs, 0, 3600)?;
+    let mut secrets: Vec<SecretName> = Vec::with_capacity(raw.secrets.len());
+    for (i, entry) in raw.secrets.iter().enumerate() {
+        let key = format!("prefetch.secrets[{i}]");
+        let name = SecretName::parse(entry)
+            .map_err(|e| ctx.invalid(&key, format!("{entry:?} is not SOURCE/ID: {e}")))?;
+        let rule = crate::source::IdRule::configured(sources, name.source())
+            .ok_or_else(|| ctx.invalid(&key, format!("no source named {:?}", name.source())))?;
+        rule.check(name.id())
+            .map_err(|why| ctx.invalid(&key, format!("{entry:?}: {why}")))?;
+        if secrets.contains(&name) {
+            return Err(ctx.invalid(&key, format!("{entry:?} is listed twice")));
+        }
+        secrets.push(name);
+    }
+    Ok(PrefetchConfig { secrets, jitter })
 }
 
 impl RawServer {
@@ -791,6 +857,7 @@ impl RawCache {
             0,
             MAX_NEGATIVE_TTL_SECS,
         )?;
+        check_ttl_exceeds_refresh_ahead(ctx, "cache.ttl_secs", ttl, refresh_ahead)?;
         Ok(CacheConfig {
             ttl,
             max_entries,
@@ -829,6 +896,17 @@ fn build_source(
                 "must be between 1 and 1024",
             )
         })?;
+    // Only sources with a start-up check (a login, an identity check, a program lookup) have
+    // the key; a file or env source has nothing to retry.
+    let startup_check = match &raw {
+        // An oauth2 source's build contacts nothing: its token endpoint is first asked at a read.
+        RawSource::File(_) | RawSource::Env(_) | RawSource::OAuth2(_) => None,
+        RawSource::Vault(v) => v.startup_check.clone(),
+        RawSource::Aws(a) => a.startup_check.clone(),
+        RawSource::AwsSsm(s) => s.aws.startup_check.clone(),
+        RawSource::AwsS3(s) => s.aws.startup_check.clone(),
+        RawSource::Command(c) => c.startup_check.clone(),
+    };
     let (kind, ttl_secs, timeout_secs) = match raw {
         RawSource::File(f) => {
             let dir = resolve_relative(ctx.path, &f.dir);
@@ -937,15 +1015,27 @@ fn build_source(
         Some(v) => secs(ctx, &format!("{key}.ttl_secs"), v, 1, 7 * 24 * 3600)?,
         None => cache.ttl,
     };
+    check_ttl_exceeds_refresh_ahead(ctx, &format!("{key}.ttl_secs"), ttl, cache.refresh_ahead)?;
     let fetch_timeout = match timeout_secs {
         Some(v) => secs(ctx, &format!("{key}.fetch_timeout_secs"), v, 1, 600)?,
         None => DEFAULT_FETCH_TIMEOUT,
+    };
+    let startup_check = match startup_check.as_deref() {
+        None | Some("required") => StartupCheck::Required,
+        Some("retry") => StartupCheck::Retry,
+        Some(other) => {
+            return Err(ctx.invalid(
+                format!("{key}.startup_check"),
+                format!("{other:?} is not \"required\" or \"retry\""),
+            ));
+        }
     };
     Ok(SourceConfig {
         kind,
         ttl,
         fetch_timeout,
         max_concurrent_fetches,
+        startup_check,
     })
 }
 
@@ -976,6 +1066,28 @@ fn check_oauth2_references(
         }
     }
     Ok(())
+}
+
+/// A TTL no longer than the refresh-ahead window would start a background refresh at every
+/// read: the value would be fetched again as soon as it is stored.
+fn check_ttl_exceeds_refresh_ahead(
+    ctx: &Ctx<'_>,
+    key: &str,
+    ttl: Duration,
+    refresh_ahead: Duration,
+) -> Result<(), ConfigError> {
+    if ttl > refresh_ahead {
+        return Ok(());
+    }
+    Err(ctx.invalid(
+        key,
+        format!(
+            "must be greater than cache.refresh_ahead_secs ({}), got {}: a value would be \
+             refreshed as soon as it is stored; lower cache.refresh_ahead_secs or raise the TTL",
+            refresh_ahead.as_secs(),
+            ttl.as_secs()
+        ),
+    ))
 }
 
 /// Relative paths in a config file are relative to the file's directory; in the embedded demo
@@ -1238,6 +1350,19 @@ mod tests {
                 "cache.negative_ttl_secs",
             ),
             ("dir = ", "ttl_secs = 0\ndir = ", "sources.files.ttl_secs"),
+            // A TTL within the refresh-ahead window (default 60 s) would refresh at every read.
+            ("dir = ", "ttl_secs = 60\ndir = ", "sources.files.ttl_secs"),
+            ("dir = ", "ttl_secs = 5\ndir = ", "sources.files.ttl_secs"),
+            (
+                "[server]",
+                "[cache]\nttl_secs = 60\n[server]",
+                "cache.ttl_secs",
+            ),
+            (
+                "[server]",
+                "[cache]\nttl_secs = 10\nrefresh_ahead_secs = 30\n[server]",
+                "cache.ttl_secs",
+            ),
             (
                 "dir = ",
                 "max_concurrent_fetches = 0\ndir = ",
@@ -1357,6 +1482,78 @@ mod tests {
         assert!(
             matches!(check(&bad_socket), Err(ConfigError::Invalid { key, .. }) if key == "server.creds_socket")
         );
+    }
+
+    #[test]
+    fn a_ttl_just_above_refresh_ahead_builds() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = base(dir.path()).replace("dir = ", "ttl_secs = 61\ndir = ");
+        assert_eq!(
+            check(&text).unwrap().sources["files"].ttl,
+            Duration::from_secs(61)
+        );
+        let text = base(dir.path()).replace(
+            "[server]",
+            "[cache]\nttl_secs = 1\nrefresh_ahead_secs = 0\n[server]",
+        );
+        assert_eq!(check(&text).unwrap().cache.ttl, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn prefetch_and_startup_check_build_and_reject_bad_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = format!(
+            "{}\n[sources.env]\ntype = \"env\"\nprefix = \"APP_SECRET_\"\n\n[sources.pass]\ntype = \"command\"\nargv = [\"/bin/cat\", \"{{id}}\"]\nstartup_check = \"retry\"\n",
+            base(dir.path())
+        );
+        let config = check(&format!(
+            "{ok}\n[prefetch]\nsecrets = [\"files/app/db\", \"env/DB\"]\njitter_secs = 5\n"
+        ))
+        .unwrap();
+        let names: Vec<String> = config
+            .prefetch
+            .secrets
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["files/app/db", "env/DB"]);
+        assert_eq!(config.prefetch.jitter, Duration::from_secs(5));
+        assert_eq!(config.sources["pass"].startup_check, StartupCheck::Retry);
+        assert_eq!(
+            config.sources["files"].startup_check,
+            StartupCheck::Required
+        );
+        assert!(check(&ok).unwrap().prefetch.secrets.is_empty());
+        let cases: &[(&str, &str)] = &[
+            ("secrets = [\"nosource/x\"]", "prefetch.secrets[0]"),
+            ("secrets = [\"files\"]", "prefetch.secrets[0]"),
+            ("secrets = [\"files/../x\"]", "prefetch.secrets[0]"),
+            // The env source's own id rule: letters, digits and '_'.
+            (
+                "secrets = [\"files/a\", \"env/a.b\"]",
+                "prefetch.secrets[1]",
+            ),
+            // The command source's: no leading '-'.
+            ("secrets = [\"pass/-x\"]", "prefetch.secrets[0]"),
+            (
+                "secrets = [\"files/a\", \"files/a\"]",
+                "prefetch.secrets[1]",
+            ),
+            ("jitter_secs = 3601", "prefetch.jitter_secs"),
+        ];
+        for (entry, key) in cases {
+            match check(&format!("{ok}\n[prefetch]\n{entry}\n")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(&k, key, "{entry}"),
+                other => panic!("{entry}: expected Invalid at {key}, got {other:?}"),
+            }
+        }
+        match check(&ok.replace("\"retry\"", "\"later\"")) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "sources.pass.startup_check"),
+            other => panic!("expected Invalid at sources.pass.startup_check, got {other:?}"),
+        }
+        // A file source has no start-up check, so no such key.
+        let file_retry = base(dir.path()).replace("dir = ", "startup_check = \"retry\"\ndir = ");
+        assert!(matches!(check(&file_retry), Err(ConfigError::Parse { .. })));
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!                                  source::{file, env, …}   ◀── control file / flush API
 //! ```
 //! `run` wires these together; `main` only parses the command line and maps errors to exit
-//! codes.
+//! codes. Beside the server, `startup` retries sources with `startup_check = "retry"`, fetches
+//! `[prefetch]` secrets through the broker, and keeps the readiness `/v1/ready` reports.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
@@ -59,6 +60,7 @@ pub mod ratelimit;
 pub mod secure_mem;
 pub mod server;
 pub mod source;
+pub mod startup;
 pub mod state;
 pub mod systemd;
 pub mod template;
@@ -102,14 +104,16 @@ pub enum RunError {
 
 /// Runs the agent on `config` until `shutdown` resolves, then drains and returns.
 ///
-/// Start-up order: harden memory, open the audit sink, build sources, bind the socket (or take
-/// it from systemd), set its owner and mode, start the control watcher, tell systemd READY, serve.
+/// Start-up order: harden memory, open the audit sink, build sources (those with
+/// `startup_check = "retry"` that fail are retried in the background), bind the socket (or take
+/// it from systemd), set its owner and mode, start the control watcher, start the prefetches,
+/// tell systemd READY, serve.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     secure_mem::set_budget(config.cache.max_locked_bytes);
     secure_mem::init(config.cache.lock_memory)?;
     let metrics = Arc::new(Metrics::default());
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
-    let sources = source::build_all(&config).await?;
+    let built = source::build_all(&config).await?;
     let cache = Cache::new(config.cache, metrics.clone());
     cache.reclaim_for_budget();
     let (inherited, inherited_creds) = systemd::split_listeners(systemd::take_listeners());
@@ -134,12 +138,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         control::spawn_watcher(path.clone(), cache.clone());
     }
     let server_config = config.server.clone();
-    let state = Arc::new(AppState::new(
-        Runtime::new(config, sources),
-        cache,
-        metrics,
-        audit,
-    ));
+    let runtime = Runtime::new(config, built.sources).with_starting(built.starting.keys());
+    let generation = runtime.generation;
+    let state = Arc::new(AppState::new(runtime, cache, metrics, audit));
+    startup::spawn_source_retries(&state, generation, built.starting, &built.others);
+    startup::spawn_prefetch(&state, generation, &state.runtime().config.prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(server::serve(
         listener,
@@ -183,8 +186,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// SIGHUP: re-read the config; a bad config is refused and the running one kept.
-async fn reload(state: &AppState) {
+/// SIGHUP: re-read the config; a bad config is refused and the running one kept. Sources with
+/// `startup_check = "retry"` that fail their check are retried as at start, and `[prefetch]`
+/// warms the flushed cache again.
+async fn reload(state: &Arc<AppState>) {
     systemd::notify_reloading();
     let current = state.runtime();
     let loaded = if current.config.path == std::path::Path::new(config::DEMO_PATH) {
@@ -196,8 +201,8 @@ async fn reload(state: &AppState) {
         Err(err) => Err(err.to_string()),
         Ok(new) => match source::build_all(&new).await {
             Err(err) => Err(err.to_string()),
-            Ok(sources) => {
-                source::carry_over(&current.sources, &sources);
+            Ok(built) => {
+                source::carry_over(&current.sources, &built.sources);
                 if new.server != current.config.server {
                     tracing::warn!("[server] changes take effect at the next restart");
                 }
@@ -209,7 +214,11 @@ async fn reload(state: &AppState) {
                 state.cache.set_settings(new.cache);
                 // Sources may now point elsewhere: never serve a value fetched under the old config.
                 let flushed = state.cache.flush(None);
-                state.replace_runtime(Runtime::new(new, sources));
+                let runtime = Runtime::new(new, built.sources).with_starting(built.starting.keys());
+                let generation = runtime.generation;
+                state.replace_runtime(runtime);
+                startup::spawn_source_retries(state, generation, built.starting, &built.others);
+                startup::spawn_prefetch(state, generation, &state.runtime().config.prefetch);
                 Ok(flushed)
             }
         },

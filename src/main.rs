@@ -63,6 +63,13 @@ fn main() -> ExitCode {
         Command::Flush { pattern, socket } => {
             client_main(|rt| commands::flush(rt, &socket, pattern.as_deref()))
         }
+        // A probe: 0 or 1, whatever failed (an agent that cannot be reached is not healthy).
+        Command::Health { ready, socket } => {
+            match client_main(|rt| commands::health(rt, &socket, ready)) {
+                code if code == ExitCode::SUCCESS => code,
+                _ => ExitCode::from(exit::FAILURE),
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! The [`Runtime`] (rules and sources of one config generation) sits behind a lock that requests
 //! only hold long enough to clone an `Arc`; the cache, metrics and audit outlive reloads.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -11,7 +12,11 @@ use crate::audit::Audit;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::source::Sources;
+use crate::source::{SourceEntry, Sources};
+use crate::startup::Readiness;
+
+/// Numbers config generations (a reload starts a new one; a source coming up late does not).
+static GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// One config generation: rules and live sources.
 #[derive(Debug)]
@@ -24,6 +29,11 @@ pub struct Runtime {
     pub sources: Sources,
     /// The distinct `exe` paths the rules name (each connection is checked against these).
     pub exe_rules: Vec<std::path::PathBuf>,
+    /// Sources still retrying their start-up check: each name they answer to -> the
+    /// configured source (a Vault source's transit side waits with it).
+    pub starting: BTreeMap<String, String>,
+    /// Which config generation this is (the same after a late source came up).
+    pub generation: u64,
 }
 
 impl Runtime {
@@ -38,7 +48,45 @@ impl Runtime {
             rules,
             sources,
             exe_rules,
+            starting: BTreeMap::new(),
+            generation: GENERATION.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// The same generation with `names` (configured sources) still starting.
+    pub fn with_starting<'a>(mut self, names: impl IntoIterator<Item = &'a String>) -> Self {
+        for name in names {
+            if let Some(cfg) = self.config.sources.get(name) {
+                for served in crate::source::served_names(name, cfg) {
+                    self.starting.insert(served, name.clone());
+                }
+            }
+        }
+        self
+    }
+
+    /// This generation with the configured source `name` up, answering as `entries`.
+    pub fn with_source_up(&self, name: &str, entries: Vec<(String, Arc<SourceEntry>)>) -> Self {
+        let mut sources = self.sources.clone();
+        sources.extend(entries);
+        let mut starting = self.starting.clone();
+        starting.retain(|_, configured| configured != name);
+        Runtime {
+            config: self.config.clone(),
+            rules: self.rules.clone(),
+            sources,
+            exe_rules: self.exe_rules.clone(),
+            starting,
+            generation: self.generation,
+        }
+    }
+
+    /// How many configured sources are still retrying their start-up check.
+    pub fn sources_starting(&self) -> usize {
+        self.starting
+            .values()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
     }
 }
 
@@ -52,6 +100,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Audit writer.
     pub audit: Audit,
+    /// What `/v1/ready` reports.
+    pub readiness: Readiness,
     shutting_down: AtomicBool,
     shutdown: tokio::sync::watch::Sender<bool>,
     next_request: AtomicU64,
@@ -65,6 +115,7 @@ impl AppState {
             cache,
             metrics,
             audit,
+            readiness: Readiness::default(),
             shutting_down: AtomicBool::new(false),
             shutdown: tokio::sync::watch::channel(false).0,
             next_request: AtomicU64::new(1),
@@ -82,6 +133,21 @@ impl AppState {
     /// Installs a new config generation.
     pub fn replace_runtime(&self, runtime: Runtime) {
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+        self.readiness.runtime_changed();
+    }
+
+    /// Replaces the runtime with what `change` makes of it, unless it returns `None` (e.g. the
+    /// runtime is of another generation by now); returns whether it did. Holds the lock
+    /// throughout, so two changes cannot lose each other's work.
+    pub fn update_runtime(&self, change: impl FnOnce(&Runtime) -> Option<Runtime>) -> bool {
+        let mut guard = self.runtime.write().unwrap_or_else(|p| p.into_inner());
+        let Some(new) = change(&guard) else {
+            return false;
+        };
+        *guard = Arc::new(new);
+        drop(guard);
+        self.readiness.runtime_changed();
+        true
     }
 
     /// A fresh request id.

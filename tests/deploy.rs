@@ -114,6 +114,23 @@ fn kubernetes_sidecar_has_the_required_shape() {
     assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]));
     assert_eq!(security["runAsUser"], 65532);
     assert_eq!(security["allowPrivilegeEscalation"], false);
+    // The image has no shell: both probes run the binary the image's ENTRYPOINT names.
+    let entrypoint =
+        std::fs::read_to_string(repo_root().join("packaging/container/Containerfile")).unwrap();
+    assert!(entrypoint.contains(r#"ENTRYPOINT ["/usr/bin/credagent", "serve"]"#));
+    for probe in ["startupProbe", "readinessProbe"] {
+        assert_eq!(
+            agent[probe]["exec"]["command"],
+            serde_json::json!([
+                "/usr/bin/credagent",
+                "health",
+                "--ready",
+                "--socket",
+                "/run/credagent/agent.sock"
+            ]),
+            "{probe}"
+        );
+    }
 
     let volume = |name: &str| {
         spec["volumes"]
@@ -177,6 +194,8 @@ fn kubernetes_example_config_passes_check_config() {
         .as_str()
         .unwrap()
         .to_owned();
+    // A Vault that is down when the pod starts must not crash-loop the agent.
+    assert!(config.contains("startup_check = \"retry\""), "{config}");
     // Only the pod's mounts (secrets directory, projected Vault token) are replaced by local
     // stand-ins; everything else is checked as written.
     let dir = TestDir::new();

@@ -43,6 +43,11 @@ pub fn flush(rt: &Runtime, socket: &Path, pattern: Option<&str>) -> Result<(), C
     Ok(())
 }
 
+/// `credagent health [--ready]`: nothing on stdout; the caller maps any error to exit 1.
+pub fn health(rt: &Runtime, socket: &Path, ready: bool) -> Result<(), ClientError> {
+    rt.block_on(super::health(socket, ready))
+}
+
 /// `credagent render TEMPLATE [-o FILE]`: the rendered template on stdout or, atomically and
 /// privately, in FILE (see `output`). The rendered bytes are wiped once written.
 pub fn render(

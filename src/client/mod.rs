@@ -1,6 +1,6 @@
 //! The client side of the CLI: HTTP over the agent's Unix socket with hyperlocal (this file),
-//! and the commands built on it — `get`, `flush`, `render`, `exec` — in [`commands`]. `main` only
-//! maps their errors to exit codes.
+//! and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
+//! [`commands`]. `main` only maps their errors to exit codes.
 
 pub mod commands;
 
@@ -59,12 +59,13 @@ fn encode(text: &str, keep_slash: bool) -> String {
     out
 }
 
-async fn call(
+/// One request; the status and body, whatever the status.
+async fn send(
     socket: &Path,
     method: Method,
     path_and_query: &str,
     body: Bytes,
-) -> Result<Bytes, ClientError> {
+) -> Result<(StatusCode, Bytes), ClientError> {
     let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
     let uri: hyper::Uri = Uri::new(socket, path_and_query).into();
     let request = Request::builder()
@@ -90,6 +91,17 @@ async fn call(
             reason: e.to_string(),
         })?
         .to_bytes();
+    Ok((status, body))
+}
+
+/// One request; the body of a success, else the agent's error code and message.
+async fn call(
+    socket: &Path,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+) -> Result<Bytes, ClientError> {
+    let (status, body) = send(socket, method, path_and_query, body).await?;
     if status.is_success() {
         return Ok(body);
     }
@@ -159,6 +171,38 @@ pub async fn flush(socket: &Path, pattern: Option<&str>) -> Result<u64, ClientEr
     let reply = call(socket, Method::POST, "/v1/cache/flush", Bytes::from(body)).await?;
     let parsed: serde_json::Value = serde_json::from_slice(&reply).unwrap_or_default();
     Ok(parsed["flushed"].as_u64().unwrap_or(0))
+}
+
+/// `GET /v1/health` (or `/v1/ready` when `ready`): `Ok` on `200`. A `503` from `/v1/ready` is
+/// a [`ClientError::Server`] whose message gives the counts.
+pub async fn health(socket: &Path, ready: bool) -> Result<(), ClientError> {
+    if !ready {
+        return call(socket, Method::GET, "/v1/health", Bytes::new())
+            .await
+            .map(|_| ());
+    }
+    let (status, body) = send(socket, Method::GET, "/v1/ready", Bytes::new()).await?;
+    if status == StatusCode::OK {
+        return Ok(());
+    }
+    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let (Some(pending), Some(starting)) = (
+        parsed["prefetch_pending"].as_u64(),
+        parsed["sources_starting"].as_u64(),
+    ) else {
+        return Err(ClientError::Server {
+            status,
+            code: status.as_u16().to_string(),
+            message: status.canonical_reason().unwrap_or("error").to_owned(),
+        });
+    };
+    Err(ClientError::Server {
+        status,
+        code: "not_ready".to_owned(),
+        message: format!(
+            "{pending} prefetched secret(s) not cached yet, {starting} source(s) starting"
+        ),
+    })
 }
 
 /// Renders a template file, fetching every `{{ secret … }}` through the agent. The result is

@@ -56,6 +56,8 @@ pub enum ApiError {
     SourceBusy,
     /// An OAuth2 token endpoint refused the agent's token request, with this code.
     TokenRefused(OAuthError),
+    /// The source has `startup_check = "retry"` and has not passed its check yet.
+    SourceStarting,
 }
 
 impl ApiError {
@@ -76,7 +78,8 @@ impl ApiError {
             ApiError::ShuttingDown
             | ApiError::MemoryUnavailable
             | ApiError::MemoryBudget
-            | ApiError::SourceBusy => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SourceBusy
+            | ApiError::SourceStarting => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamDenied
             | ApiError::UpstreamUnavailable
@@ -110,6 +113,7 @@ impl ApiError {
             ApiError::MemoryBudget => "memory_budget",
             ApiError::SourceBusy => "source_busy",
             ApiError::TokenRefused(_) => "token_refused",
+            ApiError::SourceStarting => "source_starting",
         }
     }
 
@@ -149,6 +153,9 @@ impl ApiError {
             }
             ApiError::TokenRefused(code) => {
                 format!("the OAuth2 token endpoint refused the agent's token request: {code}")
+            }
+            ApiError::SourceStarting => {
+                "the source has not passed its start-up check yet; retry later".to_owned()
             }
         }
     }
@@ -200,6 +207,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::MemoryBudget => ApiError::MemoryBudget,
             BrokerError::SourceBusy => ApiError::SourceBusy,
             BrokerError::TokenRefused(code) => ApiError::TokenRefused(code),
+            BrokerError::SourceStarting => ApiError::SourceStarting,
         }
     }
 }
@@ -245,6 +253,7 @@ mod tests {
                 502,
                 "token_refused",
             ),
+            (ApiError::SourceStarting, 503, "source_starting"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -275,6 +284,7 @@ mod tests {
             BrokerError::MemoryBudget,
             BrokerError::SourceBusy,
             BrokerError::TokenRefused(OAuthError::InvalidGrant),
+            BrokerError::SourceStarting,
         ];
         for err in all {
             let status = err.status();

@@ -49,6 +49,10 @@ pub async fn handle(
             Ok(()) => json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
             Err(err) => broker_error(err),
         },
+        Ok(Route::Ready) => match broker::ready(state, caller(taint)) {
+            Ok(report) => ready_response(report),
+            Err(err) => broker_error(err),
+        },
         Ok(Route::Secret {
             name,
             selector,
@@ -152,6 +156,19 @@ fn secret_response(reply: Reply) -> Resp {
         header::HeaderValue::from_static("no-store"),
     );
     response
+}
+
+/// `200 {"ready":true}`, or `503` with counts only: never a secret's or a source's name.
+fn ready_response(report: crate::startup::Report) -> Resp {
+    if report.ready {
+        return json_response(StatusCode::OK, r#"{"ready":true}"#.to_owned());
+    }
+    let body = serde_json::json!({
+        "ready": false,
+        "prefetch_pending": report.prefetch_pending,
+        "sources_starting": report.sources_starting,
+    });
+    json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
 }
 
 fn json_response(status: StatusCode, body: String) -> Resp {

@@ -21,6 +21,8 @@ pub const MAX_WAIT_SECS: u16 = 300;
 pub enum Route {
     /// `GET /v1/health`.
     Health,
+    /// `GET /v1/ready`.
+    Ready,
     /// `GET /v1/secrets/{source}/{id}`.
     Secret {
         /// Validated name.
@@ -61,6 +63,7 @@ impl Route {
         }
         let route = match path {
             "/v1/health" => Route::Health,
+            "/v1/ready" => Route::Ready,
             "/v1/cache/flush" => Route::Flush,
             "/v1/metrics" => Route::Metrics,
             _ => return Err(ApiError::NoRoute),
@@ -295,6 +298,20 @@ mod tests {
     fn route_table() {
         let cases: Vec<(Method, &str, Result<Route, ApiError>)> = vec![
             (Method::GET, "/v1/health", Ok(Route::Health)),
+            (Method::GET, "/v1/ready", Ok(Route::Ready)),
+            (Method::HEAD, "/v1/ready", Ok(Route::Ready)),
+            (
+                Method::POST,
+                "/v1/ready",
+                Err(ApiError::MethodNotAllowed("GET, HEAD")),
+            ),
+            (
+                Method::GET,
+                "/v1/ready?names=1",
+                Err(ApiError::BadParameter(
+                    "this endpoint takes no query parameters",
+                )),
+            ),
             (
                 Method::POST,
                 "/v1/health",

@@ -21,7 +21,7 @@ pub mod vault_transit;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::name::SecretName;
@@ -265,19 +265,91 @@ impl Source {
     /// Rejects ids this source could never serve, before the cache is asked (so a malformed id
     /// creates no cache slot, no fetch and no source error).
     pub fn check_id(&self, id: &str) -> Result<(), &'static str> {
-        match self {
-            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => Ok(()),
-            Source::Env(_) => env::check_id(id),
-            Source::VaultTransit(_) => vault_transit::split_id(id).map(|_| ()),
-            Source::Aws(_) => aws::check_secret_id(id),
-            Source::AwsSsm(_) => aws_ssm::check_id(id),
-            Source::Command(_) => command::check_id(id),
-            Source::OAuth2(_) => oauth2::check_id(id),
+        let rule = match self {
+            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => IdRule::Any,
+            Source::Env(_) => IdRule::Env,
+            Source::VaultTransit(_) => IdRule::Transit,
+            Source::Aws(_) => IdRule::Aws,
+            Source::AwsSsm(_) => IdRule::Ssm,
+            Source::Command(_) => IdRule::Command,
+            Source::OAuth2(_) => IdRule::OAuth2,
             #[cfg(test)]
-            Source::Fake(_) => crate::testutil::FakeSource::check_id(id),
+            Source::Fake(_) => IdRule::Fake,
+        };
+        rule.check(id)
+    }
+}
+
+/// Which ids a kind of source could ever serve: one rule per kind, shared by
+/// [`Source::check_id`] (at every request) and the config (`[prefetch]`, before any source is
+/// built).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdRule {
+    /// Any id the name syntax admits (file, vault, aws-s3).
+    Any,
+    /// An environment variable suffix.
+    Env,
+    /// `{source}/{id}` of a ciphertext, or a named ciphertext.
+    Transit,
+    /// A Secrets Manager name or ARN.
+    Aws,
+    /// An SSM parameter name.
+    Ssm,
+    /// A command source's id.
+    Command,
+    /// An OAuth2 source's token profile name.
+    OAuth2,
+    /// The unit tests' fake source.
+    #[cfg(test)]
+    Fake,
+}
+
+impl IdRule {
+    /// Rejects `id` when a source of this kind could never serve it.
+    pub fn check(self, id: &str) -> Result<(), &'static str> {
+        match self {
+            IdRule::Any => Ok(()),
+            IdRule::Env => env::check_id(id),
+            IdRule::Transit => vault_transit::split_id(id).map(|_| ()),
+            IdRule::Aws => aws::check_secret_id(id),
+            IdRule::Ssm => aws_ssm::check_id(id),
+            IdRule::Command => command::check_id(id),
+            IdRule::OAuth2 => oauth2::check_id(id),
+            #[cfg(test)]
+            IdRule::Fake => crate::testutil::FakeSource::check_id(id),
         }
     }
 
+    /// The rule of the source `name` as configured (a Vault source with `transit_mount` also
+    /// configures `{name}-transit`); `None` when no such source is configured.
+    pub fn configured(
+        sources: &BTreeMap<String, crate::config::SourceConfig>,
+        name: &str,
+    ) -> Option<IdRule> {
+        use crate::config::SourceKind;
+        if let Some(cfg) = sources.get(name) {
+            return Some(match &cfg.kind {
+                SourceKind::File { .. } | SourceKind::Vault(_) | SourceKind::AwsS3(_) => {
+                    IdRule::Any
+                }
+                SourceKind::Env { .. } => IdRule::Env,
+                SourceKind::Aws(_) => IdRule::Aws,
+                SourceKind::AwsSsm(_) => IdRule::Ssm,
+                SourceKind::Command(_) => IdRule::Command,
+                SourceKind::OAuth2(_) => IdRule::OAuth2,
+            });
+        }
+        sources
+            .iter()
+            .any(|(vault, cfg)| {
+                matches!(&cfg.kind, crate::config::SourceKind::Vault(v) if v.transit_mount.is_some())
+                    && vault::transit_name(vault) == name
+            })
+            .then_some(IdRule::Transit)
+    }
+}
+
+impl Source {
     /// Fetches `request`; `previous` is the cached value being refreshed, if any.
     pub async fn fetch(
         &self,
@@ -324,17 +396,18 @@ pub fn carry_over(previous: &Sources, new: &Sources) {
 /// Returns a boxed `Send` future: `Source::fetch` contains this future and this future calls
 /// `Source::fetch`, and the compiler needs the `Send` stated to break the cycle.
 pub fn fetch_from_other<'a>(
-    others: &'a OnceLock<Sources>,
+    others: &'a SharedSources,
     name: SecretName,
 ) -> std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<SecretBytes, SourceError>> + Send + 'a>,
 > {
     Box::pin(async move {
         let entry = others
-            .get()
-            .and_then(|all| all.get(name.source()))
-            .ok_or(SourceError::NotFound)?
-            .clone();
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name.source())
+            .cloned()
+            .ok_or(SourceError::NotFound)?;
         let request = SecretRequest {
             name,
             selector: Selector::default(),
@@ -518,6 +591,19 @@ pub enum BuildError {
 }
 
 impl BuildError {
+    /// What failed, without the source's name.
+    pub fn cause(&self) -> String {
+        match self {
+            BuildError::Vault { cause, .. } => cause.to_string(),
+            BuildError::Aws { cause, .. } => cause.to_string(),
+            BuildError::Command { cause, .. } => cause.to_string(),
+            BuildError::OAuth2 { cause, .. } => cause.to_string(),
+            BuildError::NameTaken { vault, .. } => {
+                format!("the name is taken by the transit side of {vault:?}")
+            }
+        }
+    }
+
     /// Whether starting again later may succeed (a backend unreachable, slow or throttled):
     /// exit 75. Otherwise the refusal stands (credentials rejected, access denied, no such
     /// role, a bad key file or CA bundle): exit 77, and systemd does not restart.
@@ -540,129 +626,174 @@ fn warn_plain_http(name: &str) {
     );
 }
 
-/// Constructs every configured source (backends are contacted here, e.g. to check credentials).
-pub async fn build_all(config: &crate::config::Config) -> Result<Sources, BuildError> {
-    let mut sources = Sources::new();
-    // Filled once every source exists: transit reads ciphertexts through the other sources.
-    let others: Arc<OnceLock<Sources>> = Arc::new(OnceLock::new());
-    for (name, cfg) in &config.sources {
-        let source = match &cfg.kind {
-            crate::config::SourceKind::Vault(vault) => {
-                if vault.allow_plain_http {
-                    warn_plain_http(name);
-                }
-                let session =
-                    vault_auth::connect(name, vault)
-                        .await
-                        .map_err(|cause| BuildError::Vault {
-                            name: name.clone(),
-                            cause,
-                        })?;
-                if let Some(mount) = &vault.transit_mount {
-                    let companion = vault::transit_name(name);
-                    if config.sources.contains_key(&companion) {
-                        return Err(BuildError::NameTaken {
-                            name: companion,
-                            vault: name.clone(),
-                        });
-                    }
-                    sources.insert(
-                        companion,
-                        Arc::new(SourceEntry {
-                            source: Source::VaultTransit(vault_transit::TransitSource::new(
-                                session.clone(),
-                                mount.clone(),
-                                vault.ciphertexts.clone(),
-                                others.clone(),
-                            )),
-                            ttl: cfg.ttl,
-                            fetch_timeout: cfg.fetch_timeout,
-                            limit: FetchLimit::new(cfg.max_concurrent_fetches),
-                        }),
-                    );
-                }
-                Source::Vault(vault::VaultSource::new(session, vault.kv_mount.clone()))
-            }
-            crate::config::SourceKind::File { dir } => {
-                Source::File(file::FileSource::new(dir.clone()))
-            }
-            crate::config::SourceKind::Env { prefix } => {
-                Source::Env(env::EnvSource::new(prefix.clone()))
-            }
-            crate::config::SourceKind::Aws(aws) => Source::Aws({
-                if aws.allow_plain_http {
-                    warn_plain_http(name);
-                }
-                aws::AwsSource::build(aws, cfg.fetch_timeout)
-                    .await
-                    .map_err(|cause| BuildError::Aws {
-                        name: name.clone(),
-                        cause,
-                    })?
-            }),
-            crate::config::SourceKind::Command(command) => {
-                Source::Command(command::CommandSource::build(command).map_err(|cause| {
-                    BuildError::Command {
-                        name: name.clone(),
-                        cause,
-                    }
-                })?)
-            }
-            crate::config::SourceKind::AwsS3(s3) => Source::AwsS3({
-                if s3.aws.allow_plain_http {
-                    warn_plain_http(name);
-                }
-                aws_s3::S3Source::build(s3, cfg.fetch_timeout)
-                    .await
-                    .map_err(|cause| BuildError::Aws {
-                        name: name.clone(),
-                        cause,
-                    })?
-            }),
-            crate::config::SourceKind::OAuth2(oauth) => {
-                if oauth.allow_plain_http {
-                    warn_plain_http(name);
-                }
-                let source =
-                    oauth2::OAuth2Source::build(oauth, others.clone()).map_err(|cause| {
-                        BuildError::OAuth2 {
-                            name: name.clone(),
-                            cause,
-                        }
-                    })?;
-                Source::OAuth2(Box::new(source))
-            }
-            crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
-                if ssm.aws.allow_plain_http {
-                    warn_plain_http(name);
-                }
-                aws_ssm::SsmSource::build(ssm, cfg.fetch_timeout)
-                    .await
-                    .map_err(|cause| BuildError::Aws {
-                        name: name.clone(),
-                        cause,
-                    })?
-            }),
-        };
-        sources.insert(
-            name.clone(),
-            Arc::new(SourceEntry {
-                source,
-                ttl: cfg.ttl,
-                fetch_timeout: cfg.fetch_timeout,
-                limit: FetchLimit::new(cfg.max_concurrent_fetches),
-            }),
-        );
+/// Every source except the transit ones, shared with the transit sources (which read
+/// ciphertexts through them); a source whose start-up check passes late is added then.
+pub type SharedSources = Arc<RwLock<Sources>>;
+
+/// What [`build_all`] made of a config.
+#[derive(Debug)]
+pub struct Built {
+    /// The sources that passed their start-up check.
+    pub sources: Sources,
+    /// Sources with `startup_check = "retry"` whose check failed, and why.
+    pub starting: BTreeMap<String, BuildError>,
+    /// Shared with the transit sources; [`build_one`] of a late source takes it.
+    pub others: SharedSources,
+}
+
+/// The names a configured source answers to: its own and, for a Vault source with
+/// `transit_mount`, `{name}-transit`.
+pub fn served_names(name: &str, cfg: &crate::config::SourceConfig) -> Vec<String> {
+    match &cfg.kind {
+        crate::config::SourceKind::Vault(vault) if vault.transit_mount.is_some() => {
+            vec![name.to_owned(), vault::transit_name(name)]
+        }
+        _ => vec![name.to_owned()],
     }
+}
+
+/// Constructs every configured source (backends are contacted here, e.g. to check
+/// credentials). A source whose check fails stops the start, unless it has
+/// `startup_check = "retry"`: then it is listed in [`Built::starting`] for
+/// `startup::spawn_source_retries`.
+pub async fn build_all(config: &crate::config::Config) -> Result<Built, BuildError> {
+    // A name clash is the config's fault, not the backend's: refused whatever startup_check.
+    for (name, cfg) in &config.sources {
+        if let [_, companion] = served_names(name, cfg).as_slice()
+            && config.sources.contains_key(companion)
+        {
+            return Err(BuildError::NameTaken {
+                name: companion.clone(),
+                vault: name.clone(),
+            });
+        }
+    }
+    let others: SharedSources = Arc::new(RwLock::new(Sources::new()));
+    let mut sources = Sources::new();
+    let mut starting = BTreeMap::new();
+    for (name, cfg) in &config.sources {
+        match build_one(name, cfg, &others).await {
+            Ok(entries) => sources.extend(entries),
+            Err(err) if cfg.startup_check == crate::config::StartupCheck::Retry => {
+                starting.insert(name.clone(), err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(Built {
+        sources,
+        starting,
+        others,
+    })
+}
+
+/// Constructs one configured source (and its transit side), adds it to `others` for the
+/// transit sources, and returns its entries by the names it answers to.
+pub async fn build_one(
+    name: &str,
+    cfg: &crate::config::SourceConfig,
+    others: &SharedSources,
+) -> Result<Vec<(String, Arc<SourceEntry>)>, BuildError> {
+    let entry = |source| {
+        Arc::new(SourceEntry {
+            source,
+            ttl: cfg.ttl,
+            fetch_timeout: cfg.fetch_timeout,
+            limit: FetchLimit::new(cfg.max_concurrent_fetches),
+        })
+    };
+    let mut entries = Vec::with_capacity(2);
+    let source = match &cfg.kind {
+        crate::config::SourceKind::Vault(vault) => {
+            if vault.allow_plain_http {
+                warn_plain_http(name);
+            }
+            let session =
+                vault_auth::connect(name, vault)
+                    .await
+                    .map_err(|cause| BuildError::Vault {
+                        name: name.to_owned(),
+                        cause,
+                    })?;
+            if let Some(mount) = &vault.transit_mount {
+                entries.push((
+                    vault::transit_name(name),
+                    entry(Source::VaultTransit(vault_transit::TransitSource::new(
+                        session.clone(),
+                        mount.clone(),
+                        vault.ciphertexts.clone(),
+                        others.clone(),
+                    ))),
+                ));
+            }
+            Source::Vault(vault::VaultSource::new(session, vault.kv_mount.clone()))
+        }
+        crate::config::SourceKind::File { dir } => Source::File(file::FileSource::new(dir.clone())),
+        crate::config::SourceKind::Env { prefix } => {
+            Source::Env(env::EnvSource::new(prefix.clone()))
+        }
+        crate::config::SourceKind::Aws(aws) => Source::Aws({
+            if aws.allow_plain_http {
+                warn_plain_http(name);
+            }
+            aws::AwsSource::build(aws, cfg.fetch_timeout)
+                .await
+                .map_err(|cause| BuildError::Aws {
+                    name: name.to_owned(),
+                    cause,
+                })?
+        }),
+        crate::config::SourceKind::Command(command) => {
+            Source::Command(command::CommandSource::build(command).map_err(|cause| {
+                BuildError::Command {
+                    name: name.to_owned(),
+                    cause,
+                }
+            })?)
+        }
+        crate::config::SourceKind::AwsS3(s3) => Source::AwsS3({
+            if s3.aws.allow_plain_http {
+                warn_plain_http(name);
+            }
+            aws_s3::S3Source::build(s3, cfg.fetch_timeout)
+                .await
+                .map_err(|cause| BuildError::Aws {
+                    name: name.to_owned(),
+                    cause,
+                })?
+        }),
+        crate::config::SourceKind::OAuth2(oauth) => {
+            if oauth.allow_plain_http {
+                warn_plain_http(name);
+            }
+            let source = oauth2::OAuth2Source::build(oauth, others.clone()).map_err(|cause| {
+                BuildError::OAuth2 {
+                    name: name.to_owned(),
+                    cause,
+                }
+            })?;
+            Source::OAuth2(Box::new(source))
+        }
+        crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
+            if ssm.aws.allow_plain_http {
+                warn_plain_http(name);
+            }
+            aws_ssm::SsmSource::build(ssm, cfg.fetch_timeout)
+                .await
+                .map_err(|cause| BuildError::Aws {
+                    name: name.to_owned(),
+                    cause,
+                })?
+        }),
+    };
+    let main = entry(source);
     // No transit entry in `others`: no cycles, and no transit-of-transit.
-    let _ = others.set(
-        sources
-            .iter()
-            .filter(|(_, e)| !matches!(e.source, Source::VaultTransit(_)))
-            .map(|(n, e)| (n.clone(), e.clone()))
-            .collect(),
-    );
-    Ok(sources)
+    others
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(name.to_owned(), main.clone());
+    entries.push((name.to_owned(), main));
+    Ok(entries)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -35,7 +35,7 @@ use serde::Deserialize;
 use zeroize::Zeroize;
 
 use super::vault_http::{HttpClient, SetupError, error_chain, https_client, read_body_limited};
-use super::{Fetched, Lifetime, Secret, SecretRequest, Selector, SourceError, Sources};
+use super::{Fetched, Lifetime, Secret, SecretRequest, Selector, SourceError};
 use crate::jsonval::push_base64;
 use crate::name::SecretName;
 use crate::secure_mem::{SecretBuf, SecretBytes};
@@ -412,7 +412,7 @@ pub struct OAuth2Source {
     client: HttpClient,
     config: OAuth2Config,
     /// Every source but transit ones, filled once all are built.
-    others: Arc<OnceLock<Sources>>,
+    others: super::SharedSources,
     /// The refresh token the server last returned; held across a whole refresh-token request,
     /// so one request at a time spends it. Shared with the same client's source after a reload
     /// ([`OAuth2Source::adopt_rotation`]).
@@ -457,7 +457,7 @@ impl OAuth2Source {
     /// Builds the HTTP client; `others` is filled once every source exists.
     pub fn build(
         config: &OAuth2Config,
-        others: Arc<OnceLock<Sources>>,
+        others: super::SharedSources,
     ) -> Result<OAuth2Source, BuildError> {
         Ok(OAuth2Source {
             client: https_client(config.ca_file.as_deref())?,
@@ -1064,7 +1064,7 @@ mod tests {
                 ..c
             })
             .unwrap();
-        let source = OAuth2Source::build(&config, Arc::new(OnceLock::new())).unwrap();
+        let source = OAuth2Source::build(&config, crate::source::SharedSources::default()).unwrap();
         let secret = SecretBytes::from_slice(b"s").unwrap();
         for (_, want) in &cases {
             let body = form_body(&[("grant_type", b"client_credentials".as_slice())]).unwrap();

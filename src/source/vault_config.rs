@@ -38,6 +38,8 @@ pub struct RawVaultSource {
     pub fetch_timeout_secs: Option<u64>,
     /// Fetches from this source in flight at once (default 8); further misses queue.
     pub max_concurrent_fetches: Option<usize>,
+    /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
+    pub startup_check: Option<String>,
 }
 
 fn default_kv_mount() -> String {

@@ -13,7 +13,7 @@
 //! Plaintexts and data keys exist only in secure memory; the ciphertext is never served.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use hyper::Method;
 use serde::Deserialize;
 
 use super::vault_auth::VaultSession;
-use super::{Secret, SourceError, Sources};
+use super::{Secret, SourceError};
 use crate::name::SecretName;
 use crate::secure_mem::{SecretBuf, SecretBytes};
 
@@ -31,7 +31,7 @@ pub struct TransitSource {
     session: Arc<VaultSession>,
     mount: String,
     ciphertexts: BTreeMap<String, String>,
-    others: Arc<OnceLock<Sources>>,
+    others: super::SharedSources,
 }
 
 #[derive(Deserialize)]
@@ -58,13 +58,13 @@ struct Envelope<'a> {
 }
 
 impl TransitSource {
-    /// A transit source; `others` is filled once all sources are built (ciphertexts held by
+    /// A transit source; `others` holds every other source once built (ciphertexts held by
     /// another source are read through it).
     pub fn new(
         session: Arc<VaultSession>,
         mount: String,
         ciphertexts: BTreeMap<String, String>,
-        others: Arc<OnceLock<Sources>>,
+        others: super::SharedSources,
     ) -> Self {
         TransitSource {
             session,

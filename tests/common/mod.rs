@@ -449,8 +449,8 @@ impl Drop for ChildGuard {
     }
 }
 
-/// Starts `credagent serve` on `template` expecting it to fail at start (no secret value in its
-/// output); returns (exit code, log).
+/// Starts `credagent serve` on `template` rendered in `dir`, expecting it to fail at start;
+/// returns (exit code, log). The canary never reaches the log.
 pub fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {
     let config = dir.write_config(template);
     let out = Command::new(bin())

@@ -1,0 +1,296 @@
+//! Start-up work that goes on beside the server: sources with `startup_check = "retry"` that
+//! keep retrying their check, `[prefetch]` secrets fetched into the cache, and the
+//! [`Readiness`] that `GET /v1/ready` reports from both.
+//!
+//! It owns the retry loops and their backoff; it does not fetch on its own (a prefetch is
+//! `broker::prefetch`, the cache's single-flight path) and does not build sources itself
+//! (`source::build_one`). Every loop ends when the agent drains or a reload replaces the config
+//! generation it belongs to.
+//!
+//! Readiness is a latch: once every prefetched secret has been fetched and every source has
+//! passed its check, the agent stays ready until it stops. A prefetched value that later
+//! expires from the cache, a backend that goes away, or a reload does not make it unready: a
+//! probe that flapped with a TTL would restart or unroute a healthy pod, and after the first
+//! success the cache's refresh-ahead and stale-if-error serve the application as they would
+//! any read.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::broker::{self, BrokerError};
+use crate::config::PrefetchConfig;
+use crate::name::SecretName;
+use crate::source::{BuildError, SharedSources};
+use crate::state::{AppState, Runtime};
+
+/// The first wait of a retry loop.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait of a retry loop.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Exponential backoff with jitter: waits of 1 s, 2 s, 4 s … capped at 60 s, each shortened by a
+/// random share of up to half, so agents that failed together do not retry together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: FIRST_BACKOFF,
+        }
+    }
+}
+
+impl Backoff {
+    /// The next wait, in `[base / 2, base]` for a base that doubles from 1 s to 60 s.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = base.saturating_mul(2).min(MAX_BACKOFF);
+        base.mul_f64(1.0 - random_fraction() / 2.0)
+    }
+}
+
+/// A uniform fraction in `[0, 1)`; 0 when the OS has no randomness to give (no jitter then).
+fn random_fraction() -> f64 {
+    let r = getrandom::u64().unwrap_or(0);
+    (r >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What `GET /v1/ready` answers: counts only, never a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    /// Every prefetched secret was fetched and every source passed its check (now or before).
+    pub ready: bool,
+    /// Prefetched secrets not fetched yet.
+    pub prefetch_pending: usize,
+    /// Configured sources still retrying their start-up check.
+    pub sources_starting: usize,
+}
+
+/// Prefetches still pending, for one config generation.
+#[derive(Debug, Default)]
+struct Pending {
+    generation: u64,
+    left: BTreeSet<SecretName>,
+}
+
+/// Start-up progress: the ready latch, the prefetches left, and a signal that the runtime
+/// changed (a source came up, a reload) for loops waiting on a source.
+#[derive(Debug)]
+pub struct Readiness {
+    ready: AtomicBool,
+    pending: Mutex<Pending>,
+    changed: watch::Sender<u64>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            ready: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            changed: watch::channel(0).0,
+        }
+    }
+}
+
+impl Readiness {
+    /// The report for `runtime` (the current one); latches readiness once reached.
+    pub fn report(&self, runtime: &Runtime) -> Report {
+        if self.ready.load(Ordering::SeqCst) {
+            return Report {
+                ready: true,
+                prefetch_pending: 0,
+                sources_starting: 0,
+            };
+        }
+        let prefetch_pending = {
+            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.generation == runtime.generation {
+                pending.left.len()
+            } else {
+                // Installed, its prefetch not begun yet.
+                runtime.config.prefetch.secrets.len()
+            }
+        };
+        let sources_starting = runtime.sources_starting();
+        let ready = prefetch_pending == 0 && sources_starting == 0;
+        if ready && !self.ready.swap(true, Ordering::SeqCst) {
+            tracing::info!("ready: every prefetched secret is cached and every source is up");
+        }
+        Report {
+            ready,
+            prefetch_pending,
+            sources_starting,
+        }
+    }
+
+    /// Tells loops waiting on a source that the runtime changed.
+    pub fn runtime_changed(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn begin_prefetch(&self, generation: u64, secrets: &[SecretName]) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Pending {
+            generation,
+            left: secrets.iter().cloned().collect(),
+        };
+    }
+
+    fn prefetched(&self, generation: u64, name: &SecretName) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.generation == generation {
+            pending.left.remove(name);
+        }
+    }
+}
+
+/// Keeps retrying each source in `starting` (a failed `startup_check = "retry"`) with
+/// [`Backoff`] until its check passes, then adds it to the runtime of `generation`. Logs each
+/// state change once: starting (warn; error when the backend refused the agent for good, which
+/// is still retried: credentials may be fixed without a restart), up (info).
+pub fn spawn_source_retries(
+    state: &Arc<AppState>,
+    generation: u64,
+    starting: std::collections::BTreeMap<String, BuildError>,
+    others: &SharedSources,
+) {
+    let runtime = state.runtime();
+    for (name, first) in starting {
+        let Some(cfg) = runtime.config.sources.get(&name).cloned() else {
+            continue;
+        };
+        let (state, others) = (state.clone(), others.clone());
+        tokio::spawn(async move {
+            log_starting(&name, &first);
+            let mut refused_for_good = !first.retry_may_help();
+            let mut backoff = Backoff::default();
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = state.shutdown_signal() => return,
+                }
+                if state.runtime().generation != generation {
+                    return;
+                }
+                match crate::source::build_one(&name, &cfg, &others).await {
+                    Ok(entries) => {
+                        let installed = state.update_runtime(|current| {
+                            (current.generation == generation)
+                                .then(|| current.with_source_up(&name, entries))
+                        });
+                        if installed {
+                            tracing::info!(source = %name, "source {name} up");
+                            state.readiness.report(&state.runtime());
+                        }
+                        return;
+                    }
+                    Err(err) if refused_for_good == err.retry_may_help() => {
+                        refused_for_good = !err.retry_may_help();
+                        log_starting(&name, &err);
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
+}
+
+fn log_starting(name: &str, err: &BuildError) {
+    let cause = err.cause();
+    if err.retry_may_help() {
+        tracing::warn!(source = %name, "source {name} starting: {cause}; retrying with backoff");
+    } else {
+        tracing::error!(
+            source = %name,
+            "source {name} starting: {cause}; the backend refused the agent, still retrying \
+             (fix the credentials or the policy)"
+        );
+    }
+}
+
+/// Fetches each `[prefetch]` secret of `generation` into the cache, each at a random moment
+/// within `prefetch.jitter`, retrying with [`Backoff`] until it succeeds. A secret whose source
+/// is still starting waits for it instead (tried again when the runtime changes). Logs the
+/// first failure and the recovery of each, once.
+pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &PrefetchConfig) {
+    state
+        .readiness
+        .begin_prefetch(generation, &prefetch.secrets);
+    for name in &prefetch.secrets {
+        let delay = prefetch.jitter.mul_f64(random_fraction());
+        let (state, name) = (state.clone(), name.clone());
+        tokio::spawn(async move {
+            let mut changes = state.readiness.changed.subscribe();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = state.shutdown_signal() => return,
+            }
+            let mut backoff = Backoff::default();
+            // What was last logged: nothing, waiting for the source, or failing.
+            let mut logged: Option<bool> = None;
+            loop {
+                if state.runtime().generation != generation || state.shutting_down() {
+                    return;
+                }
+                changes.borrow_and_update();
+                match broker::prefetch(&state, &name).await {
+                    Ok(()) => {
+                        if logged.is_some() {
+                            tracing::info!(secret = %name, "prefetch of {name} succeeded");
+                        } else {
+                            tracing::debug!(secret = %name, "prefetched");
+                        }
+                        state.readiness.prefetched(generation, &name);
+                        state.readiness.report(&state.runtime());
+                        return;
+                    }
+                    Err(err) => {
+                        // Waiting for its source is not failing: no backoff spent, and the
+                        // source coming up (a runtime change) wakes it at once.
+                        let starting = err == BrokerError::SourceStarting;
+                        if logged != Some(starting) {
+                            if starting {
+                                tracing::info!(secret = %name, "prefetch of {name} waits for its source to start");
+                            } else {
+                                tracing::warn!(secret = %name, error = %err, "prefetch of {name} failed; retrying with backoff");
+                            }
+                            logged = Some(starting);
+                        }
+                        let wait = if starting {
+                            MAX_BACKOFF
+                        } else {
+                            backoff.next_delay()
+                        };
+                        tokio::select! {
+                            () = tokio::time::sleep(wait) => {}
+                            _ = changes.changed() => {}
+                            () = state.shutdown_signal() => return,
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_to_a_minute_with_jitter_of_up_to_half() {
+        let mut backoff = Backoff::default();
+        let bases = [1, 2, 4, 8, 16, 32, 60, 60, 60];
+        for base in bases {
+            let base = Duration::from_secs(base);
+            let delay = backoff.next_delay();
+            assert!(delay <= base && delay >= base / 2, "{delay:?} for {base:?}");
+        }
+    }
+}
