@@ -498,7 +498,7 @@ fn exec_watch_restarts_the_child_exactly_once_with_the_new_value_within_5s_not_o
 }
 
 #[test]
-fn exec_watch_signal_hup_reaches_the_child_within_5s_without_a_restart() {
+fn exec_watch_signal_hup_reaches_the_child_within_5s_without_a_restart_and_sighup_is_passed_on() {
     let dir = TestDir::new();
     dir.secret("db", b"one");
     let agent = Agent::start(&dir, &file_config(""));
@@ -509,7 +509,7 @@ fn exec_watch_signal_hup_reaches_the_child_within_5s_without_a_restart() {
         hups.display(),
         starts.display()
     );
-    let watcher = exec_watcher(&agent, &dir, "signal:HUP", &script);
+    let mut watcher = exec_watcher(&agent, &dir, "signal:HUP", &script);
     within(Duration::from_secs(10), &watcher, "first start", || {
         read(&starts) == "one\n"
     });
@@ -521,6 +521,12 @@ fn exec_watch_signal_hup_reaches_the_child_within_5s_without_a_restart() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(lines(&hups), 1);
     assert_eq!(read(&starts), "one\n", "signalled, not restarted");
+    // SIGHUP to credagent is passed on; both keep running.
+    nix::sys::signal::kill(watcher.pid(), Signal::SIGHUP).unwrap();
+    within(Duration::from_secs(5), &watcher, "passed-on SIGHUP", || {
+        lines(&hups) == 2
+    });
+    assert!(watcher.running(), "{}", watcher.log_text());
 }
 
 #[test]

@@ -122,7 +122,9 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
         watched.len()
     );
     let mut waiters = watch::spawn_waiters(watch.socket, &watched, &current);
-    let mut pending: Option<SecretBytes> = None;
+    // Whether FILE may lag behind `current`: set by a change, cleared by a write (or a render
+    // equal to what was written), kept by a failed write until the retry.
+    let mut dirty = false;
     let mut write_backoff = Backoff::default();
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
@@ -136,33 +138,34 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
             changed = waiters.next_change(&mut current) => {
                 if !changed {
                     tracing::debug!("a watched tag changed over the same bytes");
-                    continue;
                 }
-                match render(&parts, &current) {
-                    Ok(rendered) if rendered.as_slice() == written.as_slice() => {
-                        tracing::info!("re-rendered: {} unchanged", watch.output.display());
-                        pending = None;
-                        retry_at = None;
-                        continue;
-                    }
-                    Ok(rendered) => pending = Some(rendered),
-                    Err(err) => {
-                        tracing::error!("cannot re-render (the old file stays): {err}");
-                        continue;
-                    }
-                }
+                dirty |= changed;
             }
-            () = retry => {}
+            () = retry => retry_at = None,
             _ = signals.recv() => return Ok(()),
         }
-        let Some(rendered) = pending.take() else {
+        if !dirty || retry_at.is_some() {
             continue;
+        }
+        // Always from the values held now, so news taken in meanwhile is never lost.
+        let rendered = match render(&parts, &current) {
+            Ok(rendered) => rendered,
+            Err(err) => {
+                tracing::error!("cannot re-render (the old file stays): {err}");
+                retry_at = Some(tokio::time::Instant::now() + write_backoff.delay());
+                continue;
+            }
         };
+        if rendered.as_slice() == written.as_slice() {
+            tracing::info!("re-rendered: {} unchanged", watch.output.display());
+            dirty = false;
+            continue;
+        }
         match write(&watch, &rendered) {
             Ok(()) => {
                 written = rendered;
+                dirty = false;
                 write_backoff.reset();
-                retry_at = None;
                 tracing::info!("rewrote {}", watch.output.display());
                 tokio::select! {
                     () = act(&watch.action) => {}
@@ -175,7 +178,6 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
                     "{err}; the old file stays, retrying in {:.1}s",
                     delay.as_secs_f64()
                 );
-                pending = Some(rendered);
                 retry_at = Some(tokio::time::Instant::now() + delay);
             }
         }

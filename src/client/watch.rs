@@ -231,6 +231,10 @@ pub async fn fetch_all(
 pub struct Waiters {
     tasks: Vec<JoinHandle<()>>,
     updates: mpsc::Receiver<Update>,
+    /// News taken in whose settle period has not ended (kept across a cancelled wait).
+    unsettled: bool,
+    /// Whether the news taken in so far changed a value.
+    changed: bool,
 }
 
 impl Drop for Waiters {
@@ -258,7 +262,12 @@ pub fn spawn_waiters(socket: &Path, watched: &[Watched], current: &[Current]) ->
             ))
         })
         .collect();
-    Waiters { tasks, updates }
+    Waiters {
+        tasks,
+        updates,
+        unsettled: false,
+        changed: false,
+    }
 }
 
 async fn wait_loop(
@@ -312,25 +321,31 @@ async fn wait_loop(
 impl Waiters {
     /// Waits for news and applies it to `current`, taking in whatever else arrives within
     /// [`SETTLE`]. Returns whether any value's bytes changed: a new tag over the same bytes (an
-    /// agent restarted with a new tag key) only replaces the tag.
+    /// agent restarted with a new tag key) only replaces the tag. Cancel-safe: news taken in by a
+    /// call that was dropped (another `select!` branch won) is reported by the next call.
     pub async fn next_change(&mut self, current: &mut [Current]) -> bool {
-        let Some(first) = self.updates.recv().await else {
-            // The waiters never end while `self` lives; were they gone, wait forever rather
-            // than spin.
-            return std::future::pending().await;
-        };
-        let mut changed = apply(current, first);
+        if !self.unsettled {
+            let Some(first) = self.updates.recv().await else {
+                // The waiters never end while `self` lives; were they gone, wait forever
+                // rather than spin.
+                return std::future::pending().await;
+            };
+            self.changed |= apply(current, first);
+            self.unsettled = true;
+        }
         let settle = tokio::time::sleep(SETTLE);
         tokio::pin!(settle);
         loop {
             tokio::select! {
-                () = &mut settle => return changed,
+                () = &mut settle => break,
                 next = self.updates.recv() => match next {
-                    Some(update) => changed |= apply(current, update),
-                    None => return changed,
+                    Some(update) => self.changed |= apply(current, update),
+                    None => break,
                 },
             }
         }
+        self.unsettled = false;
+        std::mem::take(&mut self.changed)
     }
 }
 
@@ -408,6 +423,38 @@ mod tests {
         };
         assert!(apply(&mut current, new));
         assert_eq!(current[0].value.as_slice(), b"two");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn news_taken_in_by_a_cancelled_wait_is_reported_by_the_next() {
+        crate::secure_mem::set_policy(crate::secure_mem::LockPolicy::BestEffort);
+        let value = |b: &[u8]| SecretBytes::from_slice(b).unwrap();
+        let mut current = vec![Current {
+            etag: "\"a\"".into(),
+            value: value(b"one"),
+        }];
+        let (tx, updates) = mpsc::channel(1);
+        let mut waiters = Waiters {
+            tasks: Vec::new(),
+            updates,
+            unsettled: false,
+            changed: false,
+        };
+        tx.send(Update {
+            index: 0,
+            etag: "\"b\"".into(),
+            value: value(b"two"),
+        })
+        .await
+        .unwrap();
+        // Cancelled inside the settle period, after the update was applied.
+        let cut = tokio::time::timeout(SETTLE / 2, waiters.next_change(&mut current)).await;
+        assert!(cut.is_err());
+        assert_eq!(current[0].value.as_slice(), b"two");
+        assert!(waiters.next_change(&mut current).await);
+        // Reported once.
+        let again = tokio::time::timeout(SETTLE * 4, waiters.next_change(&mut current)).await;
+        assert!(again.is_err());
     }
 
     #[test]
