@@ -168,7 +168,8 @@ fn render_watch_rewrites_a_rotated_file_secret_with_mode_and_owner_and_runs_on_c
  {
     let dir = TestDir::new();
     dir.secret("db", b"one");
-    dir.secret("api", b"key-1");
+    // The canary: in the file, never in the watcher's (debug) log, checked on drop.
+    dir.secret("api", common::CANARY.as_bytes());
     let agent = Agent::start(&dir, &file_config(""));
     let marker = dir.path().join("runs");
     let on_change = format!("echo run >> {}", marker.display());
@@ -188,7 +189,7 @@ fn render_watch_rewrites_a_rotated_file_secret_with_mode_and_owner_and_runs_on_c
             &on_change,
         ],
         None,
-        "db=one\napi=key-1\nagain=one\n",
+        &format!("db=one\napi={}\nagain=one\n", common::CANARY),
     );
     let meta = std::fs::metadata(&out).unwrap();
     assert_eq!(
@@ -210,7 +211,7 @@ fn render_watch_rewrites_a_rotated_file_secret_with_mode_and_owner_and_runs_on_c
     let rotated = Instant::now();
     flush(&agent);
     within(Duration::from_secs(5), &watcher, "re-render", || {
-        read(&out) == "db=two\napi=key-1\nagain=two\n" && lines(&marker) == 1
+        read(&out) == format!("db=two\napi={}\nagain=two\n", common::CANARY) && lines(&marker) == 1
     });
     assert!(rotated.elapsed() < Duration::from_secs(5));
     let meta = std::fs::metadata(&out).unwrap();

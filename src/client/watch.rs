@@ -320,7 +320,7 @@ async fn wait_loop(
 
 impl Waiters {
     /// Waits for news and applies it to `current`, taking in whatever else arrives within
-    /// [`SETTLE`]. Returns whether any value's bytes changed: a new tag over the same bytes (an
+    /// 250 ms. Returns whether any value's bytes changed: a new tag over the same bytes (an
     /// agent restarted with a new tag key) only replaces the tag. Cancel-safe: news taken in by a
     /// call that was dropped (another `select!` branch won) is reported by the next call.
     pub async fn next_change(&mut self, current: &mut [Current]) -> bool {
