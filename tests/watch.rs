@@ -559,3 +559,43 @@ fn exec_watch_exits_with_the_childs_status_and_passes_signals_on() {
     let status = watcher.signal_and_wait(Signal::SIGTERM);
     assert_eq!(status.code(), Some(3), "{}", watcher.log_text());
 }
+
+#[test]
+fn render_watch_kills_an_on_change_command_past_its_timeout_with_its_children_within_5s() {
+    let dir = TestDir::new();
+    dir.secret("db", b"one");
+    let agent = Agent::start(&dir, &file_config(""));
+    let marker = dir.path().join("runs");
+    // `sleep` is a child of the shell: killed with it (its process group), "end" never written.
+    let on_change = format!(
+        "echo start >> {m}; sleep 31.25; echo end >> {m}",
+        m = marker.display()
+    );
+    let (watcher, out) = render_watch(
+        &agent,
+        &dir,
+        dir.path(),
+        "{{ secret files/db }}",
+        &["--on-change", &on_change, "--on-change-timeout", "1"],
+        None,
+        "one",
+    );
+    dir.secret("db", b"two");
+    flush(&agent);
+    within(Duration::from_secs(5), &watcher, "the kill", || {
+        read(&out) == "two"
+            && read(&marker) == "start\n"
+            && watcher.log_text().contains("killed after 1s")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(read(&marker), "start\n");
+    let sleepers = Command::new("pgrep")
+        .args(["-f", "^sleep 31.25$"])
+        .output()
+        .unwrap();
+    assert!(
+        sleepers.stdout.is_empty(),
+        "left running: {}",
+        String::from_utf8_lossy(&sleepers.stdout)
+    );
+}
