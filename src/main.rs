@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use credagent::cli::{Cli, Command};
+use credagent::client::rerender::Action;
 use credagent::client::{ClientError, GetOptions, commands};
+use credagent::output::FileAttrs;
 use credagent::{RunError, config};
+use std::time::Duration;
 
 /// Exit codes (sysexits), so `RestartPreventExitStatus=78 71 77` stops restart loops on bad
 /// config, an unlockable memory limit, or credentials a backend refused for good.
@@ -49,17 +52,63 @@ fn main() -> ExitCode {
             template,
             output,
             mode,
+            owner,
+            group,
+            watch,
+            on_change,
+            on_change_timeout,
+            signal,
+            pid_file,
             schemes,
             socket,
-        } => client_main(|rt| {
-            commands::render(rt, &socket, &template, &schemes, output.as_deref(), mode)
-        }),
+        } => {
+            let attrs = FileAttrs { mode, owner, group };
+            if !watch {
+                return client_main(|rt| {
+                    commands::render(rt, &socket, &template, &schemes, output.as_deref(), &attrs)
+                });
+            }
+            init_logging();
+            let action = match (on_change, signal, pid_file) {
+                (Some(command), _, _) => Action::Command {
+                    command,
+                    timeout: Duration::from_secs(on_change_timeout),
+                },
+                (None, Some(signal), Some(pid_file)) => Action::Signal { signal, pid_file },
+                _ => Action::None,
+            };
+            let output = output.unwrap_or_default();
+            client_main(|rt| {
+                commands::render_watch(rt, &socket, &template, &schemes, &output, attrs, action)
+            })
+        }
         Command::Exec {
             bindings,
+            watch,
+            on_change,
+            grace,
             schemes,
             socket,
             command,
-        } => client_main(|rt| commands::exec(rt, &socket, &bindings, &schemes, &command)),
+        } => {
+            if !watch {
+                return client_main(|rt| {
+                    commands::exec(rt, &socket, &bindings, &schemes, &command)
+                });
+            }
+            init_logging();
+            client_status(|rt| {
+                commands::exec_watch(
+                    rt,
+                    &socket,
+                    &bindings,
+                    &schemes,
+                    &command,
+                    on_change,
+                    Duration::from_secs(grace),
+                )
+            })
+        }
         Command::Flush { pattern, socket } => {
             client_main(|rt| commands::flush(rt, &socket, pattern.as_deref()))
         }
@@ -201,6 +250,11 @@ async fn shutdown_signal() {
 }
 
 fn client_main(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), ClientError>) -> ExitCode {
+    client_status(|rt| f(rt).map(|()| 0))
+}
+
+/// As [`client_main`] for a command whose success carries an exit code (a child's status).
+fn client_status(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<u8, ClientError>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -211,7 +265,10 @@ fn client_main(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), ClientErro
             return ExitCode::from(exit::OSERR);
         }
     };
-    exit_code(f(&rt))
+    match f(&rt) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => exit_code(Err(err)),
+    }
 }
 
 /// A client command's outcome as an exit code: 69 when no agent could be reached (or

@@ -2,8 +2,9 @@
 //! it at any moment.
 //!
 //! The bytes go to a temporary file with a random name in the target's directory, created with
-//! `O_CREAT|O_EXCL|O_NOFOLLOW` and its final mode before any byte is written (so no other user can
-//! pre-create, link or open it), fsynced, then renamed over the target. On any error the temporary
+//! `O_CREAT|O_EXCL|O_NOFOLLOW`, given its final owner, group and mode before any byte is written
+//! (so no other user can pre-create, link or open it, and the target never exists with the wrong
+//! owner or mode), fsynced, then renamed over the target. On any error the temporary
 //! file is removed. A target that is a symlink (or not a regular file) is refused rather than
 //! followed or replaced. It does not talk to the agent: `client` fetches, this only writes.
 
@@ -55,8 +56,31 @@ impl Drop for TempGuard {
     }
 }
 
-/// Writes `bytes` to `path` atomically with permission bits `mode` (see the module docs).
-pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), OutputError> {
+/// Mode and ownership of a written file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileAttrs {
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner uid (`None`: the writer's).
+    pub owner: Option<u32>,
+    /// Group gid (`None`: the writer's).
+    pub group: Option<u32>,
+}
+
+impl FileAttrs {
+    /// `mode`, owned by the writer.
+    pub fn mode(mode: u32) -> Self {
+        FileAttrs {
+            mode,
+            owner: None,
+            group: None,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically with `attrs` (see the module docs).
+pub fn write_private(path: &Path, bytes: &[u8], attrs: &FileAttrs) -> Result<(), OutputError> {
+    let mode = attrs.mode;
     match std::fs::symlink_metadata(path) {
         // SECURITY: never follow or replace a link someone may have planted at the target.
         Ok(meta) if meta.file_type().is_symlink() => {
@@ -95,7 +119,16 @@ pub fn write_private(path: &Path, bytes: &[u8], mode: u32) -> Result<(), OutputE
         path: tmp.clone(),
         armed: true,
     };
-    // The umask may have narrowed the mode: set exactly the one asked for, still before writing.
+    if attrs.owner.is_some() || attrs.group.is_some() {
+        nix::unistd::fchown(
+            &file,
+            attrs.owner.map(nix::unistd::Uid::from_raw),
+            attrs.group.map(nix::unistd::Gid::from_raw),
+        )
+        .map_err(|e| io("cannot set the owner of", &tmp)(std::io::Error::from(e)))?;
+    }
+    // The umask may have narrowed the mode (and a chown clears set-id bits): set exactly the one
+    // asked for, still before writing.
     file.set_permissions(Permissions::from_mode(mode))
         .map_err(io("cannot set the mode of", &tmp))?;
     file.write_all(bytes).map_err(io("cannot write", &tmp))?;
@@ -128,12 +161,40 @@ mod tests {
     fn writes_with_the_mode_replaces_and_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("app.conf");
-        write_private(&target, b"one", 0o600).unwrap();
+        write_private(&target, b"one", &FileAttrs::mode(0o600)).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"one");
         assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o600);
-        write_private(&target, b"two", 0o640).unwrap();
+        write_private(&target, b"two", &FileAttrs::mode(0o640)).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"two");
         assert_eq!(std::fs::metadata(&target).unwrap().mode() & 0o7777, 0o640);
+        assert!(leftovers(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn owner_and_group_are_set_before_the_rename() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("app.conf");
+        let me = nix::unistd::geteuid().as_raw();
+        let attrs = FileAttrs {
+            mode: 0o640,
+            owner: Some(me),
+            group: Some(nix::unistd::getegid().as_raw()),
+        };
+        write_private(&target, b"one", &attrs).unwrap();
+        let meta = std::fs::metadata(&target).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o7777), (me, 0o640));
+        if me != 0 {
+            // Giving the file away needs privilege: refused, nothing left behind.
+            let away = FileAttrs {
+                owner: Some(0),
+                ..attrs
+            };
+            assert!(matches!(
+                write_private(&target, b"two", &away),
+                Err(OutputError::Io { .. })
+            ));
+            assert_eq!(std::fs::read(&target).unwrap(), b"one");
+        }
         assert!(leftovers(dir.path()).is_empty());
     }
 
@@ -144,7 +205,7 @@ mod tests {
         std::fs::write(&victim, b"keep").unwrap();
         let link = dir.path().join("out");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        let err = write_private(&link, b"secret", 0o600).unwrap_err();
+        let err = write_private(&link, b"secret", &FileAttrs::mode(0o600)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -169,13 +230,13 @@ mod tests {
         let target = dir.path().join("is-a-dir");
         std::fs::create_dir(&target).unwrap();
         assert!(matches!(
-            write_private(&target, b"x", 0o600),
+            write_private(&target, b"x", &FileAttrs::mode(0o600)),
             Err(OutputError::NotAFile(_))
         ));
         // A target in a directory that does not exist: creation fails, nothing is left.
         let missing = dir.path().join("no/such/file");
         assert!(matches!(
-            write_private(&missing, b"x", 0o600),
+            write_private(&missing, b"x", &FileAttrs::mode(0o600)),
             Err(OutputError::Io { .. })
         ));
         assert!(leftovers(dir.path()).is_empty());

@@ -56,18 +56,61 @@ pub fn render(
     template: &Path,
     schemes: &[String],
     output: Option<&Path>,
-    mode: u32,
+    attrs: &crate::output::FileAttrs,
 ) -> Result<(), ClientError> {
     let schemes = schemes_of(schemes)?;
     let mut rendered = rt.block_on(super::render(socket, template, &schemes))?;
     let written = match output {
         Some(path) => {
-            crate::output::write_private(path, &rendered, mode).map_err(|e| e.to_string())
+            crate::output::write_private(path, &rendered, attrs).map_err(|e| e.to_string())
         }
         None => write_stdout(&rendered).map_err(|e| e.to_string()),
     };
     zeroize::Zeroize::zeroize(&mut rendered);
     written.map_err(|e| ClientError::Usage(format!("cannot write the rendered file: {e}")))
+}
+
+/// `credagent render TEMPLATE -o FILE --watch`: see [`super::rerender`]. Returns on
+/// SIGTERM/SIGINT, or on an error at start.
+pub fn render_watch(
+    rt: &Runtime,
+    socket: &Path,
+    template: &Path,
+    schemes: &[String],
+    output: &Path,
+    attrs: crate::output::FileAttrs,
+    action: super::rerender::Action,
+) -> Result<(), ClientError> {
+    let schemes = schemes_of(schemes)?;
+    rt.block_on(super::rerender::run(super::rerender::RenderWatch {
+        socket,
+        template,
+        schemes: &schemes,
+        output,
+        attrs,
+        action,
+    }))
+}
+
+/// `credagent exec --watch … -- CMD`: see [`super::supervise`]. Returns the child's exit code.
+pub fn exec_watch(
+    rt: &Runtime,
+    socket: &Path,
+    bindings: &[String],
+    schemes: &[String],
+    command: &[String],
+    on_change: super::supervise::OnChange,
+    grace: std::time::Duration,
+) -> Result<u8, ClientError> {
+    let schemes = schemes_of(schemes)?;
+    rt.block_on(super::supervise::run(super::supervise::ExecWatch {
+        socket,
+        bindings,
+        schemes: &schemes,
+        command,
+        on_change,
+        grace,
+    }))
 }
 
 /// `credagent exec --env VAR=SOURCE/ID … -- CMD`: replaces this process with CMD, the secrets in

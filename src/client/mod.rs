@@ -1,8 +1,13 @@
 //! The client side of the CLI: HTTP over the agent's Unix socket with hyperlocal (this file),
 //! and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
-//! [`commands`]. `main` only maps their errors to exit codes.
+//! [`commands`]; the long-running `render --watch` and `exec --watch` in [`rerender`] and
+//! [`supervise`], on the change waiters of [`watch`]. `main` only maps their errors to exit
+//! codes.
 
 pub mod commands;
+pub mod rerender;
+pub mod supervise;
+pub mod watch;
 
 use std::path::Path;
 
@@ -11,6 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+
+use crate::secure_mem::{SecretBuf, SecretBytes};
 
 /// What went wrong talking to the agent.
 #[derive(Debug, thiserror::Error)]
@@ -59,37 +66,56 @@ fn encode(text: &str, keep_slash: bool) -> String {
     out
 }
 
-/// One request; the status and body, whatever the status.
+/// Sends one request on a connection of its own and returns the response, body unread.
 async fn send(
     socket: &Path,
     method: Method,
     path_and_query: &str,
+    headers: &[(&str, &str)],
     body: Bytes,
-) -> Result<(StatusCode, Bytes), ClientError> {
+) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
     let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
     let uri: hyper::Uri = Uri::new(socket, path_and_query).into();
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(uri)
-        .header("content-type", "application/json")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
         .body(Full::new(body))
         .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let response = client
+    client
         .request(request)
         .await
         .map_err(|e| ClientError::Connect {
             socket: socket.display().to_string(),
             reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
-        })?;
+        })
+}
+
+fn broken(socket: &Path, reason: impl std::fmt::Display) -> ClientError {
+    ClientError::Connect {
+        socket: socket.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// One request; the status and body, whatever the status.
+async fn exchange(
+    socket: &Path,
+    method: Method,
+    path_and_query: &str,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let response = send(socket, method, path_and_query, &[], body).await?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| ClientError::Connect {
-            socket: socket.display().to_string(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| broken(socket, e))?
         .to_bytes();
     Ok((status, body))
 }
@@ -101,23 +127,28 @@ async fn call(
     path_and_query: &str,
     body: Bytes,
 ) -> Result<Bytes, ClientError> {
-    let (status, body) = send(socket, method, path_and_query, body).await?;
+    let (status, body) = exchange(socket, method, path_and_query, body).await?;
     if status.is_success() {
         return Ok(body);
     }
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    Err(server_error(status, &body))
+}
+
+/// The agent's error answer as a [`ClientError::Server`] (code and message from its JSON body).
+fn server_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let field = |k: &str| {
         parsed
             .as_ref()
             .and_then(|v| v["error"][k].as_str())
             .map(str::to_owned)
     };
-    Err(ClientError::Server {
+    ClientError::Server {
         status,
         code: field("code").unwrap_or_else(|| status.as_u16().to_string()),
         message: field("message")
             .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned()),
-    })
+    }
 }
 
 /// Selectors and field of a `get`.
@@ -135,8 +166,12 @@ pub struct GetOptions {
     pub label: Option<String>,
 }
 
-/// Fetches `name` (`SOURCE/ID`) and returns the value bytes.
-pub async fn get(socket: &Path, name: &str, options: &GetOptions) -> Result<Bytes, ClientError> {
+/// `/v1/secrets/NAME?…` for `name` (`SOURCE/ID`) and `options`, plus `extra` query items.
+fn secret_path(
+    name: &str,
+    options: &GetOptions,
+    extra: Option<String>,
+) -> Result<String, ClientError> {
     if !name.contains('/') {
         return Err(ClientError::Usage(format!(
             "{name:?}: expected SOURCE/ID, e.g. files/demo-password"
@@ -154,12 +189,79 @@ pub async fn get(socket: &Path, name: &str, options: &GetOptions) -> Result<Byte
             query.push(format!("{key}={}", encode(&value, false)));
         }
     }
+    query.extend(extra);
     let mut path = format!("/v1/secrets/{}", encode(name, true));
     if !query.is_empty() {
         path.push('?');
         path.push_str(&query.join("&"));
     }
+    Ok(path)
+}
+
+/// Fetches `name` (`SOURCE/ID`) and returns the value bytes.
+pub async fn get(socket: &Path, name: &str, options: &GetOptions) -> Result<Bytes, ClientError> {
+    let path = secret_path(name, options, None)?;
     call(socket, Method::GET, &path, Bytes::new()).await
+}
+
+/// A value with its `ETag`, or word that the held tag is still current.
+#[derive(Debug)]
+pub enum Tagged {
+    /// `200`: the value, in locked memory, and its tag.
+    Value {
+        /// The `ETag` header (quotes included).
+        etag: String,
+        /// The value bytes.
+        value: SecretBytes,
+    },
+    /// `304`: the held tag is still current (at once, or at the end of a wait).
+    NotModified,
+}
+
+/// Fetches `name` with its `ETag`. With `held` (a tag from an earlier answer) and `wait`
+/// (1–300 s), the agent holds the request until the value's tag differs from `held` or the
+/// wait ends (`304`). The value is collected straight into a [`SecretBuf`].
+pub async fn get_tagged(
+    socket: &Path,
+    name: &str,
+    options: &GetOptions,
+    held: Option<&str>,
+    wait: Option<u16>,
+) -> Result<Tagged, ClientError> {
+    let path = secret_path(name, options, wait.map(|secs| format!("wait={secs}")))?;
+    let headers: Vec<(&str, &str)> = held.map(|tag| ("if-none-match", tag)).into_iter().collect();
+    let response = send(socket, Method::GET, &path, &headers, Bytes::new()).await?;
+    let status = response.status();
+    if status == StatusCode::NOT_MODIFIED {
+        return Ok(Tagged::NotModified);
+    }
+    let etag = response
+        .headers()
+        .get(hyper::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| broken(socket, e))?
+            .to_bytes();
+        return Err(server_error(status, &bytes));
+    }
+    let memory = |e: crate::secure_mem::MemError| ClientError::Usage(e.to_string());
+    let mut value = SecretBuf::with_capacity(256).map_err(memory)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| broken(socket, e))?;
+        if let Some(data) = frame.data_ref() {
+            value.extend_from_slice(data).map_err(memory)?;
+        }
+    }
+    let etag = etag.ok_or_else(|| broken(socket, "the agent's answer carries no ETag"))?;
+    Ok(Tagged::Value {
+        etag,
+        value: value.finish().map_err(memory)?,
+    })
 }
 
 /// Flushes the cache (all, or entries matching `pattern`); returns how many were flushed.
@@ -181,7 +283,7 @@ pub async fn health(socket: &Path, ready: bool) -> Result<(), ClientError> {
             .await
             .map(|_| ());
     }
-    let (status, body) = send(socket, Method::GET, "/v1/ready", Bytes::new()).await?;
+    let (status, body) = exchange(socket, Method::GET, "/v1/ready", Bytes::new()).await?;
     if status == StatusCode::OK {
         return Ok(());
     }

@@ -1,0 +1,266 @@
+//! `credagent render TEMPLATE -o FILE --watch`: render once (as `render` does), then follow
+//! every secret of the template through the agent's change waits ([`super::watch`]), re-render
+//! on news, rewrite FILE (atomically, with its mode and owner; see `output`) only when the
+//! rendered bytes differ, and then run the `--on-change` command or send the `--signal`.
+//!
+//! On any error the old file stays as it is: a failed write is retried with backoff, a watch
+//! that fails retries on its own. SIGTERM or SIGINT ends it with success. The template is read
+//! once, at start. Values and rendered bytes live in locked memory ([`SecretBuf`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::ClientError;
+use super::watch::{self, Backoff, Current, Signals, Watched};
+use crate::output::FileAttrs;
+use crate::secure_mem::{SecretBuf, SecretBytes};
+use crate::template::Piece;
+
+/// What to do after FILE was rewritten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing.
+    None,
+    /// `/bin/sh -c CMD`, killed after `timeout`.
+    Command {
+        /// The shell command.
+        command: String,
+        /// Kill it (its whole process group) after this long.
+        timeout: Duration,
+    },
+    /// Send `signal` to the pid read from `pid_file` (read anew each time).
+    Signal {
+        /// The signal.
+        signal: Signal,
+        /// File holding the pid.
+        pid_file: PathBuf,
+    },
+}
+
+/// What `render --watch` was asked to do.
+#[derive(Debug)]
+pub struct RenderWatch<'a> {
+    /// Agent socket.
+    pub socket: &'a Path,
+    /// The template file.
+    pub template: &'a Path,
+    /// `--scheme` mappings in effect.
+    pub schemes: &'a crate::template::Schemes,
+    /// The rendered file.
+    pub output: &'a Path,
+    /// Its mode and owner.
+    pub attrs: FileAttrs,
+    /// After a rewrite.
+    pub action: Action,
+}
+
+/// A template piece with its secret resolved to an index into the watched list.
+enum Part {
+    Text(String),
+    Secret(usize),
+}
+
+fn render(parts: &[Part], current: &[Current]) -> Result<SecretBytes, ClientError> {
+    let memory = |e: crate::secure_mem::MemError| ClientError::Usage(e.to_string());
+    let mut out = SecretBuf::with_capacity(1024).map_err(memory)?;
+    for part in parts {
+        let bytes = match part {
+            Part::Text(text) => text.as_bytes(),
+            Part::Secret(index) => current.get(*index).map_or(&[][..], |c| c.value.as_slice()),
+        };
+        out.extend_from_slice(bytes).map_err(memory)?;
+    }
+    out.finish().map_err(memory)
+}
+
+fn write(watch: &RenderWatch<'_>, bytes: &SecretBytes) -> Result<(), ClientError> {
+    crate::output::write_private(watch.output, bytes.as_slice(), &watch.attrs).map_err(|e| {
+        ClientError::Usage(format!(
+            "cannot write the rendered file {}: {e}",
+            watch.output.display()
+        ))
+    })
+}
+
+/// Runs until SIGTERM/SIGINT (`Ok`), or fails at start: an unreadable template, a secret the
+/// agent refuses (denied, not found), or a first write that fails. An agent that cannot be
+/// reached at start is waited for, with backoff.
+pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
+    crate::secure_mem::set_policy(crate::secure_mem::LockPolicy::BestEffort);
+    let mut signals = Signals::install(false)?;
+    let text = std::fs::read_to_string(watch.template).map_err(|e| {
+        ClientError::Usage(format!("cannot read {}: {e}", watch.template.display()))
+    })?;
+    let pieces = crate::template::parse_template_with(&text, watch.schemes)
+        .map_err(|e| ClientError::Usage(format!("{}: {e}", watch.template.display())))?;
+    let mut watched = Vec::new();
+    let parts: Vec<Part> = pieces
+        .into_iter()
+        .map(|piece| match piece {
+            Piece::Text(text) => Part::Text(text),
+            Piece::Secret { name, field } => Part::Secret(watch::index_of(
+                &mut watched,
+                Watched {
+                    name: name.to_string(),
+                    field,
+                },
+            )),
+        })
+        .collect();
+    let mut current = match watch::fetch_all(watch.socket, &watched, &mut signals).await? {
+        Ok(current) => current,
+        Err(_) => return Ok(()),
+    };
+    let mut written = render(&parts, &current)?;
+    write(&watch, &written)?;
+    tracing::info!(
+        "wrote {}; watching {} secret(s) for changes",
+        watch.output.display(),
+        watched.len()
+    );
+    let mut waiters = watch::spawn_waiters(watch.socket, &watched, &current);
+    // Whether FILE may lag behind `current`: set by a change, cleared by a write (or a render
+    // equal to what was written), kept by a failed write until the retry.
+    let mut dirty = false;
+    let mut write_backoff = Backoff::default();
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        let retry = async {
+            match retry_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = waiters.next_change(&mut current) => {
+                if !changed {
+                    tracing::debug!("a watched tag changed over the same bytes");
+                }
+                dirty |= changed;
+            }
+            () = retry => retry_at = None,
+            _ = signals.recv() => return Ok(()),
+        }
+        if !dirty || retry_at.is_some() {
+            continue;
+        }
+        // Always from the values held now, so news taken in meanwhile is never lost.
+        let rendered = match render(&parts, &current) {
+            Ok(rendered) => rendered,
+            Err(err) => {
+                tracing::error!("cannot re-render (the old file stays): {err}");
+                retry_at = Some(tokio::time::Instant::now() + write_backoff.delay());
+                continue;
+            }
+        };
+        if rendered.as_slice() == written.as_slice() {
+            tracing::info!("re-rendered: {} unchanged", watch.output.display());
+            dirty = false;
+            continue;
+        }
+        match write(&watch, &rendered) {
+            Ok(()) => {
+                written = rendered;
+                dirty = false;
+                write_backoff.reset();
+                tracing::info!("rewrote {}", watch.output.display());
+                tokio::select! {
+                    () = act(&watch.action) => {}
+                    _ = signals.recv() => return Ok(()),
+                }
+            }
+            Err(err) => {
+                let delay = write_backoff.delay();
+                tracing::error!(
+                    "{err}; the old file stays, retrying in {:.1}s",
+                    delay.as_secs_f64()
+                );
+                retry_at = Some(tokio::time::Instant::now() + delay);
+            }
+        }
+    }
+}
+
+/// Runs the `--on-change` command or sends the `--signal`; failures are logged.
+async fn act(action: &Action) {
+    match action {
+        Action::None => {}
+        Action::Command { command, timeout } => run_command(command, *timeout).await,
+        Action::Signal { signal, pid_file } => match read_pid(pid_file) {
+            Ok(pid) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), *signal) {
+                Ok(()) => tracing::info!("sent {signal} to process {pid}"),
+                Err(err) => tracing::error!("cannot send {signal} to process {pid}: {err}"),
+            },
+            Err(err) => tracing::error!("--pid-file {}: {err}", pid_file.display()),
+        },
+    }
+}
+
+/// The pid in `path`: one positive number, surrounding whitespace allowed.
+pub fn read_pid(path: &Path) -> Result<i32, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| format!("{:?} is not a process id", text.trim()))
+}
+
+async fn run_command(command: &str, timeout: Duration) {
+    let mut child = match tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => {
+            tracing::error!("cannot run the --on-change command: {err}");
+            return;
+        }
+    };
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => tracing::info!("--on-change command: {status}"),
+        Ok(Ok(status)) => tracing::warn!("--on-change command failed: {status}"),
+        Ok(Err(err)) => tracing::error!("--on-change command: {err}"),
+        Err(_) => {
+            // Its whole group: `sh -c` may have started children of its own.
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            tracing::error!(
+                "--on-change command killed after {}s (--on-change-timeout)",
+                timeout.as_secs()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_file_holds_one_positive_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pid");
+        for (text, want) in [
+            ("42\n", Ok(42)),
+            (" 7 ", Ok(7)),
+            ("0", Err(())),
+            ("-1", Err(())),
+            ("abc", Err(())),
+            ("", Err(())),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(read_pid(&file).map_err(|_| ()), want, "{text:?}");
+        }
+        assert!(read_pid(&dir.path().join("missing")).is_err());
+    }
+}
