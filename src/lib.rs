@@ -42,6 +42,7 @@
 pub mod acl;
 pub mod audit;
 pub mod aws_auth;
+pub mod backoff;
 pub mod broker;
 pub mod cache;
 pub mod cli;

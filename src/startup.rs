@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::backoff::{Backoff, random_fraction};
 use crate::broker::{self, BrokerError};
 use crate::config::PrefetchConfig;
 use crate::name::SecretName;
@@ -32,34 +33,9 @@ pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait of a retry loop.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// Exponential backoff with jitter: waits of 1 s, 2 s, 4 s … capped at 60 s, each shortened by a
-/// random share of up to half, so agents that failed together do not retry together.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: FIRST_BACKOFF,
-        }
-    }
-}
-
-impl Backoff {
-    /// The next wait, in `[base / 2, base]` for a base that doubles from 1 s to 60 s.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = base.saturating_mul(2).min(MAX_BACKOFF);
-        base.mul_f64(1.0 - random_fraction() / 2.0)
-    }
-}
-
-/// A uniform fraction in `[0, 1)`; 0 when the OS has no randomness to give (no jitter then).
-fn random_fraction() -> f64 {
-    let r = getrandom::u64().unwrap_or(0);
-    (r >> 11) as f64 / (1u64 << 53) as f64
+/// The start-up retry loops' backoff: [`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`].
+fn backoff() -> Backoff {
+    Backoff::new(FIRST_BACKOFF, MAX_BACKOFF)
 }
 
 /// What `GET /v1/ready` answers: counts only, never a name.
@@ -169,10 +145,10 @@ pub fn spawn_source_retries(
         tokio::spawn(async move {
             log_starting(&name, &first);
             let mut refused_for_good = !first.retry_may_help();
-            let mut backoff = Backoff::default();
+            let mut backoff = backoff();
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = tokio::time::sleep(backoff.delay()) => {}
                     () = state.shutdown_signal() => return,
                 }
                 if state.runtime().generation != generation {
@@ -231,7 +207,7 @@ pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &Prefetc
                 () = tokio::time::sleep(delay) => {}
                 () = state.shutdown_signal() => return,
             }
-            let mut backoff = Backoff::default();
+            let mut backoff = backoff();
             // What was last logged: nothing, waiting for the source, or failing.
             let mut logged: Option<bool> = None;
             loop {
@@ -265,7 +241,7 @@ pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &Prefetc
                         let wait = if starting {
                             MAX_BACKOFF
                         } else {
-                            backoff.next_delay()
+                            backoff.delay()
                         };
                         tokio::select! {
                             () = tokio::time::sleep(wait) => {}
@@ -285,11 +261,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_from_one_second_to_a_minute_with_jitter_of_up_to_half() {
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         let bases = [1, 2, 4, 8, 16, 32, 60, 60, 60];
         for base in bases {
             let base = Duration::from_secs(base);
-            let delay = backoff.next_delay();
+            let delay = backoff.delay();
             assert!(delay <= base && delay >= base / 2, "{delay:?} for {base:?}");
         }
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::ClientError;
-use super::watch::{self, Backoff, Current, Signals, Watched};
+use super::watch::{self, Current, Signals, Watched};
 use crate::output::FileAttrs;
 use crate::secure_mem::{SecretBuf, SecretBytes};
 use crate::template::Piece;
@@ -125,7 +125,7 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
     // Whether FILE may lag behind `current`: set by a change, cleared by a write (or a render
     // equal to what was written), kept by a failed write until the retry.
     let mut dirty = false;
-    let mut write_backoff = Backoff::default();
+    let mut write_backoff = watch::backoff();
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         let retry = async {

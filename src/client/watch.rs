@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{ClientError, GetOptions, Tagged};
+use crate::backoff::Backoff;
 use crate::secure_mem::SecretBytes;
 
 /// How long one waiting request asks the agent to hold (its maximum).
@@ -88,37 +89,9 @@ struct Update {
     value: SecretBytes,
 }
 
-/// Exponential backoff with jitter.
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: BACKOFF_FIRST,
-        }
-    }
-}
-
-impl Backoff {
-    /// The next delay (between half of the current step and the step), and doubles the step.
-    pub fn delay(&mut self) -> Duration {
-        let step = self.next;
-        self.next = (step * 2).min(BACKOFF_MAX);
-        let mut random = [0u8; 2];
-        let fraction = match getrandom::fill(&mut random) {
-            Ok(()) => f64::from(u16::from_le_bytes(random)) / f64::from(u16::MAX),
-            Err(_) => 1.0,
-        };
-        step.mul_f64(0.5 + fraction / 2.0)
-    }
-
-    /// Back to the first step after a success.
-    pub fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
-    }
+/// The client's backoff: [`BACKOFF_FIRST`] doubling to [`BACKOFF_MAX`].
+pub fn backoff() -> Backoff {
+    Backoff::new(BACKOFF_FIRST, BACKOFF_MAX)
 }
 
 /// Whether retrying may help: the agent unreachable, busy or failing upstream.
@@ -191,7 +164,7 @@ pub async fn fetch_all(
     watched: &[Watched],
     signals: &mut Signals,
 ) -> Result<Result<Vec<Current>, Signal>, ClientError> {
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     loop {
         let attempt = async {
             let mut out = Vec::with_capacity(watched.len());
@@ -278,7 +251,7 @@ async fn wait_loop(
     tx: mpsc::Sender<Update>,
 ) {
     let options = item.options();
-    let mut backoff = Backoff::default();
+    let mut backoff = backoff();
     let mut failing = false;
     loop {
         let request =
@@ -367,7 +340,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
-        let mut backoff = Backoff::default();
+        let mut backoff = backoff();
         let steps: Vec<u64> = (0..8).map(|_| backoff.delay().as_millis() as u64).collect();
         for (delay, step) in steps.iter().zip([1, 2, 4, 8, 16, 30, 30, 30]) {
             assert!(
