@@ -356,19 +356,21 @@ impl Source {
         request: &SecretRequest,
         previous: Option<&Secret>,
     ) -> Result<Fetched, SourceError> {
+        // The network sources' futures are boxed: inline, the largest (an HTTP client's, several
+        // KiB) set the size of every fetch task, and a task per cached file value left that much
+        // fragmented heap behind it (RSS with 10,000 cached secrets: 19 -> 45 MiB).
         match self {
             Source::File(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Env(s) => s.fetch(request.name.id()).map(Fetched::New),
-            Source::Vault(s) => s
-                .fetch(request.name.id(), request.selector.version)
+            Source::Vault(s) => Box::pin(s.fetch(request.name.id(), request.selector.version))
                 .await
                 .map(Fetched::New),
-            Source::VaultTransit(s) => s.fetch(request.name.id()).await.map(Fetched::New),
-            Source::Aws(s) => s.fetch(request, previous).await,
-            Source::AwsSsm(s) => s.fetch(request).await,
-            Source::Command(s) => s.fetch(request).await,
-            Source::AwsS3(s) => s.fetch(request).await,
-            Source::OAuth2(s) => s.fetch(request).await,
+            Source::VaultTransit(s) => Box::pin(s.fetch(request.name.id())).await.map(Fetched::New),
+            Source::Aws(s) => Box::pin(s.fetch(request, previous)).await,
+            Source::AwsSsm(s) => Box::pin(s.fetch(request)).await,
+            Source::Command(s) => Box::pin(s.fetch(request)).await,
+            Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
+            Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
@@ -826,5 +828,23 @@ mod limit_tests {
         }
         assert_eq!(granted.len(), 1);
         assert!(SourceError::Busy.is_transient());
+    }
+}
+
+#[cfg(test)]
+mod future_size_tests {
+    use super::*;
+
+    /// Every fetch task holds a `Source::fetch` future, as large as its largest arm: with the
+    /// network sources boxed, a file read's task stays small (see `Source::fetch`).
+    #[test]
+    fn a_fetch_future_is_small_whatever_the_source() {
+        let source = Source::File(file::FileSource::new(std::env::temp_dir()));
+        let request = SecretRequest {
+            name: SecretName::new("f", "x").unwrap(),
+            selector: Selector::default(),
+        };
+        let size = std::mem::size_of_val(&source.fetch(&request, None));
+        assert!(size <= 1024, "a fetch future takes {size} bytes");
     }
 }
