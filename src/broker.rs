@@ -115,7 +115,7 @@ pub struct Reply {
     /// What they are.
     pub kind: ReplyKind,
     /// The served bytes' tag (reads carry one; credential replies do not).
-    pub etag: Option<String>,
+    pub etag: Option<Bytes>,
     /// The caller's `If-None-Match` is still current: no body.
     pub not_modified: bool,
     /// What a `?refresh=true` did.
@@ -144,19 +144,23 @@ impl Reply {
 static ETAG_KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
 
 /// `"<32 hex>"`: two keyed hashes of `body` under [`ETAG_KEYS`].
-fn etag(body: &[u8]) -> String {
+fn etag(body: &[u8]) -> Bytes {
     let (a, b) = ETAG_KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
-    format!("\"{:016x}{:016x}\"", a.hash_one(body), b.hash_one(body))
+    Bytes::from(format!(
+        "\"{:016x}{:016x}\"",
+        a.hash_one(body),
+        b.hash_one(body)
+    ))
 }
 
 /// Whether `If-None-Match` (one tag or a comma-separated list) names `etag`.
-fn etag_matches(if_none_match: Option<&str>, etag: Option<&str>) -> bool {
+fn etag_matches(if_none_match: Option<&str>, etag: Option<&[u8]>) -> bool {
     let (Some(held), Some(etag)) = (if_none_match, etag) else {
         return false;
     };
     held.split(',')
         .map(|t| t.trim().trim_start_matches("W/"))
-        .any(|t| t == etag)
+        .any(|t| t.as_bytes() == etag)
 }
 
 /// Why the broker refused or failed a request. Messages never contain a value.
@@ -1136,7 +1140,7 @@ gone = "fake/missing"
         };
         let plain = || read_request("fake/ok/a", Selector::default(), None);
         let first = read(&fx.state, caller, plain()).await.unwrap();
-        let etag = first.etag.clone().unwrap();
+        let etag = String::from_utf8(first.etag.clone().unwrap().to_vec()).unwrap();
         assert_eq!(etag.len(), 34);
         // Same bytes, same tag; the tag held: 304 at once without wait, at the deadline with it.
         let held = ReadRequest {
@@ -1161,7 +1165,7 @@ gone = "fake/missing"
         let reply = read(&fx.state, caller, other).await.unwrap();
         assert_eq!(
             (&reply.body[..], reply.etag.as_deref()),
-            (&b"ok/a"[..], Some(&etag[..]))
+            (&b"ok/a"[..], Some(etag.as_bytes()))
         );
         // A forced re-fetch, then a throttled one.
         let refresh = ReadRequest {

@@ -139,7 +139,7 @@ fn secret_response(reply: Reply) -> Resp {
     }
     if let Some(etag) = reply
         .etag
-        .and_then(|t| header::HeaderValue::from_str(&t).ok())
+        .and_then(|t| header::HeaderValue::from_maybe_shared(t).ok())
     {
         headers.insert(header::ETAG, etag);
     }

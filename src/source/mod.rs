@@ -73,7 +73,7 @@ pub struct Secret {
     pub lifetime: Option<Lifetime>,
     /// The value's change tag, computed on first use and kept while the value is cached (every
     /// read of the whole value answers with it).
-    tag: std::sync::OnceLock<String>,
+    tag: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl Secret {
@@ -88,8 +88,9 @@ impl Secret {
         }
     }
 
-    /// The value's change tag: `compute(value)` the first time, the same string after.
-    pub fn tag(&self, compute: impl FnOnce(&[u8]) -> String) -> String {
+    /// The value's change tag: `compute(value)` the first time, the same bytes after (a
+    /// reference count, not a copy).
+    pub fn tag(&self, compute: impl FnOnce(&[u8]) -> bytes::Bytes) -> bytes::Bytes {
         self.tag
             .get_or_init(|| compute(self.value.as_slice()))
             .clone()
