@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The cross-check the performance issue was measured with: oha (an independent HTTP load
+# generator) against the agent and the bench's floor, unpinned, 1 and 16 connections, rounds
+# interleaved. Prints req/s and the server's CPU per request (utime+stime from /proc/PID/stat).
+#
+#   bench/scripts/oha-compare.sh [ROUNDS] [SECS] [AGENT...]
+#
+# AGENT defaults to target/release/credagent; give several to compare builds in one run. Needs
+# `oha` on PATH (cargo install oha --locked) and a release build of the bench
+# (cargo build --release -p credagent-bench) for the floor.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+rounds="${1:-3}"
+secs="${2:-5}"
+shift $(( $# > 2 ? 2 : $# ))
+agents=("$@")
+[ "${#agents[@]}" -gt 0 ] || agents=(target/release/credagent)
+bench=target/release/credagent-bench
+command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" >&2; exit 1; }
+[ -x "$bench" ] || { echo "$bench not found: cargo build --release -p credagent-bench" >&2; exit 1; }
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+mkdir "$work/secrets"
+printf 'floor-0123456789abcdef0123456789abcdef0123456789abcdef0123456789' > "$work/secrets/bench"
+cat > "$work/config.toml" <<TOML
+[server]
+socket = "$work/agent.sock"
+socket_mode = "0600"
+
+[cache]
+lock_memory = "best-effort"
+
+[audit]
+file = "$work/audit.log"
+
+[sources.files]
+type = "file"
+dir = "$work/secrets"
+
+[[allow]]
+peer = { uid = $(id -u) }
+secrets = ["files/*"]
+admin = true
+TOML
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# measure NAME CONNS CMD...: starts the server CMD, warms up, measures, prints one line.
+measure() {
+    local name="$1" conns="$2" socket
+    shift 2
+    rm -f "$work"/*.sock
+    "$@" >/dev/null 2>&1 &
+    local pid=$!
+    socket="$work/agent.sock"
+    [ "$1" = "$bench" ] && socket="$work/floor.sock"
+    for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.05; done
+    local url=http://localhost/v1/secrets/files/bench
+    oha -c "$conns" -z 2s --no-tui --unix-socket "$socket" "$url" >/dev/null 2>&1
+    local before after out n rps
+    before=$(cpu_ticks "$pid")
+    out=$(oha -c "$conns" -z "${secs}s" --no-tui --unix-socket "$socket" "$url" 2>&1)
+    after=$(cpu_ticks "$pid")
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    n=$(echo "$out" | grep -E '^\s+\[200\]' | grep -oE '[0-9]+ responses' | grep -oE '[0-9]+')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+    awk -v name="$name" -v c="$conns" -v rps="$rps" -v t=$((after - before)) -v n="$n" \
+        -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "| %s | %d | %d | %.1f |\n", name, c, rps, t / hz * 1e6 / n }'
+}
+
+echo "| server | conns | req/s | CPU µs/req |"
+echo "|---|---:|---:|---:|"
+for _ in $(seq "$rounds"); do
+    for conns in 1 16; do
+        for agent in "${agents[@]}"; do
+            measure "$agent" "$conns" "$agent" serve --config "$work/config.toml"
+        done
+        measure floor "$conns" "$bench" floor --socket "$work/floor.sock"
+    done
+done
