@@ -29,11 +29,14 @@ pub enum NameError {
     BadSource,
 }
 
-/// A validated secret name: source plus id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A validated secret name: source plus id, held as one `SOURCE/ID` string (one allocation per
+/// name: every read parses one, and a cache miss clones it).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SecretName {
-    source: String,
-    id: String,
+    /// `SOURCE/ID`. A source name has no `/`, so equal strings are equal names.
+    joined: String,
+    /// The length of `SOURCE`: `joined[split]` is the `/`.
+    split: usize,
 }
 
 impl SecretName {
@@ -41,9 +44,14 @@ impl SecretName {
     pub fn new(source: &str, id: &str) -> Result<Self, NameError> {
         validate_source_name(source)?;
         validate_id(id)?;
+        let mut joined =
+            String::with_capacity(source.len().saturating_add(id.len()).saturating_add(1));
+        joined.push_str(source);
+        joined.push('/');
+        joined.push_str(id);
         Ok(SecretName {
-            source: source.to_owned(),
-            id: id.to_owned(),
+            joined,
+            split: source.len(),
         })
     }
 
@@ -55,30 +63,48 @@ impl SecretName {
 
     /// The source name.
     pub fn source(&self) -> &str {
-        &self.source
+        self.joined.get(..self.split).unwrap_or_default()
     }
 
     /// The id within the source.
     pub fn id(&self) -> &str {
-        &self.id
+        self.joined
+            .get(self.split.saturating_add(1)..)
+            .unwrap_or_default()
+    }
+
+    /// `SOURCE/ID`, as `Display` writes it (every read puts it in its audit line).
+    pub fn joined(&self) -> String {
+        self.joined.clone()
     }
 }
 
-impl SecretName {
-    /// `SOURCE/ID`, as `Display` writes it, built without the formatting machinery (every read
-    /// puts it in its audit line).
-    pub fn joined(&self) -> String {
-        let mut joined = String::with_capacity(self.source.len() + 1 + self.id.len());
-        joined.push_str(&self.source);
-        joined.push('/');
-        joined.push_str(&self.id);
-        joined
+impl fmt::Debug for SecretName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretName")
+            .field("source", &self.source())
+            .field("id", &self.id())
+            .finish()
+    }
+}
+
+/// Names order by source, then id (as a `(source, id)` pair would; `SOURCE/ID` strings would put
+/// `a-b/x` before `a/x`).
+impl Ord for SecretName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.source(), self.id()).cmp(&(other.source(), other.id()))
+    }
+}
+
+impl PartialOrd for SecretName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
 impl fmt::Display for SecretName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.source, self.id)
+        f.write_str(&self.joined)
     }
 }
 
@@ -239,6 +265,28 @@ fn glob_match_counted(p: &[u8], s: impl Subject) -> (bool, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_name_gives_back_its_parts_and_orders_by_source_then_id() {
+        let name = SecretName::new("aws-prod", "app/db/password").unwrap();
+        assert_eq!(
+            (name.source(), name.id(), name.joined().as_str()),
+            ("aws-prod", "app/db/password", "aws-prod/app/db/password")
+        );
+        assert_eq!(name.to_string(), "aws-prod/app/db/password");
+        assert_eq!(SecretName::parse("aws-prod/app/db/password").unwrap(), name);
+        let mut names: Vec<SecretName> = ["a/x", "a-b/y", "a/w", "b/a"]
+            .iter()
+            .map(|n| SecretName::parse(n).unwrap())
+            .collect();
+        names.sort();
+        let sorted: Vec<String> = names.iter().map(SecretName::joined).collect();
+        assert_eq!(sorted, ["a/w", "a/x", "a-b/y", "b/a"]);
+        assert_eq!(
+            format!("{name:?}"),
+            r#"SecretName { source: "aws-prod", id: "app/db/password" }"#
+        );
+    }
 
     #[test]
     fn ids_table() {
