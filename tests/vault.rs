@@ -169,14 +169,11 @@ fn vault_not_listening_at_start_exits_75_so_a_restart_may_succeed() {
     let dir = TestDir::new();
     approle_files(&dir);
     let closed = format!("http://127.0.0.1:{}", common::free_port());
-    dir.write_config(&config(&bao, APPROLE, "").replace(&bao.address(), &closed));
-    let out = std::process::Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    let (code, stderr) = common::start_fails(
+        &dir,
+        &config(&bao, APPROLE, "").replace(&bao.address(), &closed),
+    );
+    assert_eq!(code, Some(75), "{stderr}");
     assert!(stderr.contains("source \"vault\""), "{stderr}");
 }
 
@@ -187,15 +184,9 @@ fn wrong_credentials_fail_start_naming_the_source() {
     let dir = TestDir::new();
     write_credential(&dir.path().join("role_id"), ROLE_ID);
     write_credential(&dir.path().join("secret_id"), "wrong-secret-id");
-    dir.write_config(&config(&bao, APPROLE, ""));
-    let out = std::process::Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = common::start_fails(&dir, &config(&bao, APPROLE, ""));
     // Credentials refused for good: 77 (no restart loop), not 75.
-    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert_eq!(code, Some(77), "{stderr}");
     assert!(stderr.contains("\"vault\""), "{stderr}");
     assert!(!stderr.contains("wrong-secret-id"), "{stderr}");
 }
@@ -483,14 +474,8 @@ fn https_with_ca_file_and_untrusted_without_it() {
     drop(agent);
 
     // Without ca_file the dev CA is not trusted: the agent refuses to start.
-    dir.write_config(&config(&bao, auth, ""));
-    let out = std::process::Command::new(common::bin())
-        .args(["serve", "--config"])
-        .arg(dir.path().join("config.toml"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    let (code, stderr) = common::start_fails(&dir, &config(&bao, auth, ""));
+    assert_eq!(code, Some(75), "{stderr}");
     assert!(
         stderr.contains("\"vault\"") && stderr.contains("certificate"),
         "{stderr}"
