@@ -56,12 +56,6 @@ impl std::fmt::Display for RequestId {
     }
 }
 
-impl Serialize for RequestId {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
 /// One access decision. It shares the connection's identity instead of copying it, so building
 /// one on the request path costs no allocation beyond the secret's name; the writer task
 /// renders it.
