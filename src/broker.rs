@@ -523,7 +523,7 @@ pub async fn credential(
     request: &CredentialRequest,
 ) -> Result<Reply, BrokerError> {
     let mut audited = Audited::new(state, peer, "credential");
-    audited.event.secret = Some(format!("credential:{}", request.id));
+    audited.event.secret = Some(format!("credential:{}", request.id).into());
     let request_id = audited.request_id();
     let runtime = state.runtime();
     let result = async {
@@ -540,7 +540,7 @@ pub async fn credential(
             .get(&request.id)
             .cloned()
             .ok_or(BrokerError::NotFound)?;
-        audited.event.secret = Some(name.to_string());
+        audited.event.secret = Some(name.joined());
         if state.shutting_down() {
             return Err(BrokerError::ShuttingDown);
         }
@@ -582,7 +582,7 @@ pub fn flush(
     let result = (|| {
         admit_admin(state, caller, &mut audited)?;
         let pattern = pattern.map_err(BrokerError::BadFlush)?;
-        audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).to_owned());
+        audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).into());
         let flushed = state.cache.flush(pattern.as_ref());
         tracing::info!(%request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
         Ok(flushed)

@@ -5,6 +5,7 @@
 //! sources or peers.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest accepted id: an ARN with a long name fits well within it.
 pub const MAX_ID_LEN: usize = 2048;
@@ -29,12 +30,12 @@ pub enum NameError {
     BadSource,
 }
 
-/// A validated secret name: source plus id, held as one `SOURCE/ID` string (one allocation per
-/// name: every read parses one, and a cache miss clones it).
+/// A validated secret name: source plus id, held as one shared `SOURCE/ID` string (one
+/// allocation per name: every read parses one, and its audit line and a cache miss share it).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SecretName {
     /// `SOURCE/ID`. A source name has no `/`, so equal strings are equal names.
-    joined: String,
+    joined: Arc<str>,
     /// The length of `SOURCE`: `joined[split]` is the `/`.
     split: usize,
 }
@@ -50,15 +51,29 @@ impl SecretName {
         joined.push('/');
         joined.push_str(id);
         Ok(SecretName {
-            joined,
+            joined: Arc::from(joined),
             split: source.len(),
         })
     }
 
-    /// Parses `source/id` as given on the command line or in a control file.
+    /// Parses `source/id` as given on the command line, in a control file or in a request path
+    /// (already percent-decoded): the name is the first `/`'s two sides, validated as by
+    /// [`SecretName::new`].
     pub fn parse(full: &str) -> Result<Self, NameError> {
-        let (source, id) = full.split_once('/').ok_or(NameError::Empty)?;
-        Self::new(source, id)
+        let slash = full
+            .bytes()
+            .position(|b| b == b'/')
+            .ok_or(NameError::Empty)?;
+        let (source, id) = (
+            full.get(..slash).unwrap_or_default(),
+            full.get(slash.saturating_add(1)..).unwrap_or_default(),
+        );
+        validate_source_name(source)?;
+        validate_id(id)?;
+        Ok(SecretName {
+            joined: Arc::from(full),
+            split: source.len(),
+        })
     }
 
     /// The source name.
@@ -73,9 +88,9 @@ impl SecretName {
             .unwrap_or_default()
     }
 
-    /// `SOURCE/ID`, as `Display` writes it (every read puts it in its audit line).
-    pub fn joined(&self) -> String {
-        self.joined.clone()
+    /// `SOURCE/ID`, as `Display` writes it, shared (every read puts it in its audit line).
+    pub fn joined(&self) -> Arc<str> {
+        Arc::clone(&self.joined)
     }
 }
 
@@ -136,9 +151,11 @@ pub fn validate_id(id: &str) -> Result<(), NameError> {
         return Err(NameError::BadChar);
     }
     // SECURITY: no traversal, and no ambiguous spellings of one name ("a//b", "a/./b", "a/").
+    // (Bytes, not `str::split`: a char searcher's set-up cost more than these short scans.)
     if id
-        .split('/')
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .any(|seg| seg.is_empty() || seg == b"." || seg == b"..")
     {
         return Err(NameError::BadSegment);
     }
@@ -152,7 +169,13 @@ fn is_id_byte(b: u8) -> bool {
 /// A glob over full secret names: `*` matches any run of characters (slashes included), `?` one
 /// character; everything else matches itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Glob(String);
+pub struct Glob {
+    pattern: String,
+    /// `Some(n)` when the pattern is `n` literal bytes and one final `*` (`files/app/*`, the
+    /// common kind): every read is matched against the rules, and a prefix compare is a
+    /// fraction of the general match.
+    prefix: Option<usize>,
+}
 
 /// Why a pattern was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -177,22 +200,55 @@ impl Glob {
         {
             return Err(GlobError::BadChar);
         }
-        Ok(Glob(pattern.to_owned()))
+        let literal = pattern.len().saturating_sub(1);
+        let prefix = pattern
+            .strip_suffix('*')
+            .filter(|head| !head.bytes().any(|b| b == b'*' || b == b'?'))
+            .map(|_| literal);
+        Ok(Glob {
+            pattern: pattern.to_owned(),
+            prefix,
+        })
     }
 
     /// The pattern text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.pattern
     }
 
     /// Whether `name` (as `source/id`) matches.
     pub fn matches(&self, name: &str) -> bool {
-        glob_match(self.0.as_bytes(), name.as_bytes())
+        if let Some(head) = self.literal_head() {
+            return name.as_bytes().starts_with(head);
+        }
+        glob_match(self.pattern.as_bytes(), name.as_bytes())
     }
 
     /// Whether `source` and `id` joined by `/` match, without allocating.
     pub fn matches_parts(&self, source: &str, id: &str) -> bool {
-        glob_match(self.0.as_bytes(), Joined(source.as_bytes(), id.as_bytes()))
+        if let Some(head) = self.literal_head() {
+            let (source, id) = (source.as_bytes(), id.as_bytes());
+            return match (head.get(..source.len()), head.get(source.len()..)) {
+                // The head covers the source: then `/`, then a prefix of the id.
+                (Some(head_source), Some(after)) => {
+                    head_source == source
+                        && after.split_first().is_none_or(|(&slash, head_id)| {
+                            slash == b'/' && id.starts_with(head_id)
+                        })
+                }
+                // The head ends inside the source.
+                _ => source.starts_with(head),
+            };
+        }
+        glob_match(
+            self.pattern.as_bytes(),
+            Joined(source.as_bytes(), id.as_bytes()),
+        )
+    }
+
+    /// The literal bytes before the one final `*` of a prefix pattern.
+    fn literal_head(&self) -> Option<&[u8]> {
+        self.prefix.and_then(|n| self.pattern.as_bytes().get(..n))
     }
 }
 
@@ -266,11 +322,52 @@ fn glob_match_counted(p: &[u8], s: impl Subject) -> (bool, usize) {
 mod tests {
     use super::*;
 
+    /// A prefix pattern's fast match agrees with the general match, whatever the split of the
+    /// name into source and id.
+    #[test]
+    fn a_prefix_pattern_matches_as_the_general_match_does() {
+        let patterns = [
+            "*",
+            "f*",
+            "files*",
+            "files/*",
+            "files/a*",
+            "files/ab/*",
+            "fil*",
+            "x/*",
+        ];
+        let names = [
+            "files/a",
+            "files/ab/c",
+            "files/b",
+            "fil/x",
+            "f/a",
+            "files-2/a",
+            "x/y",
+        ];
+        for pattern in patterns {
+            let glob = Glob::parse(pattern).unwrap();
+            assert!(glob.prefix.is_some(), "{pattern} is a prefix pattern");
+            for name in names {
+                let (source, id) = name.split_once('/').unwrap();
+                let general = glob_match(pattern.as_bytes(), name.as_bytes());
+                assert_eq!(glob.matches(name), general, "{pattern} vs {name}");
+                assert_eq!(
+                    glob.matches_parts(source, id),
+                    general,
+                    "{pattern} vs {name} (parts)"
+                );
+            }
+        }
+        assert!(Glob::parse("files/*/x").unwrap().prefix.is_none());
+        assert!(Glob::parse("f?les/*").unwrap().prefix.is_none());
+    }
+
     #[test]
     fn a_name_gives_back_its_parts_and_orders_by_source_then_id() {
         let name = SecretName::new("aws-prod", "app/db/password").unwrap();
         assert_eq!(
-            (name.source(), name.id(), name.joined().as_str()),
+            (name.source(), name.id(), &*name.joined()),
             ("aws-prod", "app/db/password", "aws-prod/app/db/password")
         );
         assert_eq!(name.to_string(), "aws-prod/app/db/password");
@@ -280,7 +377,7 @@ mod tests {
             .map(|n| SecretName::parse(n).unwrap())
             .collect();
         names.sort();
-        let sorted: Vec<String> = names.iter().map(SecretName::joined).collect();
+        let sorted: Vec<String> = names.iter().map(ToString::to_string).collect();
         assert_eq!(sorted, ["a/w", "a/x", "a-b/y", "b/a"]);
         assert_eq!(
             format!("{name:?}"),

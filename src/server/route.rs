@@ -2,6 +2,8 @@
 //! no body, and nothing here logs. Percent-escapes are decoded and names validated here, so a
 //! handler only ever sees a well-formed [`SecretName`].
 
+use std::borrow::Cow;
+
 use hyper::{Method, header};
 
 use super::error::ApiError;
@@ -93,11 +95,7 @@ fn parse_secret(
     query: Option<&str>,
     headers: &hyper::HeaderMap,
 ) -> Result<Route, ApiError> {
-    let decoded = percent_decode(rest)?;
-    let (source, id) = decoded
-        .split_once('/')
-        .ok_or(ApiError::InvalidName(crate::name::NameError::Empty))?;
-    let name = SecretName::new(source, id).map_err(ApiError::InvalidName)?;
+    let name = SecretName::parse(&percent_decode(rest)?).map_err(ApiError::InvalidName)?;
     let mut selector = Selector::default();
     let mut field = None;
     let mut wait = None;
@@ -109,11 +107,11 @@ fn parse_secret(
     {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = percent_decode(key)?;
-        let value = percent_decode(value)?;
+        let value = percent_decode(value)?.into_owned();
         if value.is_empty() {
             return Err(ApiError::BadParameter("empty value"));
         }
-        let dup = match key.as_str() {
+        let dup = match &*key {
             "field" => field.replace(value).is_some(),
             "version_id" => selector.version_id.replace(value).is_some(),
             "version_stage" => selector.version_stage.replace(value).is_some(),
@@ -193,15 +191,15 @@ fn parse_secret(
 }
 
 fn accepts_json(headers: &hyper::HeaderMap) -> bool {
+    // Bytes, not `str::split`: every read asks, and a char searcher's set-up cost more than
+    // these short scans.
     headers
         .get_all(header::ACCEPT)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|item| {
-            item.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+            let media = item.split(|&b| b == b';').next().unwrap_or_default();
+            media.trim_ascii().eq_ignore_ascii_case(b"application/json")
         })
 }
 
@@ -210,7 +208,11 @@ fn accepts_json(headers: &hyper::HeaderMap) -> bool {
 /// Not the `percent-encoding` crate (in the lock file): it passes a malformed escape such as
 /// `%zz` or a trailing `%` through as literal text, and a name must mean one thing only, so a
 /// malformed escape here is a `400`.
-pub fn percent_decode(text: &str) -> Result<String, ApiError> {
+pub fn percent_decode(text: &str) -> Result<Cow<'_, str>, ApiError> {
+    // Most paths have no escape: no copy then.
+    if !text.as_bytes().contains(&b'%') {
+        return Ok(Cow::Borrowed(text));
+    }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -228,7 +230,9 @@ pub fn percent_decode(text: &str) -> Result<String, ApiError> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| ApiError::BadRequest("path is not UTF-8 after decoding"))
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| ApiError::BadRequest("path is not UTF-8 after decoding"))
 }
 
 /// The body of `POST /v1/cache/flush`: empty, or `{"pattern":"…"}`.
