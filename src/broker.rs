@@ -562,7 +562,7 @@ pub async fn credential(
         audited.event.cache = Some(served.as_str());
         let secret = secret?;
         Ok(Reply::new(
-            Bytes::from_owner(CachedBody(secret.clone())),
+            secret.value.shared(),
             raw_kind(secret.value.as_slice()),
         ))
     }
@@ -716,15 +716,6 @@ async fn cached_fetch(
     (result, served, refresh)
 }
 
-/// Lets `Bytes` borrow a cached secret without copying it out of secure memory.
-struct CachedBody(Arc<Secret>);
-
-impl AsRef<[u8]> for CachedBody {
-    fn as_ref(&self) -> &[u8] {
-        self.0.value.as_slice()
-    }
-}
-
 fn raw_kind(value: &[u8]) -> ReplyKind {
     if std::str::from_utf8(value).is_ok() {
         ReplyKind::Text
@@ -740,7 +731,7 @@ fn render(
     format: Format,
 ) -> Result<Reply, BrokerError> {
     let value: Bytes = match field {
-        None => Bytes::from_owner(CachedBody(secret.clone())),
+        None => secret.value.shared(),
         Some(field) => match extract_field(secret.value.as_slice(), field) {
             Ok(bytes) => Bytes::from_owner(bytes),
             Err(FieldError::Missing) => return Err(BrokerError::FieldNotFound),

@@ -136,6 +136,8 @@ enum Step {
 
 struct Inner {
     map: HashMap<SecretRequest, Slot>,
+    /// Under the map's lock: a read takes one lock, not two.
+    settings: CacheConfig,
     clock: u64,
     next_id: u64,
 }
@@ -145,7 +147,6 @@ pub struct Cache {
     inner: Mutex<Inner>,
     /// Change notification per key, for as long as someone waits on it.
     changes: Mutex<HashMap<SecretRequest, watch::Sender<u64>>>,
-    settings: Mutex<CacheConfig>,
     metrics: Arc<Metrics>,
 }
 
@@ -163,22 +164,18 @@ impl Cache {
         Arc::new(Cache {
             inner: Mutex::new(Inner {
                 map: HashMap::new(),
+                settings,
                 clock: 0,
                 next_id: 0,
             }),
             changes: Mutex::new(HashMap::new()),
-            settings: Mutex::new(settings),
             metrics,
         })
     }
 
     /// Replaces the settings (config reload); entries keep their current expiry.
     pub fn set_settings(&self, settings: CacheConfig) {
-        *self.settings.lock().unwrap_or_else(|p| p.into_inner()) = settings;
-    }
-
-    fn settings(&self) -> CacheConfig {
-        *self.settings.lock().unwrap_or_else(|p| p.into_inner())
+        self.lock().settings = settings;
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -215,7 +212,7 @@ impl Cache {
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
         let (step, _) = self.lookup(request, ttl, false, fetch);
-        self.finish(step).await
+        self.serve(step).await
     }
 
     /// As [`Cache::get`], but a reader asks for a re-fetch now (after a login failed with the
@@ -234,8 +231,18 @@ impl Cache {
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
         let (step, refresh) = self.lookup(request, ttl, true, fetch);
-        let (result, served) = self.finish(step).await;
+        let (result, served) = self.serve(step).await;
         (result, served, refresh)
+    }
+
+    /// What `step` serves: at once for a hit, else after the fetch it waits for. The waiting
+    /// is boxed, so a hit's future (every cached read's) stays a few words.
+    async fn serve(&self, step: Step) -> (Result<Arc<Secret>, SourceError>, Served) {
+        match step {
+            Step::Done(secret, served) => (Ok(secret), served),
+            Step::Absent => (Err(SourceError::NotFound), Served::Negative),
+            waiting => Box::pin(self.finish(waiting)).await,
+        }
     }
 
     async fn finish(&self, step: Step) -> (Result<Arc<Secret>, SourceError>, Served) {
@@ -281,10 +288,10 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let settings = self.settings();
         let now = Instant::now();
         let mut guard = self.lock();
         let inner: &mut Inner = &mut guard;
+        let settings = inner.settings;
         // A u64 counter of lookups and ids does not wrap within the life of a process.
         inner.clock = inner.clock.saturating_add(1);
         let clock = inner.clock;
@@ -430,7 +437,6 @@ impl Cache {
 
     /// Files the outcome of fetch `id` unless the slot was flushed or replaced meanwhile.
     fn complete(&self, request: &SecretRequest, id: u64, ttl: Duration, outcome: &Shared) {
-        let settings = self.settings();
         let now = Instant::now();
         // A value with a lifetime of its own is held no longer than the source says, and its
         // refresh-ahead starts no earlier than half-way (else a lifetime shorter than the
@@ -444,9 +450,10 @@ impl Cache {
             None => (ttl, None),
         };
         let valid_until = lifetime.map(|l| later(now, l.valid_for));
-        let (expires, refresh_at) = jittered(now, ttl, max_window, &settings);
         let mut guard = self.lock();
         let inner: &mut Inner = &mut guard;
+        let settings = inner.settings;
+        let (expires, refresh_at) = jittered(now, ttl, max_window, &settings);
         let Some(slot) = inner.map.get_mut(request) else {
             return;
         };

@@ -51,7 +51,7 @@ impl Selector {
 }
 
 /// What to fetch.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretRequest {
     /// `source/id`.
     pub name: SecretName,
@@ -59,11 +59,25 @@ pub struct SecretRequest {
     pub selector: Selector,
 }
 
+/// The cache hashes a request on every read: a request without selectors (nearly all) feeds
+/// the hasher its name and one byte, not a write per selector field.
+impl std::hash::Hash for SecretRequest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        if self.selector.is_empty() {
+            state.write_u8(0);
+        } else {
+            state.write_u8(1);
+            self.selector.hash(state);
+        }
+    }
+}
+
 /// A fetched secret.
 #[derive(Debug)]
 pub struct Secret {
     /// The value, in locked memory.
-    pub value: SecretBytes,
+    pub value: SharedValue,
     /// The backend's version label, when it has one.
     pub version: Option<String>,
     /// When it was fetched from the backend.
@@ -80,7 +94,7 @@ impl Secret {
     /// A value fetched now.
     pub fn new(value: SecretBytes, version: Option<String>) -> Self {
         Secret {
-            value,
+            value: SharedValue(bytes::Bytes::from_owner(value)),
             version,
             fetched_at: SystemTime::now(),
             lifetime: None,
@@ -94,6 +108,40 @@ impl Secret {
         self.tag
             .get_or_init(|| compute(self.value.as_slice()))
             .clone()
+    }
+}
+
+/// A value in locked memory that responses share without a copy or an allocation: each holds a
+/// reference, and the memory is wiped when the cache and the last response have let go (as
+/// [`SecretBytes`] on its own). Debug output never shows the bytes.
+#[derive(Clone)]
+pub struct SharedValue(bytes::Bytes);
+
+impl SharedValue {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Another reference to the same bytes, for a response body.
+    pub fn shared(&self) -> bytes::Bytes {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Debug for SharedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedValue({} bytes)", self.0.len())
     }
 }
 
@@ -419,7 +467,8 @@ pub fn fetch_from_other<'a>(
             .await
             .map_err(|_| SourceError::Timeout(entry.fetch_timeout))??;
         match fetched {
-            Fetched::New(secret) => Ok(secret.value),
+            // A copy: the fetched value is wiped when `secret` drops.
+            Fetched::New(secret) => Ok(SecretBytes::from_slice(secret.value.as_slice())?),
             Fetched::Unchanged => Err(SourceError::BadReply {
                 detail: format!("{} returned no value", request.name),
             }),
