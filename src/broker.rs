@@ -436,70 +436,136 @@ pub async fn read(
             name: request.name,
             selector: request.selector,
         };
-        // Subscribed before the first read, so a change between it and the wait is not lost.
-        let mut changes = request.wait.map(|_| state.cache.subscribe(&secret_request));
-        let deadline = request.wait.map(|w| later(tokio::time::Instant::now(), w));
-        let mut force = request.refresh;
-        loop {
-            // Only a waiting read needs the time (no clock read on the common path).
-            let read_at = deadline.map(|_| tokio::time::Instant::now());
-            let (secret, served, refresh) =
-                cached_fetch(state, request_id, entry.clone(), &secret_request, force).await;
-            audited.event.cache = Some(served.as_str());
-            let secret = secret?;
-            // A read of the whole value answers with the tag kept beside it in the cache.
-            let whole = (request.field.is_none() && request.format == Format::Raw)
-                .then(|| secret.tag(etag));
-            let mut reply = render(
-                &secret_request.name,
-                secret,
-                request.field.as_deref(),
-                request.format,
-            )?;
-            reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
-            reply.refresh = force.then_some(refresh);
-            force = false;
-            if !etag_matches(request.if_none_match.as_deref(), reply.etag.as_deref()) {
-                return Ok(reply);
+        let view = View {
+            field: request.field.as_deref(),
+            format: request.format,
+            if_none_match: request.if_none_match.as_deref(),
+        };
+        let target = Target {
+            state,
+            request_id,
+            entry: &entry,
+            request: &secret_request,
+        };
+        let cache = &mut audited.event.cache;
+        match request.wait {
+            // The common read: no clock, no subscription, and a small future.
+            None => {
+                let (reply, served) = current(&target, &view, request.refresh).await;
+                *cache = Some(served.as_str());
+                reply
             }
-            let not_modified = Reply {
-                body: Bytes::new(),
-                not_modified: true,
-                ..reply
-            };
-            let (Some(deadline), Some(changes)) = (deadline, changes.as_mut()) else {
-                return Ok(not_modified);
-            };
-            // Wake on news of the key, when its value is due for refresh (so a value nobody
-            // else reads still follows its TTL), at the deadline, or at shutdown.
-            let recheck = state
-                .cache
-                .next_refresh(&secret_request)
-                .map_or(deadline, |d| {
-                    later(tokio::time::Instant::now(), d.max(MIN_RECHECK))
-                });
-            let wake = recheck.min(deadline);
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        tokio::time::sleep_until(wake).await;
-                    }
-                }
-                () = tokio::time::sleep_until(wake) => {}
-                () = state.shutdown_signal() => return Ok(not_modified),
-            }
-            // At most one re-read per MIN_RECHECK: news that keeps coming (a TTL shorter than
-            // the refresh-ahead window, a flush loop) cannot make waiters hammer the backend.
-            if let Some(read_at) = read_at {
-                tokio::time::sleep_until(later(read_at, MIN_RECHECK).min(deadline)).await;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Ok(not_modified);
+            // Boxed: its timers and subscription would otherwise size every read's future.
+            Some(wait) => {
+                Box::pin(wait_for_change(
+                    &target,
+                    &view,
+                    wait,
+                    request.refresh,
+                    cache,
+                ))
+                .await
             }
         }
     }
     .await;
     audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
+}
+
+/// Which value a read looks up, for whom.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    state: &'a AppState,
+    request_id: RequestId,
+    entry: &'a Arc<SourceEntry>,
+    request: &'a SecretRequest,
+}
+
+/// How a read wants the value shown, and the tag it already holds.
+struct View<'a> {
+    field: Option<&'a str>,
+    format: Format,
+    if_none_match: Option<&'a str>,
+}
+
+/// The value as `view` shows it now (re-fetched first when `force`), or `not_modified` when it
+/// still matches the caller's tag; and how the cache served it.
+async fn current(
+    target: &Target<'_>,
+    view: &View<'_>,
+    force: bool,
+) -> (Result<Reply, BrokerError>, Served) {
+    let Target {
+        state,
+        request_id,
+        entry,
+        request,
+    } = *target;
+    let (secret, served, refresh) =
+        cached_fetch(state, request_id, entry.clone(), request, force).await;
+    let reply = (|| {
+        let secret = secret?;
+        // A read of the whole value answers with the tag kept beside it in the cache.
+        let whole = (view.field.is_none() && view.format == Format::Raw).then(|| secret.tag(etag));
+        let mut reply = render(&request.name, secret, view.field, view.format)?;
+        reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
+        reply.refresh = force.then_some(refresh);
+        if !etag_matches(view.if_none_match, reply.etag.as_deref()) {
+            return Ok(reply);
+        }
+        Ok(Reply {
+            body: Bytes::new(),
+            not_modified: true,
+            ..reply
+        })
+    })();
+    (reply, served)
+}
+
+/// A `?wait=` read (re-fetched first when `force`): the value once the served bytes differ from the caller's tag, else
+/// `not_modified` at the deadline (or at shutdown).
+async fn wait_for_change(
+    target: &Target<'_>,
+    view: &View<'_>,
+    wait: Duration,
+    mut force: bool,
+    cache: &mut Option<&'static str>,
+) -> Result<Reply, BrokerError> {
+    let (state, request) = (target.state, target.request);
+    // Subscribed before the first read, so a change between it and the wait is not lost.
+    let mut changes = state.cache.subscribe(request);
+    let deadline = later(tokio::time::Instant::now(), wait);
+    loop {
+        let read_at = tokio::time::Instant::now();
+        let (reply, served) = current(target, view, force).await;
+        force = false;
+        *cache = Some(served.as_str());
+        let reply = reply?;
+        if !reply.not_modified {
+            return Ok(reply);
+        }
+        // Wake on news of the key, when its value is due for refresh (so a value nobody else
+        // reads still follows its TTL), at the deadline, or at shutdown.
+        let recheck = state.cache.next_refresh(request).map_or(deadline, |d| {
+            later(tokio::time::Instant::now(), d.max(MIN_RECHECK))
+        });
+        let wake = recheck.min(deadline);
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep_until(wake).await;
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {}
+            () = state.shutdown_signal() => return Ok(reply),
+        }
+        // At most one re-read per MIN_RECHECK: news that keeps coming (a TTL shorter than the
+        // refresh-ahead window, a flush loop) cannot make waiters hammer the backend.
+        tokio::time::sleep_until(later(read_at, MIN_RECHECK).min(deadline)).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(reply);
+        }
+    }
 }
 
 /// What PID 1 asks the credentials socket for, from its socket address.
