@@ -137,10 +137,7 @@ fn secret_response(reply: Reply) -> Resp {
             header::HeaderValue::from_static(content_type),
         );
     }
-    if let Some(etag) = reply
-        .etag
-        .and_then(|t| header::HeaderValue::from_maybe_shared(t).ok())
-    {
+    if let Some(etag) = reply.etag.and_then(etag_header) {
         headers.insert(header::ETAG, etag);
     }
     if let Some(refresh) = reply.refresh {
@@ -156,6 +153,28 @@ fn secret_response(reply: Reply) -> Resp {
         header::HeaderValue::from_static("no-store"),
     );
     response
+}
+
+/// The `ETag` header for `tag`. Building a header value checks every byte (a visible share of a
+/// cached read); the tag of a whole cached value is one shared `Bytes` for as long as the value
+/// is cached, so each worker thread keeps the header it built last. The kept `Bytes` holds its
+/// allocation, so a tag at the same address with the same length is the same bytes.
+fn etag_header(tag: Bytes) -> Option<header::HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Bytes, header::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| {
+        if let Some((kept, value)) = last.as_ref()
+            && kept.as_ptr() == tag.as_ptr()
+            && kept.len() == tag.len()
+        {
+            return Some(value.clone());
+        }
+        let value = header::HeaderValue::from_maybe_shared(tag.clone()).ok()?;
+        *last = Some((tag, value.clone()));
+        Some(value)
+    })
 }
 
 /// `200 {"ready":true}`, or `503` with counts only: never a secret's or a source's name.
@@ -194,5 +213,25 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
         Err(_) => Err(ApiError::BadRequest("could not read the request body")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept header is reused only for the very tag it was built from: another tag of the same
+    /// length, or a tag built again with the same text, gets its own (correct) header.
+    #[test]
+    fn an_etag_header_is_reused_only_for_the_same_tag() {
+        let first = Bytes::from("\"aaaa\"".to_owned());
+        let second = Bytes::from("\"bbbb\"".to_owned());
+        assert_eq!(etag_header(first.clone()).unwrap(), "\"aaaa\"");
+        assert_eq!(etag_header(first.clone()).unwrap(), "\"aaaa\"");
+        assert_eq!(etag_header(second.clone()).unwrap(), "\"bbbb\"");
+        assert_eq!(etag_header(first.slice(0..3)).unwrap(), "\"aa");
+        assert_eq!(etag_header(first).unwrap(), "\"aaaa\"");
+        assert!(etag_header(Bytes::from_static(b"bad\nvalue")).is_none());
+        assert_eq!(etag_header(second).unwrap(), "\"bbbb\"");
     }
 }
