@@ -167,6 +167,28 @@ cluster_addr = "http://127.0.0.1:{cluster}"
     }
 
     fn launch(&mut self) {
+        // A dev server also listens on PORT+1 (its cluster port), which a free-port pick does
+        // not reserve: when another process holds it, the server exits at once. Then it is
+        // started again on another port (a persistent server's ports are in its config).
+        let attempts = if self.persistent.is_none() { 3 } else { 1 };
+        let mut log = String::new();
+        for _ in 0..attempts {
+            match self.launch_once() {
+                Ok(()) => return,
+                Err(text) => log = text,
+            }
+            if self.persistent.is_none() {
+                self.port = free_port();
+            }
+        }
+        panic!(
+            "bao server not healthy on port {}; its log:\n{log}",
+            self.port
+        );
+    }
+
+    /// Starts the server once and waits until it is healthy; else the end of its log.
+    fn launch_once(&mut self) -> Result<(), String> {
         let args = match (&self.persistent, &self.tls_dir) {
             (Some((config, _)), _) => {
                 vec!["server".to_owned(), format!("-config={}", config.display())]
@@ -185,17 +207,25 @@ cluster_addr = "http://127.0.0.1:{cluster}"
                 args
             }
         };
+        let log = tempfile::NamedTempFile::new().expect("bao log file");
         let child = Command::new(venv_bin("bao"))
             .args(&args)
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().expect("bao log file"))
             .spawn()
             .expect("start bao");
         self.child = Some(ChildGuard(child));
-        let healthy = wait_until(Duration::from_secs(20), || {
+        let mut exited = false;
+        let healthy = wait_until(Duration::from_secs(30), || {
+            if let Some(ChildGuard(child)) = self.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                exited = true;
+                return true;
+            }
             if self.persistent.is_some() {
                 // Sealed (and at first uninitialised), it still answers health.
                 self.try_api(None, "GET", "sys/health", None).is_ok()
@@ -205,7 +235,13 @@ cluster_addr = "http://127.0.0.1:{cluster}"
                 matches!(self.try_api(None, "GET", "sys/health", None), Ok((200, _)))
             }
         });
-        assert!(healthy, "bao server not healthy on port {}", self.port);
+        if healthy && !exited {
+            return Ok(());
+        }
+        self.child = None;
+        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        Err(tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
     }
 
     /// Kills the server (a dev server's in-memory storage is lost).
