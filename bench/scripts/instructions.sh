@@ -18,36 +18,11 @@ n="${1:-20000}"
 shift $(( $# > 0 ? 1 : 0 ))
 agents=("$@")
 [ "${#agents[@]}" -gt 0 ] || agents=(target/release/credagent)
-bench=target/release/credagent-bench
 for tool in valgrind oha; do
     command -v "$tool" >/dev/null || { echo "$tool not found" >&2; exit 1; }
 done
-[ -x "$bench" ] || { echo "$bench not found: cargo build --release -p credagent-bench" >&2; exit 1; }
-
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-mkdir "$work/secrets"
-printf 'floor-0123456789abcdef0123456789abcdef0123456789abcdef0123456789' > "$work/secrets/bench"
-cat > "$work/config.toml" <<TOML
-[server]
-socket = "$work/agent.sock"
-socket_mode = "0600"
-
-[cache]
-lock_memory = "best-effort"
-
-[audit]
-file = "$work/audit.log"
-
-[sources.files]
-type = "file"
-dir = "$work/secrets"
-
-[[allow]]
-peer = { uid = $(id -u) }
-secrets = ["files/*"]
-admin = true
-TOML
+# shellcheck source=bench/scripts/agent-config.sh
+. bench/scripts/agent-config.sh
 
 # count OUT REQUESTS SOCKET CMD...: runs CMD under cachegrind, sends REQUESTS reads, stops it
 # with SIGTERM, prints the instruction total.

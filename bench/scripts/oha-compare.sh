@@ -15,34 +15,9 @@ secs="${2:-5}"
 shift $(( $# > 2 ? 2 : $# ))
 agents=("$@")
 [ "${#agents[@]}" -gt 0 ] || agents=(target/release/credagent)
-bench=target/release/credagent-bench
 command -v oha >/dev/null || { echo "oha not found: cargo install oha --locked" >&2; exit 1; }
-[ -x "$bench" ] || { echo "$bench not found: cargo build --release -p credagent-bench" >&2; exit 1; }
-
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-mkdir "$work/secrets"
-printf 'floor-0123456789abcdef0123456789abcdef0123456789abcdef0123456789' > "$work/secrets/bench"
-cat > "$work/config.toml" <<TOML
-[server]
-socket = "$work/agent.sock"
-socket_mode = "0600"
-
-[cache]
-lock_memory = "best-effort"
-
-[audit]
-file = "$work/audit.log"
-
-[sources.files]
-type = "file"
-dir = "$work/secrets"
-
-[[allow]]
-peer = { uid = $(id -u) }
-secrets = ["files/*"]
-admin = true
-TOML
+# shellcheck source=bench/scripts/agent-config.sh
+. bench/scripts/agent-config.sh
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
