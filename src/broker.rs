@@ -175,6 +175,12 @@ pub enum BrokerError {
     /// A flush pattern that is not a valid glob (or a malformed body).
     #[error("bad flush request: {0}")]
     BadFlush(&'static str),
+    /// A flush body larger than the front end accepts.
+    #[error("the flush request's body is too large")]
+    FlushBodyTooLarge,
+    /// A flush body that did not arrive within the front end's bound.
+    #[error("the flush request's body did not arrive in time")]
+    FlushBodyTimeout,
     /// `field` on a value that is not a JSON object.
     #[error("the value is not a JSON object")]
     NotJson,
@@ -237,6 +243,8 @@ impl BrokerError {
             | BrokerError::InvalidId(_)
             | BrokerError::BadFlush(_)
             | BrokerError::NotJson => 400,
+            BrokerError::FlushBodyTimeout => 408,
+            BrokerError::FlushBodyTooLarge => 413,
             BrokerError::Forbidden
             | BrokerError::PeerChanged
             | BrokerError::NotRoot
@@ -643,17 +651,62 @@ pub fn flush(
     caller: Caller<'_>,
     pattern: Result<Option<Glob>, &'static str>,
 ) -> Result<usize, BrokerError> {
+    admit_flush(state, caller)?.flush(caller, pattern.map_err(BrokerError::BadFlush))
+}
+
+/// Admits a cache flush before its body is read. SECURITY: a caller that may not flush is
+/// refused (and audited) before a front end waits for or buffers any body, so announcing a
+/// body and never sending it cannot hold a connection open.
+pub fn admit_flush<'a>(
+    state: &'a AppState,
+    caller: Caller<'_>,
+) -> Result<FlushTicket<'a>, BrokerError> {
     let mut audited = Audited::new(state, caller.peer, "flush");
-    let request_id = audited.request_id();
-    let result = (|| {
-        admit_admin(state, caller, &mut audited)?;
-        let pattern = pattern.map_err(BrokerError::BadFlush)?;
-        audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).into());
-        let flushed = state.cache.flush(pattern.as_ref());
-        tracing::info!(%request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
-        Ok(flushed)
-    })();
-    audited.finish(result)
+    match admit_admin(state, caller, &mut audited) {
+        Ok(()) => Ok(FlushTicket { audited }),
+        Err(err) => audited.finish(Err(err)),
+    }
+}
+
+/// An admitted flush waiting for its pattern; its audit line is written by
+/// [`FlushTicket::flush`].
+pub struct FlushTicket<'a> {
+    audited: Audited<'a>,
+}
+
+impl std::fmt::Debug for FlushTicket<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushTicket")
+            .field("request_id", &self.audited.request_id())
+            .finish()
+    }
+}
+
+impl FlushTicket<'_> {
+    /// Flushes what `pattern` names (all when `None`), or records why the body could not give
+    /// one. `caller` is asked again: the body was read after the head, and its bytes too must be
+    /// the connector's.
+    pub fn flush(
+        self,
+        caller: Caller<'_>,
+        pattern: Result<Option<Glob>, BrokerError>,
+    ) -> Result<usize, BrokerError> {
+        let mut audited = self.audited;
+        let state = audited.state;
+        let request_id = audited.request_id();
+        let result = (|| {
+            if let Err(err) = check_sender(caller, request_id) {
+                audited.event.decision = "deny";
+                return Err(err);
+            }
+            let pattern = pattern?;
+            audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).into());
+            let flushed = state.cache.flush(pattern.as_ref());
+            tracing::info!(%request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
+            Ok(flushed)
+        })();
+        audited.finish(result)
+    }
 }
 
 /// The gate of every admin operation: the connector's own bytes, not draining, an admin rule.

@@ -290,3 +290,94 @@ fn an_attacker_stalling_reads_of_a_large_field_cannot_pin_more_than_the_memory_b
     drop(attacker.stdin.take());
     attacker.wait().unwrap();
 }
+
+/// Sends `argv[2]` (a request head) and no body, then waits up to `argv[3]` seconds for a reply.
+/// Prints the status, `timeout`, or `closed`, and how long it took in milliseconds.
+const HEAD_ONLY: &str = r#"
+import socket, sys, time
+path, head, wait = sys.argv[1], sys.argv[2].encode(), float(sys.argv[3])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+started = time.monotonic()
+s.sendall(head.replace(b"|", b"\r\n"))
+s.settimeout(wait)
+try:
+    data = s.recv(4096)
+    seen = data.split(b" ")[1].decode() if data else "closed"
+except socket.timeout:
+    seen = "timeout"
+except OSError:
+    seen = "closed"
+print(seen, int((time.monotonic() - started) * 1000), flush=True)
+"#;
+
+/// The flush endpoint reads a body. A caller that may not flush must be refused before the
+/// agent waits for (or buffers) a body: else any local user holds connections open forever by
+/// announcing a body and never sending it (the idle check spares a request in flight). An admin
+/// who stalls its body gets `408` once the body's time bound passes.
+#[test]
+fn an_attacker_announcing_a_flush_body_it_never_sends_is_refused_at_once_and_an_admin_is_timed_out()
+{
+    let dir = TestDir::new();
+    let agent = Agent::start(&dir, &config(""));
+    let head = "POST /v1/cache/flush HTTP/1.1|Host: x|Content-Length: 60000|Content-Type: application/json||";
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    // The operator (root, an admin) stalls its body in parallel.
+    let operator = {
+        let socket = socket.clone();
+        std::thread::spawn(move || {
+            let out = Command::new("/usr/bin/python3")
+                .args(["-c", HEAD_ONLY, &socket, head, "25"])
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        })
+    };
+    let mut attacker = python_as(ATTACKER, HEAD_ONLY, &[&socket, head, "5"]);
+    let seen = first_line(&mut attacker);
+    let _ = attacker.wait();
+    let (status, millis) = seen.split_once(' ').unwrap();
+    assert_eq!(status, "403", "the attacker saw {seen}");
+    assert!(
+        millis.parse::<u64>().unwrap() < 2_000,
+        "refused only after {millis} ms"
+    );
+    let denied = |v: &serde_json::Value| {
+        v["action"] == "flush" && v["uid"] == ATTACKER && v["status"] == 403
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| denied(&v) && v["decision"] == "deny")),
+        "no deny line for the attacker's flush:\n{}",
+        agent.log_text()
+    );
+    // The operator's stalled body ends in 408 after the body's bound (10 s), not never.
+    let seen = operator.join().unwrap();
+    let (status, millis) = seen.split_once(' ').unwrap();
+    assert_eq!(status, "408", "the operator saw {seen}");
+    let millis: u64 = millis.parse().unwrap();
+    assert!((9_900..20_000).contains(&millis), "408 after {millis} ms");
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["action"] == "flush"
+                && v["uid"] == 0
+                && v["decision"] == "allow"
+                && v["status"] == 408)),
+        "no line for the operator's timed-out flush:\n{}",
+        agent.log_text()
+    );
+    // An honest flush with its body is answered.
+    let resp = agent.request(
+        "POST",
+        "/v1/cache/flush",
+        &[("Content-Type", "application/json")],
+        br#"{"pattern":"files/*"}"#,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+}

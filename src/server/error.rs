@@ -58,6 +58,8 @@ pub enum ApiError {
     TokenRefused(OAuthError),
     /// The source has `startup_check = "retry"` and has not passed its check yet.
     SourceStarting,
+    /// A request body did not arrive within its bound.
+    BodyTimeout,
 }
 
 impl ApiError {
@@ -75,6 +77,7 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::ShuttingDown
             | ApiError::MemoryUnavailable
             | ApiError::MemoryBudget
@@ -104,6 +107,7 @@ impl ApiError {
             ApiError::NoRoute => "no_route",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::BodyTimeout => "request_timeout",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::UpstreamDenied => "upstream_denied",
             ApiError::UpstreamUnavailable | ApiError::UpstreamTimeout => "upstream_unavailable",
@@ -136,6 +140,7 @@ impl ApiError {
             ApiError::NoRoute => "no such endpoint".to_owned(),
             ApiError::MethodNotAllowed(_) => "method not allowed on this endpoint".to_owned(),
             ApiError::PayloadTooLarge => "request body too large".to_owned(),
+            ApiError::BodyTimeout => "the request body did not arrive in time".to_owned(),
             ApiError::ShuttingDown => "the agent is shutting down".to_owned(),
             ApiError::UpstreamDenied => "the secret backend denied the agent's request".to_owned(),
             ApiError::UpstreamUnavailable => "the secret backend is unavailable".to_owned(),
@@ -191,6 +196,8 @@ impl From<BrokerError> for ApiError {
             BrokerError::BadSelector(why) => ApiError::BadSelector(why),
             BrokerError::InvalidId(why) | BrokerError::BadFlush(why) => ApiError::BadRequest(why),
             BrokerError::NotJson => ApiError::NotJson,
+            BrokerError::FlushBodyTooLarge => ApiError::PayloadTooLarge,
+            BrokerError::FlushBodyTimeout => ApiError::BodyTimeout,
             // NotRoot and UnitMismatch only come from the credentials socket.
             BrokerError::Forbidden | BrokerError::NotRoot | BrokerError::UnitMismatch => {
                 ApiError::Forbidden
@@ -268,6 +275,8 @@ mod tests {
             BrokerError::BadSelector("x"),
             BrokerError::InvalidId("x"),
             BrokerError::BadFlush("x"),
+            BrokerError::FlushBodyTooLarge,
+            BrokerError::FlushBodyTimeout,
             BrokerError::NotJson,
             BrokerError::Forbidden,
             BrokerError::PeerChanged,

@@ -21,6 +21,8 @@ use crate::state::AppState;
 
 /// Largest accepted request body (only `POST /v1/cache/flush` has one).
 const MAX_BODY: usize = 64 * 1024;
+/// How long an admitted request's body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Resp = Response<Full<Bytes>>;
 
@@ -76,19 +78,25 @@ pub async fn handle(
                 Err(err) => broker_error(err),
             }
         }
-        Ok(Route::Flush) => {
-            let pattern = read_body(req).await.map(|body| parse_flush_body(&body));
-            match pattern {
+        // SECURITY: admitted before the body is read (a caller that may not flush never makes
+        // the agent wait for one), and the body is read within BODY_TIMEOUT.
+        Ok(Route::Flush) => match broker::admit_flush(state, caller(taint)) {
+            Err(err) => broker_error(err),
+            Ok(ticket) => {
+                let pattern = match tokio::time::timeout(BODY_TIMEOUT, read_body(req)).await {
+                    Ok(Ok(body)) => parse_flush_body(&body).map_err(BrokerError::BadFlush),
+                    Ok(Err(err)) => Err(err),
+                    Err(_) => Err(BrokerError::FlushBodyTimeout),
+                };
                 // The body was read after the head: `caller` looks at the taint again.
-                Ok(pattern) => match broker::flush(state, caller(taint), pattern) {
+                match ticket.flush(caller(taint), pattern) {
                     Ok(flushed) => {
                         json_response(StatusCode::OK, format!("{{\"flushed\":{flushed}}}"))
                     }
                     Err(err) => broker_error(err),
-                },
-                Err(err) => err.response(),
+                }
             }
-        }
+        },
         Ok(Route::Metrics) => match broker::metrics(state, caller(taint)) {
             Ok(text) => {
                 let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -200,19 +208,21 @@ fn json_response(status: StatusCode, body: String) -> Resp {
     response
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, BrokerError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(ApiError::PayloadTooLarge);
+        return Err(BrokerError::FlushBodyTooLarge);
     }
     match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::PayloadTooLarge),
-        Err(_) => Err(ApiError::BadRequest("could not read the request body")),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(BrokerError::FlushBodyTooLarge)
+        }
+        Err(_) => Err(BrokerError::BadFlush("could not read the request body")),
     }
 }
 
