@@ -55,4 +55,35 @@ for _ in $(seq "$rounds"); do
         done
         measure floor "$conns" "$bench" floor --socket "$work/floor.sock"
     done
-done
+done | tee "$work/rows"
+
+# Each agent's row against the floor's row of the same round and connection count; the medians
+# (and ranges) over the rounds are what to compare: single rounds swing by ±20 % on a shared VM.
+echo
+echo "| server | conns | req/s ÷ floor, median (range) | CPU per request ÷ floor, median (range) |"
+echo "|---|---:|---:|---:|"
+awk -F'|' '
+    NF > 4 && $4 + 0 > 0 {
+        name = $2; gsub(/ /, "", name); conns = $3 + 0
+        if (name == "floor") {
+            for (a in pending) if (pending[a] == conns) {
+                key = a SUBSEP conns; n = ++count[key]
+                rps[key, n] = prps[a] / $4; cpu[key, n] = pcpu[a] / $5
+                delete pending[a]
+            }
+        } else { pending[name] = conns; prps[name] = $4; pcpu[name] = $5; order[name] = 1 }
+    }
+    function median(arr, key, n,    i, j, t, v) {
+        for (i = 1; i <= n; i++) v[i] = arr[key, i]
+        for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (v[j] < v[i]) { t = v[i]; v[i] = v[j]; v[j] = t }
+        lo = v[1]; hi = v[n]
+        return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+    }
+    END {
+        for (key in count) {
+            split(key, part, SUBSEP); n = count[key]
+            m1 = median(rps, key, n); l1 = lo; h1 = hi
+            m2 = median(cpu, key, n); l2 = lo; h2 = hi
+            printf "| %s | %d | %.2f× (%.2f–%.2f) | %.2f× (%.2f–%.2f) |\n", part[1], part[2], m1, l1, h1, m2, l2, h2
+        }
+    }' "$work/rows" | sort
