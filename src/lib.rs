@@ -105,13 +105,15 @@ pub enum RunError {
 
 /// Runs the agent on `config` until `shutdown` resolves, then drains and returns.
 ///
-/// Start-up order: harden memory, open the audit sink, build sources (those with
+/// Start-up order: harden memory, install the reload (SIGHUP) handler, open the audit sink, build sources (those with
 /// `startup_check = "retry"` that fail are retried in the background), bind the socket (or take
 /// it from systemd), set its owner and mode, start the control watcher, start the prefetches,
 /// tell systemd READY, serve.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     secure_mem::set_budget(config.cache.max_locked_bytes);
     secure_mem::init(config.cache.lock_memory)?;
+    // Before anything is bound or spawned: a failure here leaves no socket file behind.
+    let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let metrics = Arc::new(Metrics::default());
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
     let built = source::build_all(&config).await?;
@@ -134,7 +136,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         (None, Some(path)) => Some(server::creds::bind(&config.server, path)?),
         (None, None) => None,
     };
-    let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     if let Some(path) = &config.control {
         control::spawn_watcher(path.clone(), cache.clone());
     }

@@ -195,7 +195,7 @@ fn unopenable_audit_file_exits_73_naming_it() {
 /// Runs the agent under a seccomp filter that makes `rt_sigaction(SIGHUP, …)` fail with EPERM
 /// (set up by /usr/bin/python3 through prctl, then exec), so installing the reload handler fails.
 #[test]
-fn a_signal_handler_that_cannot_be_installed_exits_70() {
+fn a_signal_handler_that_cannot_be_installed_exits_70_and_leaves_no_socket_file() {
     let dir = TestDir::new();
     let config = dir.write_config(&file_config(""));
     let script = r#"
@@ -224,6 +224,12 @@ os.execv(sys.argv[1], sys.argv[1:])
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(70), "{stderr}");
     assert!(stderr.contains("cannot install signal handler"), "{stderr}");
+    // It fails before binding: no socket file is left for the next start to find.
+    assert!(
+        !dir.socket().exists(),
+        "exit 70 left {} behind",
+        dir.socket().display()
+    );
 }
 
 /// Bytes queued unread at the agent's end of the connections to `socket` (`ss -x`: Recv-Q of
