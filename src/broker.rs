@@ -663,22 +663,39 @@ pub fn admit_flush<'a>(
 ) -> Result<FlushTicket<'a>, BrokerError> {
     let mut audited = Audited::new(state, caller.peer, "flush");
     match admit_admin(state, caller, &mut audited) {
-        Ok(()) => Ok(FlushTicket { audited }),
+        Ok(()) => Ok(FlushTicket {
+            audited: Some(audited),
+        }),
         Err(err) => audited.finish(Err(err)),
     }
 }
 
 /// An admitted flush waiting for its pattern; its audit line is written by
-/// [`FlushTicket::flush`].
+/// [`FlushTicket::flush`], or when it is dropped unused (a front end that gave up on the body:
+/// the connection went away, the agent stopped).
 pub struct FlushTicket<'a> {
-    audited: Audited<'a>,
+    /// `None` once the line is written.
+    audited: Option<Audited<'a>>,
 }
 
 impl std::fmt::Debug for FlushTicket<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlushTicket")
-            .field("request_id", &self.audited.request_id())
+            .field(
+                "request_id",
+                &self.audited.as_ref().map(Audited::request_id),
+            )
             .finish()
+    }
+}
+
+impl Drop for FlushTicket<'_> {
+    fn drop(&mut self) {
+        if let Some(audited) = self.audited.take() {
+            let _ = audited.finish::<()>(Err(BrokerError::BadFlush(
+                "the request was abandoned before its body arrived",
+            )));
+        }
     }
 }
 
@@ -687,11 +704,13 @@ impl FlushTicket<'_> {
     /// one. `caller` is asked again: the body was read after the head, and its bytes too must be
     /// the connector's.
     pub fn flush(
-        self,
+        mut self,
         caller: Caller<'_>,
         pattern: Result<Option<Glob>, BrokerError>,
     ) -> Result<usize, BrokerError> {
-        let mut audited = self.audited;
+        let Some(mut audited) = self.audited.take() else {
+            return Err(BrokerError::BadFlush("the flush was already recorded"));
+        };
         let state = audited.state;
         let request_id = audited.request_id();
         let result = (|| {
@@ -985,6 +1004,29 @@ gone = "fake/missing"
             }
             out
         }
+    }
+
+    /// An admitted flush whose body never comes still leaves exactly one audit line.
+    #[test]
+    fn an_abandoned_flush_is_audited_once() {
+        let mut fx = Fixture::new();
+        let admin = peer(0, None);
+        let caller = Caller {
+            peer: &admin,
+            sender_is_connector: true,
+        };
+        let ticket = admit_flush(&fx.state, caller).unwrap();
+        assert!(
+            fx.audit.try_recv().is_err(),
+            "no line before the flush ends"
+        );
+        drop(ticket);
+        let lines = fx.lines();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(
+            (lines[0].action, lines[0].decision, lines[0].status),
+            ("flush", "allow", 400)
+        );
     }
 
     fn peer(uid: u32, unit: Option<&str>) -> Arc<PeerIdentity> {
