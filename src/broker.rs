@@ -530,8 +530,8 @@ async fn current(
     (reply, served)
 }
 
-/// A `?wait=` read (re-fetched first when `force`): the value once the served bytes differ from the caller's tag, else
-/// `not_modified` at the deadline (or at shutdown).
+/// A `?wait=` read (re-fetched first when `force`): the value once the served bytes differ from
+/// the caller's tag, else `not_modified` at the deadline (or at shutdown).
 async fn wait_for_change(
     target: &Target<'_>,
     view: &View<'_>,
@@ -708,6 +708,7 @@ impl FlushTicket<'_> {
         caller: Caller<'_>,
         pattern: Result<Option<Glob>, BrokerError>,
     ) -> Result<usize, BrokerError> {
+        // INVARIANT: `Some` until this call or the drop takes it; both consume the ticket.
         let Some(mut audited) = self.audited.take() else {
             return Err(BrokerError::BadFlush("the flush was already recorded"));
         };
