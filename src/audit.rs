@@ -18,7 +18,6 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditSink;
@@ -44,6 +43,9 @@ pub enum AuditError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The writer thread could not be started.
+    #[error("cannot start the audit writer thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A request's id: a counter, shown in hex in audit and log lines alike.
@@ -263,20 +265,29 @@ fn now_rfc3339() -> Arc<str> {
     })
 }
 
+/// What the writer thread receives: a line, or a request to write what is queued and say so.
+#[derive(Debug)]
+enum Queued {
+    Line(AuditEvent),
+    Flush(oneshot::Sender<()>),
+}
+
 /// Handle to the audit writer.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<AuditEvent>,
-    /// Asks the writer to write everything queued at once and say when it has.
-    flush: Option<mpsc::UnboundedSender<oneshot::Sender<()>>>,
+    tx: mpsc::Sender<Queued>,
+    /// Whether a writer thread reads `tx` (not for a test's capture).
+    written: bool,
     metrics: Arc<Metrics>,
 }
 
 impl Audit {
-    /// Opens the sink and starts the writer task.
+    /// Opens the sink and starts the writer thread. A thread, not a task: its batch window is a
+    /// plain sleep, so no tokio timer is pending while requests come in (a pending timer makes
+    /// every park of a worker read the clock and walk the timer wheel).
     pub async fn spawn(sink: &AuditSink, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
         let writer = match sink {
-            AuditSink::Stderr => Writer::Stream(Box::new(tokio::io::stderr())),
+            AuditSink::Stderr => Writer::Stream(std::io::stderr()),
             AuditSink::File(path) => {
                 let file = std::fs::OpenOptions::new()
                     .append(true)
@@ -291,56 +302,82 @@ impl Audit {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (flush, flush_rx) = mpsc::unbounded_channel();
-        tokio::spawn(write_lines(rx, flush_rx, writer, metrics.clone()));
+        let thread_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("credagent-audit".into())
+            .spawn(move || write_lines(rx, writer, &thread_metrics))
+            .map_err(AuditError::Thread)?;
         Ok(Audit {
             tx,
-            flush: Some(flush),
+            written: true,
             metrics,
         })
     }
 
     /// An audit handle whose events a test reads from the returned receiver.
     #[cfg(test)]
-    pub fn capture(metrics: Arc<Metrics>) -> (Self, mpsc::Receiver<AuditEvent>) {
+    pub fn capture(metrics: Arc<Metrics>) -> (Self, Captured) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (
             Audit {
                 tx,
-                flush: None,
+                written: false,
                 metrics,
             },
-            rx,
+            Captured(rx),
         )
     }
 
     /// Writes every line queued so far (at a stop), waiting at most `within`.
     pub async fn flush(&self, within: std::time::Duration) {
-        let Some(flush) = &self.flush else { return };
-        let (done, written) = oneshot::channel();
-        if flush.send(done).is_ok() {
-            let _ = tokio::time::timeout(within, written).await;
+        if !self.written {
+            return;
         }
+        let (done, written) = oneshot::channel();
+        let _ = tokio::time::timeout(within, async {
+            if self.tx.send(Queued::Flush(done)).await.is_ok() {
+                let _ = written.await;
+            }
+        })
+        .await;
     }
 
     /// Queues one line; never waits.
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(event).is_err() {
+        if self.tx.try_send(Queued::Line(event)).is_err() {
             self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-/// Where the lines go.
+/// The lines a test's [`Audit::capture`] handle recorded.
+#[cfg(test)]
+#[derive(Debug)]
+pub struct Captured(mpsc::Receiver<Queued>);
+
+#[cfg(test)]
+impl Captured {
+    /// The next recorded line, if there is one.
+    pub fn try_recv(&mut self) -> Option<AuditEvent> {
+        loop {
+            match self.0.try_recv().ok()? {
+                Queued::Line(event) => return Some(event),
+                Queued::Flush(_) => {}
+            }
+        }
+    }
+}
+
+/// Where the lines go; both are written with plain blocking writes from the writer thread. A
+/// regular file costs a page-cache copy; stderr may be a pipe that fills, which blocks only the
+/// writer thread (requests go on; lines beyond the queue are dropped and counted).
 enum Writer {
-    /// A regular file: written synchronously (page cache), no hand-off to a blocking thread.
     File(std::fs::File),
-    /// stderr: may be a pipe that fills, so written asynchronously.
-    Stream(Box<dyn tokio::io::AsyncWrite + Send + Unpin>),
+    Stream(std::io::Stderr),
 }
 
 impl Writer {
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Writer::File(file) => {
                 // A failed write (disk full) may have appended part of the batch: cut it off, so
@@ -364,8 +401,9 @@ impl Writer {
                 Ok(())
             }
             Writer::Stream(stream) => {
-                stream.write_all(bytes).await?;
-                stream.flush().await
+                let mut stream = stream.lock();
+                std::io::Write::write_all(&mut stream, bytes)?;
+                std::io::Write::flush(&mut stream)
             }
         }
     }
@@ -381,45 +419,27 @@ fn cut_torn_batch(file: &std::fs::File, written: usize) {
     }
 }
 
-async fn write_lines(
-    mut rx: mpsc::Receiver<AuditEvent>,
-    mut flush_rx: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
-    mut writer: Writer,
-    metrics: Arc<Metrics>,
-) {
+/// The writer thread: waits for the first line of a batch, gathers what comes in
+/// [`BATCH_WINDOW`] (a flush cuts the window short), writes the batch with one write, and ends
+/// when every [`Audit`] handle is gone.
+fn write_lines(mut rx: mpsc::Receiver<Queued>, mut writer: Writer, metrics: &Metrics) {
     let mut batch = Vec::with_capacity(4096);
     let mut peers = PeerFieldCache::default();
-    let mut flush_open = true;
-    loop {
-        // Wait for the first line of a batch, or for a flush.
-        let mut acks = Vec::new();
-        tokio::select! {
-            biased;
-            ack = flush_rx.recv(), if flush_open => match ack {
-                Some(ack) => acks.push(ack),
-                None => flush_open = false,
-            },
-            event = rx.recv() => match event {
-                Some(event) => {
-                    push_line(&mut batch, &event, &mut peers);
-                    // Gather what comes in the window; a flush cuts it short.
-                    tokio::select! {
-                        biased;
-                        ack = flush_rx.recv(), if flush_open => match ack {
-                            Some(ack) => acks.push(ack),
-                            None => flush_open = false,
-                        },
-                        () = tokio::time::sleep(BATCH_WINDOW) => {}
-                    }
-                }
-                None => break,
-            },
+    let mut acks = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut take = |queued: Queued, acks: &mut Vec<oneshot::Sender<()>>| match queued {
+            Queued::Line(event) => push_line(&mut batch, &event, &mut peers),
+            Queued::Flush(ack) => acks.push(ack),
+        };
+        take(first, &mut acks);
+        if acks.is_empty() {
+            std::thread::sleep(BATCH_WINDOW);
         }
         while let Ok(more) = rx.try_recv() {
-            push_line(&mut batch, &more, &mut peers);
+            take(more, &mut acks);
         }
         if !batch.is_empty()
-            && let Err(e) = writer.write(&batch).await
+            && let Err(e) = writer.write(&batch)
         {
             // The whole batch counts as dropped, even if part of it reached the file. (Counted
             // here only: a scan of every batch was a visible cost at one connection.)
@@ -428,7 +448,7 @@ async fn write_lines(
             crate::rate_limited!(error, error = %e, lines, "cannot write audit lines; dropped");
         }
         batch.clear();
-        for ack in acks {
+        for ack in acks.drain(..) {
             let _ = ack.send(());
         }
     }

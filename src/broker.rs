@@ -932,7 +932,6 @@ mod tests {
     use crate::source::Sources;
     use crate::testutil::FakeSource;
     use std::sync::atomic::Ordering;
-    use tokio::sync::mpsc;
 
     const RULES: &str = r#"
 [[allow]]
@@ -959,7 +958,7 @@ gone = "fake/missing"
     struct Fixture {
         state: AppState,
         fake: Arc<SourceEntry>,
-        audit: mpsc::Receiver<AuditEvent>,
+        audit: crate::audit::Captured,
         _dir: tempfile::TempDir,
     }
 
@@ -1000,7 +999,7 @@ gone = "fake/missing"
         /// The audit lines written so far.
         fn lines(&mut self) -> Vec<AuditEvent> {
             let mut out = Vec::new();
-            while let Ok(event) = self.audit.try_recv() {
+            while let Some(event) = self.audit.try_recv() {
                 out.push(event);
             }
             out
@@ -1018,7 +1017,7 @@ gone = "fake/missing"
         };
         let ticket = admit_flush(&fx.state, caller).unwrap();
         assert!(
-            fx.audit.try_recv().is_err(),
+            fx.audit.try_recv().is_none(),
             "no line before the flush ends"
         );
         drop(ticket);

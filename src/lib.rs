@@ -116,6 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
     let metrics = Arc::new(Metrics::default());
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
+    let idle = server::idle::IdleWatch::start().map_err(server::ServerError::IdleThread)?;
     let built = source::build_all(&config).await?;
     let cache = Cache::new(config.cache, metrics.clone());
     cache.reclaim_for_budget();
@@ -150,6 +151,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         listener,
         state.clone(),
         server_config.clone(),
+        idle,
         stop_rx.clone(),
     ));
     let creds_server = creds_listener.map(|listener| {

@@ -13,6 +13,7 @@
 pub mod creds;
 pub mod error;
 pub mod handler;
+pub mod idle;
 pub mod route;
 pub mod sender;
 pub mod write_timeout;
@@ -40,9 +41,6 @@ use crate::{acl, server::error::ApiError};
 
 /// Largest request head (request line plus headers); larger gets 431.
 const MAX_HEAD: usize = 16 * 1024;
-/// A connection on which no request starts or ends for this long (none in flight) is closed:
-/// one that sends part of a request head and stalls, or none at all, is gone after 10–20 s.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections beyond `max_connections` that only uid 0 and admin peers may use.
 pub const OPERATOR_RESERVE: usize = 8;
 /// A refused client's request is read (and dropped) for up to this long and this many bytes
@@ -55,6 +53,9 @@ const MAX_LINGERING: usize = 64;
 /// Failures to set up the socket.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The thread that closes idle connections could not be started.
+    #[error("cannot start the idle-connection thread: {0}")]
+    IdleThread(std::io::Error),
     /// Could not create the socket's directory.
     #[error("cannot create socket directory {path}: {source}")]
     SocketDir {
@@ -215,14 +216,16 @@ pub async fn serve(
     listener: Listener,
     state: Arc<AppState>,
     config: ServerConfig,
+    idle: idle::IdleWatch,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let idle = Arc::new(idle);
     let max = config.max_connections.get();
     let all = max.saturating_add(OPERATOR_RESERVE);
     let limit = Arc::new(Semaphore::new(all));
     let admission = Arc::new(Admission::new(&config));
     let write_timeout = config.write_timeout;
-    let conn_shutdown = shutdown.clone();
+    let watch = idle.clone();
     accept_until_shutdown(
         listener,
         &limit,
@@ -236,11 +239,13 @@ pub async fn serve(
                 state.clone(),
                 admission.clone(),
                 write_timeout,
-                conn_shutdown.clone(),
+                watch.clone(),
             )
         },
     )
     .await;
+    // Finish the requests in flight, then close.
+    idle.shutdown();
     let all = u32::try_from(all).unwrap_or(u32::MAX);
     match tokio::time::timeout(config.shutdown_timeout, limit.acquire_many(all)).await {
         Ok(_) => tracing::info!("all connections drained"),
@@ -375,23 +380,7 @@ struct Connection {
     state: Arc<AppState>,
     identity: Arc<PeerIdentity>,
     taint: sender::Taint,
-    activity: Activity,
-}
-
-/// Requests started and finished on one connection, for its idle check.
-#[derive(Debug, Default)]
-struct Activity {
-    started: std::sync::atomic::AtomicU64,
-    finished: std::sync::atomic::AtomicU64,
-}
-
-impl Activity {
-    fn snapshot(&self) -> (u64, u64) {
-        (
-            self.started.load(Ordering::Relaxed),
-            self.finished.load(Ordering::Relaxed),
-        )
-    }
+    activity: Arc<idle::Activity>,
 }
 
 /// Whether a connection error is the write deadline firing.
@@ -461,7 +450,7 @@ async fn serve_connection(
     state: Arc<AppState>,
     admission: Arc<Admission>,
     write_timeout: Duration,
-    shutdown: watch::Receiver<bool>,
+    idle: Arc<idle::IdleWatch>,
 ) {
     let identity = match peer::identify(&stream, accepted, &state.runtime().exe_rules) {
         Ok(identity) => Arc::new(identity),
@@ -496,23 +485,23 @@ async fn serve_connection(
         state,
         identity,
         taint,
-        activity: Activity::default(),
+        activity: Arc::new(idle::Activity::default()),
     });
     let service = {
         let connection = connection.clone();
         service_fn(move |req| {
             let connection = connection.clone();
-            connection.activity.started.fetch_add(1, Ordering::Relaxed);
+            connection.activity.start();
             async move {
                 let c = &*connection;
                 let response = handler::handle(&c.state, &c.identity, &c.taint, req).await;
-                c.activity.finished.fetch_add(1, Ordering::Relaxed);
+                c.activity.finish();
                 Ok::<_, Infallible>(response)
             }
         })
     };
     // No hyper timer: its header-read timeout armed and cancelled a timer for every request on
-    // a keep-alive connection. The idle check below arms one per HEADER_TIMEOUT instead.
+    // a keep-alive connection. The idle check is `idle`'s thread's instead.
     let conn = http1::Builder::new()
         // A client may shut down its write side (or exit) once its request is sent: the request
         // is still answered and audited, not dropped when its EOF is read.
@@ -521,11 +510,10 @@ async fn serve_connection(
         .writev(true)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    // The idle timer and the shutdown signal are watched by a task of their own that sends the
-    // verdict once: a request's wake-ups then poll the connection and one channel, not a timer
-    // and a watch as well (measured: a few hundred instructions per request).
-    let (stop, mut stopped) = tokio::sync::oneshot::channel();
-    tokio::spawn(watch_connection(connection.clone(), shutdown, stop));
+    // The idle check and the shutdown signal come from `idle`'s thread, once, through one
+    // channel: a request's wake-ups poll the connection and that channel, and no timer is
+    // pending while a connection is open (measured: a few hundred instructions per request).
+    let (_watched, mut stopped) = idle.register(connection.activity.clone());
     tokio::select! {
         biased;
         result = conn.as_mut() => {
@@ -537,53 +525,13 @@ async fn serve_connection(
             }
         }
         verdict = &mut stopped => match verdict {
-            Ok(Stop::Idle) => {
-                tracing::debug!("closing a connection with no request for {HEADER_TIMEOUT:?}");
+            Ok(idle::Stop::Idle) => {
+                tracing::debug!(limit = ?idle::IDLE_LIMIT, "closing a connection with no request");
             }
             // Finish the request in flight, then close.
-            Ok(Stop::Shutdown) | Err(_) => {
+            Ok(idle::Stop::Shutdown) | Err(_) => {
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.as_mut().await;
-            }
-        }
-    }
-}
-
-/// Why a connection's watcher says to stop.
-#[derive(Debug)]
-enum Stop {
-    /// No request started or finished for a whole [`HEADER_TIMEOUT`] with none in flight.
-    Idle,
-    /// The agent is stopping.
-    Shutdown,
-}
-
-/// Watches one connection until it ends: says [`Stop::Idle`] when no request started or
-/// finished in a whole [`HEADER_TIMEOUT`] and none is in flight, [`Stop::Shutdown`] when the
-/// agent stops.
-async fn watch_connection(
-    connection: Arc<Connection>,
-    mut shutdown: watch::Receiver<bool>,
-    mut stop: tokio::sync::oneshot::Sender<Stop>,
-) {
-    let mut seen = connection.activity.snapshot();
-    loop {
-        tokio::select! {
-            biased;
-            () = stop.closed() => return,
-            () = signalled(&mut shutdown) => {
-                let _ = stop.send(Stop::Shutdown);
-                return;
-            }
-            () = tokio::time::sleep(HEADER_TIMEOUT) => {
-                // SECURITY: a client that holds a connection without completing a request
-                // (slowloris, or an idle keep-alive) loses it.
-                let now = connection.activity.snapshot();
-                if now == seen && now.0 == now.1 {
-                    let _ = stop.send(Stop::Idle);
-                    return;
-                }
-                seen = now;
             }
         }
     }
