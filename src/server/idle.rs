@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 /// `IDLE_LIMIT` to `IDLE_LIMIT + TICK`.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(10);
 /// How often the thread looks at the connections.
-const TICK: Duration = Duration::from_secs(1);
+pub const TICK: Duration = Duration::from_secs(1);
 
 /// Requests started and finished on one connection.
 #[derive(Debug, Default)]
