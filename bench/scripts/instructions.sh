@@ -54,7 +54,8 @@ per_request() {
     awk -v name="$name" -v idle="$idle" -v busy="$busy" -v n="$n" \
         'BEGIN { printf "| %s | %d |\n", name, (busy - idle) / n }'
     if [ "$annotate" = 1 ]; then
-        cg_annotate "$work/busy.out" | sed -n '/file:function/,/^$/p' | head -40 >&2
+        # `head` closes the pipe early; under pipefail that must not end the script.
+        cg_annotate "$work/busy.out" | sed -n '/file:function/,/^$/p' | head -40 >&2 || true
     fi
 }
 
