@@ -1,11 +1,12 @@
 //! Shared agent state: what every request handler reads, and what a reload swaps.
 //!
-//! The [`Runtime`] (rules and sources of one config generation) sits behind a lock that requests
-//! only hold long enough to clone an `Arc`; the cache, metrics and audit outlive reloads.
+//! The [`Runtime`] (rules and sources of one config generation) is swapped whole by a reload; a
+//! request borrows the current one without a lock or a reference-count write
+//! ([`AppState::current_runtime`]). The cache, metrics and audit outlive reloads.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use crate::acl::Rule;
 use crate::audit::Audit;
@@ -93,7 +94,9 @@ impl Runtime {
 /// Everything the handlers share.
 #[derive(Debug)]
 pub struct AppState {
-    runtime: RwLock<Arc<Runtime>>,
+    runtime: arc_swap::ArcSwap<Runtime>,
+    /// Held by a change of `runtime`, so two changes cannot lose each other's work.
+    changing: Mutex<()>,
     /// The secret cache.
     pub cache: Arc<Cache>,
     /// Counters.
@@ -111,7 +114,8 @@ impl AppState {
     /// State for a first config generation.
     pub fn new(runtime: Runtime, cache: Arc<Cache>, metrics: Arc<Metrics>, audit: Audit) -> Self {
         AppState {
-            runtime: RwLock::new(Arc::new(runtime)),
+            runtime: arc_swap::ArcSwap::from_pointee(runtime),
+            changing: Mutex::new(()),
             cache,
             metrics,
             audit,
@@ -122,30 +126,35 @@ impl AppState {
         }
     }
 
-    /// The current config generation.
+    /// The current config generation, to keep.
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.runtime.load_full()
+    }
+
+    /// The current config generation, for one request: no lock, and no write to the shared
+    /// reference count while no reload happens (hold it for a request, not for ever).
+    pub fn current_runtime(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
     }
 
     /// Installs a new config generation.
     pub fn replace_runtime(&self, runtime: Runtime) {
-        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+        let changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        self.runtime.store(Arc::new(runtime));
+        drop(changing);
         self.readiness.runtime_changed();
     }
 
     /// Replaces the runtime with what `change` makes of it, unless it returns `None` (e.g. the
-    /// runtime is of another generation by now); returns whether it did. Holds the lock
+    /// runtime is of another generation by now); returns whether it did. Holds the change lock
     /// throughout, so two changes cannot lose each other's work.
     pub fn update_runtime(&self, change: impl FnOnce(&Runtime) -> Option<Runtime>) -> bool {
-        let mut guard = self.runtime.write().unwrap_or_else(|p| p.into_inner());
-        let Some(new) = change(&guard) else {
+        let changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(new) = change(&self.runtime.load()) else {
             return false;
         };
-        *guard = Arc::new(new);
-        drop(guard);
+        self.runtime.store(Arc::new(new));
+        drop(changing);
         self.readiness.runtime_changed();
         true
     }
