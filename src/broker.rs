@@ -391,7 +391,7 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
     if state.shutting_down() {
         return Err(BrokerError::ShuttingDown);
     }
-    let runtime = state.runtime();
+    let runtime = state.current_runtime();
     let request = SecretRequest {
         name: name.clone(),
         selector: Selector::default(),
@@ -413,7 +413,7 @@ pub async fn read(
     let mut audited = Audited::new(state, caller.peer, action);
     audited.event.secret = Some(request.name.joined());
     let request_id = audited.request_id();
-    let runtime = state.runtime();
+    let runtime = state.current_runtime();
     let result = async {
         check_sender(caller, request_id)?;
         if state.shutting_down() {
@@ -434,7 +434,7 @@ pub async fn read(
         }
         audited.event.decision = "allow";
         let entry = validate(&runtime, &request.name, &request.selector)?;
-        if let Err(denied) = check_ciphertext_location(&entry, &request.name, |location| {
+        if let Err(denied) = check_ciphertext_location(entry, &request.name, |location| {
             acl::decide(&runtime.rules, peer, location.source(), location.id())
         }) {
             audited.event.decision = "deny";
@@ -452,7 +452,7 @@ pub async fn read(
         let target = Target {
             state,
             request_id,
-            entry: &entry,
+            entry,
             request: &secret_request,
         };
         let cache = &mut audited.event.cache;
@@ -509,8 +509,7 @@ async fn current(
         entry,
         request,
     } = *target;
-    let (secret, served, refresh) =
-        cached_fetch(state, request_id, entry.clone(), request, force).await;
+    let (secret, served, refresh) = cached_fetch(state, request_id, entry, request, force).await;
     let reply = (|| {
         let secret = secret?;
         // A read of the whole value answers with the tag kept beside it in the cache.
@@ -599,7 +598,7 @@ pub async fn credential(
     let mut audited = Audited::new(state, peer, "credential");
     audited.event.secret = Some(format!("credential:{}", request.id).into());
     let request_id = audited.request_id();
-    let runtime = state.runtime();
+    let runtime = state.current_runtime();
     let result = async {
         if peer.uid != 0 {
             return Err(BrokerError::NotRoot);
@@ -624,7 +623,7 @@ pub async fn credential(
         audited.event.decision = "allow";
         let selector = Selector::default();
         let entry = validate(&runtime, &name, &selector)?;
-        if let Err(denied) = check_ciphertext_location(&entry, &name, |location| {
+        if let Err(denied) = check_ciphertext_location(entry, &name, |location| {
             acl::decide_credential(&runtime.rules, peer, location.source(), location.id())
         }) {
             audited.event.decision = "deny";
@@ -637,7 +636,7 @@ pub async fn credential(
         let secret = secret?;
         Ok(Reply::new(
             secret.value.shared(),
-            raw_kind(secret.value.as_slice()),
+            text_kind(secret.is_text()),
         ))
     }
     .await;
@@ -759,11 +758,11 @@ pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerErr
 }
 
 /// The source entry for `name`, if it exists and could ever serve `name`'s id with `selector`.
-fn validate(
-    runtime: &Runtime,
+fn validate<'r>(
+    runtime: &'r Runtime,
     name: &SecretName,
     selector: &Selector,
-) -> Result<Arc<SourceEntry>, BrokerError> {
+) -> Result<&'r Arc<SourceEntry>, BrokerError> {
     let Some(entry) = runtime.sources.get(name.source()) else {
         return Err(if runtime.starting.contains_key(name.source()) {
             BrokerError::SourceStarting
@@ -779,7 +778,7 @@ fn validate(
         .source
         .check_id(name.id())
         .map_err(BrokerError::InvalidId)?;
-    Ok(entry.clone())
+    Ok(entry)
 }
 
 /// SECURITY: a transit read takes its ciphertext from another source's secret; the caller must
@@ -805,47 +804,50 @@ fn check_ciphertext_location(
 async fn cached_fetch(
     state: &AppState,
     request_id: RequestId,
-    entry: Arc<SourceEntry>,
+    entry: &Arc<SourceEntry>,
     request: &SecretRequest,
     force: bool,
 ) -> (Result<Arc<Secret>, BrokerError>, Served, Refresh) {
-    let metrics = state.metrics.clone();
     let ttl = entry.ttl;
-    // Only runs on a miss or refresh: nothing here is on the cache-hit path.
-    let fetch = move |fetch_request: SecretRequest, previous: Option<Arc<Secret>>| async move {
-        let source_metrics = metrics.source(fetch_request.name.source());
-        source_metrics
-            .fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let started = Instant::now();
-        let result = match tokio::time::timeout(
-            entry.fetch_timeout,
-            entry.fetch_limited(&fetch_request, previous.as_deref()),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(SourceError::Timeout(entry.fetch_timeout)),
-        };
-        source_metrics.observe(started.elapsed(), result.is_ok());
-        match &result {
-            // The detail never holds a value (SourceError's contract).
-            Err(SourceError::NotFound) => {
-                tracing::debug!(secret = %fetch_request.name, "fetch: no such secret")
+    // Made, and run, only on a miss or refresh: a hit does not touch these `Arc`s' counts.
+    let fetch = || {
+        let metrics = state.metrics.clone();
+        let entry = entry.clone();
+        move |fetch_request: SecretRequest, previous: Option<Arc<Secret>>| async move {
+            let source_metrics = metrics.source(fetch_request.name.source());
+            source_metrics
+                .fetches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let started = Instant::now();
+            let result = match tokio::time::timeout(
+                entry.fetch_timeout,
+                entry.fetch_limited(&fetch_request, previous.as_deref()),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(SourceError::Timeout(entry.fetch_timeout)),
+            };
+            source_metrics.observe(started.elapsed(), result.is_ok());
+            match &result {
+                // The detail never holds a value (SourceError's contract).
+                Err(SourceError::NotFound) => {
+                    tracing::debug!(secret = %fetch_request.name, "fetch: no such secret")
+                }
+                // A client can provoke these (many names while a backend is down): rate-limited at
+                // a site of their own, so request floods cannot hide them.
+                Err(err) => {
+                    rate_limited!(warn, secret = %fetch_request.name, error = %err, "fetch failed")
+                }
+                Ok(_) => tracing::debug!(secret = %fetch_request.name, "fetched"),
             }
-            // A client can provoke these (many names while a backend is down): rate-limited at
-            // a site of their own, so request floods cannot hide them.
-            Err(err) => {
-                rate_limited!(warn, secret = %fetch_request.name, error = %err, "fetch failed")
-            }
-            Ok(_) => tracing::debug!(secret = %fetch_request.name, "fetched"),
+            result
         }
-        result
     };
     let (result, served, refresh) = if force {
-        state.cache.refresh(request, ttl, fetch).await
+        state.cache.refresh_with(request, ttl, fetch).await
     } else {
-        let (result, served) = state.cache.get(request, ttl, fetch).await;
+        let (result, served) = state.cache.get_with(request, ttl, fetch).await;
         (result, served, Refresh::Done)
     };
     let result = result.map_err(|err| {
@@ -855,8 +857,8 @@ async fn cached_fetch(
     (result, served, refresh)
 }
 
-fn raw_kind(value: &[u8]) -> ReplyKind {
-    if std::str::from_utf8(value).is_ok() {
+fn text_kind(text: bool) -> ReplyKind {
+    if text {
         ReplyKind::Text
     } else {
         ReplyKind::Binary
@@ -869,20 +871,20 @@ fn render(
     field: Option<&str>,
     format: Format,
 ) -> Result<Reply, BrokerError> {
-    let value: Bytes = match field {
-        None => secret.value.shared(),
+    let (value, text): (Bytes, bool) = match field {
+        None => (secret.value.shared(), secret.is_text()),
         Some(field) => match extract_field(secret.value.as_slice(), field) {
-            Ok(bytes) => Bytes::from_owner(bytes),
+            Ok(bytes) => {
+                let text = std::str::from_utf8(bytes.as_slice()).is_ok();
+                (Bytes::from_owner(bytes), text)
+            }
             Err(FieldError::Missing) => return Err(BrokerError::FieldNotFound),
             Err(FieldError::NotObject) => return Err(BrokerError::NotJson),
             Err(FieldError::Memory(err)) => return Err(BrokerError::from(err)),
         },
     };
     match format {
-        Format::Raw => {
-            let kind = raw_kind(&value);
-            Ok(Reply::new(value, kind))
-        }
+        Format::Raw => Ok(Reply::new(value, text_kind(text))),
         Format::Json => Ok(Reply::new(
             Bytes::from_owner(render_json(name, &secret, &value)?),
             ReplyKind::Json,

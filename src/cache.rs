@@ -211,7 +211,23 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let (step, _) = self.lookup(request, ttl, false, fetch);
+        self.get_with(request, ttl, || fetch).await
+    }
+
+    /// As [`Cache::get`], with the fetch made by `make` only when one is started: a hit builds
+    /// nothing (the broker's fetch holds `Arc`s whose counts every read would otherwise touch).
+    pub async fn get_with<M, F, Fut>(
+        self: &Arc<Self>,
+        request: &SecretRequest,
+        ttl: Duration,
+        make: M,
+    ) -> (Result<Arc<Secret>, SourceError>, Served)
+    where
+        M: FnOnce() -> F,
+        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
+    {
+        let (step, _) = self.lookup(request, ttl, false, make);
         self.serve(step).await
     }
 
@@ -230,7 +246,22 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let (step, refresh) = self.lookup(request, ttl, true, fetch);
+        self.refresh_with(request, ttl, || fetch).await
+    }
+
+    /// As [`Cache::refresh`], with the fetch made by `make` only when one is started.
+    pub async fn refresh_with<M, F, Fut>(
+        self: &Arc<Self>,
+        request: &SecretRequest,
+        ttl: Duration,
+        make: M,
+    ) -> (Result<Arc<Secret>, SourceError>, Served, Refresh)
+    where
+        M: FnOnce() -> F,
+        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
+    {
+        let (step, refresh) = self.lookup(request, ttl, true, make);
         let (result, served) = self.serve(step).await;
         (result, served, refresh)
     }
@@ -277,14 +308,15 @@ impl Cache {
     }
 
     /// The synchronous part of `get`, under the lock: decide what to serve or wait for.
-    fn lookup<F, Fut>(
+    fn lookup<M, F, Fut>(
         self: &Arc<Self>,
         request: &SecretRequest,
         ttl: Duration,
         force: bool,
-        fetch: F,
+        make: M,
     ) -> (Step, Refresh)
     where
+        M: FnOnce() -> F,
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
@@ -312,7 +344,8 @@ impl Cache {
                     if refresh_due && entry.refresh.is_none() && !backing_off {
                         inner.next_id = next_id;
                         let prev = entry.secret.clone();
-                        let rx = self.spawn_fetch(request.clone(), next_id, ttl, Some(prev), fetch);
+                        let rx =
+                            self.spawn_fetch(request.clone(), next_id, ttl, Some(prev), make());
                         entry.refresh = Some((next_id, rx));
                         self.metrics
                             .cache_refresh_ahead
@@ -337,7 +370,7 @@ impl Cache {
                             next_id,
                             ttl,
                             Some(prev.clone()),
-                            fetch,
+                            make(),
                         );
                         entry.refresh = Some((next_id, rx.clone()));
                         rx
@@ -368,14 +401,14 @@ impl Cache {
                     return (Step::Absent, refresh);
                 }
                 // Expired (or forced): a miss in the slot the absence held.
-                let rx = self.start_miss(inner, request, next_id, ttl, forced, fetch);
+                let rx = self.start_miss(inner, request, next_id, ttl, forced, make());
                 return (Step::WaitMiss(rx), refresh);
             }
             None => {
                 if inner.map.len() >= settings.max_entries.get() && evict_lru(inner) {
                     self.metrics.cache_evictions.fetch_add(1, Ordering::Relaxed);
                 }
-                Step::WaitMiss(self.start_miss(inner, request, next_id, ttl, force, fetch))
+                Step::WaitMiss(self.start_miss(inner, request, next_id, ttl, force, make()))
             }
         };
         (step, Refresh::Done)

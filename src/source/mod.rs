@@ -88,18 +88,27 @@ pub struct Secret {
     /// The value's change tag, computed on first use and kept while the value is cached (every
     /// read of the whole value answers with it).
     tag: std::sync::OnceLock<bytes::Bytes>,
+    /// Whether the value is UTF-8 (its content type), checked once per fetch, not per read.
+    text: bool,
 }
 
 impl Secret {
     /// A value fetched now.
     pub fn new(value: SecretBytes, version: Option<String>) -> Self {
+        let text = std::str::from_utf8(value.as_slice()).is_ok();
         Secret {
+            text,
             value: SharedValue(bytes::Bytes::from_owner(value)),
             version,
             fetched_at: SystemTime::now(),
             lifetime: None,
             tag: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Whether the value is UTF-8.
+    pub fn is_text(&self) -> bool {
+        self.text
     }
 
     /// The value's change tag: `compute(value)` the first time, the same bytes after (a
