@@ -63,8 +63,8 @@ impl std::fmt::Display for RequestId {
 /// renders it.
 #[derive(Debug)]
 pub struct AuditEvent {
-    /// RFC 3339 time.
-    pub time: Arc<str>,
+    /// When it was decided; the writer renders it as RFC 3339 (once per millisecond of lines).
+    pub time: SystemTime,
     /// Request id (also in log lines about the same request).
     pub request_id: RequestId,
     /// What was asked: `read`, `flush`, `metrics`, `credential`.
@@ -106,15 +106,34 @@ impl Serialize for PeerFields<'_> {
 /// connection shares them, and rendering them (the exe path's lossy UTF-8 and escaping among
 /// them) was most of a line's cost. Each entry holds its `Arc`, so the allocation a pointer
 /// names cannot be freed and reused by another connection's identity while it is here.
+///
+/// Likewise the time: many lines share a millisecond, and the writer formats each millisecond
+/// once (a request only reads the clock; an `Arc` of shared text cost it two writes to a count
+/// the writer thread shares).
 #[derive(Default)]
-struct PeerFieldCache {
+struct Rendered {
     entries: Vec<(Arc<PeerIdentity>, Vec<u8>)>,
+    /// The millisecond since the epoch that `time_text` shows.
+    time_millis: Option<u128>,
+    time_text: String,
 }
 
 /// Connections whose peer fields are kept; past that the cache starts over.
 const PEER_FIELD_CACHE: usize = 64;
 
-impl PeerFieldCache {
+impl Rendered {
+    /// `at` in RFC 3339 (milliseconds), formatted only when the millisecond changes.
+    fn time(&mut self, at: SystemTime) -> &str {
+        let millis = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        if self.time_millis != Some(millis) {
+            self.time_text = rfc3339(at);
+            self.time_millis = Some(millis);
+        }
+        &self.time_text
+    }
+
     /// `"uid":…,"user_unit":…` for `peer` (without braces).
     fn fields(&mut self, peer: &Arc<PeerIdentity>) -> &[u8] {
         let found = self.entries.iter().position(|(p, _)| Arc::ptr_eq(p, peer));
@@ -146,9 +165,9 @@ impl AuditEvent {
     /// machinery (`write!`, serde's escaping) was most of a line's cost, and every field but the
     /// secret's name and the peer's (rendered once per connection) is a fixed word, a number or
     /// the agent's own time text.
-    fn write_json(&self, out: &mut Vec<u8>, peers: &mut PeerFieldCache) -> serde_json::Result<()> {
+    fn write_json(&self, out: &mut Vec<u8>, peers: &mut Rendered) -> serde_json::Result<()> {
         out.extend_from_slice(b"{\"time\":");
-        push_word(out, &self.time);
+        push_word(out, peers.time(self.time));
         out.extend_from_slice(b",\"request_id\":\"");
         push_hex(out, self.request_id.0);
         out.extend_from_slice(b"\",\"action\":");
@@ -230,7 +249,7 @@ impl AuditEvent {
     /// An event for `peer` with the fields every line has.
     pub fn new(request_id: RequestId, action: &'static str, peer: &Arc<PeerIdentity>) -> Self {
         AuditEvent {
-            time: now_rfc3339(),
+            time: SystemTime::now(),
             request_id,
             action,
             peer: Arc::clone(peer),
@@ -241,28 +260,6 @@ impl AuditEvent {
             status: 0,
         }
     }
-}
-
-/// The current time in RFC 3339, formatted at most once per millisecond per thread: under load
-/// many lines share a millisecond, and formatting was a visible share of a cached read's cost.
-fn now_rfc3339() -> Arc<str> {
-    thread_local! {
-        static LAST: std::cell::RefCell<(u128, Option<Arc<str>>)> =
-            const { std::cell::RefCell::new((0, None)) };
-    }
-    let now = SystemTime::now();
-    let millis = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    LAST.with_borrow_mut(|(last, text)| match text {
-        Some(text) if *last == millis => Arc::clone(text),
-        _ => {
-            let fresh: Arc<str> = Arc::from(rfc3339(now));
-            *text = Some(Arc::clone(&fresh));
-            *last = millis;
-            fresh
-        }
-    })
 }
 
 /// What the writer thread receives: a line, or a request to write what is queued and say so.
@@ -424,7 +421,7 @@ fn cut_torn_batch(file: &std::fs::File, written: usize) {
 /// when every [`Audit`] handle is gone.
 fn write_lines(mut rx: mpsc::Receiver<Queued>, mut writer: Writer, metrics: &Metrics) {
     let mut batch = Vec::with_capacity(4096);
-    let mut peers = PeerFieldCache::default();
+    let mut peers = Rendered::default();
     let mut acks = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut take = |queued: Queued, acks: &mut Vec<oneshot::Sender<()>>| match queued {
@@ -455,7 +452,7 @@ fn write_lines(mut rx: mpsc::Receiver<Queued>, mut writer: Writer, metrics: &Met
 }
 
 /// Appends `event` as one JSON line.
-fn push_line(batch: &mut Vec<u8>, event: &AuditEvent, peers: &mut PeerFieldCache) {
+fn push_line(batch: &mut Vec<u8>, event: &AuditEvent, peers: &mut Rendered) {
     let len = batch.len();
     if event.write_json(batch, peers).is_ok() {
         batch.push(b'\n');
@@ -521,7 +518,7 @@ mod tests {
             uid: 7,
             ..PeerIdentity::default()
         });
-        let mut peers = PeerFieldCache::default();
+        let mut peers = Rendered::default();
         let mut out = Vec::new();
         let mut first = AuditEvent::new(RequestId(0x2a), "read", &odd);
         first.secret = Some("files/\"x\"".into());
@@ -619,17 +616,16 @@ mod tests {
     }
 
     #[test]
-    fn cached_time_is_the_current_millisecond() {
-        for _ in 0..1000 {
-            let before = rfc3339(SystemTime::now());
-            let cached = now_rfc3339().to_string();
-            let after = rfc3339(SystemTime::now());
-            // Fixed-width RFC 3339 strings order like the times they name.
-            assert!(
-                before <= cached && cached <= after,
-                "{before} {cached} {after}"
-            );
-            assert_eq!(cached.len(), "2026-01-01T00:00:00.000Z".len());
-        }
+    fn a_time_is_formatted_once_per_millisecond_and_never_stale() {
+        let mut rendered = Rendered::default();
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_764_547_200_123);
+        assert_eq!(rendered.time(at), "2025-12-01T00:00:00.123Z");
+        // Within the same millisecond: the kept text.
+        let same = at + std::time::Duration::from_micros(500);
+        assert_eq!(rendered.time(same), "2025-12-01T00:00:00.123Z");
+        let next = at + std::time::Duration::from_millis(1);
+        assert_eq!(rendered.time(next), "2025-12-01T00:00:00.124Z");
+        // Back in time (the wall clock was set back): formatted again, not the kept text.
+        assert_eq!(rendered.time(at), "2025-12-01T00:00:00.123Z");
     }
 }
