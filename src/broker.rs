@@ -409,75 +409,83 @@ pub async fn read(
     caller: Caller<'_>,
     request: ReadRequest,
 ) -> Result<Reply, BrokerError> {
-    let action = if request.refresh { "refresh" } else { "read" };
+    // Destructured at once, and the checks done by a plain function: every local that lives
+    // across the await is stored in this future, which hyper moves on every request.
+    let ReadRequest {
+        name,
+        selector,
+        field,
+        format,
+        if_none_match,
+        wait,
+        refresh,
+    } = request;
+    let action = if refresh { "refresh" } else { "read" };
     let mut audited = Audited::new(state, caller.peer, action);
-    audited.event.secret = Some(request.name.joined());
-    let request_id = audited.request_id();
+    audited.event.secret = Some(name.joined());
     let runtime = state.current_runtime();
-    let result = async {
-        check_sender(caller, request_id)?;
-        if state.shutting_down() {
-            return Err(BrokerError::ShuttingDown);
+    let entry = match admit_read(state, &runtime, caller, &name, &selector, &mut audited) {
+        Ok(entry) => entry,
+        Err(err) => return audited.finish(Err(err)),
+    };
+    let secret_request = SecretRequest { name, selector };
+    let view = View {
+        field: field.as_deref(),
+        format,
+        if_none_match: if_none_match.as_deref(),
+    };
+    let target = Target {
+        state,
+        request_id: audited.request_id(),
+        entry,
+        request: &secret_request,
+    };
+    let result = match wait {
+        // The common read: no clock, no subscription, and a small future.
+        None => {
+            let (reply, served) = current(&target, &view, refresh).await;
+            audited.event.cache = Some(served.as_str());
+            reply
         }
-        // SECURITY: the decision comes before any validation that could tell a denied caller
-        // whether a source or id exists.
-        let peer = caller.peer;
-        if !acl::decide(
-            &runtime.rules,
-            peer,
-            request.name.source(),
-            request.name.id(),
-        )
-        .allowed()
-        {
-            return Err(BrokerError::Forbidden);
+        // Boxed: its timers and subscription would otherwise size every read's future.
+        Some(wait) => {
+            let cache = &mut audited.event.cache;
+            Box::pin(wait_for_change(&target, &view, wait, refresh, cache)).await
         }
-        audited.event.decision = "allow";
-        let entry = validate(&runtime, &request.name, &request.selector)?;
-        if let Err(denied) = check_ciphertext_location(entry, &request.name, |location| {
-            acl::decide(&runtime.rules, peer, location.source(), location.id())
-        }) {
-            audited.event.decision = "deny";
-            return Err(denied);
-        }
-        let secret_request = SecretRequest {
-            name: request.name,
-            selector: request.selector,
-        };
-        let view = View {
-            field: request.field.as_deref(),
-            format: request.format,
-            if_none_match: request.if_none_match.as_deref(),
-        };
-        let target = Target {
-            state,
-            request_id,
-            entry,
-            request: &secret_request,
-        };
-        let cache = &mut audited.event.cache;
-        match request.wait {
-            // The common read: no clock, no subscription, and a small future.
-            None => {
-                let (reply, served) = current(&target, &view, request.refresh).await;
-                *cache = Some(served.as_str());
-                reply
-            }
-            // Boxed: its timers and subscription would otherwise size every read's future.
-            Some(wait) => {
-                Box::pin(wait_for_change(
-                    &target,
-                    &view,
-                    wait,
-                    request.refresh,
-                    cache,
-                ))
-                .await
-            }
-        }
-    }
-    .await;
+    };
     audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
+}
+
+/// The checks of a read before the cache, in order: the sender, the drain, the access
+/// decision (`audited` says `allow` from here), the name against its source, and a transit
+/// read's ciphertext location (a denial there is audited as `deny`). Returns the source.
+fn admit_read<'r>(
+    state: &AppState,
+    runtime: &'r Runtime,
+    caller: Caller<'_>,
+    name: &SecretName,
+    selector: &Selector,
+    audited: &mut Audited<'_>,
+) -> Result<&'r Arc<SourceEntry>, BrokerError> {
+    check_sender(caller, audited.request_id())?;
+    if state.shutting_down() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    // SECURITY: the decision comes before any validation that could tell a denied caller
+    // whether a source or id exists.
+    let peer = caller.peer;
+    if !acl::decide(&runtime.rules, peer, name.source(), name.id()).allowed() {
+        return Err(BrokerError::Forbidden);
+    }
+    audited.event.decision = "allow";
+    let entry = validate(runtime, name, selector)?;
+    if let Err(denied) = check_ciphertext_location(entry, name, |location| {
+        acl::decide(&runtime.rules, peer, location.source(), location.id())
+    }) {
+        audited.event.decision = "deny";
+        return Err(denied);
+    }
+    Ok(entry)
 }
 
 /// Which value a read looks up, for whom.

@@ -29,19 +29,37 @@ type Resp = Response<Full<Bytes>>;
 /// What a `?refresh=true` did: `refreshed` or `throttled`.
 const REFRESH_HEADER: header::HeaderName = header::HeaderName::from_static("x-credagent-refresh");
 
+/// A request reduced to what serving it takes: its route, and the request itself only for a
+/// flush, whose body is still to be read. Routing happens before [`handle`]'s future is made, so
+/// that future does not hold the request head (hyper moves it on every request); a flush is
+/// rare, so its request is boxed.
+#[derive(Debug)]
+pub struct Routed {
+    route: Result<Route, ApiError>,
+    flush: Option<Box<Request<Incoming>>>,
+}
+
+/// Routes `req` (the request head only; no body is read).
+pub fn route(req: Request<Incoming>) -> Routed {
+    let route = Route::parse(req.method(), req.uri(), req.headers());
+    let flush = matches!(route, Ok(Route::Flush)).then(|| Box::new(req));
+    Routed { route, flush }
+}
+
 /// Serves one request from `peer`. `taint` says whether any byte on the connection so far came
 /// from a process other than `peer` (hyper has read the request head when this runs).
 pub async fn handle(
     state: &AppState,
     peer: &Arc<PeerIdentity>,
     taint: &Taint,
-    req: Request<Incoming>,
+    routed: Routed,
 ) -> Resp {
     let caller = |taint: &Taint| Caller {
         peer,
         sender_is_connector: !taint.is_set(),
     };
-    let response = match Route::parse(req.method(), req.uri(), req.headers()) {
+    let Routed { route, flush } = routed;
+    let response = match route {
         Err(_) if taint.is_set() => broker_error(broker::refuse_changed_peer(state, caller(taint))),
         Err(err) => {
             rate_limited!(info, uid = peer.uid, pid = ?peer.pid, code = err.code(), "rejected request");
@@ -80,14 +98,18 @@ pub async fn handle(
         }
         // SECURITY: admitted before the body is read (a caller that may not flush never makes
         // the agent wait for one), and the body is read within BODY_TIMEOUT.
-        Ok(Route::Flush) => match broker::admit_flush(state, caller(taint)) {
-            Err(err) => broker_error(err),
-            Ok(ticket) => {
-                let pattern = match tokio::time::timeout(BODY_TIMEOUT, read_body(req)).await {
-                    Ok(Ok(body)) => parse_flush_body(&body).map_err(BrokerError::BadFlush),
-                    Ok(Err(err)) => Err(err),
-                    Err(_) => Err(BrokerError::FlushBodyTimeout),
-                };
+        Ok(Route::Flush) => match (broker::admit_flush(state, caller(taint)), flush) {
+            (Err(err), _) => broker_error(err),
+            (Ok(ticket), Some(req)) => {
+                // Boxed, as its request: its body timer would size every read's future.
+                let pattern = Box::pin(async {
+                    match tokio::time::timeout(BODY_TIMEOUT, read_body(*req)).await {
+                        Ok(Ok(body)) => parse_flush_body(&body).map_err(BrokerError::BadFlush),
+                        Ok(Err(err)) => Err(err),
+                        Err(_) => Err(BrokerError::FlushBodyTimeout),
+                    }
+                })
+                .await;
                 // The body was read after the head: `caller` looks at the taint again.
                 match ticket.flush(caller(taint), pattern) {
                     Ok(flushed) => {
@@ -96,6 +118,15 @@ pub async fn handle(
                     Err(err) => broker_error(err),
                 }
             }
+            // `route` keeps the request of every flush, so this is not reached; were it, the
+            // flush would be refused and audited like one whose body is missing.
+            (Ok(ticket), None) => match ticket.flush(
+                caller(taint),
+                Err(BrokerError::BadFlush("the request body is missing")),
+            ) {
+                Ok(flushed) => json_response(StatusCode::OK, format!("{{\"flushed\":{flushed}}}")),
+                Err(err) => broker_error(err),
+            },
         },
         Ok(Route::Metrics) => match broker::metrics(state, caller(taint)) {
             Ok(text) => {

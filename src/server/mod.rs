@@ -492,9 +492,10 @@ async fn serve_connection(
         service_fn(move |req| {
             let connection = connection.clone();
             connection.activity.start();
+            let routed = handler::route(req);
             async move {
                 let c = &*connection;
-                let response = handler::handle(&c.state, &c.identity, &c.taint, req).await;
+                let response = handler::handle(&c.state, &c.identity, &c.taint, routed).await;
                 c.activity.finish();
                 Ok::<_, Infallible>(response)
             }
