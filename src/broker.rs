@@ -50,10 +50,9 @@ pub enum Format {
 /// A read, as any front end asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadRequest {
-    /// `source/id` (its syntax already valid: [`SecretName`] cannot hold anything else).
-    pub name: SecretName,
-    /// Version selectors.
-    pub selector: Selector,
+    /// The name (its syntax already valid: [`SecretName`] cannot hold anything else) and the
+    /// version selectors: the cache's key.
+    pub secret: SecretRequest,
     /// One top-level field of a JSON-object value.
     pub field: Option<String>,
     /// Raw or JSON.
@@ -71,8 +70,10 @@ impl ReadRequest {
     /// A plain read of `name`: raw value, no selector, no field, no condition.
     pub fn plain(name: SecretName) -> Self {
         ReadRequest {
-            name,
-            selector: Selector::default(),
+            secret: SecretRequest {
+                name,
+                selector: Selector::default(),
+            },
             field: None,
             format: Format::Raw,
             if_none_match: None,
@@ -407,50 +408,48 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
 pub async fn read(
     state: &AppState,
     caller: Caller<'_>,
-    request: ReadRequest,
+    request: &ReadRequest,
 ) -> Result<Reply, BrokerError> {
-    // Destructured at once, and the checks done by a plain function: every local that lives
-    // across the await is stored in this future, which hyper moves on every request.
-    let ReadRequest {
-        name,
-        selector,
-        field,
-        format,
-        if_none_match,
-        wait,
-        refresh,
-    } = request;
-    let action = if refresh { "refresh" } else { "read" };
+    // Every local that lives across the await is stored in this future, which hyper moves on
+    // every request: the request is borrowed, and the checks are a plain function.
+    let action = if request.refresh { "refresh" } else { "read" };
     let mut audited = Audited::new(state, caller.peer, action);
-    audited.event.secret = Some(name.joined());
+    let secret = &request.secret;
+    audited.event.secret = Some(secret.name.joined());
     let runtime = state.current_runtime();
-    let entry = match admit_read(state, &runtime, caller, &name, &selector, &mut audited) {
+    let entry = match admit_read(state, &runtime, caller, secret, &mut audited) {
         Ok(entry) => entry,
         Err(err) => return audited.finish(Err(err)),
     };
-    let secret_request = SecretRequest { name, selector };
     let view = View {
-        field: field.as_deref(),
-        format,
-        if_none_match: if_none_match.as_deref(),
+        field: request.field.as_deref(),
+        format: request.format,
+        if_none_match: request.if_none_match.as_deref(),
     };
     let target = Target {
         state,
         request_id: audited.request_id(),
         entry,
-        request: &secret_request,
+        request: secret,
     };
-    let result = match wait {
+    let result = match request.wait {
         // The common read: no clock, no subscription, and a small future.
         None => {
-            let (reply, served) = current(&target, &view, refresh).await;
+            let (reply, served) = current(&target, &view, request.refresh).await;
             audited.event.cache = Some(served.as_str());
             reply
         }
         // Boxed: its timers and subscription would otherwise size every read's future.
         Some(wait) => {
             let cache = &mut audited.event.cache;
-            Box::pin(wait_for_change(&target, &view, wait, refresh, cache)).await
+            Box::pin(wait_for_change(
+                &target,
+                &view,
+                wait,
+                request.refresh,
+                cache,
+            ))
+            .await
         }
     };
     audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
@@ -463,10 +462,10 @@ fn admit_read<'r>(
     state: &AppState,
     runtime: &'r Runtime,
     caller: Caller<'_>,
-    name: &SecretName,
-    selector: &Selector,
+    secret: &SecretRequest,
     audited: &mut Audited<'_>,
 ) -> Result<&'r Arc<SourceEntry>, BrokerError> {
+    let SecretRequest { name, selector } = secret;
     check_sender(caller, audited.request_id())?;
     if state.shutting_down() {
         return Err(BrokerError::ShuttingDown);
@@ -1052,7 +1051,10 @@ gone = "fake/missing"
     fn read_request(name: &str, selector: Selector, field: Option<&str>) -> ReadRequest {
         let (source, id) = name.split_once('/').unwrap();
         ReadRequest {
-            selector,
+            secret: SecretRequest {
+                name: SecretName::new(source, id).unwrap(),
+                selector,
+            },
             field: field.map(str::to_owned),
             ..ReadRequest::plain(SecretName::new(source, id).unwrap())
         }
@@ -1236,7 +1238,7 @@ gone = "fake/missing"
                 peer: &peer,
                 sender_is_connector: sender_ok,
             };
-            let got = read(&fx.state, caller, read_request(name, selector, field)).await;
+            let got = read(&fx.state, caller, &read_request(name, selector, field)).await;
             let what = format!("uid {uid} {name} {field:?}");
             match (&got, &want) {
                 (Ok(reply), Ok(body)) => assert_eq!(&reply.body[..], *body, "{what}"),
@@ -1271,7 +1273,7 @@ gone = "fake/missing"
             let reply = read(
                 &fx.state,
                 caller,
-                read_request("fake/ok/a", Selector::default(), None),
+                &read_request("fake/ok/a", Selector::default(), None),
             )
             .await
             .unwrap();
@@ -1285,7 +1287,7 @@ gone = "fake/missing"
         let got = read(
             &fx.state,
             caller,
-            read_request("fake/ok/a", Selector::default(), None),
+            &read_request("fake/ok/a", Selector::default(), None),
         )
         .await;
         assert_eq!(got.unwrap_err(), BrokerError::ShuttingDown);
@@ -1301,7 +1303,7 @@ gone = "fake/missing"
             sender_is_connector: true,
         };
         let plain = || read_request("fake/ok/a", Selector::default(), None);
-        let first = read(&fx.state, caller, plain()).await.unwrap();
+        let first = read(&fx.state, caller, &plain()).await.unwrap();
         let etag = String::from_utf8(first.etag.clone().unwrap().to_vec()).unwrap();
         assert_eq!(etag.len(), 34);
         // Same bytes, same tag; the tag held: 304 at once without wait, at the deadline with it.
@@ -1309,14 +1311,14 @@ gone = "fake/missing"
             if_none_match: Some(etag.clone()),
             ..plain()
         };
-        let reply = read(&fx.state, caller, held.clone()).await.unwrap();
+        let reply = read(&fx.state, caller, &held.clone()).await.unwrap();
         assert!(reply.not_modified && reply.body.is_empty());
         let started = tokio::time::Instant::now();
         let waiting = ReadRequest {
             wait: Some(Duration::from_secs(5)),
             ..held
         };
-        let reply = read(&fx.state, caller, waiting.clone()).await.unwrap();
+        let reply = read(&fx.state, caller, &waiting.clone()).await.unwrap();
         assert!(reply.not_modified);
         assert!(started.elapsed() >= Duration::from_secs(5));
         // Another tag: the value at once.
@@ -1324,7 +1326,7 @@ gone = "fake/missing"
             if_none_match: Some("\"0000\"".to_owned()),
             ..waiting
         };
-        let reply = read(&fx.state, caller, other).await.unwrap();
+        let reply = read(&fx.state, caller, &other).await.unwrap();
         assert_eq!(
             (&reply.body[..], reply.etag.as_deref()),
             (&b"ok/a"[..], Some(etag.as_bytes()))
@@ -1335,9 +1337,9 @@ gone = "fake/missing"
             ..plain()
         };
         let fetches = fx.fetches();
-        let reply = read(&fx.state, caller, refresh.clone()).await.unwrap();
+        let reply = read(&fx.state, caller, &refresh.clone()).await.unwrap();
         assert_eq!(reply.refresh, Some(Refresh::Done));
-        let reply = read(&fx.state, caller, refresh).await.unwrap();
+        let reply = read(&fx.state, caller, &refresh).await.unwrap();
         assert_eq!(reply.refresh, Some(Refresh::Throttled));
         assert_eq!(fx.fetches(), fetches + 1);
         let lines: Vec<_> = fx.lines().iter().map(|l| (l.action, l.status)).collect();
@@ -1512,7 +1514,7 @@ gone = "fake/missing"
         };
         let plain = || read_request("fake/ok/a", Selector::default(), None);
         assert_eq!(
-            read(&fx.state, caller, plain()).await.unwrap_err(),
+            read(&fx.state, caller, &plain()).await.unwrap_err(),
             BrokerError::SourceStarting
         );
         let name = SecretName::new("fake", "ok/a").unwrap();
@@ -1527,7 +1529,7 @@ gone = "fake/missing"
             sender_is_connector: true,
         };
         assert_eq!(
-            read(&fx.state, denied, plain()).await.unwrap_err(),
+            read(&fx.state, denied, &plain()).await.unwrap_err(),
             BrokerError::Forbidden
         );
         let report = ready(&fx.state, caller).unwrap();
@@ -1549,7 +1551,7 @@ gone = "fake/missing"
         prefetch(&fx.state, &name).await.unwrap();
         assert_eq!(fx.fetches(), 1);
         assert_eq!(
-            read(&fx.state, caller, plain()).await.unwrap().body,
+            read(&fx.state, caller, &plain()).await.unwrap().body,
             &b"ok/a"[..]
         );
         assert!(ready(&fx.state, caller).unwrap().ready);

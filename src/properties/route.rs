@@ -62,8 +62,9 @@ proptest! {
             headers.insert(hyper::header::ACCEPT, value);
         }
         if let Ok(uri) = path.parse::<Uri>()
-            && let Ok(Route::Secret { name, field, .. }) = Route::parse(&method, &uri, &headers)
+            && let Ok(Route::Secret(read)) = Route::parse(&method, &uri, &headers)
         {
+            let (name, field) = (read.secret.name, read.field);
             prop_assert!(validate_source_name(name.source()).is_ok());
             prop_assert!(validate_id(name.id()).is_ok());
             if let Some(field) = field {
@@ -93,9 +94,10 @@ proptest! {
             headers.insert(hyper::header::ACCEPT, hyper::header::HeaderValue::from_static("application/json"));
         }
         let route = Route::parse(&Method::GET, &uri, &headers);
-        let Ok(Route::Secret { name, field: got_field, format, .. }) = route else {
+        let Ok(Route::Secret(read)) = route else {
             return Err(TestCaseError::fail(format!("{uri}: {route:?}")));
         };
+        let (name, got_field, format) = (read.secret.name, read.field, read.format);
         prop_assert_eq!(name.source(), source.as_str());
         prop_assert_eq!(name.id(), id.as_str());
         prop_assert_eq!(got_field, field);

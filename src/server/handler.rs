@@ -13,7 +13,7 @@ use hyper::{Request, Response, StatusCode, header};
 use super::error::ApiError;
 use super::route::{Route, parse_flush_body};
 use super::sender::Taint;
-use crate::broker::{self, BrokerError, Caller, ReadRequest, Reply, ReplyKind};
+use crate::broker::{self, BrokerError, Caller, Reply, ReplyKind};
 use crate::cache::Refresh;
 use crate::peer::PeerIdentity;
 use crate::rate_limited;
@@ -52,14 +52,15 @@ pub async fn handle(
     state: &AppState,
     peer: &Arc<PeerIdentity>,
     taint: &Taint,
-    routed: Routed,
+    mut routed: Routed,
 ) -> Resp {
     let caller = |taint: &Taint| Caller {
         peer,
         sender_is_connector: !taint.is_set(),
     };
-    let Routed { route, flush } = routed;
-    let response = match route {
+    // Matched by reference: a move out of `routed` would be one more copy of the route in
+    // this future.
+    let response = match &routed.route {
         Err(_) if taint.is_set() => broker_error(broker::refuse_changed_peer(state, caller(taint))),
         Err(err) => {
             rate_limited!(info, uid = peer.uid, pid = ?peer.pid, code = err.code(), "rejected request");
@@ -73,32 +74,16 @@ pub async fn handle(
             Ok(report) => ready_response(report),
             Err(err) => broker_error(err),
         },
-        Ok(Route::Secret {
-            name,
-            selector,
-            field,
-            format,
-            if_none_match,
-            wait,
-            refresh,
-        }) => {
-            let request = ReadRequest {
-                name,
-                selector,
-                field,
-                format,
-                if_none_match,
-                wait: wait.map(|secs| std::time::Duration::from_secs(secs.into())),
-                refresh,
-            };
-            match broker::read(state, caller(taint), request).await {
-                Ok(reply) => secret_response(reply),
-                Err(err) => broker_error(err),
-            }
-        }
+        Ok(Route::Secret(request)) => match broker::read(state, caller(taint), request).await {
+            Ok(reply) => secret_response(reply),
+            Err(err) => broker_error(err),
+        },
         // SECURITY: admitted before the body is read (a caller that may not flush never makes
         // the agent wait for one), and the body is read within BODY_TIMEOUT.
-        Ok(Route::Flush) => match (broker::admit_flush(state, caller(taint)), flush) {
+        Ok(Route::Flush) => match (
+            broker::admit_flush(state, caller(taint)),
+            routed.flush.take(),
+        ) {
             (Err(err), _) => broker_error(err),
             (Ok(ticket), Some(req)) => {
                 // Boxed, as its request: its body timer would size every read's future.

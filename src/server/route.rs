@@ -3,14 +3,15 @@
 //! handler only ever sees a well-formed [`SecretName`].
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use hyper::{Method, header};
 
 use super::error::ApiError;
 use crate::name::{Glob, SecretName};
-use crate::source::Selector;
+use crate::source::{SecretRequest, Selector};
 
-pub use crate::broker::Format;
+pub use crate::broker::{Format, ReadRequest};
 
 /// What `Allow:` says for the routes that read.
 const READ_METHODS: &str = "GET, HEAD";
@@ -25,23 +26,8 @@ pub enum Route {
     Health,
     /// `GET /v1/ready`.
     Ready,
-    /// `GET /v1/secrets/{source}/{id}`.
-    Secret {
-        /// Validated name.
-        name: SecretName,
-        /// Version selectors.
-        selector: Selector,
-        /// `?field=`.
-        field: Option<String>,
-        /// Response format.
-        format: Format,
-        /// `If-None-Match`.
-        if_none_match: Option<String>,
-        /// `?wait=SECS` (1–300).
-        wait: Option<u16>,
-        /// `?refresh=true`.
-        refresh: bool,
-    },
+    /// `GET /v1/secrets/{source}/{id}`: the read as the broker takes it (`?wait=` is 1–300 s).
+    Secret(ReadRequest),
     /// `POST /v1/cache/flush`.
     Flush,
     /// `GET /v1/metrics`.
@@ -179,15 +165,14 @@ fn parse_secret(
     } else {
         Format::Raw
     };
-    Ok(Route::Secret {
-        name,
-        selector,
+    Ok(Route::Secret(ReadRequest {
+        secret: SecretRequest { name, selector },
         field,
         format,
         if_none_match,
-        wait,
+        wait: wait.map(|secs: u16| Duration::from_secs(secs.into())),
         refresh: refresh.unwrap_or(false),
-    })
+    }))
 }
 
 fn accepts_json(headers: &hyper::HeaderMap) -> bool {
@@ -275,27 +260,15 @@ mod tests {
     }
 
     fn secret(source: &str, id: &str) -> Route {
-        Route::Secret {
-            name: SecretName::new(source, id).unwrap(),
-            selector: Selector::default(),
-            field: None,
-            format: Format::Raw,
-            if_none_match: None,
-            wait: None,
-            refresh: false,
-        }
+        Route::Secret(ReadRequest::plain(SecretName::new(source, id).unwrap()))
     }
 
     fn conditional(id: &str, wait: Option<u16>, refresh: bool) -> Route {
-        Route::Secret {
-            name: SecretName::new("files", id).unwrap(),
-            selector: Selector::default(),
-            field: None,
-            format: Format::Raw,
-            if_none_match: None,
-            wait,
+        Route::Secret(ReadRequest {
+            wait: wait.map(|secs| Duration::from_secs(secs.into())),
             refresh,
-        }
+            ..ReadRequest::plain(SecretName::new("files", id).unwrap())
+        })
     }
 
     #[test]
@@ -471,12 +444,12 @@ mod tests {
             &[("accept", "text/html, application/json;q=0.9")],
         )
         .unwrap();
-        let Route::Secret {
+        let Route::Secret(ReadRequest {
             field,
-            selector,
+            secret: SecretRequest { selector, .. },
             format,
             ..
-        } = got
+        }) = got
         else {
             panic!("not a secret route: {got:?}");
         };
@@ -519,11 +492,14 @@ mod tests {
                 continue;
             };
             for method in [Method::GET, Method::POST, Method::HEAD] {
-                if let Ok(Route::Secret { name, .. }) =
+                if let Ok(Route::Secret(read)) =
                     Route::parse(&method, &uri, &hyper::HeaderMap::new())
                 {
                     // Whatever got through is a valid name.
-                    assert!(crate::name::validate_id(name.id()).is_ok(), "{text}");
+                    assert!(
+                        crate::name::validate_id(read.secret.name.id()).is_ok(),
+                        "{text}"
+                    );
                 }
             }
             let _ = parse_flush_body(&input);
