@@ -1,15 +1,15 @@
 //! The audit trail: one JSON line per access decision, never a value.
 //!
-//! Lines go through a bounded channel to a writer task, so a request never waits for its line to
+//! Lines go through a bounded channel to a writer thread, so a request never waits for its line to
 //! be written: when the channel is full the line is dropped and counted
 //! (`credagent_audit_dropped_total`), and so is every line of a batch whose write fails (disk
 //! full, I/O error): requests keep being answered either way. The sink is stderr (`file = "-"`, journald under systemd)
 //! or a file opened append-only with mode 0640. The writer gathers lines for [`BATCH_WINDOW`] after
 //! the first of a batch and writes them with one write; at a stop, [`Audit::flush`] writes what is
-//! queued before the agent exits. A file is written with plain write(2) from the writer task (a page-cache copy; a
-//! tokio file would hand each batch to a blocking thread, which the bench measured as the
-//! agent's largest per-request cost); stderr, which may be a pipe that fills, stays
-//! asynchronous.
+//! queued before the agent exits. Both sinks are written with plain blocking writes from the
+//! writer thread: a file costs a page-cache copy, and stderr, which may be a pipe that fills,
+//! blocks only that thread (a tokio file would hand each batch to a blocking thread, which the
+//! bench measured as the agent's largest per-request cost).
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ impl std::fmt::Display for RequestId {
 }
 
 /// One access decision. It shares the connection's identity instead of copying it, so building
-/// one on the request path costs no allocation beyond the secret's name; the writer task
+/// one on the request path costs no allocation beyond the secret's name; the writer thread
 /// renders it.
 #[derive(Debug)]
 pub struct AuditEvent {
