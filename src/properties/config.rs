@@ -78,10 +78,16 @@ enum GenSource {
     },
 }
 
-fn gen_source() -> impl Strategy<Value = GenSource> {
+/// A TTL longer than the refresh-ahead window, often just longer (the boundary the config checks).
+fn ttl_above(window: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![window + 1..=window + 2, window + 1..=604_800u64]
+}
+
+/// A file source's TTL, when written, must exceed the cache's refresh-ahead window.
+fn gen_source(refresh_ahead: u64) -> impl Strategy<Value = GenSource> {
     prop_oneof![
         (
-            prop::option::of(1..=604_800u64),
+            prop::option::of(ttl_above(refresh_ahead)),
             prop::option::of(1..=1024usize)
         )
             .prop_map(|(ttl, fetches)| GenSource::File { ttl, fetches }),
@@ -103,11 +109,18 @@ proptest! {
         mode in 0..=0o777u32,
         (max_connections, per_uid) in (1..=65_536usize).prop_flat_map(|m| (Just(m), prop::option::of(1..=m))),
         write_timeout in 1..=3600u64,
-        ttl in 1..=604_800u64,
+        // Every TTL must exceed the refresh-ahead window (written, or the default 60 s).
+        (refresh_ahead, ttl, sources) in prop::option::of(0..=3600u64).prop_flat_map(|written| {
+            let window = written.unwrap_or(60);
+            (
+                Just(written),
+                ttl_above(window),
+                prop::collection::btree_map(source_name(), gen_source(window), 1..4),
+            )
+        }),
         max_entries in 1..=1_000_000usize,
         stale in 0..=604_800u64,
         locked_mib in 1..=4096u64,
-        sources in prop::collection::btree_map(source_name(), gen_source(), 1..4),
         uids in prop::collection::vec(any::<u32>(), 0..4),
     ) {
         let dir = tempfile::tempdir().map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -124,6 +137,9 @@ proptest! {
              lock_memory = \"best-effort\"\nmax_locked_bytes = {}\n",
             locked_mib << 20
         ));
+        if let Some(r) = refresh_ahead {
+            text.push_str(&format!("refresh_ahead_secs = {r}\n"));
+        }
         for (name, source) in &sources {
             text.push_str(&format!("[sources.{name}]\n"));
             match source {
@@ -150,6 +166,7 @@ proptest! {
         prop_assert_eq!(config.server.max_connections_per_uid.get(), want_per_uid);
         prop_assert_eq!(config.server.write_timeout, Duration::from_secs(write_timeout));
         prop_assert_eq!(config.cache.ttl, Duration::from_secs(ttl));
+        prop_assert_eq!(config.cache.refresh_ahead, Duration::from_secs(refresh_ahead.unwrap_or(60)));
         prop_assert_eq!(config.cache.max_entries.get(), max_entries);
         prop_assert_eq!(config.cache.stale_if_error, Duration::from_secs(stale));
         prop_assert_eq!(config.cache.max_locked_bytes as u64, locked_mib << 20);
