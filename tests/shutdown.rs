@@ -259,28 +259,40 @@ fn sockets(pid: u32) -> std::collections::HashSet<String> {
 }
 
 #[test]
-fn a_request_that_arrives_during_the_drain_gets_503_shutting_down() {
+fn a_request_that_arrives_during_the_drain_gets_503_shutting_down_and_ready_says_so() {
     let dir = TestDir::new();
     dir.secret("x", b"value");
     let mut agent = Agent::start(&dir, &file_config(""));
     let pid = agent.pid();
 
-    // A client that is connected (accepted: the agent holds a socket it did not hold before)
-    // and has sent only the start of its request when SIGTERM arrives.
+    // Clients that are connected (accepted: the agent holds sockets it did not hold before)
+    // and have sent only the start of their requests when SIGTERM arrives.
+    let heads = [
+        "GET /v1/secrets/files/x HTTP/1.1\r\n",
+        "GET /v1/ready HTTP/1.1\r\n",
+        "GET /v1/health HTTP/1.1\r\n",
+    ];
     let before = sockets(pid);
-    let mut late = UnixStream::connect(&agent.socket).unwrap();
+    let mut late: Vec<UnixStream> = heads
+        .iter()
+        .map(|_| UnixStream::connect(&agent.socket).unwrap())
+        .collect();
     assert!(
-        common::wait_until(Duration::from_secs(10), || !sockets(pid).is_subset(&before)),
-        "the agent did not accept the connection"
+        common::wait_until(Duration::from_secs(10), || sockets(pid)
+            .difference(&before)
+            .count()
+            == heads.len()),
+        "the agent did not accept the connections"
     );
-    late.write_all(b"GET /v1/secrets/files/x HTTP/1.1\r\n")
-        .unwrap();
-    // ...and the agent has read that start (hyper closes a connection it has read nothing from
-    // as idle when the drain begins; this test is about one it has).
+    for (stream, head) in late.iter_mut().zip(heads) {
+        stream.write_all(head.as_bytes()).unwrap();
+    }
+    // ...and the agent has read those starts (hyper closes a connection it has read nothing
+    // from as idle when the drain begins; this test is about ones it has).
     assert!(
         common::wait_until(Duration::from_secs(10), || unread_by_agent(&agent.socket)
             == Some(0)),
-        "the agent did not read the start of the request"
+        "the agent did not read the start of the requests"
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -292,20 +304,33 @@ fn a_request_that_arrives_during_the_drain_gets_503_shutting_down() {
         .socket
         .exists()));
 
-    late.write_all(b"Host: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    late.set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    let mut raw = Vec::new();
-    late.read_to_end(&mut raw).unwrap();
-    let resp = common::parse_response(&raw).expect("an HTTP response");
-    assert_eq!(
-        (resp.status, resp.error_code().as_str()),
-        (503, "shutting_down"),
-        "{}",
-        resp.text()
-    );
-    assert!(!resp.text().contains("value"));
+    let mut answers = late.into_iter().map(|mut stream| {
+        stream
+            .write_all(b"Host: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).unwrap();
+        common::parse_response(&raw).expect("an HTTP response")
+    });
+    // A read is refused, and no value leaves; a readiness probe learns that the agent takes
+    // no more work (so it is unrouted at once);
+    for what in ["read", "ready"] {
+        let resp = answers.next().unwrap();
+        let got = (resp.status, resp.error_code());
+        assert_eq!(
+            got,
+            (503, "shutting_down".into()),
+            "{what}: {}",
+            resp.text()
+        );
+        assert!(!resp.text().contains("value"));
+    }
+    // a liveness probe, that it is still alive (draining is not a reason to restart it).
+    let health = answers.next().unwrap();
+    assert_eq!(health.status, 200, "{}", health.text());
     assert_eq!(agent.stop_after_signal().code(), Some(0));
 }
 
