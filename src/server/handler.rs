@@ -144,37 +144,38 @@ fn broker_error(err: BrokerError) -> Resp {
 }
 
 fn secret_response(reply: Reply) -> Resp {
+    // Header values are checked byte by byte when made at run time: these are made at compile
+    // time (`const`), which took a few hundred instructions off every read.
     let content_type = match reply.kind {
-        ReplyKind::Text => "text/plain; charset=utf-8",
-        ReplyKind::Binary => "application/octet-stream",
-        ReplyKind::Json => "application/json",
+        ReplyKind::Text => const { header::HeaderValue::from_static("text/plain; charset=utf-8") },
+        ReplyKind::Binary => const { header::HeaderValue::from_static("application/octet-stream") },
+        ReplyKind::Json => const { header::HeaderValue::from_static("application/json") },
     };
     let not_modified = reply.not_modified;
     let mut response = Response::new(Full::new(reply.body));
     if not_modified {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
     }
+    // Sized once for every header below, not grown by the first insert.
     let headers = response.headers_mut();
+    headers.reserve(4);
     if !not_modified {
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static(content_type),
-        );
+        headers.insert(header::CONTENT_TYPE, content_type);
     }
     if let Some(etag) = reply.etag.and_then(etag_header) {
         headers.insert(header::ETAG, etag);
     }
     if let Some(refresh) = reply.refresh {
         let value = match refresh {
-            Refresh::Done => "refreshed",
-            Refresh::Throttled => "throttled",
+            Refresh::Done => const { header::HeaderValue::from_static("refreshed") },
+            Refresh::Throttled => const { header::HeaderValue::from_static("throttled") },
         };
-        headers.insert(REFRESH_HEADER, header::HeaderValue::from_static(value));
+        headers.insert(REFRESH_HEADER, value);
     }
     // SECURITY: no intermediary or client-side cache should keep a copy.
     headers.insert(
         header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
+        const { header::HeaderValue::from_static("no-store") },
     );
     response
 }

@@ -150,21 +150,7 @@ fn parse_secret(
     if wait.is_some() && refresh == Some(true) {
         return Err(ApiError::BadParameter("refresh and wait do not combine"));
     }
-    let if_none_match = match headers.get(header::IF_NONE_MATCH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .filter(|t| t.len() <= 1024)
-                .ok_or(ApiError::BadRequest("unusable If-None-Match"))?
-                .to_owned(),
-        ),
-    };
-    let format = if accepts_json(headers) {
-        Format::Json
-    } else {
-        Format::Raw
-    };
+    let (if_none_match, format) = read_headers(headers)?;
     Ok(Route::Secret(ReadRequest {
         secret: SecretRequest { name, selector },
         field,
@@ -175,17 +161,35 @@ fn parse_secret(
     }))
 }
 
-fn accepts_json(headers: &hyper::HeaderMap) -> bool {
-    // Bytes, not `str::split`: every read asks, and a char searcher's set-up cost more than
-    // these short scans.
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|item| {
-            let media = item.split(|&b| b == b';').next().unwrap_or_default();
-            media.trim_ascii().eq_ignore_ascii_case(b"application/json")
-        })
+/// The headers a read looks at, in one pass over the few a request has (two lookups by name
+/// hashed each name): the first `If-None-Match`, and whether any `Accept` asks for JSON.
+fn read_headers(headers: &hyper::HeaderMap) -> Result<(Option<String>, Format), ApiError> {
+    let mut if_none_match = None;
+    let mut format = Format::Raw;
+    for (name, value) in headers {
+        if *name == header::IF_NONE_MATCH {
+            if if_none_match.is_none() {
+                let tag = value
+                    .to_str()
+                    .ok()
+                    .filter(|t| t.len() <= 1024)
+                    .ok_or(ApiError::BadRequest("unusable If-None-Match"))?;
+                if_none_match = Some(tag.to_owned());
+            }
+        } else if *name == header::ACCEPT && accepts_json(value.as_bytes()) {
+            format = Format::Json;
+        }
+    }
+    Ok((if_none_match, format))
+}
+
+/// Whether one `Accept` value lists `application/json`. Bytes, not `str::split`: every read
+/// asks, and a char searcher's set-up cost more than these short scans.
+fn accepts_json(value: &[u8]) -> bool {
+    value.split(|&b| b == b',').any(|item| {
+        let media = item.split(|&b| b == b';').next().unwrap_or_default();
+        media.trim_ascii().eq_ignore_ascii_case(b"application/json")
+    })
 }
 
 /// Decodes `%XX` escapes; invalid escapes and non-UTF-8 results are errors.
