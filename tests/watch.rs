@@ -154,6 +154,13 @@ fn flush(agent: &Agent) {
     assert_eq!(resp.status, 200, "{}", resp.text());
 }
 
+/// A marker file, and an `--on-change` command that appends a line to it per run.
+fn run_counter(dir: &TestDir) -> (PathBuf, String) {
+    let marker = dir.path().join("runs");
+    let on_change = format!("echo run >> {}", marker.display());
+    (marker, on_change)
+}
+
 /// Waits until `f`, failing with `what` and the watcher's log after `limit`.
 fn within(limit: Duration, watcher: &Watcher, what: &str, f: impl FnMut() -> bool) {
     assert!(
@@ -171,8 +178,7 @@ fn render_watch_rewrites_a_rotated_file_secret_with_mode_and_owner_and_runs_on_c
     // The canary: in the file, never in the watcher's (debug) log, checked on drop.
     dir.secret("api", common::CANARY.as_bytes());
     let agent = Agent::start(&dir, &file_config(""));
-    let marker = dir.path().join("runs");
-    let on_change = format!("echo run >> {}", marker.display());
+    let (marker, on_change) = run_counter(&dir);
     let (mut watcher, out) = render_watch(
         &agent,
         &dir,
@@ -252,6 +258,82 @@ fn render_watch_exits_0_on_sigterm_and_sigint_within_10s() {
         let status = watcher.signal_and_wait(signal);
         assert_eq!(status.code(), Some(0), "{signal}: {}", watcher.log_text());
     }
+}
+
+#[test]
+fn render_watch_rereads_its_template_on_sighup_keeps_the_old_one_when_the_edit_is_broken_and_keeps_running()
+ {
+    let dir = TestDir::new();
+    dir.secret("db", b"one");
+    dir.secret("api", b"key");
+    let agent = Agent::start(&dir, &file_config(""));
+    let (marker, on_change) = run_counter(&dir);
+    let (mut watcher, out) = render_watch(
+        &agent,
+        &dir,
+        dir.path(),
+        "db={{ secret files/db }}\n",
+        &["--on-change", &on_change],
+        None,
+        "db=one\n",
+    );
+    let template = dir.path().join("t");
+    let hup = |watcher: &Watcher| nix::sys::signal::kill(watcher.pid(), Signal::SIGHUP).unwrap();
+
+    // The operator edits the template (a new secret in it) and reloads: the file follows at
+    // once, the on-change action runs once, and the new secret is watched from then on.
+    std::fs::write(
+        &template,
+        "db={{ secret files/db }}\napi={{ secret files/api }}\n",
+    )
+    .unwrap();
+    hup(&watcher);
+    within(
+        Duration::from_secs(5),
+        &watcher,
+        "re-render on SIGHUP",
+        || read(&out) == "db=one\napi=key\n" && lines(&marker) == 1,
+    );
+    assert!(watcher.running(), "{}", watcher.log_text());
+    dir.secret("api", b"key2");
+    flush(&agent);
+    within(
+        Duration::from_secs(5),
+        &watcher,
+        "the new template's secret followed",
+        || read(&out) == "db=one\napi=key2\n" && lines(&marker) == 2,
+    );
+
+    // A reload with nothing changed rewrites nothing and runs nothing.
+    let before = stamp(&out);
+    hup(&watcher);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(stamp(&out), before, "rewritten without a change");
+    assert_eq!(lines(&marker), 2);
+
+    // An edit that breaks the template: the old template and file stay, the error is logged,
+    // and it keeps following the old template's secrets.
+    std::fs::write(&template, "db={{ secret files/db ").unwrap();
+    hup(&watcher);
+    within(
+        Duration::from_secs(5),
+        &watcher,
+        "the broken template reported",
+        || watcher.log_text().contains("keeping the old template"),
+    );
+    assert!(watcher.running(), "{}", watcher.log_text());
+    assert_eq!(read(&out), "db=one\napi=key2\n");
+    dir.secret("db", b"two");
+    flush(&agent);
+    within(
+        Duration::from_secs(5),
+        &watcher,
+        "the old template still followed",
+        || read(&out) == "db=two\napi=key2\n" && lines(&marker) == 3,
+    );
+
+    let status = watcher.signal_and_wait(Signal::SIGTERM);
+    assert_eq!(status.code(), Some(0), "{}", watcher.log_text());
 }
 
 /// A process that appends a line to `marker` on each SIGHUP; its pid.
@@ -338,8 +420,7 @@ fn render_watch_follows_an_openbao_kv_put_without_a_flush_within_5s() {
     bao.kv_put("app/db", json!({ "password": "one", "user": "app" }));
     let dir = TestDir::new();
     let agent = Agent::start(&dir, &bao_config(&bao, &dir));
-    let marker = dir.path().join("runs");
-    let on_change = format!("echo run >> {}", marker.display());
+    let (marker, on_change) = run_counter(&dir);
     let (watcher, out) = render_watch(
         &agent,
         &dir,

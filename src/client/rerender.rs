@@ -5,7 +5,7 @@
 //!
 //! On any error the old file stays as it is: a failed write is retried with backoff, a watch
 //! that fails retries on its own. SIGTERM or SIGINT ends it with success. The template is read
-//! once, at start. Values and rendered bytes live in locked memory ([`SecretBuf`]).
+//! at start and again on SIGHUP. Values and rendered bytes live in locked memory ([`SecretBuf`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -85,19 +85,21 @@ fn write(watch: &RenderWatch<'_>, bytes: &SecretBytes) -> Result<(), ClientError
     })
 }
 
-/// Runs until SIGTERM/SIGINT (`Ok`), or fails at start: an unreadable template, a secret the
-/// agent refuses (denied, not found), or a first write that fails. An agent that cannot be
-/// reached at start is waited for, with backoff.
-pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
-    crate::secure_mem::set_policy(crate::secure_mem::LockPolicy::BestEffort);
-    let mut signals = Signals::install(false)?;
+/// The template as read from its file: its parts, and each distinct secret it names once.
+struct Template {
+    parts: Vec<Part>,
+    watched: Vec<Watched>,
+}
+
+/// Reads and parses the template file.
+fn load(watch: &RenderWatch<'_>) -> Result<Template, ClientError> {
     let text = std::fs::read_to_string(watch.template).map_err(|e| {
         ClientError::Usage(format!("cannot read {}: {e}", watch.template.display()))
     })?;
     let pieces = crate::template::parse_template_with(&text, watch.schemes)
         .map_err(|e| ClientError::Usage(format!("{}: {e}", watch.template.display())))?;
     let mut watched = Vec::new();
-    let parts: Vec<Part> = pieces
+    let parts = pieces
         .into_iter()
         .map(|piece| match piece {
             Piece::Text(text) => Part::Text(text),
@@ -110,45 +112,114 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
             )),
         })
         .collect();
-    let mut current = match watch::fetch_all(watch.socket, &watched, &mut signals).await? {
-        Ok(current) => current,
-        Err(_) => return Ok(()),
+    Ok(Template { parts, watched })
+}
+
+/// What a SIGHUP led to.
+enum Reload {
+    /// The new template, with every secret it names.
+    New(Template, Vec<Current>),
+    /// The template file could not be used (unreadable, broken, a secret refused): the old one
+    /// stays.
+    Kept(ClientError),
+    /// SIGTERM or SIGINT came while the new template's secrets were fetched.
+    Stop,
+}
+
+/// Re-reads the template file and fetches every secret it names (waiting, with backoff, for an
+/// agent that cannot be reached; a further SIGHUP starts over).
+async fn reload(watch: &RenderWatch<'_>, signals: &mut Signals) -> Result<Reload, ClientError> {
+    loop {
+        let template = match load(watch) {
+            Ok(template) => template,
+            Err(err) => return Ok(Reload::Kept(err)),
+        };
+        return match watch::fetch_all(watch.socket, &template.watched, signals).await {
+            Ok(Ok(current)) => Ok(Reload::New(template, current)),
+            Ok(Err(Signal::SIGHUP)) => continue,
+            Ok(Err(_)) => Ok(Reload::Stop),
+            Err(err) => Ok(Reload::Kept(err)),
+        };
+    }
+}
+
+/// Runs until SIGTERM/SIGINT (`Ok`), or fails at start: an unreadable template, a secret the
+/// agent refuses (denied, not found), or a first write that fails. An agent that cannot be
+/// reached at start is waited for, with backoff. SIGHUP re-reads the template file: the file is
+/// rendered from the new template at once (rewritten if its bytes differ, with the action), and
+/// the new template's secrets are followed from then on; a template that cannot be used is
+/// logged and the old one kept.
+pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
+    crate::secure_mem::set_policy(crate::secure_mem::LockPolicy::BestEffort);
+    let mut signals = Signals::install(true)?;
+    let mut template = load(&watch)?;
+    let mut current = loop {
+        match watch::fetch_all(watch.socket, &template.watched, &mut signals).await? {
+            Ok(current) => break current,
+            // Before the first write: read the template again, as the operator asked.
+            Err(Signal::SIGHUP) => template = load(&watch)?,
+            Err(_) => return Ok(()),
+        }
     };
-    let mut written = render(&parts, &current)?;
+    let mut written = render(&template.parts, &current)?;
     write(&watch, &written)?;
     tracing::info!(
         "wrote {}; watching {} secret(s) for changes",
         watch.output.display(),
-        watched.len()
+        template.watched.len()
     );
-    let mut waiters = watch::spawn_waiters(watch.socket, &watched, &current);
+    let mut waiters = watch::spawn_waiters(watch.socket, &template.watched, &current);
     // Whether FILE may lag behind `current`: set by a change, cleared by a write (or a render
     // equal to what was written), kept by a failed write until the retry.
     let mut dirty = false;
+    let mut reload_pending = false;
     let mut write_backoff = watch::backoff();
     let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        let retry = async {
-            match retry_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            changed = waiters.next_change(&mut current) => {
-                if !changed {
-                    tracing::debug!("a watched tag changed over the same bytes");
+        if std::mem::take(&mut reload_pending) {
+            match reload(&watch, &mut signals).await? {
+                Reload::New(new, values) => {
+                    tracing::info!(
+                        "re-read {}: watching {} secret(s)",
+                        watch.template.display(),
+                        new.watched.len()
+                    );
+                    waiters = watch::spawn_waiters(watch.socket, &new.watched, &values);
+                    template = new;
+                    current = values;
+                    dirty = true;
+                    // Written now, whatever a failed write's backoff said.
+                    retry_at = None;
                 }
-                dirty |= changed;
+                Reload::Kept(err) => tracing::error!("{err}; keeping the old template"),
+                Reload::Stop => return Ok(()),
             }
-            () = retry => retry_at = None,
-            _ = signals.recv() => return Ok(()),
+        } else {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = waiters.next_change(&mut current) => {
+                    if !changed {
+                        tracing::debug!("a watched tag changed over the same bytes");
+                    }
+                    dirty |= changed;
+                }
+                () = retry => retry_at = None,
+                signal = signals.recv() => match signal {
+                    Signal::SIGHUP => reload_pending = true,
+                    _ => return Ok(()),
+                },
+            }
         }
-        if !dirty || retry_at.is_some() {
+        if !dirty || retry_at.is_some() || reload_pending {
             continue;
         }
         // Always from the values held now, so news taken in meanwhile is never lost.
-        let rendered = match render(&parts, &current) {
+        let rendered = match render(&template.parts, &current) {
             Ok(rendered) => rendered,
             Err(err) => {
                 tracing::error!("cannot re-render (the old file stays): {err}");
@@ -167,9 +238,17 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
                 dirty = false;
                 write_backoff.reset();
                 tracing::info!("rewrote {}", watch.output.display());
-                tokio::select! {
-                    () = act(&watch.action) => {}
-                    _ = signals.recv() => return Ok(()),
+                // A SIGHUP during the action is taken after it; SIGTERM/SIGINT end it.
+                let action = act(&watch.action);
+                tokio::pin!(action);
+                loop {
+                    tokio::select! {
+                        () = &mut action => break,
+                        signal = signals.recv() => match signal {
+                            Signal::SIGHUP => reload_pending = true,
+                            _ => return Ok(()),
+                        },
+                    }
                 }
             }
             Err(err) => {
