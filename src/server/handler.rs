@@ -85,9 +85,14 @@ pub async fn handle(
             routed.flush.take(),
         ) {
             (Err(err), _) => broker_error(err),
-            (Ok(ticket), Some(req)) => {
+            (Ok(ticket), request) => {
                 // Boxed, as its request: its body timer would size every read's future.
                 let pattern = Box::pin(async {
+                    // `route` keeps the request of every flush; were it missing, the flush would
+                    // be refused and audited like one whose body is bad.
+                    let Some(req) = request else {
+                        return Err(BrokerError::BadFlush("the request body is missing"));
+                    };
                     match tokio::time::timeout(BODY_TIMEOUT, read_body(*req)).await {
                         Ok(Ok(body)) => parse_flush_body(&body).map_err(BrokerError::BadFlush),
                         Ok(Err(err)) => Err(err),
@@ -103,15 +108,6 @@ pub async fn handle(
                     Err(err) => broker_error(err),
                 }
             }
-            // `route` keeps the request of every flush, so this is not reached; were it, the
-            // flush would be refused and audited like one whose body is missing.
-            (Ok(ticket), None) => match ticket.flush(
-                caller(taint),
-                Err(BrokerError::BadFlush("the request body is missing")),
-            ) {
-                Ok(flushed) => json_response(StatusCode::OK, format!("{{\"flushed\":{flushed}}}")),
-                Err(err) => broker_error(err),
-            },
         },
         Ok(Route::Metrics) => match broker::metrics(state, caller(taint)) {
             Ok(text) => {
