@@ -291,3 +291,37 @@ fn a_value_that_cannot_be_locked_is_503_memory_unavailable_under_required() {
     assert_eq!(agent.secret("files/small").body, b"fits");
     assert!(status_field(agent.pid(), "VmLck:") <= 256);
 }
+
+#[test]
+fn render_holds_the_rendered_template_in_locked_memory_while_it_writes_it() {
+    use std::io::Read;
+    const MB: usize = 1024 * 1024;
+    let dir = TestDir::new();
+    dir.secret("big", "r".repeat(3 * MB / 2).as_bytes());
+    let agent = Agent::start(&dir, &file_config(""));
+    let template = dir.path().join("big.tmpl");
+    std::fs::write(&template, "value = {{ secret files/big }}\n").unwrap();
+    // Its stdout is a pipe nobody reads yet: the client blocks in the write, the rendered bytes
+    // (far more than the pipe holds) still in its memory.
+    let mut render = std::process::Command::new(common::bin())
+        .arg("render")
+        .arg(&template)
+        .arg("--socket")
+        .arg(&agent.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = render.stdout.take().unwrap();
+    let mut first = [0u8; 1024];
+    stdout.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"value = rrr"));
+    let locked = status_field(render.id(), "VmLck:");
+    assert!(
+        locked >= 1400,
+        "the render client holds only {locked} kB locked while it writes a 1.5 MB rendering"
+    );
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    assert_eq!(first.len() + rest.len(), "value = \n".len() + 3 * MB / 2);
+    assert!(render.wait().unwrap().success());
+}

@@ -59,14 +59,13 @@ pub fn render(
     attrs: &crate::output::FileAttrs,
 ) -> Result<(), ClientError> {
     let schemes = schemes_of(schemes)?;
-    let mut rendered = rt.block_on(super::render(socket, template, &schemes))?;
+    // Wiped when dropped (locked memory).
+    let rendered = rt.block_on(super::render(socket, template, &schemes))?;
     let written = match output {
-        Some(path) => {
-            crate::output::write_private(path, &rendered, attrs).map_err(|e| e.to_string())
-        }
-        None => write_stdout(&rendered).map_err(|e| e.to_string()),
+        Some(path) => crate::output::write_private(path, rendered.as_slice(), attrs)
+            .map_err(|e| e.to_string()),
+        None => write_stdout(rendered.as_slice()).map_err(|e| e.to_string()),
     };
-    zeroize::Zeroize::zeroize(&mut rendered);
     written.map_err(|e| ClientError::Usage(format!("cannot write the rendered file: {e}")))
 }
 

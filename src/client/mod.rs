@@ -307,18 +307,20 @@ pub async fn health(socket: &Path, ready: bool) -> Result<(), ClientError> {
     })
 }
 
-/// Renders a template file, fetching every `{{ secret … }}` through the agent. The result is
-/// plain memory of this short-lived client; callers write it out and wipe it.
+/// Renders a template file, fetching every `{{ secret … }}` through the agent. Each value and
+/// the rendered bytes are collected in locked memory that is wiped when dropped (a plain `Vec`
+/// would leave a copy behind at each growth).
 pub async fn render(
     socket: &Path,
     template: &Path,
     schemes: &crate::template::Schemes,
-) -> Result<Vec<u8>, ClientError> {
+) -> Result<SecretBytes, ClientError> {
     let text = std::fs::read_to_string(template)
         .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", template.display())))?;
     let pieces = crate::template::parse_template_with(&text, schemes)
         .map_err(|e| ClientError::Usage(format!("{}: {e}", template.display())))?;
-    let mut out = Vec::with_capacity(text.len());
+    let memory = |e: crate::secure_mem::MemError| ClientError::Usage(e.to_string());
+    let mut out = SecretBuf::with_capacity(text.len().max(256)).map_err(memory)?;
     for piece in pieces {
         match piece {
             crate::template::Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
@@ -327,18 +329,18 @@ pub async fn render(
                     field,
                     ..GetOptions::default()
                 };
-                let value = get(socket, &name.to_string(), &options).await;
-                match value {
-                    Ok(value) => out.extend_from_slice(&value),
-                    Err(err) => {
-                        zeroize::Zeroize::zeroize(&mut out);
-                        return Err(err);
+                match get_tagged(socket, &name.to_string(), &options, None, None).await? {
+                    Tagged::Value { value, .. } => out.extend_from_slice(value.as_slice()),
+                    // Not asked for (no tag was held); refused rather than rendered empty.
+                    Tagged::NotModified => {
+                        return Err(broken(socket, "the agent answered 304 to a plain read"));
                     }
                 }
             }
         }
+        .map_err(memory)?;
     }
-    Ok(out)
+    out.finish().map_err(memory)
 }
 
 /// Fetches each `VAR=SOURCE/ID[#FIELD]` binding; returns (variable, value) pairs.
