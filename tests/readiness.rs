@@ -29,8 +29,6 @@ fn write_private(path: &std::path::Path, text: &str) {
 /// An agent with a moto source `aws` and an OpenBao source `vault` (AppRole), both with
 /// `startup_check`, prefetching one secret of each.
 fn config(dir: &TestDir, moto: &Moto, bao: &Bao, startup_check: &str) -> String {
-    write_private(&dir.path().join("role_id"), ROLE_ID);
-    write_private(&dir.path().join("secret_id"), SECRET_ID);
     format!(
         r#"[server]
 socket = "{{socket}}"
@@ -40,13 +38,7 @@ socket_mode = "0666"
 lock_memory = "best-effort"
 
 {aws}
-[sources.vault]
-type = "vault"
-address = "{address}"
-auth = {{ method = "approle", role_id_file = "{{dir}}/role_id", secret_id_file = "{{dir}}/secret_id" }}
-fetch_timeout_secs = 5
-startup_check = "{startup_check}"
-
+{vault}
 [sources.files]
 type = "file"
 dir = "{{secrets}}"
@@ -67,7 +59,7 @@ admin = true
             "reader",
             &format!("fetch_timeout_secs = 5\nstartup_check = \"{startup_check}\""),
         ),
-        address = bao.address(),
+        vault = vault_section(dir, &bao.address(), startup_check),
         uid = nix::unistd::geteuid().as_raw()
     )
 }
@@ -230,4 +222,96 @@ fn health_exits_0_on_a_live_agent_and_1_with_a_reason_when_the_socket_is_missing
         assert!(stderr.contains("cannot reach the agent"), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
+}
+
+/// `[sources.vault]`: OpenBao at `address`, AppRole (its files written into `dir`).
+fn vault_section(dir: &TestDir, address: &str, startup_check: &str) -> String {
+    write_private(&dir.path().join("role_id"), ROLE_ID);
+    write_private(&dir.path().join("secret_id"), SECRET_ID);
+    format!(
+        r#"[sources.vault]
+type = "vault"
+address = "{address}"
+auth = {{ method = "approle", role_id_file = "{{dir}}/role_id", secret_id_file = "{{dir}}/secret_id" }}
+fetch_timeout_secs = 5
+startup_check = "{startup_check}"
+"#
+    )
+}
+
+/// An agent with one OpenBao source `vault` at `address`, `startup_check = "retry"`.
+fn vault_only(dir: &TestDir, address: &str) -> String {
+    format!(
+        r#"[server]
+socket = "{{socket}}"
+
+[cache]
+lock_memory = "best-effort"
+
+{vault}
+[[allow]]
+peer = {{ uid = {uid} }}
+secrets = ["*"]
+"#,
+        vault = vault_section(dir, address, "retry"),
+        uid = nix::unistd::geteuid().as_raw()
+    )
+}
+
+#[test]
+fn a_replaced_configs_retry_loop_never_installs_its_source_and_a_reload_to_a_live_openbao_serves_at_once()
+ {
+    let dir = TestDir::new();
+    // The first config's backend: started for its port, stopped before the agent starts.
+    let mut first = Bao::start();
+    first.stop();
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let agent = Agent::start(&dir, &vault_only(&dir, &first.address()));
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+    };
+    let reloads = || agent.log_text().matches("configuration reloaded").count();
+    let read = || {
+        let resp = agent.get("/v1/secrets/vault/app/db?field=password");
+        (resp.status, resp.text())
+    };
+    assert_eq!(agent.secret("vault/app/db").error_code(), "source_starting");
+    assert_eq!(ready(&agent).0, 503);
+    // Let the first config's retry loop back off once or twice.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // The source now points at an address nobody listens on: still starting.
+    dir.write_config(&vault_only(&dir, &dead));
+    hup();
+    assert!(wait_until(Duration::from_secs(10), || reloads() == 1));
+    assert_eq!(agent.secret("vault/app/db").error_code(), "source_starting");
+
+    // The first config's backend comes up. Its retry loop belongs to a replaced config: it must
+    // end at its next wake-up, not install a source the running config does not name (which
+    // would serve the first server's value under the second config).
+    first.restart();
+    first.setup(3600, 7200, None);
+    first.kv_put("app/db", json!({ "password": "from-the-first-config" }));
+    std::thread::sleep(Duration::from_secs(10));
+    let resp = agent.secret("vault/app/db");
+    assert_eq!(
+        (resp.status, resp.error_code().as_str()),
+        (503, "source_starting"),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(agent.log_text().matches("source vault up").count(), 0);
+    assert_eq!(ready(&agent).0, 503);
+
+    // Moved back to the live server: the reload's own check passes, so the source serves as
+    // soon as the reload is done, without waiting for a retry.
+    dir.write_config(&vault_only(&dir, &first.address()));
+    hup();
+    assert!(wait_until(Duration::from_secs(10), || reloads() == 2));
+    assert_eq!(read(), (200, "from-the-first-config".to_owned()));
+    assert_eq!(ready(&agent).0, 200);
 }
