@@ -26,9 +26,9 @@ measure() {
     local name="$1" conns="$2" socket
     shift 2
     rm -f "$work"/*.sock
-    # Each run starts with no dirty pages: the agent before it wrote ~10^6 audit lines, whose
-    # writeback (kernel threads, the same 2 cores) otherwise lands in this run (measured: the
-    # second of two identical agents ran 0.12x slower at 16 connections, whichever came second).
+    # Each run starts with a fresh audit file and no dirty pages: with one file appended to by
+    # every run, the second of two identical agents ran up to 0.12x slower at 16 connections,
+    # whichever came second (likely the writeback of earlier runs' lines landing in later runs).
     rm -f "$work/audit.log"
     sync
     "$@" >/dev/null 2>&1 &
