@@ -11,7 +11,7 @@
 //! It also tells who waits for a key ([`Cache::subscribe`]) when that key may have changed: a
 //! fetch stored a value, or a flush dropped it. Waiters re-read and compare what they serve; the
 //! cache never compares values. A reader may force one re-fetch per key per
-//! `min_refresh_interval` ([`Cache::refresh`]). Each stored value's expiry and refresh-ahead
+//! `min_refresh_interval` ([`Cache::refresh_with`]). Each stored value's expiry and refresh-ahead
 //! start are spread by up to `jitter_percent`, so agents started together do not refresh
 //! together.
 //!
@@ -196,26 +196,13 @@ impl Cache {
         self.len() == 0
     }
 
-    /// Returns the secret for `request`, fetching it with `fetch` on a miss or expiry.
+    /// Returns the secret for `request`, fetching it on a miss or expiry with the fetch that
+    /// `make` builds. The fetch is made only when one is started: a hit builds nothing (the
+    /// broker's fetch holds `Arc`s whose counts every read would otherwise touch).
     ///
-    /// `fetch` receives the request (the cache's own copy, so a hit clones nothing) and the
+    /// The fetch receives the request (the cache's own copy, so a hit clones nothing) and the
     /// previous value when refreshing (for a rotation check); it runs in a task of its own, and
     /// at most one fetch per key is in flight.
-    pub async fn get<F, Fut>(
-        self: &Arc<Self>,
-        request: &SecretRequest,
-        ttl: Duration,
-        fetch: F,
-    ) -> (Result<Arc<Secret>, SourceError>, Served)
-    where
-        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
-    {
-        self.get_with(request, ttl, || fetch).await
-    }
-
-    /// As [`Cache::get`], with the fetch made by `make` only when one is started: a hit builds
-    /// nothing (the broker's fetch holds `Arc`s whose counts every read would otherwise touch).
     pub async fn get_with<M, F, Fut>(
         self: &Arc<Self>,
         request: &SecretRequest,
@@ -231,25 +218,11 @@ impl Cache {
         self.serve(step).await
     }
 
-    /// As [`Cache::get`], but a reader asks for a re-fetch now (after a login failed with the
-    /// cached value, say): one single-flighted fetch, at most once per key per
+    /// As [`Cache::get_with`], but a reader asks for a re-fetch now (after a login failed with
+    /// the cached value, say): one single-flighted fetch, at most once per key per
     /// `min_refresh_interval`; within it, a plain read answered [`Refresh::Throttled`]. A
     /// transient failure of the re-fetch serves the cached value within the stale-if-error
     /// bound.
-    pub async fn refresh<F, Fut>(
-        self: &Arc<Self>,
-        request: &SecretRequest,
-        ttl: Duration,
-        fetch: F,
-    ) -> (Result<Arc<Secret>, SourceError>, Served, Refresh)
-    where
-        F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
-    {
-        self.refresh_with(request, ttl, || fetch).await
-    }
-
-    /// As [`Cache::refresh`], with the fetch made by `make` only when one is started.
     pub async fn refresh_with<M, F, Fut>(
         self: &Arc<Self>,
         request: &SecretRequest,
@@ -870,7 +843,7 @@ mod tests {
         fake: &Fake,
         id: &str,
     ) -> (Result<String, SourceError>, Served) {
-        let (r, s) = cache.get(&req(id), TTL, fake.fetcher()).await;
+        let (r, s) = cache.get_with(&req(id), TTL, || fake.fetcher()).await;
         (
             r.map(|s| String::from_utf8(s.value.as_slice().to_vec()).unwrap()),
             s,
@@ -1067,11 +1040,23 @@ mod tests {
         let plain = req("a");
         let mut versioned = req("a");
         versioned.selector.version_stage = Some("AWSPREVIOUS".into());
-        cache.get(&plain, TTL, fake.fetcher()).await.0.unwrap();
+        cache
+            .get_with(&plain, TTL, || fake.fetcher())
+            .await
+            .0
+            .unwrap();
         fake.set(Ok("previous"));
-        let v = cache.get(&versioned, TTL, fake.fetcher()).await.0.unwrap();
+        let v = cache
+            .get_with(&versioned, TTL, || fake.fetcher())
+            .await
+            .0
+            .unwrap();
         assert_eq!(v.value.as_slice(), b"previous");
-        let p = cache.get(&plain, TTL, fake.fetcher()).await.0.unwrap();
+        let p = cache
+            .get_with(&plain, TTL, || fake.fetcher())
+            .await
+            .0
+            .unwrap();
         assert_eq!(p.value.as_slice(), b"current");
     }
 
@@ -1104,13 +1089,13 @@ mod tests {
         let cache = Cache::new(settings(0, 0, 100), Arc::default());
         let fake = Fake::new("v1", Duration::from_millis(10));
         // On a miss the fetch itself counts as the refresh.
-        let (v, _, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        let (v, _, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
         assert_eq!(
             (v.unwrap().value.as_slice(), r),
             (&b"v1"[..], Refresh::Done)
         );
         fake.set(Ok("v2"));
-        let (v, served, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        let (v, served, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
         assert_eq!(v.unwrap().value.as_slice(), b"v1");
         assert_eq!((served, r), (Served::Hit, Refresh::Throttled));
         assert_eq!(fake.count(), 1);
@@ -1118,8 +1103,8 @@ mod tests {
         // Concurrent forced refreshes share one fetch.
         let key = req("a");
         let (x, y) = tokio::join!(
-            cache.refresh(&key, TTL, fake.fetcher()),
-            cache.refresh(&key, TTL, fake.fetcher())
+            cache.refresh_with(&key, TTL, || fake.fetcher()),
+            cache.refresh_with(&key, TTL, || fake.fetcher())
         );
         assert_eq!(x.0.unwrap().value.as_slice(), b"v2");
         assert_eq!(x.2, Refresh::Done);
@@ -1164,7 +1149,10 @@ mod tests {
         let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let fetches = Arc::new(AtomicUsize::new(0));
         let key = req("t");
-        let get = |v| cache.get(&key, TTL, expiring(v, down.clone(), fetches.clone()));
+        let get = |v| {
+            let fetch = expiring(v, down.clone(), fetches.clone());
+            cache.get_with(&key, TTL, move || fetch)
+        };
         assert_eq!(get("t1").await.0.unwrap().value.as_slice(), b"t1");
         assert_eq!(cache.ttl_left(&key), Some(Duration::from_secs(20)));
         // Refresh-ahead starts half-way, not 60 s before a 20 s expiry (every read).
@@ -1310,17 +1298,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forced_refresh_of_an_absence_looks_again_once_per_interval() {
         let (cache, fake) = absent("a").await;
-        let (v, served, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        let (v, served, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
         assert_eq!(
             (v.unwrap_err(), served, r),
             (SourceError::NotFound, Served::Miss, Refresh::Done)
         );
-        let (_, served, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        let (_, served, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
         assert_eq!((served, r), (Served::Negative, Refresh::Throttled));
         assert_eq!(fake.count(), 2);
         fake.set(Ok("created"));
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let (v, _, r) = cache.refresh(&req("a"), TTL, fake.fetcher()).await;
+        let (v, _, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
         assert_eq!(
             (v.unwrap().value.as_slice(), r),
             (&b"created"[..], Refresh::Done)
