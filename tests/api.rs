@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{Agent, CANARY, TestDir, file_config};
+use common::{Agent, CANARY, TestDir, file_config, wait_until};
+use std::time::Duration;
 
 fn agent_with_demo_secrets() -> (TestDir, Agent) {
     let dir = TestDir::new();
@@ -253,6 +254,42 @@ fn cli_render_fills_a_template_into_a_private_file() {
     std::fs::write(&template, "ok\n{{ secret files/../x }}\n").unwrap();
     let out = agent.cli_as(None, &["render", template.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+}
+
+/// `credagent render TEMPLATE` (to stdout) with `text` as the template; its stdout after a
+/// success.
+fn render_stdout(agent: &Agent, template: &std::path::Path, text: &str) -> Vec<u8> {
+    std::fs::write(template, text).unwrap();
+    let out = agent.cli_as(None, &["render", template.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Plain `render` asks the agent once for a secret its template names twice (as `render --watch`
+/// does): one audit line, one read, both places filled.
+#[test]
+fn cli_render_fetches_a_secret_named_twice_once() {
+    let (dir, agent) = agent_with_demo_secrets();
+    let rendered = render_stdout(
+        &agent,
+        &dir.path().join("twice.tmpl"),
+        "a={{ secret files/demo-password }}\nb={{secret files/demo-password}}\nu={{ secret files/app/db field=user }}\n",
+    );
+    assert_eq!(rendered, b"a=s3cr3t\nb=s3cr3t\nu=app\n");
+    // Audit lines are written in batches; the last secret fetched is the last line queued.
+    assert!(wait_until(Duration::from_secs(5), || {
+        agent.audit_reads("files/app/db").len() == 1
+    }));
+    assert_eq!(
+        agent.audit_reads("files/demo-password").len(),
+        1,
+        "{}",
+        agent.log_text()
+    );
 }
 
 #[test]
@@ -537,18 +574,12 @@ fn a_secret_replacer_template_renders_unchanged_through_scheme_mappings() {
     .replace(r#"secrets = ["files/*"]"#, r#"secrets = ["*"]"#);
     let agent = Agent::start(&dir, &config);
     let template = dir.path().join("app.conf.tmpl");
-    std::fs::write(
+    let rendered = render_stdout(
+        &agent,
         &template,
         "db={{ secret awsSecret://prod/db }}\nkey={{ secret gopass://team/key }}\nplain={{ secret files/prod/db }}\n",
-    )
-    .unwrap();
-    let out = agent.cli_as(None, &["render", template.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.stdout, b"db=db-pass\nkey=team-key\nplain=db-pass\n");
+    assert_eq!(rendered, b"db=db-pass\nkey=team-key\nplain=db-pass\n");
 
     // A scheme of the user's own, by flag and by environment.
     std::fs::write(&template, "v={{ secret vault://team/key }}\n").unwrap();

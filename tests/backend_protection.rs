@@ -17,16 +17,6 @@ use common::{Agent, TestDir, config_allowing_all as config, wait_until};
 
 const GET: &str = "secretsmanager.GetSecretValue";
 
-/// Audit lines (JSON) of reads of `secret`, in order.
-fn audit_reads(agent: &Agent, secret: &str) -> Vec<serde_json::Value> {
-    agent
-        .log_text()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["action"] == "read" && v["secret"] == secret)
-        .collect()
-}
-
 #[test]
 fn fifty_reads_of_a_missing_name_make_one_backend_call_until_a_flush_or_reload_shows_the_new_secret()
  {
@@ -61,7 +51,7 @@ fn fifty_reads_of_a_missing_name_make_one_backend_call_until_a_flush_or_reload_s
     );
     assert_eq!(agent.metric("credagent_cache_negative_hits_total "), 49.0);
     // Every read is audited as a 404, the remembered ones as such.
-    let audited = audit_reads(&agent, "aws/app/not-yet");
+    let audited = agent.audit_reads("aws/app/not-yet");
     assert_eq!(audited.len(), 50);
     assert_eq!(
         (&audited[0]["cache"], &audited[0]["status"]),

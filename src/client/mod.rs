@@ -1,12 +1,13 @@
 //! The client side of the CLI: HTTP over the agent's Unix socket with hyperlocal (this file),
 //! and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
 //! [`commands`]; the long-running `render --watch` and `exec --watch` in [`rerender`] and
-//! [`supervise`], on the change waiters of [`watch`]. `main` only maps their errors to exit
-//! codes.
+//! [`supervise`], on the change waiters of [`watch`]; both kinds of `render` read their template
+//! through [`template_file`]. `main` only maps their errors to exit codes.
 
 pub mod commands;
 pub mod rerender;
 pub mod supervise;
+pub mod template_file;
 pub mod watch;
 
 use std::path::Path;
@@ -307,40 +308,17 @@ pub async fn health(socket: &Path, ready: bool) -> Result<(), ClientError> {
     })
 }
 
-/// Renders a template file, fetching every `{{ secret … }}` through the agent. Each value and
-/// the rendered bytes are collected in locked memory that is wiped when dropped (a plain `Vec`
-/// would leave a copy behind at each growth).
+/// Renders a template file, fetching each distinct `{{ secret … }}` once through the agent
+/// (failing at the first error). Each value and the rendered bytes are collected in locked
+/// memory that is wiped when dropped (a plain `Vec` would leave a copy behind at each growth).
 pub async fn render(
     socket: &Path,
     template: &Path,
     schemes: &crate::template::Schemes,
 ) -> Result<SecretBytes, ClientError> {
-    let text = std::fs::read_to_string(template)
-        .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", template.display())))?;
-    let pieces = crate::template::parse_template_with(&text, schemes)
-        .map_err(|e| ClientError::Usage(format!("{}: {e}", template.display())))?;
-    let memory = |e: crate::secure_mem::MemError| ClientError::Usage(e.to_string());
-    let mut out = SecretBuf::with_capacity(text.len().max(256)).map_err(memory)?;
-    for piece in pieces {
-        match piece {
-            crate::template::Piece::Text(t) => out.extend_from_slice(t.as_bytes()),
-            crate::template::Piece::Secret { name, field } => {
-                let options = GetOptions {
-                    field,
-                    ..GetOptions::default()
-                };
-                match get_tagged(socket, &name.to_string(), &options, None, None).await? {
-                    Tagged::Value { value, .. } => out.extend_from_slice(value.as_slice()),
-                    // Not asked for (no tag was held); refused rather than rendered empty.
-                    Tagged::NotModified => {
-                        return Err(broken(socket, "the agent answered 304 to a plain read"));
-                    }
-                }
-            }
-        }
-        .map_err(memory)?;
-    }
-    out.finish().map_err(memory)
+    let template = template_file::Template::read(template, schemes)?;
+    let current = watch::fetch_once(socket, &template.watched).await?;
+    template.render(&current)
 }
 
 /// Fetches each `VAR=SOURCE/ID[#FIELD]` binding; returns (variable, value) pairs.

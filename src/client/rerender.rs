@@ -5,7 +5,8 @@
 //!
 //! On any error the old file stays as it is: a failed write is retried with backoff, a watch
 //! that fails retries on its own. SIGTERM or SIGINT ends it with success. The template is read
-//! at start and again on SIGHUP. Values and rendered bytes live in locked memory ([`SecretBuf`]).
+//! at start and again on SIGHUP (parsed by [`super::template_file`]). Values and rendered bytes
+//! live in locked memory ([`SecretBuf`](crate::secure_mem::SecretBuf)).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,10 +15,10 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use super::ClientError;
-use super::watch::{self, Current, Signals, Watched};
+use super::template_file::Template;
+use super::watch::{self, Current, Signals};
 use crate::output::FileAttrs;
-use crate::secure_mem::{SecretBuf, SecretBytes};
-use crate::template::Piece;
+use crate::secure_mem::SecretBytes;
 
 /// What to do after FILE was rewritten.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,25 +58,6 @@ pub struct RenderWatch<'a> {
     pub action: Action,
 }
 
-/// A template piece with its secret resolved to an index into the watched list.
-enum Part {
-    Text(String),
-    Secret(usize),
-}
-
-fn render(parts: &[Part], current: &[Current]) -> Result<SecretBytes, ClientError> {
-    let memory = |e: crate::secure_mem::MemError| ClientError::Usage(e.to_string());
-    let mut out = SecretBuf::with_capacity(1024).map_err(memory)?;
-    for part in parts {
-        let bytes = match part {
-            Part::Text(text) => text.as_bytes(),
-            Part::Secret(index) => current.get(*index).map_or(&[][..], |c| c.value.as_slice()),
-        };
-        out.extend_from_slice(bytes).map_err(memory)?;
-    }
-    out.finish().map_err(memory)
-}
-
 fn write(watch: &RenderWatch<'_>, bytes: &SecretBytes) -> Result<(), ClientError> {
     crate::output::write_private(watch.output, bytes.as_slice(), &watch.attrs).map_err(|e| {
         ClientError::Usage(format!(
@@ -85,34 +67,9 @@ fn write(watch: &RenderWatch<'_>, bytes: &SecretBytes) -> Result<(), ClientError
     })
 }
 
-/// The template as read from its file: its parts, and each distinct secret it names once.
-struct Template {
-    parts: Vec<Part>,
-    watched: Vec<Watched>,
-}
-
 /// Reads and parses the template file.
 fn load(watch: &RenderWatch<'_>) -> Result<Template, ClientError> {
-    let text = std::fs::read_to_string(watch.template).map_err(|e| {
-        ClientError::Usage(format!("cannot read {}: {e}", watch.template.display()))
-    })?;
-    let pieces = crate::template::parse_template_with(&text, watch.schemes)
-        .map_err(|e| ClientError::Usage(format!("{}: {e}", watch.template.display())))?;
-    let mut watched = Vec::new();
-    let parts = pieces
-        .into_iter()
-        .map(|piece| match piece {
-            Piece::Text(text) => Part::Text(text),
-            Piece::Secret { name, field } => Part::Secret(watch::index_of(
-                &mut watched,
-                Watched {
-                    name: name.to_string(),
-                    field,
-                },
-            )),
-        })
-        .collect();
-    Ok(Template { parts, watched })
+    Template::read(watch.template, watch.schemes)
 }
 
 /// What a SIGHUP led to.
@@ -161,7 +118,7 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
             Err(_) => return Ok(()),
         }
     };
-    let mut written = render(&template.parts, &current)?;
+    let mut written = template.render(&current)?;
     write(&watch, &written)?;
     tracing::info!(
         "wrote {}; watching {} secret(s) for changes",
@@ -219,7 +176,7 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
             continue;
         }
         // Always from the values held now, so news taken in meanwhile is never lost.
-        let rendered = match render(&template.parts, &current) {
+        let rendered = match template.render(&current) {
             Ok(rendered) => rendered,
             Err(err) => {
                 tracing::error!("cannot re-render (the old file stays): {err}");

@@ -166,18 +166,7 @@ pub async fn fetch_all(
 ) -> Result<Result<Vec<Current>, Signal>, ClientError> {
     let mut backoff = backoff();
     loop {
-        let attempt = async {
-            let mut out = Vec::with_capacity(watched.len());
-            for item in watched {
-                match super::get_tagged(socket, &item.name, &item.options(), None, None).await? {
-                    Tagged::Value { etag, value } => out.push(Current { etag, value }),
-                    Tagged::NotModified => {
-                        return Err(super::broken(socket, "304 to an unconditional read"));
-                    }
-                }
-            }
-            Ok(out)
-        };
+        let attempt = fetch_once(socket, watched);
         let err = tokio::select! {
             result = attempt => match result {
                 Ok(all) => return Ok(Ok(all)),
@@ -197,6 +186,21 @@ pub async fn fetch_all(
             signal = signals.recv() => return Ok(Err(signal)),
         }
     }
+}
+
+/// Fetches every watched secret once, in order, failing at the first error.
+pub async fn fetch_once(socket: &Path, watched: &[Watched]) -> Result<Vec<Current>, ClientError> {
+    let mut out = Vec::with_capacity(watched.len());
+    for item in watched {
+        match super::get_tagged(socket, &item.name, &item.options(), None, None).await? {
+            Tagged::Value { etag, value } => out.push(Current { etag, value }),
+            // Not asked for (no tag was held); refused rather than rendered empty.
+            Tagged::NotModified => {
+                return Err(super::broken(socket, "304 to an unconditional read"));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The running waiters; aborted on drop.

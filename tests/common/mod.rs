@@ -226,6 +226,15 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The audit lines (JSON, from the log) of reads of `secret`, in order.
+    pub fn audit_reads(&self, secret: &str) -> Vec<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["action"] == "read" && v["secret"] == secret)
+            .collect()
+    }
+
     /// One request on a fresh connection.
     pub fn request(
         &self,
