@@ -1,6 +1,10 @@
 //! The side-by-side run: the agent serving a cached secret and the floor server serving a fixed
 //! body, interleaved (agent, floor, agent, floor…) for every round and connection count, so
 //! both see the same machine noise. Each run is a fresh set of keep-alive connections.
+//!
+//! The agent appends an audit line per request to one file for the whole bench; before each run
+//! every dirty page is written back (`sync`), so that the writeback of one run's lines does not
+//! land in the next run's window — the floor's (flattering the agent) or the agent's own.
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,7 +72,9 @@ pub async fn run(
     let mut cells = Vec::new();
     for round in 1..=timing.rounds {
         for conns in CONNS {
+            nix::unistd::sync();
             let agent_outcome = load::run(&spec(agent, conns, timing)).await?;
+            nix::unistd::sync();
             let floor_outcome = load::run(&spec(floor, conns, timing)).await?;
             let cell = Cell {
                 round,
