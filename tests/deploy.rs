@@ -2,16 +2,22 @@
 //! the Kubernetes example by kubernetes-validate (--strict), plus the properties the issue asks
 //! of them (final image FROM scratch as a non-root uid; native sidecar, in-memory socket volume,
 //! ConfigMap-mounted control file, projected tokens, IPC_LOCK only) and the example's agent config
-//! accepted by the real `credagent check-config`. The .deb and the image build/run are tested by
-//! scripts/test-packaging.sh (they need root and system tools).
+//! accepted by the real `credagent check-config` and run under the pod's fsGroup as the kubelet
+//! applies it (the app's uid reaches the socket through it). The .deb and the image build/run are
+//! tested by scripts/test-packaging.sh (they need root and system tools).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use std::process::Command;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{TestDir, bin, repo_root, venv_bin};
+use common::{
+    ChildGuard, TestDir, bin, python_reply, python_request, repo_root, try_request, venv_bin,
+    wait_until,
+};
 use serde_json::Value;
 
 #[test]
@@ -202,7 +208,7 @@ fn kubernetes_example_config_passes_check_config() {
     let token = dir.path().join("vault-token");
     std::fs::write(&token, "header.payload.signature").unwrap();
     // A credential file must be private to the agent (README "Refused credential files").
-    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let config = config
         .replace("/etc/credagent/files", &dir.secrets().display().to_string())
         .replace("/var/run/secrets/vault/token", &token.display().to_string());
@@ -219,5 +225,119 @@ fn kubernetes_example_config_passes_check_config() {
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The example's socket settings do what its comments say under the pod's `fsGroup`, applied as
+/// the kubelet applies it: the socket's `emptyDir` is group-owned by the fsGroup, mode 2777, and
+/// every process of every container carries the fsGroup as a supplementary group. The agent runs
+/// as the example's uid with the example's config (only the pod's mounts replaced by local
+/// stand-ins; Vault is unreachable here and retried, as `startup_check = "retry"` says). The app's
+/// uid reads a secret through the fsGroup; the same uid without the supplementary group cannot
+/// even connect.
+#[test]
+fn kubernetes_fs_group_lets_the_app_container_and_no_one_else_reach_the_socket() {
+    let docs = kubernetes_docs();
+    let spec = &doc(&docs, "Pod", "web")["spec"];
+    let fs_group = spec["securityContext"]["fsGroup"].as_u64().unwrap();
+    let ids = |container: &Value| {
+        let security = &container["securityContext"];
+        (
+            security["runAsUser"].as_u64().unwrap().to_string(),
+            security["runAsGroup"].as_u64().unwrap().to_string(),
+        )
+    };
+    let (agent_uid, agent_gid) = ids(&spec["initContainers"][0]);
+    let (app_uid, app_gid) = ids(&spec["containers"][0]);
+    let config = doc(&docs, "ConfigMap", "credagent-config")["data"]["config.toml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        config.contains(&format!("socket_group = \"{fs_group}\"")),
+        "the socket's group is not the pod's fsGroup:\n{config}"
+    );
+
+    let dir = TestDir::new();
+    // The emptyDir as the kubelet leaves it with an fsGroup.
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    nix::unistd::chown(
+        &run,
+        None,
+        Some(nix::unistd::Gid::from_raw(fs_group as u32)),
+    )
+    .unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o2777)).unwrap();
+    let socket = run.join("agent.sock");
+    let control = dir.path().join("control");
+    std::fs::create_dir(&control).unwrap();
+    std::fs::write(control.join("control"), "").unwrap();
+    let token = dir.path().join("vault-token");
+    std::fs::write(&token, "header.payload.signature").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    nix::unistd::chown(
+        &token,
+        Some(nix::unistd::Uid::from_raw(agent_uid.parse().unwrap())),
+        None,
+    )
+    .unwrap();
+    dir.secret("app-key", b"k3y");
+    let config = config
+        .replace("/run/credagent/agent.sock", &socket.display().to_string())
+        .replace(
+            "/etc/credagent/control/control",
+            &control.join("control").display().to_string(),
+        )
+        .replace("/etc/credagent/files", &dir.secrets().display().to_string())
+        .replace("/var/run/secrets/vault/token", &token.display().to_string());
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let _agent = ChildGuard(
+        Command::new("/usr/bin/setpriv")
+            .arg(format!("--reuid={agent_uid}"))
+            .arg(format!("--regid={agent_gid}"))
+            .arg(format!("--groups={fs_group}"))
+            .arg("--")
+            .arg(bin())
+            .args(["serve", "--config"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            try_request(&socket, "GET", "/v1/health", &[], b"").is_ok_and(|r| r.status == 200)
+        }),
+        "the agent did not come up; log:\n{}",
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(u64::from(meta.gid()), fs_group);
+
+    let app = |groups: &str| {
+        Command::new("/usr/bin/setpriv")
+            .arg(format!("--reuid={app_uid}"))
+            .arg(format!("--regid={app_gid}"))
+            .arg(groups)
+            .arg("--")
+            .args(python_request(&socket, "GET", "/v1/secrets/files/app-key"))
+            .output()
+            .unwrap()
+    };
+    let read = python_reply(&app(&format!("--groups={fs_group}")), "in the fsGroup");
+    assert_eq!((read.status, read.body.as_slice()), (200, &b"k3y"[..]));
+    let outside = app("--clear-groups");
+    assert!(!outside.status.success());
+    assert!(
+        String::from_utf8_lossy(&outside.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&outside.stderr)
     );
 }

@@ -538,9 +538,10 @@ admin = true
     )
 }
 
-/// One request sent by a process running as `uid` (`/usr/bin/python3`, which any uid may run),
-/// parsed; for callers the `credagent` client cannot play (metrics, HEAD, raw paths).
-pub fn request_as(uid: u32, socket: &Path, method: &str, path: &str) -> Response {
+/// The command line of a one-request client: `/usr/bin/python3` (which any uid may run) sends
+/// `METHOD PATH` on a fresh connection to `socket` and writes the raw reply to stdout; a
+/// connection refused (or not permitted) makes it fail with Python's error on stderr.
+pub fn python_request(socket: &Path, method: &str, path: &str) -> Vec<std::ffi::OsString> {
     let script = r#"
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -554,19 +555,21 @@ while True:
     data += chunk
 sys.stdout.buffer.write(data)
 "#;
-    let mut command = Command::new("/usr/bin/python3");
-    command
-        .arg("-c")
-        .arg(script)
-        .arg(socket)
-        .arg(method)
-        .arg(path);
-    std::os::unix::process::CommandExt::uid(&mut command, uid);
-    std::os::unix::process::CommandExt::gid(&mut command, uid);
-    let out = command.output().unwrap();
+    vec![
+        "/usr/bin/python3".into(),
+        "-c".into(),
+        script.into(),
+        socket.into(),
+        method.into(),
+        path.into(),
+    ]
+}
+
+/// The reply a [`python_request`] client printed, parsed; panics with its stderr if it failed.
+pub fn python_reply(out: &Output, who: &str) -> Response {
     assert!(
         out.status.success(),
-        "client as uid {uid}: {}",
+        "client {who}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     parse_response(&out.stdout).unwrap_or_else(|| {
@@ -575,6 +578,17 @@ sys.stdout.buffer.write(data)
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// One request sent by a process running as `uid` (gid = uid, no supplementary groups), parsed;
+/// for callers the `credagent` client cannot play (metrics, HEAD, raw paths).
+pub fn request_as(uid: u32, socket: &Path, method: &str, path: &str) -> Response {
+    let args = python_request(socket, method, path);
+    let mut command = Command::new(&args[0]);
+    command.args(&args[1..]);
+    std::os::unix::process::CommandExt::uid(&mut command, uid);
+    std::os::unix::process::CommandExt::gid(&mut command, uid);
+    python_reply(&command.output().unwrap(), &format!("as uid {uid}"))
 }
 
 /// Sends `count` pipelined copies of `request` (a full request head ending in a blank line) on
