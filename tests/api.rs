@@ -256,6 +256,26 @@ fn cli_render_fills_a_template_into_a_private_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
 
+/// After a client read `secret` and then `last`, the audit holds one read of each. Audit lines
+/// are written in batches; the last secret fetched is the last line queued.
+fn assert_read_once(agent: &Agent, secret: &str, last: &str) {
+    assert!(wait_until(Duration::from_secs(5), || {
+        agent.audit_reads(last).len() == 1
+    }));
+    assert_eq!(agent.audit_reads(secret).len(), 1, "{}", agent.log_text());
+}
+
+/// `credagent exec ARGS…` against `agent`, its socket in the environment (`cli_as` appends
+/// `--socket` at the end, which would land in the command).
+fn exec(agent: &Agent, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::bin())
+        .env("CREDAGENT_SOCKET", &agent.socket)
+        .arg("exec")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// `credagent render TEMPLATE` (to stdout) with `text` as the template; its stdout after a
 /// success.
 fn render_stdout(agent: &Agent, template: &std::path::Path, text: &str) -> Vec<u8> {
@@ -280,26 +300,15 @@ fn cli_render_fetches_a_secret_named_twice_once() {
         "a={{ secret files/demo-password }}\nb={{secret files/demo-password}}\nu={{ secret files/app/db field=user }}\n",
     );
     assert_eq!(rendered, b"a=s3cr3t\nb=s3cr3t\nu=app\n");
-    // Audit lines are written in batches; the last secret fetched is the last line queued.
-    assert!(wait_until(Duration::from_secs(5), || {
-        agent.audit_reads("files/app/db").len() == 1
-    }));
-    assert_eq!(
-        agent.audit_reads("files/demo-password").len(),
-        1,
-        "{}",
-        agent.log_text()
-    );
+    assert_read_once(&agent, "files/demo-password", "files/app/db");
 }
 
 #[test]
 fn cli_exec_runs_a_command_with_secrets_in_its_environment() {
     let (_dir, agent) = agent_with_demo_secrets();
-    // `cli_as` appends `--socket` at the end, which would land in the command: use the environment.
-    let out = std::process::Command::new(common::bin())
-        .env("CREDAGENT_SOCKET", &agent.socket)
-        .args([
-            "exec",
+    let out = exec(
+        &agent,
+        &[
             "--env",
             "PW=files/demo-password",
             "--env",
@@ -308,9 +317,8 @@ fn cli_exec_runs_a_command_with_secrets_in_its_environment() {
             "sh",
             "-c",
             "printf '%s:%s' \"$PW\" \"$DB_USER\"",
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -318,12 +326,37 @@ fn cli_exec_runs_a_command_with_secrets_in_its_environment() {
     );
     assert_eq!(out.stdout, b"s3cr3t:app");
 
-    let denied = std::process::Command::new(common::bin())
-        .env("CREDAGENT_SOCKET", &agent.socket)
-        .args(["exec", "--env", "X=files/nope", "--", "true"])
-        .output()
-        .unwrap();
+    let denied = exec(&agent, &["--env", "X=files/nope", "--", "true"]);
     assert_eq!(denied.status.code(), Some(1));
+}
+
+/// Plain `exec` asks the agent once for a secret bound to two variables (as `exec --watch`
+/// does): one audit line, both variables set.
+#[test]
+fn cli_exec_fetches_a_secret_bound_twice_once() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    let out = exec(
+        &agent,
+        &[
+            "--env",
+            "A=files/demo-password",
+            "--env",
+            "B=files/demo-password",
+            "--env",
+            "U=files/app/db#user",
+            "--",
+            "sh",
+            "-c",
+            "printf '%s:%s:%s' \"$A\" \"$B\" \"$U\"",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"s3cr3t:s3cr3t:app");
+    assert_read_once(&agent, "files/demo-password", "files/app/db");
 }
 
 #[test]

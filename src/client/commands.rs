@@ -122,18 +122,13 @@ pub fn exec(
     command: &[String],
 ) -> Result<(), ClientError> {
     let schemes = schemes_of(schemes)?;
-    let values = rt.block_on(super::fetch_bindings(socket, bindings, &schemes))?;
+    let bindings = super::bindings::Bindings::parse(bindings, &schemes)?;
+    let current = rt.block_on(super::watch::fetch_once(socket, &bindings.watched))?;
     let (program, args) = command
         .split_first()
         .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args);
-    for (var, value) in &values {
-        cmd.env(
-            var,
-            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(value),
-        );
-    }
+    cmd.args(args).envs(bindings.env(&current));
     let err = std::os::unix::process::CommandExt::exec(&mut cmd);
     Err(ClientError::Usage(format!("cannot run {program}: {err}")))
 }

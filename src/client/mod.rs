@@ -2,8 +2,10 @@
 //! and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
 //! [`commands`]; the long-running `render --watch` and `exec --watch` in [`rerender`] and
 //! [`supervise`], on the change waiters of [`watch`]; both kinds of `render` read their template
-//! through [`template_file`]. `main` only maps their errors to exit codes.
+//! through [`template_file`], both kinds of `exec` their `--env` bindings through [`bindings`].
+//! `main` only maps their errors to exit codes.
 
+pub mod bindings;
 pub mod commands;
 pub mod rerender;
 pub mod supervise;
@@ -319,23 +321,4 @@ pub async fn render(
     let template = template_file::Template::read(template, schemes)?;
     let current = watch::fetch_once(socket, &template.watched).await?;
     template.render(&current)
-}
-
-/// Fetches each `VAR=SOURCE/ID[#FIELD]` binding; returns (variable, value) pairs.
-pub async fn fetch_bindings(
-    socket: &Path,
-    bindings: &[String],
-    schemes: &crate::template::Schemes,
-) -> Result<Vec<(String, Bytes)>, ClientError> {
-    let mut out = Vec::with_capacity(bindings.len());
-    for binding in bindings {
-        let (var, name, field) = crate::template::parse_env_binding_with(binding, schemes)
-            .map_err(ClientError::Usage)?;
-        let options = GetOptions {
-            field,
-            ..GetOptions::default()
-        };
-        out.push((var, get(socket, &name.to_string(), &options).await?));
-    }
-    Ok(out)
 }

@@ -8,8 +8,6 @@
 //! on its own (or after a passed-on signal), credagent exits with its status, a signal death as
 //! 128+N like a shell. It does not restart a child that exited: that is the service manager's job.
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::ExitStatus;
@@ -19,7 +17,8 @@ use nix::sys::signal::Signal;
 use tokio::process::{Child, Command};
 
 use super::ClientError;
-use super::watch::{self, Current, Signals, Watched};
+use super::bindings::Bindings;
+use super::watch::{self, Current, Signals};
 
 /// What a change of an injected value does to the child.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +57,7 @@ pub fn exit_code(status: ExitStatus) -> u8 {
 
 fn spawn(
     watch: &ExecWatch<'_>,
-    vars: &[(String, usize)],
+    bindings: &Bindings,
     current: &[Current],
 ) -> Result<Child, ClientError> {
     let (program, args) = watch
@@ -66,11 +65,9 @@ fn spawn(
         .split_first()
         .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).kill_on_drop(true);
-    for (var, index) in vars {
-        let value = current.get(*index).map_or(&[][..], |c| c.value.as_slice());
-        cmd.env(var, OsStr::from_bytes(value));
-    }
+    cmd.args(args)
+        .kill_on_drop(true)
+        .envs(bindings.env(current));
     cmd.spawn()
         .map_err(|e| ClientError::Usage(format!("cannot run {program}: {e}")))
 }
@@ -109,26 +106,13 @@ async fn stop(child: &mut Child, grace: Duration) {
 pub async fn run(watch: ExecWatch<'_>) -> Result<u8, ClientError> {
     crate::secure_mem::set_policy(crate::secure_mem::LockPolicy::BestEffort);
     let mut signals = Signals::install(true)?;
-    let mut watched = Vec::new();
-    let mut vars = Vec::with_capacity(watch.bindings.len());
-    for binding in watch.bindings {
-        let (var, name, field) = crate::template::parse_env_binding_with(binding, watch.schemes)
-            .map_err(ClientError::Usage)?;
-        let index = watch::index_of(
-            &mut watched,
-            Watched {
-                name: name.to_string(),
-                field,
-            },
-        );
-        vars.push((var, index));
-    }
-    let mut current = match watch::fetch_all(watch.socket, &watched, &mut signals).await? {
+    let bindings = Bindings::parse(watch.bindings, watch.schemes)?;
+    let mut current = match watch::fetch_all(watch.socket, &bindings.watched, &mut signals).await? {
         Ok(current) => current,
         Err(signal) => return Ok(128 + signal as u8),
     };
-    let mut child = spawn(&watch, &vars, &current)?;
-    let mut waiters = watch::spawn_waiters(watch.socket, &watched, &current);
+    let mut child = spawn(&watch, &bindings, &current)?;
+    let mut waiters = watch::spawn_waiters(watch.socket, &bindings.watched, &current);
     let mut stopping = false;
     loop {
         tokio::select! {
@@ -145,7 +129,7 @@ pub async fn run(watch: ExecWatch<'_>) -> Result<u8, ClientError> {
                     OnChange::Restart => {
                         tracing::info!("a watched secret changed: restarting the child");
                         stop(&mut child, watch.grace).await;
-                        child = spawn(&watch, &vars, &current)?;
+                        child = spawn(&watch, &bindings, &current)?;
                     }
                     OnChange::Signal(signal) => {
                         tracing::info!("a watched secret changed: sending {signal} to the child");
