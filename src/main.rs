@@ -255,6 +255,9 @@ fn client_main(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<(), ClientErro
 
 /// As [`client_main`] for a command whose success carries an exit code (a child's status).
 fn client_status(f: impl FnOnce(&tokio::runtime::Runtime) -> Result<u8, ClientError>) -> ExitCode {
+    // What a client command holds is locked best effort: past the caller's memlock limit it is
+    // ordinary memory, not a failure (README "Memory locking").
+    credagent::secure_mem::set_policy(credagent::secure_mem::LockPolicy::BestEffort);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -359,6 +359,52 @@ fn cli_exec_fetches_a_secret_bound_twice_once() {
     assert_read_once(&agent, "files/demo-password", "files/app/db");
 }
 
+/// The client commands lock what they hold best effort (README "Memory locking"): a caller
+/// whose memlock limit is 0 still renders and execs, with the values in ordinary memory.
+#[test]
+fn cli_render_and_exec_work_for_a_caller_whose_memlock_limit_is_zero() {
+    let dir = TestDir::new();
+    dir.secret("pw", b"s3cr3t");
+    let agent = Agent::start(
+        &dir,
+        &file_config("[[allow]]\npeer = { uid = 65534 }\nsecrets = [\"files/*\"]\n"),
+    );
+    let template = dir.path().join("t.tmpl");
+    std::fs::write(&template, "x={{ secret files/pw }}\n").unwrap();
+    let nobody_without_memlock = |args: &[&str]| {
+        std::process::Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["/bin/sh", "-c", "ulimit -l 0 && exec \"$0\" \"$@\""])
+            .arg(common::bin())
+            .args(args)
+            .env("CREDAGENT_SOCKET", &agent.socket)
+            .output()
+            .unwrap()
+    };
+    let rendered = nobody_without_memlock(&["render", template.to_str().unwrap()]);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    assert_eq!(rendered.stdout, b"x=s3cr3t\n");
+    let execed = nobody_without_memlock(&[
+        "exec",
+        "--env",
+        "P=files/pw",
+        "--",
+        "sh",
+        "-c",
+        "printf %s \"$P\"",
+    ]);
+    assert!(
+        execed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&execed.stderr)
+    );
+    assert_eq!(execed.stdout, b"s3cr3t");
+}
+
 #[test]
 fn env_source_serves_the_agents_prefixed_variables() {
     let dir = TestDir::new();

@@ -107,7 +107,6 @@ async fn reload(watch: &RenderWatch<'_>, signals: &mut Signals) -> Result<Reload
 /// the new template's secrets are followed from then on; a template that cannot be used is
 /// logged and the old one kept.
 pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
-    crate::secure_mem::set_policy(crate::secure_mem::LockPolicy::BestEffort);
     let mut signals = Signals::install(true)?;
     let mut template = load(&watch)?;
     let mut current = loop {

@@ -104,7 +104,6 @@ async fn stop(child: &mut Child, grace: Duration) {
 
 /// Runs the child until it exits; returns its exit code for credagent to exit with.
 pub async fn run(watch: ExecWatch<'_>) -> Result<u8, ClientError> {
-    crate::secure_mem::set_policy(crate::secure_mem::LockPolicy::BestEffort);
     let mut signals = Signals::install(true)?;
     let bindings = Bindings::parse(watch.bindings, watch.schemes)?;
     let mut current = match watch::fetch_all(watch.socket, &bindings.watched, &mut signals).await? {
