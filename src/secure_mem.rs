@@ -257,7 +257,7 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
                 if !WARNED.swap(true, Ordering::SeqCst) {
                     tracing::warn!(
                         error = %source,
-                        "cannot lock secret memory; continuing unlocked because lock_memory = \"best-effort\""
+                        "cannot lock secret memory; continuing unlocked (best effort: the agent's lock_memory = \"best-effort\", or a client command)"
                     );
                 }
             }
