@@ -295,11 +295,22 @@ fn kubernetes_fs_group_lets_the_app_container_and_no_one_else_reach_the_socket()
     std::fs::write(&path, config).unwrap();
 
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    // The capabilities the pod adds (IPC_LOCK, for `lock_memory = "required"`), kept across the
+    // change of uid as the container runtime keeps them.
+    let caps = spec["initContainers"][0]["securityContext"]["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("+{}", c.as_str().unwrap().to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
     let _agent = ChildGuard(
         Command::new("/usr/bin/setpriv")
             .arg(format!("--reuid={agent_uid}"))
             .arg(format!("--regid={agent_gid}"))
             .arg(format!("--groups={fs_group}"))
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
             .arg("--")
             .arg(bin())
             .args(["serve", "--config"])
