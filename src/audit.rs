@@ -1,7 +1,7 @@
 //! The audit trail: one JSON line per access decision, never a value.
 //!
-//! Lines go through a bounded channel to a writer thread, so a request never waits for its line to
-//! be written: when the channel is full the line is dropped and counted
+//! Lines go through a bounded queue to a writer thread, so a request never waits for its line to
+//! be written: when the queue is full the line is dropped and counted
 //! (`credagent_audit_dropped_total`), and so is every line of a batch whose write fails (disk
 //! full, I/O error): requests keep being answered either way. The sink is stderr (`file = "-"`, journald under systemd)
 //! or a file opened append-only with mode 0640. The writer gathers lines for [`BATCH_WINDOW`] after
@@ -13,12 +13,12 @@
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::AuditSink;
 use crate::metrics::Metrics;
@@ -269,11 +269,99 @@ enum Queued {
     Flush(oneshot::Sender<()>),
 }
 
+/// The lines on their way to the writer thread: a vector under a lock, which the writer takes
+/// whole once per batch. A request's line costs one uncontended lock and a push; the writer is
+/// woken (a futex call) only when it sleeps on an empty queue. (A tokio channel cost a
+/// semaphore permit each way, its block list, and a lock for every permit given back.)
+#[derive(Debug, Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// The writer sleeps on this while the queue is empty.
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    items: Vec<Queued>,
+    /// Lines in `items` (a flush request is not counted against [`QUEUE`]).
+    lines: usize,
+    /// A flush request is queued: the writer writes at once instead of gathering.
+    flush: bool,
+    /// The writer sleeps on `ready` and must be woken.
+    waiting: bool,
+    /// Every [`Audit`] handle is gone: the writer writes what is left and ends.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `item`; a line is refused (and handed back) when [`QUEUE`] lines wait already.
+    fn push(&self, item: Queued) -> Result<(), Queued> {
+        let mut state = self.lock();
+        match &item {
+            Queued::Line(_) if state.lines >= QUEUE => return Err(item),
+            Queued::Line(_) => state.lines = state.lines.saturating_add(1),
+            Queued::Flush(_) => state.flush = true,
+        }
+        state.items.push(item);
+        let wake = std::mem::take(&mut state.waiting);
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Waits until something is queued; `false` when the queue is closed and empty. Says
+    /// whether a flush is asked for.
+    fn wait(&self) -> Option<bool> {
+        let mut state = self.lock();
+        while state.items.is_empty() && !state.closed {
+            state.waiting = true;
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.waiting = false;
+        (!state.items.is_empty()).then_some(state.flush)
+    }
+
+    /// Moves everything queued into `into` (empty), leaving `into`'s allocation in its place.
+    fn take(&self, into: &mut Vec<Queued>) {
+        let mut state = self.lock();
+        std::mem::swap(&mut state.items, into);
+        state.lines = 0;
+        state.flush = false;
+    }
+
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        let wake = std::mem::take(&mut state.waiting);
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+}
+
+/// The sending side, shared by every clone of an [`Audit`]: when the last is dropped, the queue
+/// closes and the writer thread ends after writing what is left.
+#[derive(Debug)]
+struct Sender(Arc<Queue>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Handle to the audit writer.
 #[derive(Debug, Clone)]
 pub struct Audit {
-    tx: mpsc::Sender<Queued>,
-    /// Whether a writer thread reads `tx` (not for a test's capture).
+    tx: Arc<Sender>,
+    /// Whether a writer thread reads the queue (not for a test's capture).
     written: bool,
     metrics: Arc<Metrics>,
 }
@@ -298,30 +386,31 @@ impl Audit {
                 Writer::File(file)
             }
         };
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Queue::default());
+        let thread_queue = queue.clone();
         let thread_metrics = metrics.clone();
         std::thread::Builder::new()
             .name("credagent-audit".into())
-            .spawn(move || write_lines(rx, writer, &thread_metrics))
+            .spawn(move || write_lines(&thread_queue, writer, &thread_metrics))
             .map_err(AuditError::Thread)?;
         Ok(Audit {
-            tx,
+            tx: Arc::new(Sender(queue)),
             written: true,
             metrics,
         })
     }
 
-    /// An audit handle whose events a test reads from the returned receiver.
+    /// An audit handle whose events a test reads from the returned capture.
     #[cfg(test)]
     pub fn capture(metrics: Arc<Metrics>) -> (Self, Captured) {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let queue = Arc::new(Queue::default());
         (
             Audit {
-                tx,
+                tx: Arc::new(Sender(queue.clone())),
                 written: false,
                 metrics,
             },
-            Captured(rx),
+            Captured(queue),
         )
     }
 
@@ -331,17 +420,14 @@ impl Audit {
             return;
         }
         let (done, written) = oneshot::channel();
-        let _ = tokio::time::timeout(within, async {
-            if self.tx.send(Queued::Flush(done)).await.is_ok() {
-                let _ = written.await;
-            }
-        })
-        .await;
+        if self.tx.0.push(Queued::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(within, written).await;
+        }
     }
 
     /// Queues one line; never waits.
     pub fn record(&self, event: AuditEvent) {
-        if self.tx.try_send(Queued::Line(event)).is_err() {
+        if self.tx.0.push(Queued::Line(event)).is_err() {
             self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -350,18 +436,20 @@ impl Audit {
 /// The lines a test's [`Audit::capture`] handle recorded.
 #[cfg(test)]
 #[derive(Debug)]
-pub struct Captured(mpsc::Receiver<Queued>);
+pub struct Captured(Arc<Queue>);
 
 #[cfg(test)]
 impl Captured {
     /// The next recorded line, if there is one.
     pub fn try_recv(&mut self) -> Option<AuditEvent> {
-        loop {
-            match self.0.try_recv().ok()? {
-                Queued::Line(event) => return Some(event),
-                Queued::Flush(_) => {}
+        let mut state = self.0.lock();
+        while !state.items.is_empty() {
+            if let Queued::Line(event) = state.items.remove(0) {
+                state.lines = state.lines.saturating_sub(1);
+                return Some(event);
             }
         }
+        None
     }
 }
 
@@ -418,22 +506,22 @@ fn cut_torn_batch(file: &std::fs::File, written: usize) {
 
 /// The writer thread: waits for the first line of a batch, gathers what comes in
 /// [`BATCH_WINDOW`] (a flush cuts the window short), writes the batch with one write, and ends
-/// when every [`Audit`] handle is gone.
-fn write_lines(mut rx: mpsc::Receiver<Queued>, mut writer: Writer, metrics: &Metrics) {
+/// when every [`Audit`] handle is gone and the queue is written.
+fn write_lines(queue: &Queue, mut writer: Writer, metrics: &Metrics) {
     let mut batch = Vec::with_capacity(4096);
     let mut peers = Rendered::default();
+    let mut taken = Vec::new();
     let mut acks = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
-        let mut take = |queued: Queued, acks: &mut Vec<oneshot::Sender<()>>| match queued {
-            Queued::Line(event) => push_line(&mut batch, &event, &mut peers),
-            Queued::Flush(ack) => acks.push(ack),
-        };
-        take(first, &mut acks);
-        if acks.is_empty() {
+    while let Some(flush) = queue.wait() {
+        if !flush {
             std::thread::sleep(BATCH_WINDOW);
         }
-        while let Ok(more) = rx.try_recv() {
-            take(more, &mut acks);
+        queue.take(&mut taken);
+        for queued in taken.drain(..) {
+            match queued {
+                Queued::Line(event) => push_line(&mut batch, &event, &mut peers),
+                Queued::Flush(ack) => acks.push(ack),
+            }
         }
         if !batch.is_empty()
             && let Err(e) = writer.write(&batch)
@@ -613,6 +701,53 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "line never written");
             tokio::time::sleep(BATCH_WINDOW).await;
         }
+    }
+
+    /// Past [`QUEUE`] waiting lines a line is dropped and counted, never waited for; a flush
+    /// request is not a line and is queued all the same.
+    #[test]
+    fn a_line_past_the_queue_bound_is_dropped_and_counted() {
+        let metrics = Arc::new(Metrics::default());
+        let (audit, mut captured) = Audit::capture(metrics.clone());
+        for n in 0..QUEUE as u64 + 3 {
+            audit.record(event(n));
+        }
+        assert_eq!(metrics.audit_dropped.load(Ordering::Relaxed), 3);
+        let (ack, _) = oneshot::channel();
+        assert!(audit.tx.0.push(Queued::Flush(ack)).is_ok());
+        let first = captured.try_recv().unwrap();
+        assert_eq!(first.request_id, RequestId(0));
+        // One taken off: room for one more.
+        audit.record(event(9999));
+        assert_eq!(metrics.audit_dropped.load(Ordering::Relaxed), 3);
+        audit.record(event(10_000));
+        assert_eq!(metrics.audit_dropped.load(Ordering::Relaxed), 4);
+    }
+
+    /// When the last handle goes, the writer writes what is queued and its thread ends.
+    #[tokio::test]
+    async fn the_writer_writes_what_is_left_when_the_last_handle_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let metrics = Arc::new(Metrics::default());
+        let audit = Audit::spawn(&AuditSink::File(path.clone()), metrics)
+            .await
+            .unwrap();
+        let queue = Arc::downgrade(&audit.tx.0);
+        let clone = audit.clone();
+        audit.record(event(1));
+        drop(audit);
+        clone.record(event(2));
+        drop(clone);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // The writer thread holds the queue until it ends.
+        while queue.strong_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "writer never ended");
+            tokio::time::sleep(BATCH_WINDOW).await;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains("files/s1") && text.contains("files/s2"));
     }
 
     #[test]
