@@ -3,6 +3,7 @@
 //! fetching and auditing are the broker's — only HTTP: statuses, headers, bodies, and closing a
 //! connection that carried another process's bytes.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -10,14 +11,13 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
+use super::Connection;
 use super::error::ApiError;
 use super::route::{Route, parse_flush_body};
 use super::sender::Taint;
 use crate::broker::{self, BrokerError, Caller, Reply, ReplyKind};
 use crate::cache::Refresh;
-use crate::peer::PeerIdentity;
 use crate::rate_limited;
-use crate::state::AppState;
 
 /// Largest accepted request body (only `POST /v1/cache/flush` has one).
 const MAX_BODY: usize = 64 * 1024;
@@ -30,7 +30,7 @@ type Resp = Response<Full<Bytes>>;
 const REFRESH_HEADER: header::HeaderName = header::HeaderName::from_static("x-credagent-refresh");
 
 /// A request reduced to what serving it takes: its route, and the request itself only for a
-/// flush, whose body is still to be read. Routing happens before [`handle`]'s future is made, so
+/// flush, whose body is still to be read. Routing happens before `handle`'s future is made, so
 /// that future does not hold the request head (hyper moves it on every request); a flush is
 /// rare, so its request is boxed.
 #[derive(Debug)]
@@ -46,14 +46,32 @@ pub fn route(req: Request<Incoming>) -> Routed {
     Routed { route, flush }
 }
 
-/// Serves one request from `peer`. `taint` says whether any byte on the connection so far came
-/// from a process other than `peer` (hyper has read the request head when this runs).
-pub async fn handle(
-    state: &AppState,
-    peer: &Arc<PeerIdentity>,
-    taint: &Taint,
+/// Serves one request on `connection`, then marks the connection idle again. Its taint says
+/// whether any byte on the connection so far came from a process other than its peer (hyper has
+/// read the request head when this runs).
+///
+/// A plain function that returns the future, which hyper stores and moves on every request: an
+/// `async fn` keeps each argument twice (as passed, and moved into its body), and the route is
+/// the largest of them; this future holds the connection and the route once, and is the service
+/// future itself (no wrapper around it).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would store the route twice in every request's future"
+)]
+pub(super) fn handle(
+    connection: Arc<Connection>,
     mut routed: Routed,
-) -> Resp {
+) -> impl Future<Output = Result<Resp, Infallible>> + Send {
+    async move {
+        let response = respond(&connection, &mut routed).await;
+        connection.activity.finish();
+        Ok(response)
+    }
+}
+
+/// The response to `routed` on `connection`.
+async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
+    let (state, peer, taint) = (&*connection.state, &connection.identity, &connection.taint);
     let caller = |taint: &Taint| Caller {
         peer,
         sender_is_connector: !taint.is_set(),

@@ -19,7 +19,6 @@ pub mod sender;
 pub mod write_timeout;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -490,15 +489,8 @@ async fn serve_connection(
     let service = {
         let connection = connection.clone();
         service_fn(move |req| {
-            let connection = connection.clone();
             connection.activity.start();
-            let routed = handler::route(req);
-            async move {
-                let c = &*connection;
-                let response = handler::handle(&c.state, &c.identity, &c.taint, routed).await;
-                c.activity.finish();
-                Ok::<_, Infallible>(response)
-            }
+            handler::handle(connection.clone(), handler::route(req))
         })
     };
     // No hyper timer: its header-read timeout armed and cancelled a timer for every request on
