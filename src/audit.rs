@@ -315,8 +315,8 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits until something is queued; `false` when the queue is closed and empty. Says
-    /// whether a flush is asked for.
+    /// Waits until something is queued, and says whether a flush is asked for; `None` once the
+    /// queue is closed and empty.
     fn wait(&self) -> Option<bool> {
         let mut state = self.lock();
         while state.items.is_empty() && !state.closed {
