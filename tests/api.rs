@@ -49,6 +49,40 @@ fn reads_exact_bytes_text_and_binary() {
     );
 }
 
+/// The agent answers a read in the header map the request was parsed into (emptied first): a
+/// caller that sends response headers of its own (`Set-Cookie`, a false `ETag`, a long-lived
+/// `Cache-Control`) gets none of them back, on the first request of a connection or a later one.
+#[test]
+fn headers_a_caller_sends_never_come_back_in_the_response() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    let honest = agent.secret("files/demo-password");
+    let planted = "Set-Cookie: planted=1\r\nETag: \"planted\"\r\nCache-Control: max-age=86400\r\n\
+                   Content-Type: text/html\r\nX-Planted: 1\r\n";
+    let raw = agent.raw(
+        format!(
+            "GET /v1/secrets/files/demo-password HTTP/1.1\r\nHost: x\r\n{planted}\r\n\
+             GET /v1/secrets/files/demo-password HTTP/1.1\r\nHost: x\r\n{planted}Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+    let lower = text.to_ascii_lowercase();
+    for planted in ["set-cookie", "planted", "max-age", "text/html"] {
+        assert!(!lower.contains(planted), "{planted} came back: {text}");
+    }
+    // Each answer carries the read's own headers, as the honest read's.
+    let etag = honest.header("etag").unwrap();
+    assert_eq!(text.matches(&format!("etag: {etag}")).count(), 2, "{text}");
+    assert_eq!(text.matches("cache-control: no-store").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("content-type: text/plain; charset=utf-8")
+            .count(),
+        2,
+        "{text}"
+    );
+}
+
 #[test]
 fn field_extraction_and_json_format() {
     let (_dir, agent) = agent_with_demo_secrets();

@@ -37,13 +37,25 @@ const REFRESH_HEADER: header::HeaderName = header::HeaderName::from_static("x-cr
 pub struct Routed {
     route: Result<Route, ApiError>,
     flush: Option<Box<Request<Incoming>>>,
+    /// The request's header map, emptied and given to a secret's response: hyper keeps a
+    /// response's map for the next request's headers, so a connection parses into and answers
+    /// with the same allocation from request to request (a new map per response, and the
+    /// request's freed, cost about 160 more instructions per read).
+    spare: header::HeaderMap,
 }
 
 /// Routes `req` (the request head only; no body is read).
-pub fn route(req: Request<Incoming>) -> Routed {
+pub fn route(mut req: Request<Incoming>) -> Routed {
     let route = Route::parse(req.method(), req.uri(), req.headers());
-    let flush = matches!(route, Ok(Route::Flush)).then(|| Box::new(req));
-    Routed { route, flush }
+    let (flush, spare) = match route {
+        Ok(Route::Flush) => (Some(Box::new(req)), header::HeaderMap::new()),
+        _ => (None, std::mem::take(req.headers_mut())),
+    };
+    Routed {
+        route,
+        flush,
+        spare,
+    }
 }
 
 /// Serves one request on `connection`, then marks the connection idle again. Its taint says
@@ -93,7 +105,7 @@ async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
             Err(err) => broker_error(err),
         },
         Ok(Route::Secret(request)) => match broker::read(state, caller(taint), request).await {
-            Ok(reply) => secret_response(reply),
+            Ok(reply) => secret_response(reply, std::mem::take(&mut routed.spare)),
             Err(err) => broker_error(err),
         },
         // SECURITY: admitted before the body is read (a caller that may not flush never makes
@@ -157,7 +169,9 @@ fn broker_error(err: BrokerError) -> Resp {
     response
 }
 
-fn secret_response(reply: Reply) -> Resp {
+/// The response carrying `reply`, its headers in `spare` (a map with room, emptied here first:
+/// nothing of the request's headers is sent back).
+fn secret_response(reply: Reply, mut spare: header::HeaderMap) -> Resp {
     // Header values are checked byte by byte when made at run time: these are made at compile
     // time (`const`), which took a few hundred instructions off every read.
     let content_type = match reply.kind {
@@ -170,8 +184,11 @@ fn secret_response(reply: Reply) -> Resp {
     if not_modified {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
     }
-    // Sized once for every header below, not grown by the first insert.
+    spare.clear();
     let headers = response.headers_mut();
+    *headers = spare;
+    // Sized once for every header below, not grown by the first insert; from a connection's
+    // second read on a no-op, as hyper parses each request into the previous response's map.
     headers.reserve(4);
     if !not_modified {
         headers.insert(header::CONTENT_TYPE, content_type);
