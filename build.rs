@@ -15,7 +15,10 @@ fn main() {
     // spread over the 8.7 MB of text, and each page fault maps its neighbours too, so about
     // 4.4 MB of it was resident at idle (docs/performance.md, seventh round). Release builds
     // only, and only with the toolchain's own lld (the default linker of x86_64 Linux since Rust
-    // 1.90), which takes the option; names the list has and the binary lacks are skipped.
+    // 1.90), which takes the option; names the list has and the binary lacks are skipped. The
+    // names' hashes hold for the agent built on its own (`cargo build --release`, `cargo deb`),
+    // not built in one command with the bench (its features are unified into the agent's
+    // dependencies).
     println!("cargo:rerun-if-changed={SYMBOL_ORDER}");
     println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let release = std::env::var("PROFILE").is_ok_and(|p| p == "release");
