@@ -2,10 +2,10 @@
 # Regenerates link/symbol-order.txt, the order in which the release build's linker lays out the
 # agent's functions (build.rs passes it to lld): first every function the agent runs from start to
 # idle (start-up, a `/v1/health`, a stop), then those a request runs (reads, a miss, bad requests,
-# metrics, a flush), each group sorted by name, then the rest as the linker places them. Start-up code then shares a
-# few text pages instead of touching pages all over the binary, so idle RSS is smaller and no
-# longer depends on where a code change happens to move things (docs/performance.md, seventh
-# round).
+# metrics, a flush), each group sorted by name, then the rest as the linker places them.
+# Start-up code then shares a few text pages instead of touching pages all over the binary, so
+# idle RSS is smaller and no longer depends on where a code change happens to move things
+# (docs/performance.md, seventh round).
 #
 #   scripts/symbol-order.sh            # builds the release binary, runs it under callgrind
 #
