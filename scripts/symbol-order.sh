@@ -40,10 +40,17 @@ run() {
     local pid=$!
     local up=0
     for _ in $(seq 600); do
-        curl -s -o /dev/null --unix-socket "$work/agent.sock" http://localhost/v1/health && { up=1; break; }
+        if curl -s -o /dev/null --unix-socket "$work/agent.sock" http://localhost/v1/health; then
+            up=1
+            break
+        fi
         sleep 0.1
     done
-    [ "$up" = 1 ] || { echo "the agent did not answer under valgrind:" >&2; cat "$work/valgrind.err" >&2; exit 1; }
+    if [ "$up" != 1 ]; then
+        echo "the agent did not answer under valgrind:" >&2
+        cat "$work/valgrind.err" >&2
+        exit 1
+    fi
     set -f # a flush pattern's `*` is not a file name
     while read -r path extra; do
         [ -n "$path" ] || continue
