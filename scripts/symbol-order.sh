@@ -100,9 +100,10 @@ def functions(path, binary):
             names[m.group(2)] = m.group(3)
         if m.group(1) == "fn" and current and current.endswith("/" + binary):
             # callgrind marks recursion levels with 'N; the symbol is the same. Code without a
-            # symbol is named by its address, which no link can use.
+            # symbol is named by its address, and "(below main)" is callgrind's own: no link
+            # can use either.
             name = re.sub(r"'\d+$", "", names[m.group(2)])
-            if name not in seen and not name.startswith("0x"):
+            if name not in seen and not name.startswith(("0x", "(")):
                 seen.add(name)
                 order.append(name)
     return order
