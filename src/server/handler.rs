@@ -37,7 +37,7 @@ const REFRESH_HEADER: header::HeaderName = header::HeaderName::from_static("x-cr
 pub struct Routed {
     route: Result<Route, ApiError>,
     flush: Option<Box<Request<Incoming>>>,
-    /// The request's header map, emptied and given to a secret's response: hyper keeps a
+    /// The request's header map, emptied at once and given to a secret's response: hyper keeps a
     /// response's map for the next request's headers, so a connection parses into and answers
     /// with the same allocation from request to request (a new map per response, and the
     /// request's freed, cost about 160 more instructions per read).
@@ -49,7 +49,13 @@ pub fn route(mut req: Request<Incoming>) -> Routed {
     let route = Route::parse(req.method(), req.uri(), req.headers());
     let (flush, spare) = match route {
         Ok(Route::Flush) => (Some(Box::new(req)), header::HeaderMap::new()),
-        _ => (None, std::mem::take(req.headers_mut())),
+        _ => {
+            // Emptied here, not when the answer is built: a `?wait=` read would otherwise hold
+            // the request's header values for as long as it waits.
+            let mut spare = std::mem::take(req.headers_mut());
+            spare.clear();
+            (None, spare)
+        }
     };
     Routed {
         route,
@@ -169,9 +175,9 @@ fn broker_error(err: BrokerError) -> Resp {
     response
 }
 
-/// The response carrying `reply`, its headers in `spare` (a map with room, emptied here first:
+/// The response carrying `reply`, its headers in `spare` (an empty map with room, from `route`:
 /// nothing of the request's headers is sent back).
-fn secret_response(reply: Reply, mut spare: header::HeaderMap) -> Resp {
+fn secret_response(reply: Reply, spare: header::HeaderMap) -> Resp {
     // Header values are checked byte by byte when made at run time: these are made at compile
     // time (`const`), which took a few hundred instructions off every read.
     let content_type = match reply.kind {
@@ -184,7 +190,7 @@ fn secret_response(reply: Reply, mut spare: header::HeaderMap) -> Resp {
     if not_modified {
         *response.status_mut() = StatusCode::NOT_MODIFIED;
     }
-    spare.clear();
+    debug_assert!(spare.is_empty(), "route empties the request's headers");
     let headers = response.headers_mut();
     *headers = spare;
     // Sized once for every header below, not grown by the first insert; from a connection's
