@@ -186,13 +186,6 @@ fn check_config(path: std::path::PathBuf, demo: bool) -> ExitCode {
     }
 }
 
-/// The runtime `serve` runs on: multi-threaded, one worker per CPU the process may use.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-}
-
 fn serve(path: std::path::PathBuf, demo: bool) -> ExitCode {
     init_logging();
     let cfg = match load(path, demo) {
@@ -202,7 +195,7 @@ fn serve(path: std::path::PathBuf, demo: bool) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let rt = match runtime() {
+    let rt = match credagent::server::runtime::build() {
         Ok(rt) => rt,
         Err(err) => {
             tracing::error!("cannot start the async runtime: {err}");

@@ -15,6 +15,7 @@ pub mod error;
 pub mod handler;
 pub mod idle;
 pub mod route;
+pub mod runtime;
 pub mod sender;
 pub mod write_timeout;
 
