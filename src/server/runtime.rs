@@ -6,9 +6,9 @@
 //! it is served. Under load the next request is usually only a few microseconds away, so a
 //! worker that waits [`PARK_SPIN`] on the CPU it holds before it parks finds it already there:
 //! its `epoll_wait` returns at once and neither side pays for a sleep and a wake-up. Nothing
-//! is polled during the spin and nothing waits for it: a request that arrives meanwhile is
-//! taken by the `epoll_wait` that follows, and a task woken meanwhile runs at most
-//! [`PARK_SPIN`] later. An idle agent parks once and sleeps, so the spin costs nothing at rest.
+//! is polled during the spin: a request that arrives meanwhile is taken by the `epoll_wait`
+//! that follows, and the worker's next look for work comes at most [`PARK_SPIN`] later than it
+//! would have. An idle agent parks once and sleeps, so the spin costs nothing at rest.
 //!
 //! Measured with oha at 16 connections (docs/performance.md, eighth round): the agent's CPU per
 //! request fell by about a seventh and its req/s rose by about 30 %; 0.5 and 1 µs were too
