@@ -69,8 +69,11 @@ impl OidcServer {
             .spawn()
             .expect("spawn node");
         let child = ChildGuard(child);
+        // "ready" is printed once this server listens, after it wrote the minted token: a port
+        // that merely accepts may belong to another process that took it first.
         let ready = wait_until(Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            std::fs::read_to_string(dir.join("oidc.log")).is_ok_and(|log| log.contains("ready"))
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         assert!(
             ready,
