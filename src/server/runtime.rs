@@ -14,7 +14,7 @@
 //! request fell by about a seventh and its req/s rose by about 30 %; 0.5 and 1 µs were too
 //! short to matter, 8 and 20 µs took more CPU than they saved.
 //!
-//! With one worker there is no spin: on a single CPU the client that would send the next
+//! With one CPU (affinity or a CPU quota) there is no spin: the client that would send the next
 //! request may need that very CPU.
 
 use std::time::{Duration, Instant};
@@ -26,7 +26,8 @@ pub const PARK_SPIN: Duration = Duration::from_micros(3);
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
-    // The same count tokio takes for its worker threads (affinity and CPU quota included).
+    // The count tokio's worker threads default to (affinity and CPU quota included); the rule is
+    // about CPUs, so `TOKIO_WORKER_THREADS` does not change it.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if spins(cpus) {
         builder.on_thread_park(|| spin(PARK_SPIN));
