@@ -40,6 +40,55 @@ print(" ".join(seen), flush=True)
 sys.stdin.read()
 "#;
 
+/// Holds one connection (with a request answered), then opens a second and sends nothing for
+/// 0.3 s, then its request. Prints the bytes the second received before its request, its
+/// status, and the seconds from its connect to the reply: `EARLY STATUS SECS`.
+const SLOW_REQUEST: &str = r#"
+import socket, sys, time
+path = sys.argv[1]
+held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+held.connect(path)
+held.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+held.recv(4096)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+started = time.monotonic()
+s.connect(path)
+time.sleep(0.3)
+s.setblocking(False)
+try:
+    early = len(s.recv(4096))
+except BlockingIOError:
+    early = 0
+s.setblocking(True)
+s.settimeout(3)
+status = "closed"
+try:
+    s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = s.recv(4096)
+    status = data.split(b" ")[1].decode() if data else "closed"
+except OSError:
+    pass
+print(early, status, round(time.monotonic() - started, 2), flush=True)
+sys.stdin.read()
+"#;
+
+/// Opens one connection, sends nothing and prints the status it is sent and the seconds until
+/// then: `STATUS SECS`, or `closed SECS`.
+const SILENT: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+started = time.monotonic()
+s.connect(sys.argv[1])
+try:
+    data = s.recv(4096)
+    status = data.split(b" ")[1].decode() if data else "closed"
+except OSError:
+    status = "closed"
+print(status, round(time.monotonic() - started, 2), flush=True)
+sys.stdin.read()
+"#;
+
 /// Pipelines `count` GETs of `argv[3]` on one connection and never reads; after `argv[4]`
 /// seconds, reads to EOF (at most 20 s) and prints `closed BYTES` or `open BYTES`.
 const PIPELINE_NEVER_READ: &str = r#"
@@ -177,6 +226,47 @@ fn an_attacker_allowed_every_general_slot_still_leaves_the_operator_its_reserve(
     );
     drop(attacker.stdin.take());
     attacker.wait().unwrap();
+}
+
+#[test]
+fn a_client_over_its_cap_that_is_slow_to_send_gets_the_429_as_the_answer_to_its_request() {
+    // A 429 written before the request arrives is an unexpected message to an HTTP client
+    // (hyper's reports just that, without the status): the refusal answers the request.
+    let dir = TestDir::new();
+    let agent = Agent::start(&dir, &config("max_connections_per_uid = 1"));
+    let socket = agent.socket.display().to_string();
+    let mut client = python_as(ATTACKER, SLOW_REQUEST, &[&socket]);
+    let seen = first_line(&mut client);
+    drop(client.stdin.take());
+    client.wait().unwrap();
+    let fields: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(
+        fields[..2],
+        ["0", "429"],
+        "bytes before the request, status: {seen}"
+    );
+    let took: f64 = fields[2].parse().unwrap();
+    assert!(took < 1.0, "the 429 came {took} s after connecting: {seen}");
+    assert_eq!(agent.metric("credagent_connections_rejected_total "), 1.0);
+}
+
+#[test]
+fn a_client_over_its_cap_that_never_sends_still_gets_429_and_is_closed_within_about_a_second() {
+    let dir = TestDir::new();
+    let agent = Agent::start(&dir, &config("max_connections_per_uid = 1"));
+    let socket = agent.socket.display().to_string();
+    let mut holder = python_as(ATTACKER, HOLD_SLOTS, &[&socket, "1"]);
+    assert_eq!(first_line(&mut holder), "200");
+    let mut silent = python_as(ATTACKER, SILENT, &[&socket]);
+    let seen = first_line(&mut silent);
+    drop(silent.stdin.take());
+    silent.wait().unwrap();
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let (status, took) = seen.split_once(' ').unwrap();
+    assert_eq!(status, "429", "{seen}");
+    let took: f64 = took.parse().unwrap();
+    assert!(took < 2.5, "a silent refused client was held {took} s");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //!
 //! Fairness between local users is decided here, per connection: one uid holds at most
 //! `max_connections_per_uid` connections and all uids together at most `max_connections`; past
-//! that a connection is answered `429 too_many_connections` and closed at once. uid 0 and admin
+//! that a connection is answered `429 too_many_connections` (in reply to its request head, awaited
+//! for at most a second without holding a slot) and closed. uid 0 and admin
 //! peers are not counted and have [`OPERATOR_RESERVE`] connections beyond `max_connections`, so
 //! an operator can always reach health, flush and metrics. Writes are bounded by
 //! `write_timeout` (`write_timeout`).
@@ -29,7 +30,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};
 
@@ -43,11 +44,13 @@ use crate::{acl, server::error::ApiError};
 const MAX_HEAD: usize = 16 * 1024;
 /// Connections beyond `max_connections` that only uid 0 and admin peers may use.
 pub const OPERATOR_RESERVE: usize = 8;
-/// A refused client's request is read (and dropped) for up to this long and this many bytes
-/// before closing, so its write does not fail with EPIPE before it reads the 429.
+/// A refused client's request head is awaited for up to this long before the 429, and what
+/// it sends after is read (and dropped) for up to this long again and this many bytes before
+/// closing, so its write does not fail with EPIPE before it reads the 429.
 const REFUSED_LINGER: Duration = Duration::from_secs(1);
 const REFUSED_DRAIN: usize = 16 * 1024;
-/// At most this many refused connections linger at once; past that they are closed at once.
+/// At most this many refused connections linger at once; past that they are answered and
+/// closed at once.
 const MAX_LINGERING: usize = 64;
 
 /// Failures to set up the socket.
@@ -331,9 +334,33 @@ impl Drop for Admitted {
     }
 }
 
-/// Answers `429 too_many_connections` without waiting for the request, then lets the client's
-/// request drain in a task of its own that holds no connection slot, and closes.
+/// Answers `429 too_many_connections` to the client's request and closes. The request head is
+/// awaited (at most [`REFUSED_LINGER`]) in a task of its own that holds no connection slot: a
+/// reply written before the request arrives is an unexpected message to an HTTP client (hyper's
+/// reports just that, not the status). Past [`MAX_LINGERING`] refused connections at once, the
+/// reply is written at once instead.
 async fn refuse(mut stream: UnixStream, write_timeout: Duration, lingering: &Arc<Semaphore>) {
+    let Ok(permit) = lingering.clone().try_acquire_owned() else {
+        let _ = tokio::time::timeout(write_timeout, write_refusal(&mut stream)).await;
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSED_LINGER, read_head(&mut stream)).await;
+        if tokio::time::timeout(write_timeout, write_refusal(&mut stream))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Whatever else the client sent is read (and dropped) before closing, so its write does
+        // not fail with EPIPE before it reads the 429.
+        let _ = tokio::time::timeout(REFUSED_LINGER, drain(&mut stream, REFUSED_DRAIN)).await;
+        drop(permit);
+    });
+}
+
+/// Writes the `429` and shuts the write side.
+async fn write_refusal(stream: &mut UnixStream) -> std::io::Result<()> {
     let err = ApiError::TooManyConnections;
     let body = err.body();
     let status = err.status();
@@ -343,31 +370,45 @@ async fn refuse(mut stream: UnixStream, write_timeout: Duration, lingering: &Arc
         status.canonical_reason().unwrap_or(""),
         body.len()
     );
-    let reply = async {
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        stream.shutdown().await
-    };
-    if tokio::time::timeout(write_timeout, reply).await.is_err() {
-        return;
-    }
-    let Ok(permit) = lingering.clone().try_acquire_owned() else {
-        return;
-    };
-    tokio::spawn(async move {
-        let drain = async {
-            let mut sink = [0u8; 4096];
-            let mut drained = 0usize;
-            while drained < REFUSED_DRAIN {
-                match tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => drained = drained.saturating_add(n),
-                }
-            }
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Reads (and drops) bytes until the end of a request head, end of file or [`REFUSED_DRAIN`]
+/// bytes.
+async fn read_head(stream: &mut UnixStream) {
+    let mut buf = [0u8; 4096];
+    // The last bytes of the previous read, so a `\r\n\r\n` split across reads is found.
+    let mut tail = [0u8; 3];
+    let mut read = 0usize;
+    while read < REFUSED_DRAIN {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
         };
-        let _ = tokio::time::timeout(REFUSED_LINGER, drain).await;
-        drop(permit);
-    });
+        let mut window = Vec::with_capacity(tail.len() + n);
+        window.extend_from_slice(&tail[..read.min(tail.len())]);
+        window.extend_from_slice(&buf[..n]);
+        if window.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+        let keep = window.len().min(tail.len());
+        tail[..keep].copy_from_slice(&window[window.len() - keep..]);
+        read = read.saturating_add(n);
+    }
+}
+
+/// Reads (and drops) up to `limit` bytes or until end of file.
+async fn drain(stream: &mut UnixStream, limit: usize) {
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while drained < limit {
+        match stream.read(&mut sink).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained = drained.saturating_add(n),
+        }
+    }
 }
 
 /// Whether `peer` gets the operator's reserve and is not held to the per-uid cap.
@@ -528,5 +569,37 @@ async fn serve_connection(
                 let _ = conn.as_mut().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `parts` to one end of a socket pair, a pause between them, and says whether
+    /// `read_head` on the other end returned within a second.
+    async fn head_found(parts: &[&[u8]]) -> bool {
+        let (mut client, mut server) = UnixStream::pair().unwrap();
+        let reader = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(1), read_head(&mut server))
+                .await
+                .is_ok()
+        });
+        for part in parts {
+            client.write_all(part).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let found = reader.await.unwrap();
+        drop(client);
+        found
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_refused_request_head_is_found_even_split_across_reads() {
+        assert!(head_found(&[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]).await);
+        assert!(head_found(&[b"GET / HTTP/1.1\r\n\r", b"\n"]).await);
+        assert!(head_found(&[b"GET / HTTP/1.1\r", b"\n", b"\r", b"\n"]).await);
+        assert!(!head_found(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]).await);
+        assert!(!head_found(&[b"\r\n", b"x", b"\r\n"]).await);
     }
 }
