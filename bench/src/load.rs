@@ -165,7 +165,7 @@ impl Outcome {
 }
 
 /// p50, p99 and p99.9 latency.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Percentiles {
     /// Median.
     pub p50: Duration,

@@ -16,6 +16,7 @@ mod checks;
 mod error;
 mod floor;
 mod load;
+mod oha;
 mod procfs;
 mod report;
 mod throughput;
@@ -159,7 +160,7 @@ fn main() -> ExitCode {
 fn run_all(options: &Options) -> Result<(), BenchError> {
     let bin = agent::locate(options.agent.clone())?;
     let split = procfs::Split::detect();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = split.cores();
     // The load generator is this thread (a current-thread runtime), on its own core.
     procfs::pin_current_thread(split.client)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -251,12 +252,32 @@ async fn measure(
         "credagent-bench: side by side, pinned ({})",
         split.describe()
     );
-    let (cells, audit_dropped) = side_by_side(options, bin, split.server).await?;
-    procfs::unpin_current_thread()?;
+    let (cells, audit_dropped) = side_by_side(options, bin, split.server, None).await?;
+    procfs::unpin_current_thread(&split)?;
     eprintln!("credagent-bench: side by side, unpinned (the scheduler places both)");
-    let (unpinned, unpinned_dropped) = side_by_side(options, bin, None).await?;
+    let (unpinned, unpinned_dropped) = side_by_side(options, bin, None, None).await?;
+    let (oha, oha_dropped) = match oha::find() {
+        _ if quick => (
+            report::OhaSeries::Skipped("not run in a quick run".to_owned()),
+            0,
+        ),
+        None => (
+            report::OhaSeries::Skipped(
+                "oha not found on PATH or in $OHA (cargo install oha --locked)".to_owned(),
+            ),
+            0,
+        ),
+        Some(path) => {
+            eprintln!(
+                "credagent-bench: side by side with oha, unpinned ({})",
+                path.display()
+            );
+            let (cells, dropped) = side_by_side(options, bin, None, Some(&path)).await?;
+            (report::OhaSeries::Measured(cells), dropped)
+        }
+    };
     procfs::pin_current_thread(split.client)?;
-    let audit_dropped = audit_dropped + unpinned_dropped;
+    let audit_dropped = audit_dropped + unpinned_dropped + oha_dropped;
 
     eprintln!("credagent-bench: misses");
     let misses = checks::file_misses(bin, split.server).await?;
@@ -278,6 +299,7 @@ async fn measure(
         cells,
         unpinned,
         audit_dropped,
+        oha,
         misses,
         aws,
         expiry,
@@ -287,11 +309,13 @@ async fn measure(
 }
 
 /// One side-by-side series (every round × connection count, agent then floor) with both
-/// servers on `server_core` (None: not pinned); the audit lines the agent dropped meanwhile.
+/// servers on `server_core` (None: not pinned), loaded by the bench's own client or, given its
+/// path, by oha; the audit lines the agent dropped meanwhile.
 async fn side_by_side(
     options: &Options,
     bin: &std::path::Path,
     server_core: Option<usize>,
+    oha: Option<&std::path::Path>,
 ) -> Result<(Vec<throughput::Cell>, u64), BenchError> {
     let scratch = agent::Scratch::new("throughput")?;
     scratch.secret("bench", floor::BODY)?;
@@ -327,7 +351,7 @@ async fn side_by_side(
         pid: floor_child.pid(),
         path: floor::SECRET_PATH,
     };
-    let cells = throughput::run(agent_target, floor_target, timing, |c| {
+    let progress = |c: &throughput::Cell| {
         eprintln!(
             "  round {} conns {:>2}: agent {:>8.0} req/s {:>5.1} µs/req | floor {:>8.0} req/s {:>5.1} µs/req | ratio {:.2}",
             c.round,
@@ -338,8 +362,20 @@ async fn side_by_side(
             c.floor.server_us_per_req(),
             c.rps_ratio()
         );
-    })
-    .await?;
+    };
+    let generator = match oha {
+        None => throughput::Generator::Own,
+        Some(oha) => throughput::Generator::Oha(oha),
+    };
+    // oha needs a moment to start and connect: a longer warm-up than the bench's own.
+    let timing = match generator {
+        throughput::Generator::Own => timing,
+        throughput::Generator::Oha(_) => throughput::Timing {
+            warmup: timing.warmup.max(Duration::from_secs(1)),
+            ..timing
+        },
+    };
+    let cells = throughput::run(agent_target, floor_target, generator, timing, progress).await?;
     let audit_dropped = agent.metric("credagent_audit_dropped_total").await? as u64;
     drop(floor_child);
     drop(agent);
@@ -386,16 +422,20 @@ fn meta(
         ),
         (
             "CPU split".to_owned(),
-            format!("{} for the first table; not pinned for the second", split.describe()),
+            format!(
+                "{} for the first table; not pinned (every CPU the bench started with) for the second and third",
+                split.describe()
+            ),
         ),
         (
             "load generator".to_owned(),
-            "the bench's own tokio client (current-thread runtime, raw HTTP/1.1 keep-alive, one request in flight per connection)".to_owned(),
+            "the bench's own tokio client (current-thread runtime, raw HTTP/1.1 keep-alive, one request in flight per connection) for the first two tables; oha for the third".to_owned(),
         ),
+        ("oha".to_owned(), oha_version()),
         (
             "runs".to_owned(),
             format!(
-                "{} rounds × (1, 16, 64 connections) × (agent, floor), {:.1} s measured after a warm-up",
+                "{} rounds × (1, 16, 64 connections; oha: 1, 16) × (agent, floor), {:.1} s measured after a warm-up",
                 options.rounds,
                 options.measure.as_secs_f64()
             ),
@@ -405,4 +445,18 @@ fn meta(
             "file source, [[allow]] for this uid, audit lines to a file, lock_memory = best-effort, log level info".to_owned(),
         ),
     ]
+}
+
+/// oha's path and version, or that it was not found.
+fn oha_version() -> String {
+    let Some(path) = oha::find() else {
+        return "not found (the oha table is skipped)".to_owned();
+    };
+    let version = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    format!("{} ({version})", path.display())
 }

@@ -6,35 +6,56 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use nix::sched::{CpuSet, sched_setaffinity};
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 
 use crate::error::BenchError;
 
-/// The core the servers run on, and the one the load generator runs on.
+/// The core the servers run on, the one the load generator runs on, and every CPU the bench
+/// was allowed at start (what "unpinned" restores).
 #[derive(Debug, Clone, Copy)]
 pub struct Split {
     /// Server core, if pinning is possible (≥ 2 cores).
     pub server: Option<usize>,
     /// Load-generator core.
     pub client: Option<usize>,
+    /// The CPUs the bench was allowed when it started.
+    pub all: CpuSet,
 }
 
 impl Split {
-    /// Core 0 for servers, core 1 for the load generator, when there are at least 2 cores.
+    /// The first allowed CPU for servers and the second for the load generator, when at least
+    /// two are allowed. Call before any pinning: it reads this thread's affinity.
     pub fn detect() -> Split {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if cores >= 2 {
-            Split {
-                server: Some(0),
-                client: Some(1),
-            }
-        } else {
-            Split {
+        let all = sched_getaffinity(Pid::from_raw(0)).unwrap_or_else(|_| {
+            // Without the mask, every CPU the machine reports.
+            let mut set = CpuSet::new();
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (0..cores).for_each(|core| {
+                let _ = set.set(core);
+            });
+            set
+        });
+        let mut allowed = (0..CpuSet::count()).filter(|&core| all.is_set(core).unwrap_or(false));
+        match (allowed.next(), allowed.next()) {
+            (Some(server), Some(client)) => Split {
+                server: Some(server),
+                client: Some(client),
+                all,
+            },
+            _ => Split {
                 server: None,
                 client: None,
-            }
+                all,
+            },
         }
+    }
+
+    /// How many CPUs the bench was allowed at start.
+    pub fn cores(&self) -> usize {
+        (0..CpuSet::count())
+            .filter(|&core| self.all.is_set(core).unwrap_or(false))
+            .count()
     }
 
     /// A human description for the report.
@@ -60,17 +81,14 @@ pub fn pin_current_thread(core: Option<usize>) -> Result<(), BenchError> {
         })
 }
 
-/// Lets the calling thread run on every CPU again (the unpinned, as-deployed runs).
-pub fn unpin_current_thread() -> Result<(), BenchError> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut set = CpuSet::new();
-    (0..cores)
-        .try_for_each(|core| set.set(core))
-        .and_then(|()| sched_setaffinity(Pid::from_raw(0), &set))
-        .map_err(|e| BenchError::Io {
-            what: "unpin from CPUs".to_owned(),
-            source: e.into(),
-        })
+/// Lets the calling thread run on every CPU it was allowed at start again (the unpinned,
+/// as-deployed runs). Not `available_parallelism()`: that counts the CPUs of the calling
+/// thread's current mask, which is one once it is pinned.
+pub fn unpin_current_thread(split: &Split) -> Result<(), BenchError> {
+    sched_setaffinity(Pid::from_raw(0), &split.all).map_err(|e| BenchError::Io {
+        what: "unpin from CPUs".to_owned(),
+        source: e.into(),
+    })
 }
 
 /// A child process (a server under test), killed on drop.
@@ -193,5 +211,25 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_time(pid).is_ok());
         assert!(status_bytes(pid, "VmRSS").is_ok_and(|b| b > 0));
+    }
+
+    #[test]
+    fn unpinning_after_pinning_restores_every_cpu_the_bench_started_with() {
+        // On a thread of its own, so the harness's threads keep their masks.
+        let outcome = std::thread::spawn(|| {
+            let split = Split::detect();
+            let before = sched_getaffinity(Pid::from_raw(0)).ok();
+            pin_current_thread(split.client.or(split.server)).ok();
+            unpin_current_thread(&split).ok();
+            let after = sched_getaffinity(Pid::from_raw(0)).ok();
+            let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+            (
+                before.is_some() && after == before,
+                cores == split.cores(),
+                split.client.is_some() == (split.cores() >= 2),
+            )
+        })
+        .join();
+        assert!(matches!(outcome, Ok((true, true, true))), "{outcome:?}");
     }
 }

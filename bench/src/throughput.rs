@@ -62,20 +62,54 @@ pub struct Timing {
     pub measure: Duration,
 }
 
+/// What loads the servers.
+#[derive(Debug, Clone, Copy)]
+pub enum Generator<'a> {
+    /// The bench's own client, at [`CONNS`].
+    Own,
+    /// oha at this path, at [`crate::oha::CONNS`]; call unpinned (oha inherits this thread's
+    /// CPU affinity).
+    Oha(&'a Path),
+}
+
+impl Generator<'_> {
+    /// The connection counts it is run at.
+    pub fn conns(&self) -> &'static [usize] {
+        match self {
+            Generator::Own => &CONNS,
+            Generator::Oha(_) => &crate::oha::CONNS,
+        }
+    }
+
+    async fn measure(
+        &self,
+        target: Target<'_>,
+        conns: usize,
+        timing: Timing,
+    ) -> Result<Outcome, BenchError> {
+        match self {
+            Generator::Own => {
+                nix::unistd::sync();
+                load::run(&spec(target, conns, timing)).await
+            }
+            Generator::Oha(oha) => crate::oha::run(oha, target, conns, timing),
+        }
+    }
+}
+
 /// Runs every round; `progress` is told about each finished cell.
 pub async fn run(
     agent: Target<'_>,
     floor: Target<'_>,
+    generator: Generator<'_>,
     timing: Timing,
     mut progress: impl FnMut(&Cell),
 ) -> Result<Vec<Cell>, BenchError> {
     let mut cells = Vec::new();
     for round in 1..=timing.rounds {
-        for conns in CONNS {
-            nix::unistd::sync();
-            let agent_outcome = load::run(&spec(agent, conns, timing)).await?;
-            nix::unistd::sync();
-            let floor_outcome = load::run(&spec(floor, conns, timing)).await?;
+        for &conns in generator.conns() {
+            let agent_outcome = generator.measure(agent, conns, timing).await?;
+            let floor_outcome = generator.measure(floor, conns, timing).await?;
             let cell = Cell {
                 round,
                 conns,
