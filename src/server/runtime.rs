@@ -1,5 +1,5 @@
 //! The runtime `serve` runs on: multi-threaded, one worker per CPU the process may use, and
-//! workers that spin for a moment before they sleep.
+//! workers that, under load, spin for a moment before they sleep.
 //!
 //! A worker that runs out of tasks parks: it sleeps in `epoll_wait`, and the next request must
 //! wake it (the kernel's wake-up, a context switch, on a VM often an exit to the host) before
@@ -8,19 +8,34 @@
 //! its `epoll_wait` returns at once and neither side pays for a sleep and a wake-up. Nothing
 //! is polled during the spin: a request that arrives meanwhile is taken by the `epoll_wait`
 //! that follows, and the worker's next look for work comes at most [`PARK_SPIN`] later than it
-//! would have. An idle agent parks once and sleeps, so the spin costs nothing at rest.
+//! would have.
 //!
-//! Measured with oha at 16 connections (docs/performance.md, eighth round): the agent's CPU per
-//! request fell by about a seventh and its req/s rose by about 30 %; 0.5 and 1 µs were too
-//! short to matter, 8 and 20 µs took more CPU than they saved.
+//! A worker spins only when its previous park was shorter than [`SHORT_PARK`]: work arrived
+//! soon after it last ran out, so it likely will again. At a low request rate parks are long,
+//! and a spin would only burn the CPU before every sleep; an idle agent parks without one.
+//!
+//! Measured with oha at 16 connections (docs/performance.md, eighth and ninth rounds): the
+//! spin cut the agent's CPU per request by about a seventh and raised its req/s by about 30 %;
+//! 0.5 and 1 µs were too short to matter, 8 and 20 µs took more CPU than they saved. Spinning
+//! only after short parks kept that and gave back most of what spinning before every park cost
+//! at 3,000–20,000 req/s (about 1–2 µs per request).
 //!
 //! With one CPU (affinity or a CPU quota) there is no spin: the client that would send the next
 //! request may need that very CPU.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 /// How long a worker spins before it parks.
 pub const PARK_SPIN: Duration = Duration::from_micros(3);
+
+/// A park shorter than this tells a worker that work comes often: its next park spins first.
+pub const SHORT_PARK: Duration = Duration::from_micros(20);
+
+thread_local! {
+    /// This worker's parks, for the spin decision.
+    static PARKS: Cell<Parks> = const { Cell::new(Parks::new()) };
+}
 
 /// The runtime for `serve`.
 pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
@@ -30,7 +45,20 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
     // about CPUs, so `TOKIO_WORKER_THREADS` does not change it.
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if spins(cpus) {
-        builder.on_thread_park(|| spin(PARK_SPIN));
+        builder
+            .on_thread_park(|| {
+                let mut parks = PARKS.get();
+                if parks.spin_first() {
+                    spin(PARK_SPIN);
+                }
+                parks.parking(Instant::now());
+                PARKS.set(parks);
+            })
+            .on_thread_unpark(|| {
+                let mut parks = PARKS.get();
+                parks.unparked(Instant::now());
+                PARKS.set(parks);
+            });
     }
     builder.build()
 }
@@ -38,6 +66,40 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
 /// Whether workers spin before they park, for a runtime with `cpus` CPUs.
 fn spins(cpus: usize) -> bool {
     cpus > 1
+}
+
+/// One worker's parks: when the current one began, and whether the last one was short.
+#[derive(Debug, Clone, Copy)]
+struct Parks {
+    since: Option<Instant>,
+    last_short: bool,
+}
+
+impl Parks {
+    /// A worker that has not parked yet: its first park does not spin.
+    const fn new() -> Self {
+        Parks {
+            since: None,
+            last_short: false,
+        }
+    }
+
+    /// Whether to spin before this park: the last one was short.
+    fn spin_first(&self) -> bool {
+        self.last_short
+    }
+
+    /// The park (after any spin) begins at `now`.
+    fn parking(&mut self, now: Instant) {
+        self.since = Some(now);
+    }
+
+    /// The park ended at `now`.
+    fn unparked(&mut self, now: Instant) {
+        if let Some(since) = self.since.take() {
+            self.last_short = now.saturating_duration_since(since) < SHORT_PARK;
+        }
+    }
 }
 
 /// Holds the CPU for `period`.
@@ -57,6 +119,30 @@ mod tests {
         assert!(!spins(1));
         assert!(spins(2));
         assert!(spins(64));
+    }
+
+    #[test]
+    fn a_worker_spins_only_after_a_park_shorter_than_short_park() {
+        let start = Instant::now();
+        let mut parks = Parks::new();
+        assert!(!parks.spin_first(), "a worker's first park does not spin");
+        // A short park: the next one spins.
+        parks.parking(start);
+        parks.unparked(start + SHORT_PARK / 4);
+        assert!(parks.spin_first());
+        // A long one (a quiet spell): the next one does not.
+        parks.parking(start + SHORT_PARK);
+        parks.unparked(start + SHORT_PARK + Duration::from_millis(5));
+        assert!(!parks.spin_first());
+        // Exactly SHORT_PARK is not short.
+        parks.parking(start);
+        parks.unparked(start + SHORT_PARK);
+        assert!(!parks.spin_first());
+        // An unpark without a recorded park changes nothing.
+        parks.parking(start);
+        parks.unparked(start + Duration::from_micros(1));
+        parks.unparked(start + Duration::from_secs(1));
+        assert!(parks.spin_first());
     }
 
     #[test]
