@@ -379,22 +379,24 @@ async fn write_refusal(stream: &mut UnixStream) -> std::io::Result<()> {
 /// bytes.
 async fn read_head(stream: &mut UnixStream) {
     let mut buf = [0u8; 4096];
-    // The last bytes of the previous read, so a `\r\n\r\n` split across reads is found.
-    let mut tail = [0u8; 3];
+    // How much of `\r\n\r\n` the bytes so far end with; carried across reads.
+    let mut matched = 0usize;
     let mut read = 0usize;
     while read < REFUSED_DRAIN {
         let n = match stream.read(&mut buf).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let mut window = Vec::with_capacity(tail.len() + n);
-        window.extend_from_slice(&tail[..read.min(tail.len())]);
-        window.extend_from_slice(&buf[..n]);
-        if window.windows(4).any(|w| w == b"\r\n\r\n") {
-            return;
+        for &byte in &buf[..n] {
+            matched = match (matched, byte) {
+                (1 | 3, b'\n') | (2, b'\r') => matched + 1,
+                (_, b'\r') => 1,
+                _ => 0,
+            };
+            if matched == 4 {
+                return;
+            }
         }
-        let keep = window.len().min(tail.len());
-        tail[..keep].copy_from_slice(&window[window.len() - keep..]);
         read = read.saturating_add(n);
     }
 }
@@ -599,7 +601,9 @@ mod tests {
         assert!(head_found(&[b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"]).await);
         assert!(head_found(&[b"GET / HTTP/1.1\r\n\r", b"\n"]).await);
         assert!(head_found(&[b"GET / HTTP/1.1\r", b"\n", b"\r", b"\n"]).await);
+        assert!(head_found(&[b"GET / HTTP/1.1\r\n\r\r\n\r\n"]).await);
         assert!(!head_found(&[b"GET / HTTP/1.1\r\nHost: x\r\n"]).await);
+        assert!(!head_found(&[b"GET / HTTP/1.1\r\n\n\r\n"]).await);
         assert!(!head_found(&[b"\r\n", b"x", b"\r\n"]).await);
     }
 }

@@ -17,8 +17,9 @@
 //! Measured with oha at 16 connections (docs/performance.md, eighth and ninth rounds): the
 //! spin cut the agent's CPU per request by about a seventh and raised its req/s by about 30 %;
 //! 0.5 and 1 µs were too short to matter, 8 and 20 µs took more CPU than they saved. Spinning
-//! only after short parks kept that and gave back most of what spinning before every park cost
-//! at 3,000–20,000 req/s (about 1–2 µs per request).
+//! only after short parks kept that, and of what spinning before every park cost at a steady
+//! rate (about 2 µs per request at 10,000 req/s, 1.6 µs at 20,000) gave back about half and a
+//! third.
 //!
 //! With one CPU (affinity or a CPU quota) there is no spin: the client that would send the next
 //! request may need that very CPU.
