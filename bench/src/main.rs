@@ -252,12 +252,15 @@ async fn measure(
         "credagent-bench: side by side, pinned ({})",
         split.describe()
     );
-    let (cells, audit_dropped) = side_by_side(options, bin, split.server, None).await?;
+    let (cells, audit_dropped) =
+        side_by_side(options, bin, split.server, throughput::Generator::Own).await?;
     procfs::unpin_current_thread(&split)?;
     eprintln!("credagent-bench: side by side, unpinned (the scheduler places both)");
-    let (unpinned, unpinned_dropped) = side_by_side(options, bin, None, None).await?;
-    let (oha, oha_dropped) = match oha::find() {
-        _ if quick => (
+    let (unpinned, unpinned_dropped) =
+        side_by_side(options, bin, None, throughput::Generator::Own).await?;
+    let found = if quick { None } else { oha::find() };
+    let (oha, oha_dropped) = match found {
+        None if quick => (
             report::OhaSeries::Skipped("not run in a quick run".to_owned()),
             0,
         ),
@@ -272,7 +275,8 @@ async fn measure(
                 "credagent-bench: side by side with oha, unpinned ({})",
                 path.display()
             );
-            let (cells, dropped) = side_by_side(options, bin, None, Some(&path)).await?;
+            let (cells, dropped) =
+                side_by_side(options, bin, None, throughput::Generator::Oha(&path)).await?;
             (report::OhaSeries::Measured(cells), dropped)
         }
     };
@@ -309,13 +313,13 @@ async fn measure(
 }
 
 /// One side-by-side series (every round × connection count, agent then floor) with both
-/// servers on `server_core` (None: not pinned), loaded by the bench's own client or, given its
-/// path, by oha; the audit lines the agent dropped meanwhile.
+/// servers on `server_core` (None: not pinned), loaded by `generator`; the audit lines the agent
+/// dropped meanwhile.
 async fn side_by_side(
     options: &Options,
     bin: &std::path::Path,
     server_core: Option<usize>,
-    oha: Option<&std::path::Path>,
+    generator: throughput::Generator<'_>,
 ) -> Result<(Vec<throughput::Cell>, u64), BenchError> {
     let scratch = agent::Scratch::new("throughput")?;
     scratch.secret("bench", floor::BODY)?;
@@ -362,10 +366,6 @@ async fn side_by_side(
             c.floor.server_us_per_req(),
             c.rps_ratio()
         );
-    };
-    let generator = match oha {
-        None => throughput::Generator::Own,
-        Some(oha) => throughput::Generator::Oha(oha),
     };
     // oha needs a moment to start and connect: a longer warm-up than the bench's own.
     let timing = match generator {
