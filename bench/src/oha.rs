@@ -31,15 +31,13 @@ pub fn find() -> Option<PathBuf> {
         .find(|p| procfs::is_executable(p))
 }
 
-/// One warm-up and one measured oha run against `target` (a `sync` first, as for the bench's
-/// own client).
+/// One warm-up and one measured oha run against `target`.
 pub fn run(
     oha: &Path,
     target: Target<'_>,
     conns: usize,
     timing: Timing,
 ) -> Result<Outcome, BenchError> {
-    nix::unistd::sync();
     oha_once(oha, target, conns, timing.warmup, "quiet")?;
     let server_before = procfs::cpu_time(target.pid)?;
     let client_before = children_cpu()?;

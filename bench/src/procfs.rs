@@ -36,7 +36,7 @@ impl Split {
             });
             set
         });
-        let mut allowed = (0..CpuSet::count()).filter(|&core| all.is_set(core).unwrap_or(false));
+        let mut allowed = allowed(&all);
         match (allowed.next(), allowed.next()) {
             (Some(server), Some(client)) => Split {
                 server: Some(server),
@@ -53,9 +53,7 @@ impl Split {
 
     /// How many CPUs the bench was allowed at start.
     pub fn cores(&self) -> usize {
-        (0..CpuSet::count())
-            .filter(|&core| self.all.is_set(core).unwrap_or(false))
-            .count()
+        allowed(&self.all).count()
     }
 
     /// A human description for the report.
@@ -67,6 +65,11 @@ impl Split {
             _ => "one CPU: server and load generator share it (not pinned)".to_owned(),
         }
     }
+}
+
+/// The CPUs in `set`, lowest first.
+fn allowed(set: &CpuSet) -> impl Iterator<Item = usize> + '_ {
+    (0..CpuSet::count()).filter(|&core| set.is_set(core).unwrap_or(false))
 }
 
 /// Pins the calling thread to `core` (no-op for `None`).

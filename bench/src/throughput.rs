@@ -87,11 +87,9 @@ impl Generator<'_> {
         conns: usize,
         timing: Timing,
     ) -> Result<Outcome, BenchError> {
+        nix::unistd::sync();
         match self {
-            Generator::Own => {
-                nix::unistd::sync();
-                load::run(&spec(target, conns, timing)).await
-            }
+            Generator::Own => load::run(&spec(target, conns, timing)).await,
             Generator::Oha(oha) => crate::oha::run(oha, target, conns, timing),
         }
     }
