@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs the test servers, then runs the gate
 # (fmt, clippy -D warnings, every test, docs), the benchmark's quick mode and the packaging tests.
+# It passes however it is started (`nohup`, a CI runner): the harness resets the signals its
+# children may inherit ignored, and a test target that leaves a process running fails.
 #
 # Every step runs even when an earlier one failed, so one red run shows everything that is red.
 # The closing line `tests: N passed, M failed` counts every test of every test binary, plus one
@@ -58,12 +60,18 @@ count_results() {
 }
 
 # cargo_test ARGS...: one test target (or kind of target). A target whose run fails without a
-# failed test in its results did not build or crashed: that is one more failure, named.
+# failed test in its results did not build or crashed: that is one more failure, named. Every
+# process the run starts carries a marker of its own; one still running after it (a test that
+# left a child behind) is one more failure, named, and is killed (scripts/check-leaks.sh).
 cargo_test() {
-    local log="$work/cargo-test.log"
+    local log="$work/cargo-test.log" marker="$$-$RANDOM$RANDOM"
     echo "== cargo test $*"
-    cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
+    CREDAGENT_TEST_RUN="$marker" cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$log"
     local status=${PIPESTATUS[0]}
+    if ! scripts/check-leaks.sh "$marker"; then
+        failed=$((failed + 1))
+        failures+=("cargo test $*: left processes running")
+    fi
     if count_results "$log" && [ "$status" != 0 ]; then
         failed=$((failed + 1))
         failures+=("cargo test $*: no test failed, yet it exited with $status (did not build, or crashed)")

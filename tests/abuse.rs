@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Agent, TestDir, file_config, wait_until};
@@ -120,7 +120,7 @@ print(state, got, flush=True)
 "#;
 
 fn python_as(uid: u32, script: &str, args: &[&str]) -> Child {
-    let mut command = Command::new("/usr/bin/python3");
+    let mut command = common::command("/usr/bin/python3");
     command
         .arg("-c")
         .arg(script)
@@ -416,7 +416,7 @@ fn an_attacker_announcing_a_flush_body_it_never_sends_is_refused_at_once_and_an_
     let operator = {
         let socket = socket.clone();
         std::thread::spawn(move || {
-            let out = Command::new("/usr/bin/python3")
+            let out = common::command("/usr/bin/python3")
                 .args(["-c", HEAD_ONLY, &socket, head, "25"])
                 .output()
                 .unwrap();

@@ -11,7 +11,7 @@
 mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
@@ -22,7 +22,7 @@ use serde_json::Value;
 
 #[test]
 fn containerfile_passes_hadolint() {
-    let out = Command::new(venv_bin("hadolint"))
+    let out = common::command(venv_bin("hadolint"))
         .arg(repo_root().join("packaging/container/Containerfile"))
         .output()
         .unwrap();
@@ -60,7 +60,7 @@ fn final_image_is_scratch_and_non_root() {
 
 /// All documents of the example, as JSON (PyYAML from the test venv).
 fn kubernetes_docs() -> Vec<Value> {
-    let out = Command::new(venv_bin("python"))
+    let out = common::command(venv_bin("python"))
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(open(sys.argv[1])))))",
@@ -84,7 +84,7 @@ fn doc<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 
 #[test]
 fn kubernetes_example_passes_kubernetes_validate() {
-    let out = Command::new(venv_bin("kubernetes-validate"))
+    let out = common::command(venv_bin("kubernetes-validate"))
         .arg("--strict")
         .arg(repo_root().join("examples/kubernetes/pod.yaml"))
         .output()
@@ -214,7 +214,7 @@ fn kubernetes_example_config_passes_check_config() {
         .replace("/var/run/secrets/vault/token", &token.display().to_string());
     let path = dir.path().join("config.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(bin())
+    let out = common::command(bin())
         .arg("check-config")
         .arg("--config")
         .arg(&path)
@@ -305,7 +305,7 @@ fn kubernetes_fs_group_lets_the_app_container_and_no_one_else_reach_the_socket()
         .collect::<Vec<_>>()
         .join(",");
     let _agent = ChildGuard(
-        Command::new("/usr/bin/setpriv")
+        common::command("/usr/bin/setpriv")
             .arg(format!("--reuid={agent_uid}"))
             .arg(format!("--regid={agent_gid}"))
             .arg(format!("--groups={fs_group}"))
@@ -333,7 +333,7 @@ fn kubernetes_fs_group_lets_the_app_container_and_no_one_else_reach_the_socket()
     assert_eq!(u64::from(meta.gid()), fs_group);
 
     let app = |groups: &str| {
-        Command::new("/usr/bin/setpriv")
+        common::command("/usr/bin/setpriv")
             .arg(format!("--reuid={app_uid}"))
             .arg(format!("--regid={app_gid}"))
             .arg(groups)

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -287,7 +286,7 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(path: PathBuf, size: &str) -> Tmpfs {
         std::fs::create_dir_all(&path).unwrap();
-        let status = Command::new("mount")
+        let status = common::command("mount")
             .args([
                 "-t",
                 "tmpfs",
@@ -308,7 +307,7 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = common::command("umount").arg("-l").arg(&self.0).status();
     }
 }
 

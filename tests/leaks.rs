@@ -303,7 +303,7 @@ fn render_holds_the_rendered_template_in_locked_memory_while_it_writes_it() {
     std::fs::write(&template, "value = {{ secret files/big }}\n").unwrap();
     // Its stdout is a pipe nobody reads yet: the client blocks in the write, the rendered bytes
     // (far more than the pipe holds) still in its memory.
-    let mut render = std::process::Command::new(common::bin())
+    let mut render = common::command(common::bin())
         .arg("render")
         .arg(&template)
         .arg("--socket")

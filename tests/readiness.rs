@@ -8,7 +8,6 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::bao::{Bao, ROLE_ID, SECRET_ID};
@@ -66,7 +65,7 @@ admin = true
 
 /// `credagent health [--ready] --socket SOCKET`: exit code and stderr.
 fn health(socket: &std::path::Path, ready: bool) -> (Option<i32>, String) {
-    let mut command = Command::new(common::bin());
+    let mut command = common::command(common::bin());
     command.arg("health");
     if ready {
         command.arg("--ready");

@@ -9,13 +9,13 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use common::{Agent, CANARY, TestDir, bin, file_config, wait_until};
 
 fn run(args: &[&str], config: &Path) -> Output {
-    Command::new(bin())
+    common::command(bin())
         .args(args)
         .arg("--config")
         .arg(config)

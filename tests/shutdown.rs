@@ -7,7 +7,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Agent, TestDir, file_config};
@@ -64,7 +63,7 @@ fn stale_socket_is_replaced_and_live_one_refused() {
 
     // A second agent on the same, live socket refuses to start, and the first keeps serving.
     let config = dir.path().join("config.toml");
-    let out = Command::new(common::bin())
+    let out = common::command(common::bin())
         .args(["serve", "--config"])
         .arg(&config)
         .output()
@@ -79,7 +78,7 @@ fn refuses_to_replace_a_regular_file_at_the_socket_path() {
     let dir = TestDir::new();
     std::fs::write(dir.socket(), b"not a socket").unwrap();
     let config = dir.write_config(&file_config(""));
-    let out = Command::new(common::bin())
+    let out = common::command(common::bin())
         .args(["serve", "--config"])
         .arg(&config)
         .output()
@@ -102,7 +101,7 @@ fn required_memory_lock_refuses_to_start_without_memlock_and_names_the_limit() {
         common::bin().display(),
         config.display()
     );
-    let mut command = Command::new("sh");
+    let mut command = common::command("sh");
     command.args(["-c", &script]);
     std::os::unix::process::CommandExt::uid(&mut command, 65534);
     std::os::unix::process::CommandExt::gid(&mut command, 65534);
@@ -127,7 +126,7 @@ fn required_memory_lock_refuses_to_start_without_memlock_and_names_the_limit() {
         common::bin().display(),
         config.display()
     );
-    let mut command = Command::new("sh");
+    let mut command = common::command("sh");
     let log = std::fs::File::create(dir.path().join("nobody.log")).unwrap();
     command.args(["-c", &script]).stderr(log);
     std::os::unix::process::CommandExt::uid(&mut command, 65534);
@@ -159,7 +158,7 @@ fn required_memory_lock_refuses_to_start_without_memlock_and_names_the_limit() {
 
 /// `credagent ARGS`, with its output.
 fn run(args: &[&str]) -> std::process::Output {
-    Command::new(common::bin()).args(args).output().unwrap()
+    common::command(common::bin()).args(args).output().unwrap()
 }
 
 #[test]
@@ -213,7 +212,7 @@ assert libc.prctl(38, 1, 0, 0, 0) == 0, "PR_SET_NO_NEW_PRIVS"
 assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, "PR_SET_SECCOMP"
 os.execv(sys.argv[1], sys.argv[1:])
 "#;
-    let out = Command::new("/usr/bin/python3")
+    let out = common::command("/usr/bin/python3")
         .arg("-c")
         .arg(script)
         .arg(common::bin())
@@ -235,7 +234,7 @@ os.execv(sys.argv[1], sys.argv[1:])
 /// Bytes queued unread at the agent's end of the connections to `socket` (`ss -x`: Recv-Q of
 /// established sockets whose local address is the socket path); None when there is none.
 fn unread_by_agent(socket: &std::path::Path) -> Option<u64> {
-    let out = Command::new("ss")
+    let out = common::command("ss")
         .args(["-x", "-H", "-n"])
         .output()
         .unwrap();

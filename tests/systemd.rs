@@ -11,7 +11,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::cgroup::TestCgroup;
@@ -252,7 +252,7 @@ fn socket_activation_with_named_sockets_and_sd_notify() {
         .unwrap();
     let log = dir.path().join("agent.log");
     let log_file = std::fs::File::create(&log).unwrap();
-    let activator = Command::new("systemd-socket-activate")
+    let activator = common::command("systemd-socket-activate")
         .arg("-l")
         .arg(&creds_sock)
         .arg("-l")
@@ -392,7 +392,7 @@ fn units_for_verify(dir: &Path) -> Vec<PathBuf> {
 fn unit_files_pass_systemd_analyze_verify() {
     let dir = TestDir::new();
     let units = units_for_verify(dir.path());
-    let out = Command::new("systemd-analyze")
+    let out = common::command("systemd-analyze")
         .arg("verify")
         .args(&units)
         .output()
@@ -421,7 +421,7 @@ fn parse_exposure(text: &str) -> Option<f64> {
 #[test]
 fn unit_exposure_is_at_most_2() {
     let unit = repo_root().join("systemd/credagent.service");
-    let out = Command::new("systemd-analyze")
+    let out = common::command("systemd-analyze")
         .args(["security", "--offline=yes", "--no-pager"])
         .arg(&unit)
         .output()

@@ -10,7 +10,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bao::Bao;
@@ -22,9 +22,11 @@ use serde_json::json;
 
 const NOBODY: u32 = 65534;
 
-/// A `credagent` client command kept running (killed on drop), its stderr in a file.
+/// A `credagent` client command kept running (killed on drop with its process group, so an
+/// `exec` child goes too), its stderr in a file.
 struct Watcher {
     child: Option<Child>,
+    group: Pid,
     log: PathBuf,
 }
 
@@ -32,7 +34,7 @@ impl Watcher {
     fn spawn(socket: &Path, dir: &TestDir, args: &[&str], uid: Option<u32>) -> Watcher {
         let log = dir.path().join(format!("watcher-{}.log", args[0]));
         let file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(common::bin());
+        let mut command = common::command(common::bin());
         // `--socket` right after the subcommand: after `exec`'s `--` it would be the child's.
         command
             .arg(args[0])
@@ -47,8 +49,10 @@ impl Watcher {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
             std::os::unix::process::CommandExt::gid(&mut command, uid);
         }
+        let child = command.spawn().unwrap();
         Watcher {
-            child: Some(command.spawn().unwrap()),
+            group: Pid::from_raw(child.id() as i32),
+            child: Some(child),
             log,
         }
     }
@@ -91,9 +95,10 @@ impl Watcher {
 
 impl Drop for Watcher {
     fn drop(&mut self) {
+        // The group outlives its leader when the leader exited first (an `exec` child).
+        let _ = nix::sys::signal::killpg(self.group, Signal::SIGKILL);
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            common::kill_group(&mut child);
         }
         if !std::thread::panicking() {
             assert!(
@@ -339,7 +344,7 @@ fn render_watch_rereads_its_template_on_sighup_keeps_the_old_one_when_the_edit_i
 /// A process that appends a line to `marker` on each SIGHUP; its pid.
 fn hup_counter(dir: &TestDir, marker: &Path) -> common::ChildGuard {
     let ready = dir.path().join("hup-ready");
-    let child = Command::new("/bin/sh")
+    let child = common::command("/bin/sh")
         .arg("-c")
         .arg(format!(
             "trap 'echo hup >> {}' HUP; touch {}; while :; do sleep 0.1; done",
@@ -670,7 +675,7 @@ fn render_watch_kills_an_on_change_command_past_its_timeout_with_its_children_wi
     });
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(read(&marker), "start\n");
-    let sleepers = Command::new("pgrep")
+    let sleepers = common::command("pgrep")
         .args(["-f", "^sleep 31.25$"])
         .output()
         .unwrap();

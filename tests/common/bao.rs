@@ -11,7 +11,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -155,7 +155,7 @@ cluster_addr = "http://127.0.0.1:{cluster}"
 
     /// Runs the `bao` CLI against this server with the root token.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        let mut command = Command::new(venv_bin("bao"));
+        let mut command = super::command(venv_bin("bao"));
         command
             .args(args)
             .env("VAULT_ADDR", self.address())
@@ -208,7 +208,7 @@ cluster_addr = "http://127.0.0.1:{cluster}"
             }
         };
         let log = tempfile::NamedTempFile::new().expect("bao log file");
-        let child = Command::new(venv_bin("bao"))
+        let child = super::command(venv_bin("bao"))
             .args(&args)
             .env_remove("VAULT_ADDR")
             .env_remove("VAULT_TOKEN")
@@ -514,7 +514,7 @@ print(json.dumps({"nonce": base64.b64encode(nonce).decode(), "ct": base64.b64enc
 fn python(dir: &Path, script: &str, args: &[&str]) -> String {
     let path = dir.join("helper.py");
     std::fs::write(&path, script).unwrap();
-    let out = Command::new(venv_bin("python"))
+    let out = super::command(venv_bin("python"))
         .arg(&path)
         .args(args)
         .output()

@@ -12,7 +12,7 @@
 use std::ffi::OsStr;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ impl TestCgroup {
     /// Runs `argv` as `uid` (None: as this process) inside the leaf: the child waits until root
     /// has moved it in, then execs the program. Stdout and stderr are piped.
     pub fn spawn(&self, uid: Option<u32>, argv: &[&OsStr]) -> Child {
-        let mut command = Command::new("/bin/sh");
+        let mut command = super::command("/bin/sh");
         command
             .arg("-c")
             .arg("read -r go && exec \"$@\"")

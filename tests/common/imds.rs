@@ -128,7 +128,7 @@ struct MotoScript<'a> {
 
 impl MotoScript<'_> {
     fn run(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new(super::venv_bin("python"))
+        let out = super::command(super::venv_bin("python"))
             .arg(super::repo_root().join("tests/fixtures/moto_setup.py"))
             .arg(self.url)
             .args(args)

@@ -7,6 +7,10 @@
 //! - On drop (of a test that passed) the agent's log is checked for [`CANARY`]: a secret value
 //!   that must never appear in any log, audit line or error body.
 //! - [`venv_bin`]: the pinned test servers installed by `scripts/install-test-deps.sh`.
+//! - [`command`]: every child a test spawns starts the same however the suite was started
+//!   (`nohup`, a CI runner, a background job: signals reset to their defaults), in a process
+//!   group of its own that [`kill_group`] ends on drop, and carries [`LEAK_MARKER`] so
+//!   `scripts/test.sh` can find any process a test target left running.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -19,9 +23,11 @@ pub mod moto;
 pub mod oauth;
 pub mod pass;
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -56,6 +62,43 @@ pub fn venv_bin(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The environment variable every spawned child carries: `scripts/test.sh` sets it to a value
+/// of its own for each test target and afterwards fails the run if any process still has it.
+pub const LEAK_MARKER: &str = "CREDAGENT_TEST_RUN";
+
+/// The signals `nohup`, CI runners and non-interactive shells may hand down ignored; a shell
+/// cannot `trap` a signal it inherited as ignored, so children get them back at their defaults.
+const DEFAULT_SIGNALS: &str = "--default-signal=HUP,INT,QUIT,PIPE,TERM,USR1,USR2";
+
+/// `Command::new(program)` for a test: run through coreutils' `env --default-signal` (which
+/// resets the dispositions, then execs `program`, so the pid and exe are the program's), in a
+/// new process group (so [`kill_group`] also ends what it spawned, a `sh -c` loop's children
+/// included), with [`LEAK_MARKER`] in its environment. `spawn` returns once `env` runs, just
+/// before it execs `program`: a short-lived client whose exe must be the program the moment it is
+/// spawned (tests/identity.rs replaces the binary right after) uses `Command::new` instead.
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut command = Command::new("/usr/bin/env");
+    command.arg(DEFAULT_SIGNALS).arg("--").arg(program);
+    command.env(
+        LEAK_MARKER,
+        std::env::var_os(LEAK_MARKER).unwrap_or_else(|| "1".into()),
+    );
+    command.process_group(0);
+    command
+}
+
+/// SIGKILLs the process group `child` leads (see [`command`]) and reaps `child`.
+pub fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -161,9 +204,9 @@ impl Agent {
         let socket = socket_from_config(&config).unwrap_or_else(|| dir.socket());
         let log_file = std::fs::File::create(&log).unwrap();
         let mut command = match ulimit {
-            None => Command::new(bin()),
+            None => command(bin()),
             Some(limits) => {
-                let mut sh = Command::new("/bin/sh");
+                let mut sh = command("/bin/sh");
                 sh.arg("-c")
                     .arg(format!("ulimit {limits} && exec \"$0\" \"$@\""))
                     .arg(bin());
@@ -181,8 +224,8 @@ impl Agent {
             command.env(k, v);
         }
         if let Some(uid) = uid {
-            std::os::unix::process::CommandExt::uid(&mut command, uid);
-            std::os::unix::process::CommandExt::gid(&mut command, uid);
+            command.uid(uid);
+            command.gid(uid);
         }
         let child = command.spawn().unwrap();
         let mut agent = Agent {
@@ -284,11 +327,11 @@ impl Agent {
 
     /// `credagent ARGS --socket SOCKET` as `uid` (None: as this process), with its output.
     pub fn cli_as(&self, uid: Option<u32>, args: &[&str]) -> Output {
-        let mut command = Command::new(bin());
+        let mut command = command(bin());
         command.args(args).arg("--socket").arg(&self.socket);
         if let Some(uid) = uid {
-            std::os::unix::process::CommandExt::uid(&mut command, uid);
-            std::os::unix::process::CommandExt::gid(&mut command, uid);
+            command.uid(uid);
+            command.gid(uid);
         }
         command.output().unwrap()
     }
@@ -313,7 +356,7 @@ impl Agent {
                 return status;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
+                kill_group(&mut child);
                 panic!("agent did not exit within 20 s; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -333,8 +376,7 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
         if !std::thread::panicking() {
             self.check_canary();
@@ -448,13 +490,12 @@ pub fn parse_response(raw: &[u8]) -> Option<Response> {
     })
 }
 
-/// A child process killed on drop (test servers).
+/// A child process (spawned by [`command`]) killed with its process group on drop.
 pub struct ChildGuard(pub Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        kill_group(&mut self.0);
     }
 }
 
@@ -462,7 +503,7 @@ impl Drop for ChildGuard {
 /// returns (exit code, log). The canary never reaches the log.
 pub fn start_fails(dir: &TestDir, template: &str) -> (Option<i32>, String) {
     let config = dir.write_config(template);
-    let out = Command::new(bin())
+    let out = command(bin())
         .args(["serve", "--config"])
         .arg(&config)
         .env("CREDAGENT_LOG", "debug")
@@ -584,10 +625,10 @@ pub fn python_reply(out: &Output, who: &str) -> Response {
 /// for callers the `credagent` client cannot play (metrics, HEAD, raw paths).
 pub fn request_as(uid: u32, socket: &Path, method: &str, path: &str) -> Response {
     let args = python_request(socket, method, path);
-    let mut command = Command::new(&args[0]);
+    let mut command = command(&args[0]);
     command.args(&args[1..]);
-    std::os::unix::process::CommandExt::uid(&mut command, uid);
-    std::os::unix::process::CommandExt::gid(&mut command, uid);
+    command.uid(uid);
+    command.gid(uid);
     python_reply(&command.output().unwrap(), &format!("as uid {uid}"))
 }
 

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::{CANARY, ChildGuard, TestDir, free_port, repo_root, venv_bin};
@@ -50,7 +50,7 @@ impl Moto {
             .append(true)
             .open(self.dir.join("moto.log"))
             .unwrap();
-        let child = Command::new(venv_bin("moto_server"))
+        let child = super::command(venv_bin("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
             .env(
                 "MOTO_RECORDER_FILEPATH",
@@ -93,7 +93,7 @@ impl Moto {
 
     /// Runs the set-up script with `args`; returns its stdout.
     pub fn script(&self, args: &[&str]) -> String {
-        let out = Command::new(venv_bin("python"))
+        let out = super::command(venv_bin("python"))
             .arg(repo_root().join("tests/fixtures/moto_setup.py"))
             .arg(&self.url)
             .args(args)

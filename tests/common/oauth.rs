@@ -10,7 +10,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -57,7 +57,7 @@ impl OidcServer {
         let port = free_port();
         let out = dir.join("oidc-minted.json");
         let log = std::fs::File::create(dir.join("oidc.log")).unwrap();
-        let child = Command::new(node())
+        let child = super::command(node())
             .arg(fixture_dir().join("server.mjs"))
             .arg(port.to_string())
             .arg(token_ttl_secs.to_string())

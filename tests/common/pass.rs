@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use super::TestDir;
 
@@ -72,7 +72,7 @@ impl PassStore {
     }
 
     fn run(&self, program: &str, args: &[&str], stdin: &[u8]) -> String {
-        let mut child = Command::new(program)
+        let mut child = super::command(program)
             .args(args)
             .envs(self.env())
             .stdin(Stdio::piped())
@@ -95,7 +95,7 @@ impl PassStore {
 
 impl Drop for PassStore {
     fn drop(&mut self) {
-        let _ = Command::new("gpgconf")
+        let _ = super::command("gpgconf")
             .args(["--kill", "gpg-agent"])
             .env("GNUPGHOME", &self.gnupg_home)
             .status();
