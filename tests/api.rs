@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Agent, CANARY, TestDir, file_config, wait_until};
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 fn agent_with_demo_secrets() -> (TestDir, Agent) {
@@ -302,7 +303,7 @@ fn assert_read_once(agent: &Agent, secret: &str, last: &str) {
 /// `credagent exec ARGS…` against `agent`, its socket in the environment (`cli_as` appends
 /// `--socket` at the end, which would land in the command).
 fn exec(agent: &Agent, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(common::bin())
+    common::command(common::bin())
         .env("CREDAGENT_SOCKET", &agent.socket)
         .arg("exec")
         .args(args)
@@ -406,7 +407,7 @@ fn cli_render_and_exec_work_for_a_caller_whose_memlock_limit_is_zero() {
     let template = dir.path().join("t.tmpl");
     std::fs::write(&template, "x={{ secret files/pw }}\n").unwrap();
     let nobody_without_memlock = |args: &[&str]| {
-        std::process::Command::new("/usr/bin/setpriv")
+        common::command("/usr/bin/setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
             .args(["/bin/sh", "-c", "ulimit -l 0 && exec \"$0\" \"$@\""])
             .arg(common::bin())
@@ -706,7 +707,7 @@ fn a_secret_replacer_template_renders_unchanged_through_scheme_mappings() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = std::process::Command::new(common::bin())
+    let out = common::command(common::bin())
         .args(["render", template.to_str().unwrap(), "--socket"])
         .arg(&agent.socket)
         .env("CREDAGENT_SCHEMES", "x=files,vault=kv")
@@ -731,7 +732,7 @@ fn a_secret_replacer_template_renders_unchanged_through_scheme_mappings() {
     );
 
     // exec takes the same names.
-    let out = std::process::Command::new(common::bin())
+    let out = common::command(common::bin())
         .args(["exec", "--env", "DB=awsSecret://prod/db", "--socket"])
         .arg(&agent.socket)
         .args(["--", "printenv", "DB"])
@@ -743,4 +744,83 @@ fn a_secret_replacer_template_renders_unchanged_through_scheme_mappings() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The file source's confinement (`openat2(RESOLVE_BENEATH)`, or the component walk where that is
+/// refused): uid 65534, who may write a directory below the secrets directory and read the
+/// secrets below it, plants symlinks there to a root-only file outside (absolute, relative
+/// through `..`, and a directory link) and asks the agent, which runs as root, for them.
+#[test]
+fn a_caller_plants_symlinks_out_of_the_secrets_directory_and_reads_nothing_outside() {
+    const NOBODY: u32 = 65534;
+    let dir = TestDir::new();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("root-only"), b"root-only-value").unwrap();
+    std::fs::set_permissions(
+        outside.join("root-only"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let own = dir.secrets().join("nobody");
+    std::fs::create_dir(&own).unwrap();
+    nix::unistd::chown(&own, Some(nix::unistd::Uid::from_raw(NOBODY)), None).unwrap();
+    dir.secret("nobody/own", b"own-value");
+    let agent = Agent::start(
+        &dir,
+        &file_config(&format!(
+            "[[allow]]\npeer = {{ uid = {NOBODY} }}\nsecrets = [\"files/nobody/*\"]\n"
+        )),
+    );
+    let plant = |target: &str, link: &str| {
+        let out = common::command("/bin/ln")
+            .arg("-s")
+            .arg(target)
+            .arg(own.join(link))
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    plant(&outside.join("root-only").display().to_string(), "absolute");
+    plant("../../outside/root-only", "relative");
+    plant("../../outside", "dir");
+
+    for name in ["absolute", "relative", "dir/root-only"] {
+        let resp = common::request_as(
+            NOBODY,
+            &agent.socket,
+            "GET",
+            &format!("/v1/secrets/files/nobody/{name}"),
+        );
+        assert_eq!(resp.status, 404, "{name}: {}", resp.text());
+        assert_eq!(resp.error_code(), "not_found", "{name}");
+    }
+    // The honest read of a file inside still works.
+    let resp = common::request_as(NOBODY, &agent.socket, "GET", "/v1/secrets/files/nobody/own");
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"own-value"[..])
+    );
+    assert!(!agent.log_text().contains("root-only-value"));
+    let denied = agent
+        .audit_reads("files/nobody/relative")
+        .into_iter()
+        .next()
+        .unwrap();
+    assert_eq!(denied["status"], 404, "{denied}");
+}
+
+/// An id segment longer than a file name may be (255 bytes) names no file: `404`, not a backend
+/// failure.
+#[test]
+fn a_file_id_segment_over_255_bytes_is_not_found() {
+    let (_dir, agent) = agent_with_demo_secrets();
+    for id in ["a".repeat(256), format!("app/{}", "b".repeat(300))] {
+        let resp = agent.secret(&format!("files/{id}"));
+        assert_eq!(resp.status, 404, "{}: {}", id.len(), resp.text());
+        assert_eq!(resp.error_code(), "not_found");
+    }
+    assert_eq!(agent.secret("files/demo-password").status, 200);
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use common::{Agent, CANARY, TestDir, file_config, wait_until};
 
+const NOBODY: u32 = 65534;
+
 #[test]
 fn every_read_and_denial_is_a_line_in_the_audit_file() {
     let dir = TestDir::new();
@@ -22,6 +24,9 @@ fn every_read_and_denial_is_a_line_in_the_audit_file() {
         assert_eq!(agent.secret("files/canary").status, 200);
     }
     assert_eq!(agent.secret("files/missing").status, 404);
+    // uid 65534 is in no rule: denied, and the line says so.
+    let denied = common::request_as(NOBODY, &agent.socket, "GET", "/v1/secrets/files/canary");
+    assert_eq!(denied.status, 403, "{}", denied.text());
     let lines = || {
         std::fs::read_to_string(&audit)
             .unwrap_or_default()
@@ -31,7 +36,7 @@ fn every_read_and_denial_is_a_line_in_the_audit_file() {
     };
     // Written while the agent keeps running: no shutdown flush needed.
     assert!(
-        wait_until(Duration::from_secs(5), || lines().len() == 21),
+        wait_until(Duration::from_secs(5), || lines().len() == 22),
         "audit lines: {:?}",
         lines()
     );
@@ -41,6 +46,24 @@ fn every_read_and_denial_is_a_line_in_the_audit_file() {
         .filter(|l| l["secret"] == "files/canary" && l["decision"] == "allow" && l["status"] == 200)
         .count();
     assert_eq!(reads, 20);
+    let denials: Vec<_> = lines.iter().filter(|l| l["uid"] == NOBODY).collect();
+    assert_eq!(denials.len(), 1, "{lines:?}");
+    let line = denials[0];
+    assert_eq!(
+        (
+            &line["secret"],
+            &line["decision"],
+            &line["reason"],
+            &line["status"]
+        ),
+        (
+            &serde_json::json!("files/canary"),
+            &serde_json::json!("deny"),
+            &serde_json::Value::Null,
+            &serde_json::json!(403)
+        ),
+        "{line}"
+    );
     assert!(
         lines
             .iter()
@@ -58,7 +81,7 @@ fn every_read_and_denial_is_a_line_in_the_audit_file() {
 #[test]
 fn audit_lines_a_blocked_sink_cannot_take_are_dropped_and_counted_without_blocking_requests() {
     use std::io::Read;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -69,7 +92,7 @@ fn audit_lines_a_blocked_sink_cannot_take_are_dropped_and_counted_without_blocki
     let (read_end, write_end) = nix::unistd::pipe().unwrap();
     nix::fcntl::fcntl(&read_end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(4096)).unwrap();
     let mut pipe = std::fs::File::from(read_end);
-    let child = Command::new(common::bin())
+    let child = common::command(common::bin())
         .args(["serve", "--config"])
         .arg(&config)
         .env("CREDAGENT_LOG", "off")

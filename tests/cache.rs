@@ -302,3 +302,47 @@ fn sighup_reloads_config_and_keeps_the_old_one_when_the_new_is_bad() {
     assert_eq!(still.stdout, b"hello");
     assert_eq!(agent.stop().code(), Some(0));
 }
+
+/// Bytes the process `pid` has read so far (`rchar` in /proc/PID/io: every read, any fd).
+fn bytes_read(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The bound is on the read itself: a control file of 64 MiB (sparse, so it costs no disk) is
+/// refused after at most 1 MiB + 1 bytes of it are read, not after reading it all and then
+/// checking the size (a file that never ends would never be refused that way).
+#[test]
+fn an_attacker_makes_the_control_file_huge_and_the_agent_reads_at_most_1_mib_of_it() {
+    let dir = TestDir::new();
+    let control = dir.path().join("control");
+    std::fs::write(&control, "# initial\n").unwrap();
+    let agent = control_agent(&dir, &control);
+    dir.secret("a", b"a2");
+    let refusals = |agent: &Agent| agent.log_text().matches("control file refused").count();
+    let before = bytes_read(agent.pid());
+    let tmp = dir.path().join(".control.tmp");
+    std::fs::File::create(&tmp)
+        .unwrap()
+        .set_len(64 * 1024 * 1024)
+        .unwrap();
+    std::fs::rename(&tmp, &control).unwrap();
+    assert!(
+        wait_until(WAIT, || refusals(&agent) >= 1),
+        "not refused; log:\n{}",
+        agent.log_text()
+    );
+    let read = bytes_read(agent.pid()) - before;
+    // A few reads of at most 1 MiB + 1 (one per change event), far below the file's 64 MiB.
+    assert!(read < 16 * 1024 * 1024, "the agent read {read} bytes");
+    assert_eq!(
+        value(&agent, "files/a"),
+        b"a1",
+        "a huge file must not flush"
+    );
+}

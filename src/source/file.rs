@@ -136,7 +136,14 @@ fn read_resolved(dir: &Path, id: &str, walk: bool) -> Result<Secret, SourceError
         .into();
     let fd = match open_beneath(&dirfd, id, walk) {
         Ok(fd) => fd,
-        Err(nix::Error::ENOENT | nix::Error::ENOTDIR | nix::Error::EXDEV | nix::Error::ELOOP) => {
+        // ENAMETOOLONG: a segment longer than a file name can be names no file.
+        Err(
+            nix::Error::ENOENT
+            | nix::Error::ENOTDIR
+            | nix::Error::EXDEV
+            | nix::Error::ELOOP
+            | nix::Error::ENAMETOOLONG,
+        ) => {
             return Err(SourceError::NotFound);
         }
         Err(nix::Error::EACCES | nix::Error::EPERM) => {
