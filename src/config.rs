@@ -610,6 +610,7 @@ impl RawConfig {
             sources.insert(name, build_source(&ctx, &key, raw, &cache)?);
         }
         check_oauth2_references(&ctx, &sources)?;
+        check_transit_names(&ctx, &sources)?;
         let mut rules = Vec::with_capacity(self.allow.len());
         for (index, raw) in self.allow.into_iter().enumerate() {
             rules.push(raw.build(&ctx, index, &sources)?);
@@ -1037,6 +1038,25 @@ fn build_source(
         max_concurrent_fetches,
         startup_check,
     })
+}
+
+/// A Vault source with `transit_mount` also answers as `{name}-transit`: no configured source may
+/// take that name (a config error, so `check-config` and `serve` both refuse it with 78).
+fn check_transit_names(
+    ctx: &Ctx<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<(), ConfigError> {
+    for (name, cfg) in sources {
+        if let [_, companion] = crate::source::served_names(name, cfg).as_slice()
+            && sources.contains_key(companion)
+        {
+            return Err(ctx.invalid(
+                format!("sources.{companion}"),
+                format!("the name is taken by the transit side of {name:?} (it has transit_mount)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An OAuth2 source's `client_secret` and `refresh_token` name secrets of other configured

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::TestDir;
 
 const GOOD: &str = r#"[server]
@@ -26,7 +24,7 @@ secrets = ["files/*"]
 "#;
 
 fn run(args: &[&str], config: &std::path::Path) -> std::process::Output {
-    Command::new(common::bin())
+    common::command(common::bin())
         .args(args)
         .arg("--config")
         .arg(config)
@@ -100,7 +98,20 @@ fn bad_configs_are_refused_by_check_config_and_serve_naming_the_key() {
             "cache.ttl_secs",
         ),
         ("not toml", "[server\nsocket = 1".to_owned(), "config.toml"),
+        (
+            "a source takes the name of a vault source's transit side",
+            format!(
+                "{GOOD}\n[sources.vault]\ntype = \"vault\"\naddress = \"http://127.0.0.1:1\"\n\
+                 kv_mount = \"secret\"\ntransit_mount = \"transit\"\n\
+                 auth = {{ method = \"token\", token_file = \"{{dir}}/vault-token\" }}\n\n\
+                 [sources.vault-transit]\ntype = \"env\"\nprefix = \"X_\"\n"
+            ),
+            "sources.vault-transit",
+        ),
     ];
+    let token = dir.path().join("vault-token");
+    std::fs::write(&token, "s.not-used").unwrap();
+    std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     for (what, text, key) in cases {
         let config = dir.write_config(&text);
         for command in ["check-config", "serve"] {
@@ -148,7 +159,7 @@ fn shipped_example_and_demo_configs_are_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let demo = Command::new(common::bin())
+    let demo = common::command(common::bin())
         .args(["check-config", "--demo"])
         .current_dir(common::repo_root())
         .output()
@@ -235,7 +246,7 @@ fn relative_socket_audit_and_control_paths_are_relative_to_the_config_file() {
     // Started from somewhere else: nothing may land in the working directory.
     let elsewhere = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let child = std::process::Command::new(common::bin())
+    let child = common::command(common::bin())
         .args(["serve", "--config"])
         .arg(&config)
         .current_dir(elsewhere.path())
