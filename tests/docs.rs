@@ -1,6 +1,7 @@
 //! The docs keep up with the code: every config key `config.example.toml` shows (commented or
-//! not) and every path in the route table appears in README.md or docs/*.md, and every relative
-//! link in them points at a file that exists.
+//! not) and every path in the route table appears in README.md or docs/*.md, every route in
+//! docs/api.md, every relative link in them points at a file that exists, and the per-type rows
+//! of docs/config.md's key table name exactly the source types that take each key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -84,12 +85,12 @@ fn every_route_is_documented() {
         .filter(|s| s.starts_with("/v1/") && !s.contains(' '))
         .collect();
     assert!(paths.len() >= 4, "{paths:?}");
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let reference = std::fs::read_to_string(root().join("docs/api.md")).unwrap();
     for path in paths {
         let documented = path.trim_end_matches('/');
         assert!(
-            readme.contains(documented),
-            "route {path} is not in README.md's HTTP API section"
+            reference.contains(documented),
+            "route {path} is not in docs/api.md"
         );
     }
 }
@@ -107,6 +108,105 @@ fn relative_links_point_at_files_that_exist() {
                 Path::new(dir).join(target).exists(),
                 "{} links to {target}, which does not exist",
                 doc.display()
+            );
+        }
+    }
+}
+
+/// Every source type, as `sources.NAME.type` takes it.
+const SOURCE_TYPES: [&str; 8] = [
+    "file",
+    "env",
+    "aws-secretsmanager",
+    "aws-ssm",
+    "aws-s3",
+    "vault",
+    "command",
+    "oauth2",
+];
+
+/// The common keys docs/config.md's key table lists as `sources.NAME.KEY`, each with the
+/// types its row names in parentheses (`aws-*` is the three AWS types; no list: every type).
+fn source_key_rows(table: &str) -> Vec<(String, Vec<&'static str>)> {
+    let mut rows = Vec::new();
+    for line in table.lines() {
+        let Some(rest) = line.strip_prefix("| `sources.NAME.") else {
+            continue;
+        };
+        let (key, rest) = rest.split_once('`').unwrap();
+        let cell = rest.split('|').next().unwrap().trim();
+        let types: Vec<&'static str> = match cell.strip_prefix('(') {
+            None => SOURCE_TYPES.to_vec(),
+            Some(list) => {
+                let list = list.strip_suffix(')').unwrap();
+                SOURCE_TYPES
+                    .into_iter()
+                    .filter(|t| {
+                        list.split(", ")
+                            .any(|named| named == *t || (named == "aws-*" && t.starts_with("aws-")))
+                    })
+                    .collect()
+            }
+        };
+        rows.push((key.to_owned(), types));
+    }
+    rows
+}
+
+/// The per-type rows of docs/config.md's key table say which source types take each key: the
+/// config parser accepts the key for exactly those types (for any other it is an unknown field).
+#[test]
+fn the_source_key_table_names_exactly_the_types_that_take_each_key() {
+    let table = std::fs::read_to_string(root().join("docs/config.md")).unwrap();
+    let rows = source_key_rows(&table);
+    let keys: Vec<&str> = rows.iter().map(|(k, _)| k.as_str()).collect();
+    for key in [
+        "ttl_secs",
+        "fetch_timeout_secs",
+        "startup_check",
+        "max_concurrent_fetches",
+    ] {
+        assert!(
+            keys.contains(&key),
+            "the table has no row for {key}: {keys:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    for (key, types) in rows.iter().filter(|(k, _)| k != "type") {
+        let value = match key.as_str() {
+            k if k.ends_with("_secs") || k.ends_with("_fetches") => "5",
+            "allow_plain_http" => "true",
+            "startup_check" => "\"retry\"",
+            _ => "\"APP_\"",
+        };
+        for ty in SOURCE_TYPES {
+            // A required key that would be reported before any other (the AWS types' region).
+            let prelude = if ty.starts_with("aws-") {
+                "region = \"eu-west-1\"\n"
+            } else {
+                ""
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nsocket = \"{}/agent.sock\"\n\n[sources.s]\ntype = \"{ty}\"\n\
+                     {prelude}{key} = {value}\n",
+                    dir.path().display()
+                ),
+            )
+            .unwrap();
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_credagent"))
+                .args(["check-config", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let accepted = !stderr.contains(&format!("unknown field `{key}`"));
+            assert_eq!(
+                accepted,
+                types.contains(&ty),
+                "docs/config.md says sources.NAME.{key} is for {types:?}; for {ty} check-config says: {stderr}"
             );
         }
     }
