@@ -113,6 +113,7 @@ step "cargo deny check bans licenses sources (deny.toml)" \
 # --workspace` would), so a target that does not build cannot keep the others from running.
 cargo_test --lib
 cargo_test --bins
+step "link/symbol-order.txt still names this build's start-up functions" scripts/check-symbol-order.sh
 mapfile -t test_targets < <(cargo metadata --no-deps --format-version 1 |
     jq -r '.packages[].targets[] | select(.kind | index("test")) | .name' | sort -u)
 [ "${#test_targets[@]}" -gt 0 ] || { failed=$((failed + 1)); failures+=("no test targets found"); }

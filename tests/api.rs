@@ -824,3 +824,57 @@ fn a_file_id_segment_over_255_bytes_is_not_found() {
     }
     assert_eq!(agent.secret("files/demo-password").status, 200);
 }
+
+/// `credagent get`'s exit status for answers only a broken or foreign server gives (README "Exit
+/// codes"): a `304` to a plain read is an error answer (1); a `200` without an `ETag` is a value
+/// (0, printed); a connection closed before any answer is no agent answering (69).
+#[test]
+fn get_exits_1_on_a_304_0_on_a_200_without_an_etag_and_69_when_the_answer_breaks_off() {
+    let dir = TestDir::new();
+    let socket = dir.path().join("foreign.sock");
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(4)
+for reply in [b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n",
+              b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvalue",
+              b""]:
+    c, _ = s.accept()
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    c.sendall(reply)
+    c.close()
+"#;
+    let _server = common::ChildGuard(
+        common::command("/usr/bin/python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&socket)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || socket.exists()));
+    let get = || {
+        common::command(common::bin())
+            .args(["get", "files/x", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap()
+    };
+    let out = get();
+    assert_eq!(out.status.code(), Some(1), "304: {out:?}");
+    assert!(out.stdout.is_empty());
+    let out = get();
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"value"[..]),
+        "200 without ETag: {out:?}"
+    );
+    let out = get();
+    assert_eq!(out.status.code(), Some(69), "closed: {out:?}");
+}
