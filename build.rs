@@ -13,7 +13,7 @@ fn main() {
     // Start-up code laid out together: the functions the agent runs from start to idle, then
     // those a request runs, come first in the text, in SYMBOL_ORDER's order. Unordered, they were
     // spread over the 8.7 MB of text, and each page fault maps its neighbours too, so about
-    // 4.4 MB of it was resident at idle (docs/performance.md, seventh round). Release builds
+    // 4.4 MB of it was resident at idle (docs/performance.md, "Kept"). Release builds
     // only, and only with the toolchain's own lld (the default linker of x86_64 Linux since Rust
     // 1.90), which takes the option; names the list has and the binary lacks are skipped. The
     // names' hashes hold for the agent built on its own (`cargo build --release`, `cargo deb`),

@@ -5,7 +5,7 @@
 # metrics, a flush), each group sorted by name, then the rest as the linker places them.
 # Start-up code then shares a few text pages instead of touching pages all over the binary, so
 # idle RSS is smaller and no longer depends on where a code change happens to move things
-# (docs/performance.md, seventh round).
+# (docs/performance.md, "Kept").
 #
 #   scripts/symbol-order.sh            # builds the release binary, runs it under callgrind
 #

@@ -318,7 +318,7 @@ impl Report {
             st.ready_max.as_secs_f64() * 1e3
         );
         s.push_str("\n### Targets\n\n");
-        s.push_str("The broker issue set its two throughput targets against figures measured with oha, unpinned (its text: about 2× the floor's CPU at 1 connection and about 0.95× its req/s at 16, for the first turn's build); the first two rows judge them that way. The bench's own client is lighter than oha and keeps the server saturated at 16 connections: the rows marked \"bench client\" hold the agent to the same ratios under that load, which no build has met. docs/performance.md compares builds on every series.\n\n");
+        s.push_str("The broker issue set its two throughput targets against figures measured with oha, unpinned (its text: about 2× the floor's CPU at 1 connection and about 0.95× its req/s at 16, for the first turn's build); the first two rows judge them that way. The bench's own client is lighter than oha and keeps the server saturated at 16 connections: the rows marked \"bench client\" hold the agent to the same ratios under that load, which no build has met. docs/performance.md gives the current figures on every series.\n\n");
         s.push_str("| target | measured | met |\n|---|---|---|\n");
         for (target, measured, met) in self.targets() {
             let met = match met {

@@ -14,7 +14,7 @@
 //! soon after it last ran out, so it likely will again. At a low request rate parks are long,
 //! and a spin would only burn the CPU before every sleep; an idle agent parks without one.
 //!
-//! Measured with oha at 16 connections (docs/performance.md, eighth and ninth rounds): the
+//! Measured with oha at 16 connections (docs/performance.md, "Kept"): the
 //! spin cut the agent's CPU per request by about a seventh and raised its req/s by about 30 %;
 //! 0.5 and 1 µs were too short to matter, 8 and 20 µs took more CPU than they saved. Spinning
 //! only after short parks kept that, and of what spinning before every park cost at a steady
