@@ -41,7 +41,6 @@
 
 pub mod acl;
 pub mod audit;
-pub mod aws_auth;
 pub mod backoff;
 pub mod broker;
 pub mod cache;
@@ -49,7 +48,6 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
-pub mod credfile;
 pub mod jsonval;
 pub mod metrics;
 pub mod name;

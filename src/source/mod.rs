@@ -7,17 +7,13 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 pub mod aws;
-pub mod aws_s3;
-pub mod aws_ssm;
 pub mod command;
+pub mod credfile;
 pub mod env;
 pub mod file;
+pub mod http;
 pub mod oauth2;
 pub mod vault;
-pub mod vault_auth;
-pub mod vault_config;
-pub mod vault_http;
-pub mod vault_transit;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -251,13 +247,13 @@ pub enum Source {
     /// Vault KV v2.
     Vault(vault::VaultSource),
     /// Vault transit decryption of ciphertexts held elsewhere (`{vault source}-transit`).
-    VaultTransit(vault_transit::TransitSource),
+    VaultTransit(vault::transit::TransitSource),
     /// AWS Secrets Manager.
-    Aws(aws::AwsSource),
+    Aws(aws::secretsmanager::AwsSource),
     /// AWS SSM Parameter Store.
-    AwsSsm(aws_ssm::SsmSource),
+    AwsSsm(aws::ssm::SsmSource),
     /// AWS S3, one object per secret.
-    AwsS3(aws_s3::S3Source),
+    AwsS3(aws::s3::S3Source),
     /// A command's output (`pass`, `gopass`, …).
     Command(command::CommandSource),
     /// OAuth2 access tokens.
@@ -305,9 +301,9 @@ impl Source {
                     Err("this source has no versions")
                 }
             }
-            Source::Aws(_) => aws::check_selector(selector),
-            Source::AwsSsm(_) => aws_ssm::check_selector(selector),
-            Source::AwsS3(_) => aws_s3::check_selector(selector),
+            Source::Aws(_) => aws::secretsmanager::check_selector(selector),
+            Source::AwsSsm(_) => aws::ssm::check_selector(selector),
+            Source::AwsS3(_) => aws::s3::check_selector(selector),
             Source::OAuth2(_) => oauth2::check_selector(selector),
             #[cfg(test)]
             Source::Fake(_) => {
@@ -368,9 +364,9 @@ impl IdRule {
         match self {
             IdRule::Any => Ok(()),
             IdRule::Env => env::check_id(id),
-            IdRule::Transit => vault_transit::split_id(id).map(|_| ()),
-            IdRule::Aws => aws::check_secret_id(id),
-            IdRule::Ssm => aws_ssm::check_id(id),
+            IdRule::Transit => vault::transit::split_id(id).map(|_| ()),
+            IdRule::Aws => aws::secretsmanager::check_secret_id(id),
+            IdRule::Ssm => aws::ssm::check_id(id),
             IdRule::Command => command::check_id(id),
             IdRule::OAuth2 => oauth2::check_id(id),
             #[cfg(test)]
@@ -615,7 +611,7 @@ pub enum BuildError {
         /// Source name.
         name: String,
         /// What failed.
-        cause: vault_auth::ConnectError,
+        cause: vault::auth::ConnectError,
     },
     /// The AWS credentials (or their identity check) failed.
     #[error("source {name:?}: {cause}")]
@@ -623,7 +619,7 @@ pub enum BuildError {
         /// Source name.
         name: String,
         /// What failed.
-        cause: crate::aws_auth::AuthError,
+        cause: aws::auth::AuthError,
     },
     /// A command source's program is not there.
     #[error("source {name:?}: {cause}")]
@@ -770,7 +766,7 @@ pub async fn build_one(
                 warn_plain_http(name);
             }
             let session =
-                vault_auth::connect(name, vault)
+                vault::auth::connect(name, vault)
                     .await
                     .map_err(|cause| BuildError::Vault {
                         name: name.to_owned(),
@@ -779,7 +775,7 @@ pub async fn build_one(
             if let Some(mount) = &vault.transit_mount {
                 entries.push((
                     vault::transit_name(name),
-                    entry(Source::VaultTransit(vault_transit::TransitSource::new(
+                    entry(Source::VaultTransit(vault::transit::TransitSource::new(
                         session.clone(),
                         mount.clone(),
                         vault.ciphertexts.clone(),
@@ -797,7 +793,7 @@ pub async fn build_one(
             if aws.allow_plain_http {
                 warn_plain_http(name);
             }
-            aws::AwsSource::build(aws, cfg.fetch_timeout)
+            aws::secretsmanager::AwsSource::build(aws, cfg.fetch_timeout)
                 .await
                 .map_err(|cause| BuildError::Aws {
                     name: name.to_owned(),
@@ -816,7 +812,7 @@ pub async fn build_one(
             if s3.aws.allow_plain_http {
                 warn_plain_http(name);
             }
-            aws_s3::S3Source::build(s3, cfg.fetch_timeout)
+            aws::s3::S3Source::build(s3, cfg.fetch_timeout)
                 .await
                 .map_err(|cause| BuildError::Aws {
                     name: name.to_owned(),
@@ -839,7 +835,7 @@ pub async fn build_one(
             if ssm.aws.allow_plain_http {
                 warn_plain_http(name);
             }
-            aws_ssm::SsmSource::build(ssm, cfg.fetch_timeout)
+            aws::ssm::SsmSource::build(ssm, cfg.fetch_timeout)
                 .await
                 .map_err(|cause| BuildError::Aws {
                     name: name.to_owned(),

@@ -4,7 +4,7 @@
 //! It owns its config section ([`RawSsmSource`]: the Secrets Manager source's AWS settings plus
 //! `prefix`), its id and selector rules, and moving values into secure memory. Credentials,
 //! their refresh, and the mapping of SDK errors are shared with `aws-secretsmanager`
-//! (`crate::aws_auth`, [`crate::aws_auth::map_sdk_error`]); caching and access control are the
+//! (`super::auth`, [`super::auth::map_sdk_error`]); caching and access control are the
 //! cache's and the ACL's.
 //!
 //! There is no rotation check: Parameter Store has no call cheaper than `GetParameter` that
@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::aws::{AwsConfig, InvalidKey, RawAwsSource, own_string};
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
-use crate::aws_auth;
-use crate::aws_auth::map_sdk_error;
+use super::auth;
+use super::auth::map_sdk_error;
+use super::secretsmanager::{AwsConfig, InvalidKey, RawAwsSource, own_string};
 use crate::secure_mem::SecretBytes;
+use crate::source::{Fetched, Secret, SecretRequest, Selector, SourceError};
 
 /// Longest parameter name SSM accepts (with its hierarchy).
 const MAX_NAME_LEN: usize = 2048;
@@ -37,7 +37,7 @@ pub struct RawSsmSource {
 
 impl<'de> Deserialize<'de> for RawSsmSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (own, aws) = super::aws::split_aws_section(deserializer, &["prefix"])?;
+        let (own, aws) = super::secretsmanager::split_aws_section(deserializer, &["prefix"])?;
         Ok(RawSsmSource {
             prefix: own_string(&own, "prefix")?,
             aws,
@@ -139,7 +139,7 @@ impl SsmSource {
     pub async fn build(
         config: &SsmConfig,
         fetch_timeout: Duration,
-    ) -> Result<SsmSource, aws_auth::AuthError> {
+    ) -> Result<SsmSource, auth::AuthError> {
         let sdk = config.aws.sdk_config(fetch_timeout).await?;
         Ok(SsmSource {
             client: aws_sdk_ssm::Client::new(&sdk),

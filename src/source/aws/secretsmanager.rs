@@ -4,7 +4,7 @@
 //!
 //! It owns its config section ([`RawAwsSource`]) and its validation, the mapping of SDK errors
 //! to [`SourceError`], and moving values into secure memory. Credentials (and their refresh) are
-//! `crate::aws_auth`'s; caching and access control are the cache's and the ACL's.
+//! `super::auth`'s; caching and access control are the cache's and the ACL's.
 //!
 //! Values: `SecretString` bytes or the `SecretBinary` blob are moved out of the SDK's output
 //! and copied into [`SecretBytes`], and the SDK-owned buffer is wiped. The raw HTTP response
@@ -17,9 +17,9 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
 
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
-use crate::aws_auth::{self, AssumeRoleConfig, AuthConfig, AuthMethod, KeyFiles, NetSettings};
+use super::auth::{self, AssumeRoleConfig, AuthConfig, AuthMethod, KeyFiles, NetSettings};
 use crate::secure_mem::SecretBytes;
+use crate::source::{Fetched, Secret, SecretRequest, Selector, SourceError};
 
 /// The stage a request without selectors reads.
 const CURRENT_STAGE: &str = "AWSCURRENT";
@@ -185,15 +185,12 @@ impl AwsConfig {
     pub async fn sdk_config(
         &self,
         fetch_timeout: Duration,
-    ) -> Result<aws_config::SdkConfig, aws_auth::AuthError> {
+    ) -> Result<aws_config::SdkConfig, auth::AuthError> {
         let net = NetSettings {
             operation_timeout: fetch_timeout,
         };
-        let credentials = aws_auth::build(&self.auth, net).await?;
-        Ok(
-            aws_auth::sdk_config(credentials, &self.region, self.endpoint_url.as_deref(), net)
-                .await,
-        )
+        let credentials = auth::build(&self.auth, net).await?;
+        Ok(auth::sdk_config(credentials, &self.region, self.endpoint_url.as_deref(), net).await)
     }
 }
 
@@ -332,7 +329,7 @@ fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => super::check_plain_http(url, allow_plain_http),
+        (Some("http" | "https"), Some(_)) => crate::source::check_plain_http(url, allow_plain_http),
         _ => Err(format!(
             "{url:?} must be an http:// or https:// URL with a host"
         )),
@@ -369,7 +366,7 @@ fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf,
             _ => path.to_path_buf(),
         }
     };
-    crate::credfile::check(&path).map_err(|r| invalid(key, r))?;
+    crate::source::credfile::check(&path).map_err(|r| invalid(key, r))?;
     Ok(path)
 }
 
@@ -453,7 +450,7 @@ impl AwsSource {
     pub async fn build(
         config: &AwsConfig,
         fetch_timeout: Duration,
-    ) -> Result<AwsSource, aws_auth::AuthError> {
+    ) -> Result<AwsSource, auth::AuthError> {
         let sdk = config.sdk_config(fetch_timeout).await?;
         Ok(AwsSource {
             client: aws_sdk_secretsmanager::Client::new(&sdk),
@@ -539,7 +536,7 @@ impl AwsSource {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        aws_auth::map_sdk_error(operation, err, self.operation_timeout)
+        auth::map_sdk_error(operation, err, self.operation_timeout)
     }
 }
 
@@ -744,37 +741,37 @@ mod tests {
     fn errors_table() {
         let d = || "detail".to_owned();
         assert_eq!(
-            aws_auth::classify(Some("ResourceNotFoundException"), 400, d()),
+            auth::classify(Some("ResourceNotFoundException"), 400, d()),
             SourceError::NotFound
         );
         assert!(matches!(
-            aws_auth::classify(Some("AccessDeniedException"), 400, d()),
+            auth::classify(Some("AccessDeniedException"), 400, d()),
             SourceError::Denied { .. }
         ));
         assert!(matches!(
-            aws_auth::classify(Some("DecryptionFailure"), 400, d()),
+            auth::classify(Some("DecryptionFailure"), 400, d()),
             SourceError::Denied { .. }
         ));
         assert!(matches!(
-            aws_auth::classify(None, 403, d()),
+            auth::classify(None, 403, d()),
             SourceError::Denied { .. }
         ));
         assert!(matches!(
-            aws_auth::classify(Some("ThrottlingException"), 400, d()),
+            auth::classify(Some("ThrottlingException"), 400, d()),
             SourceError::Unavailable { .. }
         ));
         assert!(matches!(
-            aws_auth::classify(None, 503, d()),
+            auth::classify(None, 503, d()),
             SourceError::Unavailable { .. }
         ));
         assert!(matches!(
-            aws_auth::classify(None, 429, d()),
+            auth::classify(None, 429, d()),
             SourceError::Unavailable { .. }
         ));
         assert!(matches!(
-            aws_auth::classify(None, 400, d()),
+            auth::classify(None, 400, d()),
             SourceError::BadReply { .. }
         ));
-        assert!(aws_auth::classify(None, 500, d()).is_transient());
+        assert!(auth::classify(None, 500, d()).is_transient());
     }
 }

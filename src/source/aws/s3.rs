@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::aws::{AwsConfig, InvalidKey, RawAwsSource, own_string};
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
-use crate::aws_auth;
-use crate::aws_auth::map_sdk_error;
+use super::auth;
+use super::auth::map_sdk_error;
+use super::secretsmanager::{AwsConfig, InvalidKey, RawAwsSource, own_string};
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBuf};
+use crate::source::{Fetched, Secret, SecretRequest, Selector, SourceError};
 
 /// Longest S3 key.
 const MAX_KEY_LEN: usize = 1024;
@@ -39,7 +39,8 @@ pub struct RawS3Source {
 
 impl<'de> Deserialize<'de> for RawS3Source {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (own, aws) = super::aws::split_aws_section(deserializer, &["bucket", "prefix"])?;
+        let (own, aws) =
+            super::secretsmanager::split_aws_section(deserializer, &["bucket", "prefix"])?;
         Ok(RawS3Source {
             bucket: own_string(&own, "bucket")?,
             prefix: own_string(&own, "prefix")?,
@@ -133,7 +134,7 @@ impl S3Source {
     pub async fn build(
         config: &S3Config,
         fetch_timeout: Duration,
-    ) -> Result<S3Source, aws_auth::AuthError> {
+    ) -> Result<S3Source, auth::AuthError> {
         let sdk = config.aws.sdk_config(fetch_timeout).await?;
         let s3 = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(config.aws.endpoint_url.is_some())

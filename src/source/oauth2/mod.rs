@@ -34,7 +34,7 @@ use hyper::{Method, Request};
 use serde::Deserialize;
 use zeroize::Zeroize;
 
-use super::vault_http::{HttpClient, SetupError, error_chain, https_client, read_body_limited};
+use super::http::{HttpClient, SetupError, error_chain, https_client, read_body_limited};
 use super::{Fetched, Lifetime, Secret, SecretRequest, Selector, SourceError};
 use crate::jsonval::push_base64;
 use crate::name::SecretName;
@@ -224,7 +224,7 @@ impl RawOAuth2Source {
             (Some(name), None) => ClientSecret::Source(parse_reference("client_secret", name)?),
             (None, Some(path)) => {
                 let path = resolve(path);
-                crate::credfile::check(&path)
+                crate::source::credfile::check(&path)
                     .map_err(|reason| invalid("client_secret_file", reason))?;
                 ClientSecret::File(path)
             }
@@ -781,7 +781,7 @@ fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
     };
     let mut file = std::fs::File::open(path).map_err(|e| unavailable(e.to_string()))?;
     let meta = file.metadata().map_err(|e| unavailable(e.to_string()))?;
-    crate::credfile::check_metadata(path, &meta)
+    crate::source::credfile::check_metadata(path, &meta)
         .map_err(|reason| SourceError::Denied { detail: reason })?;
     let mut buf = SecretBytes::zeroed(4096)?;
     let mut len = 0;

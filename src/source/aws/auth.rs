@@ -52,7 +52,7 @@ impl AuthMethod {
     }
 }
 
-/// Files holding an access key (each private to the agent: `crate::credfile`).
+/// Files holding an access key (each private to the agent: `crate::source::credfile`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyFiles {
     /// File with the access key id.

@@ -189,14 +189,14 @@ fn check_file(
 }
 
 /// A file holding the agent's Vault credential (token, role_id, secret_id, JWT): it must be
-/// private to the agent (`crate::credfile`).
+/// private to the agent (`crate::source::credfile`).
 fn check_credential_file(
     key: &'static str,
     path: &Path,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<PathBuf, Invalid> {
     let path = resolve(path);
-    crate::credfile::check(&path).map_err(|reason| invalid(key, reason))?;
+    crate::source::credfile::check(&path).map_err(|reason| invalid(key, reason))?;
     Ok(path)
 }
 

@@ -20,11 +20,11 @@ use hyper::Method;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
-use super::SourceError;
-use super::vault_config::{VaultAuthConfig, VaultConfig};
-use super::vault_http::{Reply, VaultHttp};
+use super::config::{VaultAuthConfig, VaultConfig};
 use crate::jsonval::push_json_string;
 use crate::secure_mem::{SecretBuf, SecretBytes};
+use crate::source::SourceError;
+use crate::source::http::{Reply, VaultHttp};
 
 /// Bound on one login or renewal call of the background task.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +67,7 @@ impl std::fmt::Debug for VaultSession {
 pub enum ConnectError {
     /// The client could not be set up (CA bundle, TLS).
     #[error("{0}")]
-    Setup(super::vault_http::SetupError),
+    Setup(crate::source::http::SetupError),
     /// The login itself failed.
     #[error("login to Vault ({method}) failed: {cause}")]
     Login {
@@ -335,7 +335,7 @@ fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
         detail: format!("cannot read {}: {e}", path.display()),
     })?;
     let secret = SecretBytes::from_vec_wiping(bytes)?;
-    super::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
+    crate::source::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
         detail: format!("{} is empty", path.display()),
     })
 }

@@ -1,5 +1,5 @@
 //! `auth = "access-key"`: a long-lived access key from two files (private to the agent:
-//! `crate::credfile`, checked again on the open file) or from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
+//! `crate::source::credfile`, checked again on the open file) or from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
 //! (`AWS_SESSION_TOKEN` optional).
 //!
 //! The key strings are moved, not copied, into the SDK's `Credentials`, which zeroizes them on
@@ -70,7 +70,7 @@ fn read_key_file(key: &str, path: &Path) -> Result<String, AuthError> {
         .metadata()
         .map_err(|e| fail(format!("cannot stat: {e}")))?;
     // The same rule the config applied, again on the descriptor actually read.
-    crate::credfile::check_metadata(path, &meta).map_err(fail)?;
+    crate::source::credfile::check_metadata(path, &meta).map_err(fail)?;
     if meta.len() > MAX_KEY_FILE {
         return Err(fail(format!("is larger than {MAX_KEY_FILE} bytes")));
     }
