@@ -56,6 +56,7 @@ pub mod peer;
 #[cfg(test)]
 mod properties;
 pub mod ratelimit;
+pub mod readiness;
 pub mod secure_mem;
 pub mod server;
 pub mod source;

@@ -13,8 +13,8 @@ use crate::audit::Audit;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::readiness::{Progress, Readiness};
 use crate::source::{SourceEntry, Sources};
-use crate::startup::Readiness;
 
 /// Numbers config generations (a reload starts a new one; a source coming up late does not).
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -88,6 +88,20 @@ impl Runtime {
             .values()
             .collect::<std::collections::BTreeSet<_>>()
             .len()
+    }
+}
+
+impl Progress for Runtime {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn prefetch_total(&self) -> usize {
+        self.config.prefetch.secrets.len()
+    }
+
+    fn sources_starting(&self) -> usize {
+        Runtime::sources_starting(self)
     }
 }
 
