@@ -93,7 +93,7 @@ pub enum RunError {
     Server(#[from] server::ServerError),
     /// A source could not be constructed (e.g. its credentials were refused).
     #[error(transparent)]
-    Source(#[from] source::BuildError),
+    Source(#[from] source::build::BuildError),
     /// The audit sink could not be opened.
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
@@ -116,7 +116,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::default());
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
     let idle = server::idle::IdleWatch::start().map_err(server::ServerError::IdleThread)?;
-    let built = source::build_all(&config).await?;
+    let built = source::build::build_all(&config.sources).await?;
     let cache = Cache::new(config.cache, metrics.clone());
     cache.reclaim_for_budget();
     let (inherited, inherited_creds) = systemd::split_listeners(systemd::take_listeners());
@@ -202,10 +202,10 @@ async fn reload(state: &Arc<AppState>) {
     };
     let outcome = match loaded {
         Err(err) => Err(err.to_string()),
-        Ok(new) => match source::build_all(&new).await {
+        Ok(new) => match source::build::build_all(&new.sources).await {
             Err(err) => Err(err.to_string()),
             Ok(built) => {
-                source::carry_over(&current.sources, &built.sources);
+                source::build::carry_over(&current.sources, &built.sources);
                 if new.server != current.config.server {
                     tracing::warn!("[server] changes take effect at the next restart");
                 }

@@ -13,7 +13,8 @@ use std::time::Duration;
 use crate::backoff::{Backoff, random_fraction};
 use crate::broker::{self, BrokerError};
 use crate::config::PrefetchConfig;
-use crate::source::{BuildError, SharedSources};
+use crate::source::SharedSources;
+use crate::source::build::BuildError;
 use crate::state::AppState;
 
 /// `GET /v1/ready`'s answer, where it was defined before it moved to its leaf file.
@@ -57,7 +58,7 @@ pub fn spawn_source_retries(
                 if state.runtime().generation != generation {
                     return;
                 }
-                match crate::source::build_one(&name, &cfg, &others).await {
+                match crate::source::build::build_one(&name, &cfg, &others).await {
                     Ok(entries) => {
                         let installed = state.update_runtime(|current| {
                             (current.generation == generation)

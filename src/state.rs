@@ -58,7 +58,7 @@ impl Runtime {
     pub fn with_starting<'a>(mut self, names: impl IntoIterator<Item = &'a String>) -> Self {
         for name in names {
             if let Some(cfg) = self.config.sources.get(name) {
-                for served in crate::source::served_names(name, cfg) {
+                for served in crate::source::build::served_names(name, cfg) {
                     self.starting.insert(served, name.clone());
                 }
             }

@@ -78,8 +78,11 @@ impl FakeSource {
     }
 
     /// The scripted answer for `id`.
-    pub fn fetch(&self, id: &str) -> Result<crate::source::Secret, crate::source::SourceError> {
-        use crate::source::SourceError;
+    pub fn fetch(
+        &self,
+        id: &str,
+    ) -> Result<crate::source::secret::Secret, crate::source::error::SourceError> {
+        use crate::source::error::SourceError;
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let value = if id.starts_with("ok/") {
@@ -93,7 +96,7 @@ impl FakeSource {
         } else {
             return Err(SourceError::NotFound);
         };
-        Ok(crate::source::Secret::new(
+        Ok(crate::source::secret::Secret::new(
             crate::secure_mem::SecretBytes::from_slice(value)?,
             None,
         ))

@@ -25,7 +25,7 @@ use aws_sdk_sts::config::Region;
 use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::source::SourceError;
+use crate::source::error::SourceError;
 
 /// How the base identity is obtained (`auth = …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -355,7 +355,7 @@ pub fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError 
             | "ExpiredTokenException"
             | "IncompleteSignature"
             | "KMSAccessDeniedException"
-            | "InvalidKeyId"
+            | "InvalidId"
             | "NoSuchBucket",
         ) => SourceError::Denied { detail },
         Some(

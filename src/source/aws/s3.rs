@@ -18,9 +18,11 @@ use serde::Deserialize;
 
 use super::auth;
 use super::auth::map_sdk_error;
-use super::secretsmanager::{AwsConfig, InvalidKey, RawAwsSource, own_string};
+use super::secretsmanager::{AwsConfig, RawAwsSource, own_string};
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBuf};
-use crate::source::{Fetched, Secret, SecretRequest, Selector, SourceError};
+use crate::source::error::SourceError;
+use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
+use crate::source::section::Invalid;
 
 /// Longest S3 key.
 const MAX_KEY_LEN: usize = 1024;
@@ -62,7 +64,7 @@ pub struct S3Config {
 
 impl RawS3Source {
     /// Validates the section at `key` (`sources.NAME`).
-    pub fn validate(&self, key: &str, config_path: &Path) -> Result<S3Config, InvalidKey> {
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<S3Config, Invalid> {
         let aws = self.aws.validate(key, config_path)?;
         let bucket = self.bucket.clone().unwrap_or_default();
         let ok = (3..=63).contains(&bucket.len())
@@ -74,7 +76,7 @@ impl RawS3Source {
                 .next()
                 .is_some_and(|b| b.is_ascii_alphanumeric());
         if !ok {
-            return Err(InvalidKey {
+            return Err(Invalid {
                 key: format!("{key}.bucket"),
                 reason: format!(
                     "{bucket:?} is not a bucket name (3 to 63 lower-case letters, digits, '.' and '-')"
@@ -83,7 +85,7 @@ impl RawS3Source {
         }
         let prefix = self.prefix.clone().unwrap_or_default();
         if prefix.len() >= MAX_KEY_LEN || prefix.chars().any(char::is_control) {
-            return Err(InvalidKey {
+            return Err(Invalid {
                 key: format!("{key}.prefix"),
                 reason: "must be shorter than 1024 bytes, without control characters".to_owned(),
             });
@@ -200,9 +202,9 @@ impl S3Source {
 mod tests {
     use super::*;
 
-    fn parse(extra: &str) -> Result<S3Config, InvalidKey> {
+    fn parse(extra: &str) -> Result<S3Config, Invalid> {
         let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
-        let raw: RawS3Source = toml::from_str(&text).map_err(|e| InvalidKey {
+        let raw: RawS3Source = toml::from_str(&text).map_err(|e| Invalid {
             key: "parse".into(),
             reason: e.to_string(),
         })?;

@@ -19,7 +19,9 @@ use serde::Deserialize;
 
 use super::auth::{self, AssumeRoleConfig, AuthConfig, AuthMethod, KeyFiles, NetSettings};
 use crate::secure_mem::SecretBytes;
-use crate::source::{Fetched, Secret, SecretRequest, Selector, SourceError};
+use crate::source::error::SourceError;
+use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
+use crate::source::section::Invalid;
 
 /// The stage a request without selectors reads.
 const CURRENT_STAGE: &str = "AWSCURRENT";
@@ -85,26 +87,14 @@ pub struct AwsConfig {
     pub allow_plain_http: bool,
 }
 
-/// A config value that failed validation: the dotted key and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidKey {
-    /// Dotted key, e.g. `sources.aws.assume_role.role_arn`.
-    pub key: String,
-    /// Why.
-    pub reason: String,
-}
-
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> InvalidKey {
-    InvalidKey {
-        key: key.into(),
-        reason: reason.into(),
-    }
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid::new(key, reason)
 }
 
 impl RawAwsSource {
     /// Validates the section at `key` (`sources.NAME`); relative key-file paths are relative
     /// to the config file's directory.
-    pub fn validate(&self, key: &str, config_path: &Path) -> Result<AwsConfig, InvalidKey> {
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<AwsConfig, Invalid> {
         check_region(&self.region).map_err(|r| invalid(format!("{key}.region"), r))?;
         if let Some(url) = &self.endpoint_url {
             check_url(url, self.allow_plain_http)
@@ -235,7 +225,7 @@ impl RawAssumeRole {
         key: &str,
         region: &str,
         allow_plain_http: bool,
-    ) -> Result<AssumeRoleConfig, InvalidKey> {
+    ) -> Result<AssumeRoleConfig, Invalid> {
         check_role_arn(&self.role_arn).map_err(|r| invalid(format!("{key}.role_arn"), r))?;
         if let Some(id) = &self.external_id {
             let ok = (2..=1224).contains(&id.len())
@@ -329,7 +319,9 @@ fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => crate::source::check_plain_http(url, allow_plain_http),
+        (Some("http" | "https"), Some(_)) => {
+            crate::source::section::check_plain_http(url, allow_plain_http)
+        }
         _ => Err(format!(
             "{url:?} must be an http:// or https:// URL with a host"
         )),
@@ -357,7 +349,7 @@ fn check_role_arn(arn: &str) -> Result<(), String> {
     }
 }
 
-fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf, InvalidKey> {
+fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf, Invalid> {
     let path = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -544,7 +536,7 @@ impl AwsSource {
 mod tests {
     use super::*;
 
-    fn raw(extra: &str) -> Result<AwsConfig, InvalidKey> {
+    fn raw(extra: &str) -> Result<AwsConfig, Invalid> {
         let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
         let raw: RawAwsSource = toml::from_str(&text).unwrap();
         raw.validate("sources.aws", Path::new("/nonexistent/config.toml"))

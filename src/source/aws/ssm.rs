@@ -19,9 +19,11 @@ use serde::Deserialize;
 
 use super::auth;
 use super::auth::map_sdk_error;
-use super::secretsmanager::{AwsConfig, InvalidKey, RawAwsSource, own_string};
+use super::secretsmanager::{AwsConfig, RawAwsSource, own_string};
 use crate::secure_mem::SecretBytes;
-use crate::source::{Fetched, Secret, SecretRequest, Selector, SourceError};
+use crate::source::error::SourceError;
+use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
+use crate::source::section::Invalid;
 
 /// Longest parameter name SSM accepts (with its hierarchy).
 const MAX_NAME_LEN: usize = 2048;
@@ -56,7 +58,7 @@ pub struct SsmConfig {
 
 impl RawSsmSource {
     /// Validates the section at `key` (`sources.NAME`).
-    pub fn validate(&self, key: &str, config_path: &Path) -> Result<SsmConfig, InvalidKey> {
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<SsmConfig, Invalid> {
         let aws = self.aws.validate(key, config_path)?;
         let prefix = self.prefix.clone().unwrap_or_else(|| "/".to_owned());
         let ok = prefix.len() < MAX_NAME_LEN
@@ -65,7 +67,7 @@ impl RawSsmSource {
                 .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
             && !prefix.contains("//");
         if !ok {
-            return Err(InvalidKey {
+            return Err(Invalid {
                 key: format!("{key}.prefix"),
                 reason: format!(
                     "{prefix:?} must be letters, digits and /_.- (no \"//\"), e.g. \"/\" or \"/prod/\""
@@ -182,9 +184,9 @@ impl SsmSource {
 mod tests {
     use super::*;
 
-    fn parse(extra: &str) -> Result<SsmConfig, InvalidKey> {
+    fn parse(extra: &str) -> Result<SsmConfig, Invalid> {
         let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
-        let raw: RawSsmSource = toml::from_str(&text).map_err(|e| InvalidKey {
+        let raw: RawSsmSource = toml::from_str(&text).map_err(|e| Invalid {
             key: "parse".into(),
             reason: e.to_string(),
         })?;

@@ -35,10 +35,12 @@ use serde::Deserialize;
 use zeroize::Zeroize;
 
 use super::http::{HttpClient, SetupError, error_chain, https_client, read_body_limited};
-use super::{Fetched, Lifetime, Secret, SecretRequest, Selector, SourceError};
 use crate::jsonval::push_base64;
 use crate::name::SecretName;
 use crate::secure_mem::{SecretBuf, SecretBytes};
+use crate::source::error::SourceError;
+use crate::source::secret::{Fetched, Lifetime, Secret, SecretRequest, Selector};
+use crate::source::section::Invalid;
 
 /// Largest token endpoint reply read (a JWT access token with many claims is a few KiB).
 pub const MAX_TOKEN_REPLY: usize = 64 * 1024;
@@ -153,20 +155,8 @@ impl OAuth2Config {
     }
 }
 
-/// A validation failure: the key below `sources.NAME` and the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// Key relative to the source, e.g. `token_url` or `tokens.api.scope`.
-    pub key: String,
-    /// Why.
-    pub reason: String,
-}
-
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
-    Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    Invalid::new(key, reason)
 }
 
 fn parse_reference(key: &str, value: &str) -> Result<SecretName, Invalid> {
@@ -208,7 +198,7 @@ impl RawOAuth2Source {
                 format!("{url:?} must be an http(s):// URL with a host"),
             ));
         }
-        crate::source::check_plain_http(url, self.allow_plain_http)
+        crate::source::section::check_plain_http(url, self.allow_plain_http)
             .map_err(|reason| invalid("token_url", reason))?;
         let client_id = &self.client_id;
         if client_id.is_empty()
@@ -343,64 +333,7 @@ pub fn check_selector(selector: &Selector) -> Result<(), &'static str> {
     }
 }
 
-/// The standard OAuth2 error codes (RFC 6749 §5.2, RFC 8707 `invalid_target`): what a token
-/// endpoint's refusal is reported as. A code outside this list is `Other` — the server's own
-/// text is never passed on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OAuthError {
-    /// `invalid_request`.
-    InvalidRequest,
-    /// `invalid_client`: the client id or secret is wrong.
-    InvalidClient,
-    /// `invalid_grant`: the refresh token is unknown, used, expired or revoked.
-    InvalidGrant,
-    /// `unauthorized_client`: the client may not use this grant.
-    UnauthorizedClient,
-    /// `unsupported_grant_type`.
-    UnsupportedGrantType,
-    /// `invalid_scope`.
-    InvalidScope,
-    /// `invalid_target` (RFC 8707): the audience/resource is refused.
-    InvalidTarget,
-    /// Another code, or none.
-    Other,
-}
-
-impl OAuthError {
-    /// Maps the `error` member of an error reply.
-    pub fn parse(code: &str) -> Self {
-        match code {
-            "invalid_request" => OAuthError::InvalidRequest,
-            "invalid_client" => OAuthError::InvalidClient,
-            "invalid_grant" => OAuthError::InvalidGrant,
-            "unauthorized_client" => OAuthError::UnauthorizedClient,
-            "unsupported_grant_type" => OAuthError::UnsupportedGrantType,
-            "invalid_scope" => OAuthError::InvalidScope,
-            "invalid_target" => OAuthError::InvalidTarget,
-            _ => OAuthError::Other,
-        }
-    }
-
-    /// The code as OAuth2 spells it (`other` for [`OAuthError::Other`]).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OAuthError::InvalidRequest => "invalid_request",
-            OAuthError::InvalidClient => "invalid_client",
-            OAuthError::InvalidGrant => "invalid_grant",
-            OAuthError::UnauthorizedClient => "unauthorized_client",
-            OAuthError::UnsupportedGrantType => "unsupported_grant_type",
-            OAuthError::InvalidScope => "invalid_scope",
-            OAuthError::InvalidTarget => "invalid_target",
-            OAuthError::Other => "other",
-        }
-    }
-}
-
-impl std::fmt::Display for OAuthError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::source::error::OAuthError;
 
 /// Why the source could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -412,7 +345,7 @@ pub struct OAuth2Source {
     client: HttpClient,
     config: OAuth2Config,
     /// Every source but transit ones, filled once all are built.
-    others: super::SharedSources,
+    others: crate::source::secret::Others,
     /// The refresh token the server last returned; held across a whole refresh-token request,
     /// so one request at a time spends it. Shared with the same client's source after a reload
     /// ([`OAuth2Source::adopt_rotation`]).
@@ -457,7 +390,7 @@ impl OAuth2Source {
     /// Builds the HTTP client; `others` is filled once every source exists.
     pub fn build(
         config: &OAuth2Config,
-        others: super::SharedSources,
+        others: crate::source::secret::Others,
     ) -> Result<OAuth2Source, BuildError> {
         Ok(OAuth2Source {
             client: https_client(config.ca_file.as_deref())?,
@@ -544,7 +477,7 @@ impl OAuth2Source {
     /// newline. A credential that is missing is the agent's own failure (its configuration),
     /// not the caller's "no such secret".
     async fn read_other(&self, name: &SecretName) -> Result<SecretBytes, SourceError> {
-        match super::fetch_from_other(&self.others, name.clone()).await {
+        match self.others.read_other(name.clone()).await {
             Ok(value) => trimmed_credential(value),
             Err(SourceError::NotFound) => Err(SourceError::Denied {
                 detail: format!("the credential {name} does not exist"),
@@ -768,7 +701,7 @@ fn basic_auth(client_id: &str, secret: &[u8]) -> Result<SecretBytes, SourceError
 
 /// A credential without its final newline; an empty one is refused.
 fn trimmed_credential(value: SecretBytes) -> Result<SecretBytes, SourceError> {
-    super::trim_trailing_whitespace(value)?.ok_or_else(|| SourceError::BadReply {
+    crate::source::secret::trim_trailing_whitespace(value)?.ok_or_else(|| SourceError::BadReply {
         detail: "an OAuth2 client credential is empty".to_owned(),
     })
 }

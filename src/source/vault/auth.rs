@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use super::config::{VaultAuthConfig, VaultConfig};
 use crate::jsonval::push_json_string;
 use crate::secure_mem::{SecretBuf, SecretBytes};
-use crate::source::SourceError;
+use crate::source::error::SourceError;
 use crate::source::http::{Reply, VaultHttp};
 
 /// Bound on one login or renewal call of the background task.
@@ -335,7 +335,7 @@ fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
         detail: format!("cannot read {}: {e}", path.display()),
     })?;
     let secret = SecretBytes::from_vec_wiping(bytes)?;
-    crate::source::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
+    crate::source::secret::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
         detail: format!("{} is empty", path.display()),
     })
 }

@@ -14,7 +14,8 @@ use serde_json::value::RawValue;
 
 use super::auth::VaultSession;
 use crate::secure_mem::SecretBytes;
-use crate::source::{Secret, SourceError};
+use crate::source::error::SourceError;
+use crate::source::secret::Secret;
 
 /// The name of the transit companion of Vault source `name`.
 pub fn transit_name(name: &str) -> String {
