@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::aws::config::{AwsConfig, RawAwsSource};
 use super::aws::s3::{RawS3Source, S3Config};
-use super::aws::secretsmanager::{AwsConfig, RawAwsSource};
 use super::aws::ssm::{RawSsmSource, SsmConfig};
 use super::command::{CommandConfig, RawCommandSource};
 use super::env::RawEnvSource;

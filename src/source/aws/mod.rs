@@ -4,6 +4,7 @@
 //! Each kind owns its calls and its error mapping; none of them caches or checks access.
 
 pub mod auth;
+pub mod config;
 pub mod s3;
 pub mod secretsmanager;
 pub mod ssm;

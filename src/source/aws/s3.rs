@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use super::auth;
 use super::auth::map_sdk_error;
-use super::secretsmanager::{AwsConfig, RawAwsSource, own_string};
+use super::config::{AwsConfig, RawAwsSource, own_string};
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBuf};
 use crate::source::error::SourceError;
 use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
@@ -41,8 +41,7 @@ pub struct RawS3Source {
 
 impl<'de> Deserialize<'de> for RawS3Source {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (own, aws) =
-            super::secretsmanager::split_aws_section(deserializer, &["bucket", "prefix"])?;
+        let (own, aws) = super::config::split_aws_section(deserializer, &["bucket", "prefix"])?;
         Ok(RawS3Source {
             bucket: own_string(&own, "bucket")?,
             prefix: own_string(&own, "prefix")?,

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::auth;
 use super::auth::map_sdk_error;
-use super::secretsmanager::{AwsConfig, RawAwsSource, own_string};
+use super::config::{AwsConfig, RawAwsSource, own_string};
 use crate::secure_mem::SecretBytes;
 use crate::source::error::SourceError;
 use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
@@ -39,7 +39,7 @@ pub struct RawSsmSource {
 
 impl<'de> Deserialize<'de> for RawSsmSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (own, aws) = super::secretsmanager::split_aws_section(deserializer, &["prefix"])?;
+        let (own, aws) = super::config::split_aws_section(deserializer, &["prefix"])?;
         Ok(RawSsmSource {
             prefix: own_string(&own, "prefix")?,
             aws,
