@@ -3,20 +3,26 @@
 //! # Architecture
 //! ```text
 //!  local process ──HTTP/1.1 over Unix socket──▶ server (accept loop, connection cap, drain)
-//!                                                 │ peer: SO_PEERCRED + pidfd-pinned /proc
-//!                                                 ▼
-//!                                  route ─▶ handler ─▶ acl::decide (pure, default deny)
-//!                                                 │           └─▶ audit line (never a value)
+//!  systemd LoadCredential= ──▶ server::creds      │ peer: SO_PEERCRED + pidfd-pinned /proc
+//!                                    │            ▼
+//!                                    │   route ─▶ handler (HTTP adapter)
+//!                                    ▼            ▼
+//!                                  broker: check the writer, acl::decide (pure, default deny),
+//!                                          validate, cached fetch, render, one audit line
+//!                                                 │                        (never a value)
 //!                                                 ▼
 //!                                  cache (mlocked SecretBytes, TTL, single-flight,
 //!                                         refresh-ahead, stale-if-error, LRU)
 //!                                                 │ miss / refresh
 //!                                                 ▼
-//!                                  source::{file, env, …}   ◀── control file / flush API
+//!                                  source::Source ─▶ file, env, command, aws/, vault/, oauth2/
+//!                                                   ◀── control file / flush API
 //! ```
 //! `run` wires these together; `main` only parses the command line and maps errors to exit
-//! codes. Beside the server, `startup` retries sources with `startup_check = "retry"`, fetches
-//! `[prefetch]` secrets through the broker, and keeps the readiness `/v1/ready` reports.
+//! codes. `config` validates the file (each `[sources.NAME]` through `source::config`), and
+//! `source::build` builds the sources from it. Beside the server, `startup` retries sources with
+//! `startup_check = "retry"` and fetches `[prefetch]` secrets through the broker, and
+//! `readiness` keeps what `/v1/ready` reports.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using

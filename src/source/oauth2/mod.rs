@@ -10,7 +10,7 @@
 //! cache, and not under any caller's ACL — the agent reads them for itself, as it reads its own
 //! Vault or AWS credentials.
 //!
-//! The token's lifetime (`expires_in`) becomes the cached value's [`Lifetime`]: the cache holds
+//! The token's lifetime (`expires_in`) becomes the cached value's [`Lifetime`](crate::source::secret::Lifetime): the cache holds
 //! it until `expires_in - refresh_skew_secs` and never serves it, not even stale, past
 //! `expires_in`. A refresh token returned by the server replaces the configured one for the rest
 //! of the process (in locked memory, kept across a reload of the same client); a restart goes
