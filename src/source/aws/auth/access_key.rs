@@ -6,13 +6,22 @@
 //! drop; nothing here logs them. It does not refresh anything: a static key never expires.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use zeroize::Zeroize;
 
-use super::{AuthError, KeyFiles};
+use super::error::AuthError;
+
+/// Files holding an access key (each private to the agent: `crate::source::credfile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFiles {
+    /// File with the access key id.
+    pub access_key_id: PathBuf,
+    /// File with the secret access key.
+    pub secret_access_key: PathBuf,
+}
 
 /// Largest key file accepted (keys are tens of bytes; this only bounds a wrong path).
 const MAX_KEY_FILE: u64 = 4096;
