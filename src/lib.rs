@@ -45,31 +45,31 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod acl;
-pub mod audit;
-pub mod backoff;
+pub(crate) mod acl;
+pub(crate) mod audit;
+pub(crate) mod backoff;
 pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod control;
-pub mod jsonval;
-pub mod metrics;
+pub(crate) mod control;
+pub(crate) mod jsonval;
+pub(crate) mod metrics;
 pub mod name;
 pub mod output;
 pub mod peer;
 #[cfg(test)]
 mod properties;
 pub mod ratelimit;
-pub mod readiness;
+pub(crate) mod readiness;
 pub mod secure_mem;
 pub mod server;
-pub mod source;
-pub mod startup;
-pub mod state;
-pub mod systemd;
-pub mod template;
+pub(crate) mod source;
+pub(crate) mod startup;
+pub(crate) mod state;
+pub(crate) mod systemd;
+pub(crate) mod template;
 #[cfg(test)]
 pub mod testutil;
 pub mod timefmt;

@@ -33,7 +33,10 @@ use crate::name::SecretName;
 use crate::secure_mem::SecretBytes;
 
 pub use error::SourceError;
-pub use secret::{Fetched, Lifetime, Secret, SecretRequest, Selector, SharedValue};
+/// The cache's tests name it from here.
+#[cfg(test)]
+pub use secret::Lifetime;
+pub use secret::{Fetched, Secret, SecretRequest, Selector};
 
 use config::{SourceConfig, SourceKind};
 pub use limit::FetchLimit;

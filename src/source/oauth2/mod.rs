@@ -34,9 +34,7 @@ use zeroize::Zeroize;
 pub mod config;
 pub mod token;
 
-pub use config::{
-    ClientSecret, Grant, OAuth2Config, RawOAuth2Source, RawTokenProfile, TokenProfile, check_id,
-};
+pub use config::{ClientSecret, Grant, OAuth2Config, RawOAuth2Source, check_id};
 use token::{basic_auth, form_body, opt_bytes, parse_reply};
 
 use super::http::{HttpClient, SetupError, error_chain, https_client, read_body_limited};

@@ -8,5 +8,5 @@ pub mod config;
 pub mod kv;
 pub mod transit;
 
-pub use config::{RawVaultAuth, RawVaultSource, VaultAuthConfig, VaultConfig};
+pub use config::{RawVaultSource, VaultConfig};
 pub use kv::{VaultSource, transit_name};
