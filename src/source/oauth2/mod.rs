@@ -236,31 +236,18 @@ fn trimmed_credential(value: SecretBytes) -> Result<SecretBytes, SourceError> {
     })
 }
 
-/// Reads the client secret file, checked again on the open descriptor.
+/// Reads the client secret file (checked again on the open descriptor).
 fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
-    use std::io::Read;
+    use crate::source::credfile::{self, CredFileError};
     let unavailable = |reason: String| SourceError::Unavailable {
         detail: format!("client_secret_file {}: {reason}", path.display()),
     };
-    let mut file = std::fs::File::open(path).map_err(|e| unavailable(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| unavailable(e.to_string()))?;
-    crate::source::credfile::check_metadata(path, &meta)
-        .map_err(|reason| SourceError::Denied { detail: reason })?;
-    let mut buf = SecretBytes::zeroed(4096)?;
-    let mut len = 0;
-    loop {
-        let n = file
-            .read(&mut buf.as_mut_slice()[len..])
-            .map_err(|e| unavailable(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        len = len.saturating_add(n);
-        if len == buf.len() {
-            return Err(unavailable("is larger than 4095 bytes".to_owned()));
-        }
-    }
-    trimmed_credential(buf.truncated(len)?)
+    let value = credfile::read(path, 4095).map_err(|err| match err {
+        CredFileError::Refused(reason) => SourceError::Denied { detail: reason },
+        CredFileError::Memory(err) => SourceError::from(err),
+        other => unavailable(other.to_string()),
+    })?;
+    trimmed_credential(value)
 }
 
 #[cfg(test)]

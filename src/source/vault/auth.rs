@@ -329,12 +329,20 @@ fn backoff(attempt: u32) -> Duration {
     base.saturating_sub(per_mille.saturating_mul(u32::try_from(jitter).unwrap_or(0)))
 }
 
-/// Reads a credential file into secure memory, without trailing whitespace.
+/// Longest credential file a login reads (a token, a role or secret id, a JWT).
+const MAX_CREDENTIAL_FILE: usize = 64 * 1024;
+
+/// Reads a credential file into secure memory (checked again on the open descriptor), without
+/// trailing whitespace.
 fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
-    let bytes = std::fs::read(path).map_err(|e| SourceError::Unavailable {
-        detail: format!("cannot read {}: {e}", path.display()),
+    use crate::source::credfile::{self, CredFileError};
+    let secret = credfile::read(path, MAX_CREDENTIAL_FILE).map_err(|err| match err {
+        CredFileError::Refused(reason) => SourceError::Denied { detail: reason },
+        CredFileError::Memory(err) => SourceError::from(err),
+        other => SourceError::Unavailable {
+            detail: format!("cannot read {}: {other}", path.display()),
+        },
     })?;
-    let secret = SecretBytes::from_vec_wiping(bytes)?;
     crate::source::secret::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
         detail: format!("{} is empty", path.display()),
     })
@@ -518,6 +526,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret_id");
         std::fs::write(&path, "abc\"def\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // SECURITY: a credential file opened up to others since the config was checked.
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(SourceError::Denied { .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let secret = read_secret_file(&path).unwrap();
         assert_eq!(secret.as_slice(), b"abc\"def");
         let role = SecretBytes::from_slice(b"r").unwrap();
