@@ -16,14 +16,11 @@ use serde::Deserialize;
 use crate::acl::{PeerMatch, Rule};
 use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
-use crate::source::aws::{AwsConfig, RawAwsSource};
-use crate::source::aws_s3::{RawS3Source, S3Config};
-use crate::source::aws_ssm::{RawSsmSource, SsmConfig};
-use crate::source::command::{CommandConfig, RawCommandSource};
-use crate::source::env::RawEnvSource;
-use crate::source::file::RawFileSource;
-use crate::source::oauth2::{OAuth2Config, RawOAuth2Source};
-use crate::source::vault::{RawVaultSource, VaultConfig};
+pub use crate::source::config::{
+    DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_FETCHES, RawSource, SourceConfig, SourceKind,
+};
+pub use crate::source::section::StartupCheck;
+use crate::source::section::{self, Invalid, resolve_relative};
 
 /// Default config path of `serve` and `check-config`.
 pub const DEFAULT_PATH: &str = "/etc/credagent/config.toml";
@@ -253,36 +250,6 @@ impl Default for RawAudit {
     }
 }
 
-/// `[sources.NAME]` as written; `type` selects the kind.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type")]
-pub enum RawSource {
-    /// `type = "file"`.
-    #[serde(rename = "file")]
-    File(RawFileSource),
-    /// `type = "env"`.
-    #[serde(rename = "env")]
-    Env(RawEnvSource),
-    /// `type = "vault"`.
-    #[serde(rename = "vault")]
-    Vault(Box<RawVaultSource>),
-    /// `type = "aws-secretsmanager"`.
-    #[serde(rename = "aws-secretsmanager")]
-    Aws(Box<RawAwsSource>),
-    /// `type = "aws-ssm"`.
-    #[serde(rename = "aws-ssm")]
-    AwsSsm(Box<RawSsmSource>),
-    /// `type = "aws-s3"`.
-    #[serde(rename = "aws-s3")]
-    AwsS3(Box<RawS3Source>),
-    /// `type = "command"`.
-    #[serde(rename = "command")]
-    Command(RawCommandSource),
-    /// `type = "oauth2"`.
-    #[serde(rename = "oauth2")]
-    OAuth2(Box<RawOAuth2Source>),
-}
-
 /// `[[allow]]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -351,17 +318,6 @@ pub struct PrefetchConfig {
     pub secrets: Vec<SecretName>,
     /// The fetches start at random moments within this window of start.
     pub jitter: Duration,
-}
-
-/// What the agent does when a source's start-up check (login, identity check, program lookup)
-/// fails.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum StartupCheck {
-    /// Exit (75 when retrying may help, 77 when the refusal stands).
-    #[default]
-    Required,
-    /// Start anyway; the source answers `503 source_starting` until a retry succeeds.
-    Retry,
 }
 
 impl Config {
@@ -458,54 +414,6 @@ pub enum AuditSink {
     File(PathBuf),
 }
 
-/// A validated source, ready to be constructed.
-#[derive(Debug, Clone)]
-pub struct SourceConfig {
-    /// Kind-specific settings.
-    pub kind: SourceKind,
-    /// TTL (per-source override or the cache default).
-    pub ttl: Duration,
-    /// Fetch timeout.
-    pub fetch_timeout: Duration,
-    /// Fetches in flight at once; further misses wait in a bounded queue.
-    pub max_concurrent_fetches: NonZeroUsize,
-    /// Exit or retry when the start-up check fails.
-    pub startup_check: StartupCheck,
-}
-
-/// Kind-specific source settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SourceKind {
-    /// Files below a directory.
-    File {
-        /// Canonical directory.
-        dir: PathBuf,
-    },
-    /// Environment variables.
-    Env {
-        /// Variable prefix.
-        prefix: String,
-    },
-    /// Vault KV v2 (and transit, as `{name}-transit`).
-    Vault(Box<VaultConfig>),
-    /// AWS Secrets Manager.
-    Aws(Box<AwsConfig>),
-    /// AWS SSM Parameter Store.
-    AwsSsm(Box<SsmConfig>),
-    /// A command's output.
-    Command(CommandConfig),
-    /// AWS S3.
-    AwsS3(Box<S3Config>),
-    /// OAuth2 access tokens.
-    OAuth2(Box<OAuth2Config>),
-}
-
-/// Default `max_concurrent_fetches` of a source.
-pub const DEFAULT_MAX_FETCHES: usize = 8;
-
-/// Default fetch timeout of a source.
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
 // ---------------------------------------------------------------------------------------------
 // Loading and building
 
@@ -564,6 +472,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// A source section's [`Invalid`] (its key already dotted from the root) as a config error.
+    fn wrap_invalid(&self, invalid: Invalid) -> ConfigError {
+        self.invalid(invalid.key, invalid.reason)
+    }
+
     fn invalid(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.display().to_string(),
@@ -574,13 +487,7 @@ impl Ctx<'_> {
 }
 
 fn secs(ctx: &Ctx<'_>, key: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
-    if value < min || value > max {
-        return Err(ctx.invalid(
-            key,
-            format!("must be between {min} and {max} seconds, got {value}"),
-        ));
-    }
-    Ok(Duration::from_secs(value))
+    section::secs(key, value, min, max).map_err(|e| ctx.wrap_invalid(e))
 }
 
 impl RawConfig {
@@ -607,7 +514,15 @@ impl RawConfig {
         for (name, raw) in self.sources {
             let key = format!("sources.{name}");
             validate_source_name(&name).map_err(|e| ctx.invalid(&key, e.to_string()))?;
-            sources.insert(name, build_source(&ctx, &key, raw, &cache)?);
+            let defaults = section::Defaults {
+                config_path: ctx.path,
+                ttl: cache.ttl,
+                refresh_ahead: cache.refresh_ahead,
+            };
+            let built = raw
+                .build(&key, &defaults)
+                .map_err(|e| ctx.wrap_invalid(e))?;
+            sources.insert(name, built);
         }
         check_oauth2_references(&ctx, &sources)?;
         check_transit_names(&ctx, &sources)?;
@@ -858,7 +773,8 @@ impl RawCache {
             0,
             MAX_NEGATIVE_TTL_SECS,
         )?;
-        check_ttl_exceeds_refresh_ahead(ctx, "cache.ttl_secs", ttl, refresh_ahead)?;
+        section::check_ttl_exceeds_refresh_ahead("cache.ttl_secs", ttl, refresh_ahead)
+            .map_err(|e| ctx.wrap_invalid(e))?;
         Ok(CacheConfig {
             ttl,
             max_entries,
@@ -873,173 +789,6 @@ impl RawCache {
     }
 }
 
-fn build_source(
-    ctx: &Ctx<'_>,
-    key: &str,
-    raw: RawSource,
-    cache: &CacheConfig,
-) -> Result<SourceConfig, ConfigError> {
-    let max_fetches = match &raw {
-        RawSource::File(f) => f.max_concurrent_fetches,
-        RawSource::Env(e) => e.max_concurrent_fetches,
-        RawSource::Vault(v) => v.max_concurrent_fetches,
-        RawSource::Aws(a) => a.max_concurrent_fetches,
-        RawSource::AwsSsm(s) => s.aws.max_concurrent_fetches,
-        RawSource::AwsS3(s) => s.aws.max_concurrent_fetches,
-        RawSource::Command(c) => c.max_concurrent_fetches,
-        RawSource::OAuth2(o) => o.max_concurrent_fetches,
-    };
-    let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
-        .filter(|n| n.get() <= 1024)
-        .ok_or_else(|| {
-            ctx.invalid(
-                format!("{key}.max_concurrent_fetches"),
-                "must be between 1 and 1024",
-            )
-        })?;
-    // Only sources with a start-up check (a login, an identity check, a program lookup) have
-    // the key; a file or env source has nothing to retry.
-    let startup_check = match &raw {
-        // An oauth2 source's build contacts nothing: its token endpoint is first asked at a read.
-        RawSource::File(_) | RawSource::Env(_) | RawSource::OAuth2(_) => None,
-        RawSource::Vault(v) => v.startup_check.clone(),
-        RawSource::Aws(a) => a.startup_check.clone(),
-        RawSource::AwsSsm(s) => s.aws.startup_check.clone(),
-        RawSource::AwsS3(s) => s.aws.startup_check.clone(),
-        RawSource::Command(c) => c.startup_check.clone(),
-    };
-    let (kind, ttl_secs, timeout_secs) = match raw {
-        RawSource::File(f) => {
-            let dir = resolve_relative(ctx.path, &f.dir);
-            let meta = std::fs::metadata(&dir).map_err(|e| {
-                ctx.invalid(format!("{key}.dir"), format!("{}: {e}", dir.display()))
-            })?;
-            if !meta.is_dir() {
-                return Err(ctx.invalid(
-                    format!("{key}.dir"),
-                    format!("{} is not a directory", dir.display()),
-                ));
-            }
-            let dir = dir.canonicalize().map_err(|e| {
-                ctx.invalid(format!("{key}.dir"), format!("{}: {e}", dir.display()))
-            })?;
-            (SourceKind::File { dir }, f.ttl_secs, f.fetch_timeout_secs)
-        }
-        RawSource::Env(e) => {
-            let prefix = e.prefix.unwrap_or_default();
-            if prefix.is_empty() {
-                return Err(ctx.invalid(
-                    format!("{key}.prefix"),
-                    "is required and must not be empty (e.g. \"APP_SECRET_\"): without one, \
-                     every variable of the agent would be a secret",
-                ));
-            }
-            if !prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            {
-                return Err(ctx.invalid(format!("{key}.prefix"), "must be letters, digits and '_'"));
-            }
-            if crate::source::env::is_reserved(&prefix) {
-                return Err(ctx.invalid(
-                    format!("{key}.prefix"),
-                    format!(
-                        "{prefix:?} names the agent's own variables (AWS_*, VAULT_*, BAO_*, \
-                         CREDAGENT_*), which are never served; choose another, e.g. \"APP_SECRET_\""
-                    ),
-                ));
-            }
-            (SourceKind::Env { prefix }, e.ttl_secs, e.fetch_timeout_secs)
-        }
-        RawSource::Vault(v) => {
-            let vault = v
-                .build(&|p| resolve_relative(ctx.path, p))
-                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
-            (
-                SourceKind::Vault(Box::new(vault)),
-                v.ttl_secs,
-                v.fetch_timeout_secs,
-            )
-        }
-        RawSource::Aws(a) => {
-            let aws = a
-                .validate(key, ctx.path)
-                .map_err(|e| ctx.invalid(e.key, e.reason))?;
-            (
-                SourceKind::Aws(Box::new(aws)),
-                a.ttl_secs,
-                a.fetch_timeout_secs,
-            )
-        }
-        RawSource::Command(c) => {
-            let command = c
-                .validate()
-                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
-            // The command's own limit bounds the fetch; one second more lets it kill the
-            // command's process group before the broker gives up on the fetch.
-            let timeout_secs = Some(command.timeout.as_secs().saturating_add(1));
-            (SourceKind::Command(command), c.ttl_secs, timeout_secs)
-        }
-        RawSource::AwsS3(a) => {
-            let s3 = a
-                .validate(key, ctx.path)
-                .map_err(|e| ctx.invalid(e.key, e.reason))?;
-            (
-                SourceKind::AwsS3(Box::new(s3)),
-                a.aws.ttl_secs,
-                a.aws.fetch_timeout_secs,
-            )
-        }
-        RawSource::OAuth2(o) => {
-            let oauth = o
-                .validate(&|p| resolve_relative(ctx.path, p))
-                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
-            // A token is held as long as the token endpoint says (capped by cache.ttl_secs).
-            (
-                SourceKind::OAuth2(Box::new(oauth)),
-                None,
-                o.fetch_timeout_secs,
-            )
-        }
-        RawSource::AwsSsm(a) => {
-            let ssm = a
-                .validate(key, ctx.path)
-                .map_err(|e| ctx.invalid(e.key, e.reason))?;
-            (
-                SourceKind::AwsSsm(Box::new(ssm)),
-                a.aws.ttl_secs,
-                a.aws.fetch_timeout_secs,
-            )
-        }
-    };
-    let ttl = match ttl_secs {
-        Some(v) => secs(ctx, &format!("{key}.ttl_secs"), v, 1, 7 * 24 * 3600)?,
-        None => cache.ttl,
-    };
-    check_ttl_exceeds_refresh_ahead(ctx, &format!("{key}.ttl_secs"), ttl, cache.refresh_ahead)?;
-    let fetch_timeout = match timeout_secs {
-        Some(v) => secs(ctx, &format!("{key}.fetch_timeout_secs"), v, 1, 600)?,
-        None => DEFAULT_FETCH_TIMEOUT,
-    };
-    let startup_check = match startup_check.as_deref() {
-        None | Some("required") => StartupCheck::Required,
-        Some("retry") => StartupCheck::Retry,
-        Some(other) => {
-            return Err(ctx.invalid(
-                format!("{key}.startup_check"),
-                format!("{other:?} is not \"required\" or \"retry\""),
-            ));
-        }
-    };
-    Ok(SourceConfig {
-        kind,
-        ttl,
-        fetch_timeout,
-        max_concurrent_fetches,
-        startup_check,
-    })
-}
-
 /// A Vault source with `transit_mount` also answers as `{name}-transit`: no configured source may
 /// take that name (a config error, so `check-config` and `serve` both refuse it with 78).
 fn check_transit_names(
@@ -1047,7 +796,7 @@ fn check_transit_names(
     sources: &BTreeMap<String, SourceConfig>,
 ) -> Result<(), ConfigError> {
     for (name, cfg) in sources {
-        if let [_, companion] = crate::source::served_names(name, cfg).as_slice()
+        if let [_, companion] = crate::source::build::served_names(name, cfg).as_slice()
             && sources.contains_key(companion)
         {
             return Err(ctx.invalid(
@@ -1086,40 +835,6 @@ fn check_oauth2_references(
         }
     }
     Ok(())
-}
-
-/// A TTL no longer than the refresh-ahead window would start a background refresh at every
-/// read: the value would be fetched again as soon as it is stored.
-fn check_ttl_exceeds_refresh_ahead(
-    ctx: &Ctx<'_>,
-    key: &str,
-    ttl: Duration,
-    refresh_ahead: Duration,
-) -> Result<(), ConfigError> {
-    if ttl > refresh_ahead {
-        return Ok(());
-    }
-    Err(ctx.invalid(
-        key,
-        format!(
-            "must be greater than cache.refresh_ahead_secs ({}), got {}: a value would be \
-             refreshed as soon as it is stored; lower cache.refresh_ahead_secs or raise the TTL",
-            refresh_ahead.as_secs(),
-            ttl.as_secs()
-        ),
-    ))
-}
-
-/// Relative paths in a config file are relative to the file's directory; in the embedded demo
-/// config, to the working directory.
-fn resolve_relative(config_path: &Path, path: &Path) -> PathBuf {
-    if path.is_absolute() {
-        return path.to_path_buf();
-    }
-    match config_path.parent() {
-        Some(parent) if config_path.exists() => parent.join(path),
-        _ => path.to_path_buf(),
-    }
 }
 
 impl RawAllow {
@@ -1592,26 +1307,5 @@ mod tests {
         // The unit tests run from the crate root, where examples/secrets lives.
         let config = demo().unwrap();
         assert!(config.sources.contains_key("files"));
-    }
-    #[test]
-    fn hostile_config_text_never_panics() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = base(dir.path());
-        let tokens = [
-            "[",
-            "]",
-            "=",
-            "\"",
-            "[[allow]]",
-            "[sources.x]",
-            "type = \"file\"",
-            "uid = -1",
-            "0o",
-            "\n",
-            "secrets = [\"*\"]",
-        ];
-        for input in crate::testutil::hostile_inputs(&[good.as_str()], &tokens, 2000) {
-            let _ = check(&String::from_utf8_lossy(&input));
-        }
     }
 }

@@ -3,20 +3,26 @@
 //! # Architecture
 //! ```text
 //!  local process ──HTTP/1.1 over Unix socket──▶ server (accept loop, connection cap, drain)
-//!                                                 │ peer: SO_PEERCRED + pidfd-pinned /proc
-//!                                                 ▼
-//!                                  route ─▶ handler ─▶ acl::decide (pure, default deny)
-//!                                                 │           └─▶ audit line (never a value)
+//!  systemd LoadCredential= ──▶ server::creds      │ peer: SO_PEERCRED + pidfd-pinned /proc
+//!                                    │            ▼
+//!                                    │   route ─▶ handler (HTTP adapter)
+//!                                    ▼            ▼
+//!                                  broker: check the writer, acl::decide (pure, default deny),
+//!                                          validate, cached fetch, render, one audit line
+//!                                                 │                        (never a value)
 //!                                                 ▼
 //!                                  cache (mlocked SecretBytes, TTL, single-flight,
 //!                                         refresh-ahead, stale-if-error, LRU)
 //!                                                 │ miss / refresh
 //!                                                 ▼
-//!                                  source::{file, env, …}   ◀── control file / flush API
+//!                                  source::Source ─▶ file, env, command, aws/, vault/, oauth2/
+//!                                                   ◀── control file / flush API
 //! ```
 //! `run` wires these together; `main` only parses the command line and maps errors to exit
-//! codes. Beside the server, `startup` retries sources with `startup_check = "retry"`, fetches
-//! `[prefetch]` secrets through the broker, and keeps the readiness `/v1/ready` reports.
+//! codes. `config` validates the file (each `[sources.NAME]` through `source::config`), and
+//! `source::build` builds the sources from it. Beside the server, `startup` retries sources with
+//! `startup_check = "retry"` and fetches `[prefetch]` secrets through the broker, and
+//! `readiness` keeps what `/v1/ready` reports.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
@@ -39,32 +45,31 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod acl;
-pub mod audit;
-pub mod aws_auth;
-pub mod backoff;
+pub(crate) mod acl;
+pub(crate) mod audit;
+pub(crate) mod backoff;
 pub mod broker;
 pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod control;
-pub mod credfile;
-pub mod jsonval;
-pub mod metrics;
+pub(crate) mod control;
+pub(crate) mod jsonval;
+pub(crate) mod metrics;
 pub mod name;
 pub mod output;
 pub mod peer;
 #[cfg(test)]
 mod properties;
 pub mod ratelimit;
+pub(crate) mod readiness;
 pub mod secure_mem;
 pub mod server;
-pub mod source;
-pub mod startup;
-pub mod state;
-pub mod systemd;
-pub mod template;
+pub(crate) mod source;
+pub(crate) mod startup;
+pub(crate) mod state;
+pub(crate) mod systemd;
+pub(crate) mod template;
 #[cfg(test)]
 pub mod testutil;
 pub mod timefmt;
@@ -94,7 +99,7 @@ pub enum RunError {
     Server(#[from] server::ServerError),
     /// A source could not be constructed (e.g. its credentials were refused).
     #[error(transparent)]
-    Source(#[from] source::BuildError),
+    Source(#[from] source::build::BuildError),
     /// The audit sink could not be opened.
     #[error(transparent)]
     Audit(#[from] audit::AuditError),
@@ -117,7 +122,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::default());
     let audit = audit::Audit::spawn(&config.audit, metrics.clone()).await?;
     let idle = server::idle::IdleWatch::start().map_err(server::ServerError::IdleThread)?;
-    let built = source::build_all(&config).await?;
+    let built = source::build::build_all(&config.sources).await?;
     let cache = Cache::new(config.cache, metrics.clone());
     cache.reclaim_for_budget();
     let (inherited, inherited_creds) = systemd::split_listeners(systemd::take_listeners());
@@ -203,10 +208,10 @@ async fn reload(state: &Arc<AppState>) {
     };
     let outcome = match loaded {
         Err(err) => Err(err.to_string()),
-        Ok(new) => match source::build_all(&new).await {
+        Ok(new) => match source::build::build_all(&new.sources).await {
             Err(err) => Err(err.to_string()),
             Ok(built) => {
-                source::carry_over(&current.sources, &built.sources);
+                source::build::carry_over(&current.sources, &built.sources);
                 if new.server != current.config.server {
                     tracing::warn!("[server] changes take effect at the next restart");
                 }

@@ -1,32 +1,24 @@
 //! Start-up work that goes on beside the server: sources with `startup_check = "retry"` that
 //! keep retrying their check, `[prefetch]` secrets fetched into the cache, and the
-//! [`Readiness`] that `GET /v1/ready` reports from both.
+//! progress `crate::readiness::Readiness` reports from both for `GET /v1/ready`.
 //!
 //! It owns the retry loops and their backoff; it does not fetch on its own (a prefetch is
 //! `broker::prefetch`, the cache's single-flight path) and does not build sources itself
 //! (`source::build_one`). Every loop ends when the agent drains or a reload replaces the config
 //! generation it belongs to.
-//!
-//! Readiness is a latch: once every prefetched secret has been fetched and every source has
-//! passed its check, the agent stays ready until it stops. A prefetched value that later
-//! expires from the cache, a backend that goes away, or a reload does not make it unready: a
-//! probe that flapped with a TTL would restart or unroute a healthy pod, and after the first
-//! success the cache's refresh-ahead and stale-if-error serve the application as they would
-//! any read.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-use tokio::sync::watch;
 
 use crate::backoff::{Backoff, random_fraction};
 use crate::broker::{self, BrokerError};
 use crate::config::PrefetchConfig;
-use crate::name::SecretName;
-use crate::source::{BuildError, SharedSources};
-use crate::state::{AppState, Runtime};
+use crate::source::SharedSources;
+use crate::source::build::BuildError;
+use crate::state::AppState;
+
+/// `GET /v1/ready`'s answer, where it was defined before it moved to its leaf file.
+pub use crate::readiness::Report;
 
 /// The first wait of a retry loop.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -36,94 +28,6 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// The start-up retry loops' backoff: [`FIRST_BACKOFF`] doubling to [`MAX_BACKOFF`].
 fn backoff() -> Backoff {
     Backoff::new(FIRST_BACKOFF, MAX_BACKOFF)
-}
-
-/// What `GET /v1/ready` answers: counts only, never a name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Report {
-    /// Every prefetched secret was fetched and every source passed its check (now or before).
-    pub ready: bool,
-    /// Prefetched secrets not fetched yet.
-    pub prefetch_pending: usize,
-    /// Configured sources still retrying their start-up check.
-    pub sources_starting: usize,
-}
-
-/// Prefetches still pending, for one config generation.
-#[derive(Debug, Default)]
-struct Pending {
-    generation: u64,
-    left: BTreeSet<SecretName>,
-}
-
-/// Start-up progress: the ready latch, the prefetches left, and a signal that the runtime
-/// changed (a source came up, a reload) for loops waiting on a source.
-#[derive(Debug)]
-pub struct Readiness {
-    ready: AtomicBool,
-    pending: Mutex<Pending>,
-    changed: watch::Sender<u64>,
-}
-
-impl Default for Readiness {
-    fn default() -> Self {
-        Readiness {
-            ready: AtomicBool::new(false),
-            pending: Mutex::new(Pending::default()),
-            changed: watch::channel(0).0,
-        }
-    }
-}
-
-impl Readiness {
-    /// The report for `runtime` (the current one); latches readiness once reached.
-    pub fn report(&self, runtime: &Runtime) -> Report {
-        if self.ready.load(Ordering::SeqCst) {
-            return Report {
-                ready: true,
-                prefetch_pending: 0,
-                sources_starting: 0,
-            };
-        }
-        let prefetch_pending = {
-            let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if pending.generation == runtime.generation {
-                pending.left.len()
-            } else {
-                // Installed, its prefetch not begun yet.
-                runtime.config.prefetch.secrets.len()
-            }
-        };
-        let sources_starting = runtime.sources_starting();
-        let ready = prefetch_pending == 0 && sources_starting == 0;
-        if ready && !self.ready.swap(true, Ordering::SeqCst) {
-            tracing::info!("ready: every prefetched secret is cached and every source is up");
-        }
-        Report {
-            ready,
-            prefetch_pending,
-            sources_starting,
-        }
-    }
-
-    /// Tells loops waiting on a source that the runtime changed.
-    pub fn runtime_changed(&self) {
-        self.changed.send_modify(|n| *n = n.wrapping_add(1));
-    }
-
-    fn begin_prefetch(&self, generation: u64, secrets: &[SecretName]) {
-        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Pending {
-            generation,
-            left: secrets.iter().cloned().collect(),
-        };
-    }
-
-    fn prefetched(&self, generation: u64, name: &SecretName) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.generation == generation {
-            pending.left.remove(name);
-        }
-    }
 }
 
 /// Keeps retrying each source in `starting` (a failed `startup_check = "retry"`) with
@@ -154,7 +58,7 @@ pub fn spawn_source_retries(
                 if state.runtime().generation != generation {
                     return;
                 }
-                match crate::source::build_one(&name, &cfg, &others).await {
+                match crate::source::build::build_one(&name, &cfg, &others).await {
                     Ok(entries) => {
                         let installed = state.update_runtime(|current| {
                             (current.generation == generation)
@@ -202,7 +106,7 @@ pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &Prefetc
         let delay = prefetch.jitter.mul_f64(random_fraction());
         let (state, name) = (state.clone(), name.clone());
         tokio::spawn(async move {
-            let mut changes = state.readiness.changed.subscribe();
+            let mut changes = state.readiness.subscribe();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = state.shutdown_signal() => return,

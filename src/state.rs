@@ -13,8 +13,8 @@ use crate::audit::Audit;
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::readiness::{Progress, Readiness};
 use crate::source::{SourceEntry, Sources};
-use crate::startup::Readiness;
 
 /// Numbers config generations (a reload starts a new one; a source coming up late does not).
 static GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -58,7 +58,7 @@ impl Runtime {
     pub fn with_starting<'a>(mut self, names: impl IntoIterator<Item = &'a String>) -> Self {
         for name in names {
             if let Some(cfg) = self.config.sources.get(name) {
-                for served in crate::source::served_names(name, cfg) {
+                for served in crate::source::build::served_names(name, cfg) {
                     self.starting.insert(served, name.clone());
                 }
             }
@@ -88,6 +88,20 @@ impl Runtime {
             .values()
             .collect::<std::collections::BTreeSet<_>>()
             .len()
+    }
+}
+
+impl Progress for Runtime {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn prefetch_total(&self) -> usize {
+        self.config.prefetch.secrets.len()
+    }
+
+    fn sources_starting(&self) -> usize {
+        Runtime::sources_starting(self)
     }
 }
 

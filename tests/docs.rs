@@ -1,7 +1,8 @@
 //! The docs keep up with the code: every config key `config.example.toml` shows (commented or
 //! not) and every path in the route table appears in README.md or docs/*.md, every route in
-//! docs/api.md, every relative link in them points at a file that exists, and the per-type rows
-//! of docs/config.md's key table name exactly the source types that take each key.
+//! docs/api.md, every relative link in them points at a file that exists, the per-type rows
+//! of docs/config.md's key table name exactly the source types that take each key, and the code
+//! map in docs/development.md names files that exist and every folder of `src/`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -210,4 +211,116 @@ fn the_source_key_table_names_exactly_the_types_that_take_each_key() {
             );
         }
     }
+
+/// The code map: the first ```text block of docs/development.md.
+fn code_map() -> String {
+    let text = std::fs::read_to_string(root().join("docs/development.md")).unwrap();
+    let start = text
+        .find("```text\n")
+        .expect("docs/development.md has a code map")
+        + 8;
+    let end = start + text[start..].find("```").unwrap();
+    text[start..end].to_owned()
+}
+
+/// What the code map names: files (each must exist) and folders, as paths from the repository
+/// root. A line at column 0 names a path from the root (a folder ends with `/`); a line indented
+/// by two spaces names an entry of the last root-level folder; a bare `name.rs` or `name/` in a
+/// line (or in the continuation lines below it) is inside the folder that line is about.
+fn named_in_code_map() -> (Vec<String>, Vec<String>) {
+    let (mut files, mut folders) = (Vec::new(), Vec::new());
+    let mut top = String::new();
+    let mut context: Option<String> = None;
+    for line in code_map().lines() {
+        let indent = line.len() - line.trim_start().len();
+        let mut tokens = line.split_whitespace().peekable();
+        if indent == 0 || indent == 2 {
+            let Some(first) = tokens.next() else { continue };
+            let first = first.trim_end_matches(',');
+            let path = if indent == 0 {
+                first.to_owned()
+            } else {
+                format!("{top}{first}")
+            };
+            if first.ends_with('/') {
+                if indent == 0 {
+                    top = path.clone();
+                }
+                folders.push(path.trim_end_matches('/').to_owned());
+                context = Some(path);
+            } else {
+                if !path.contains('*') {
+                    files.push(path);
+                }
+                // `file.rs env.rs command.rs   the small kinds`: further entries of the same folder.
+                while let Some(next) = tokens.peek() {
+                    if !next.ends_with(".rs") || next.contains('/') {
+                        break;
+                    }
+                    files.push(format!("{top}{next}"));
+                    tokens.next();
+                }
+                context = None;
+            }
+        }
+        for token in tokens {
+            let token = token
+                .trim_start_matches('(')
+                .trim_end_matches([',', ';', ':', ')']);
+            if ["src/", "tests/", "bench/", "scripts/"]
+                .iter()
+                .any(|p| token.starts_with(p))
+            {
+                if !token.contains('*') && !token.ends_with('/') {
+                    files.push(token.to_owned());
+                }
+                continue;
+            }
+            let Some(folder) = &context else { continue };
+            if let Some(name) = token.strip_suffix(".rs")
+                && !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                files.push(format!("{folder}{token}"));
+            } else if let Some(name) = token.strip_suffix('/')
+                && !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                folders.push(format!("{folder}{name}"));
+            }
+        }
+    }
+    (files, folders)
+}
+
+#[test]
+fn every_file_the_code_map_names_exists_and_every_src_folder_is_named() {
+    let (files, folders) = named_in_code_map();
+    assert!(
+        files.iter().any(|f| f == "src/source/section.rs"),
+        "{files:?}"
+    );
+    let missing: Vec<_> = files.iter().filter(|f| !root().join(f).is_file()).collect();
+    assert!(
+        missing.is_empty(),
+        "the code map names files that do not exist: {missing:?}"
+    );
+    let mut unnamed = Vec::new();
+    let mut stack = vec![root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                let rel = path.strip_prefix(root()).unwrap().display().to_string();
+                if !folders.contains(&rel) {
+                    unnamed.push(rel);
+                }
+                stack.push(path);
+            }
+        }
+    }
+    assert!(
+        unnamed.is_empty(),
+        "folders of src/ the code map does not name: {unnamed:?}"
+    );
 }

@@ -4,7 +4,8 @@
 //!
 //! It is deliberately cheaper per request than hyper's client so that, pinned to its own core,
 //! it is not the bottleneck; the report shows its CPU use so that can be checked. It does not
-//! speak chunked encoding (neither server under test sends it).
+//! speak chunked encoding (neither server under test sends it). The types every load generator
+//! shares (the target, the timing, the outcome) live here.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,6 +16,28 @@ use tokio::time::Instant;
 
 use crate::error::BenchError;
 use crate::procfs;
+
+/// A server under test.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    /// Its socket.
+    pub socket: &'a Path,
+    /// Its pid.
+    pub pid: u32,
+    /// The path that returns the 64-byte value.
+    pub path: &'a str,
+}
+
+/// Timing of each run.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Rounds (≥ 3 for the report's medians to mean anything).
+    pub rounds: usize,
+    /// Warm-up before each measured window.
+    pub warmup: Duration,
+    /// Measured window of each run.
+    pub measure: Duration,
+}
 
 /// One keep-alive connection.
 #[derive(Debug)]

@@ -336,7 +336,7 @@ async fn side_by_side(
         )));
     }
     let (floor_child, floor_socket) = floor::start(scratch.path(), server_core).await?;
-    let timing = throughput::Timing {
+    let timing = load::Timing {
         rounds: options.rounds,
         warmup: if options.quick {
             Duration::from_millis(50)
@@ -345,12 +345,12 @@ async fn side_by_side(
         },
         measure: options.measure,
     };
-    let agent_target = throughput::Target {
+    let agent_target = load::Target {
         socket: agent.socket(),
         pid: agent.pid(),
         path: floor::SECRET_PATH,
     };
-    let floor_target = throughput::Target {
+    let floor_target = load::Target {
         socket: &floor_socket,
         pid: floor_child.pid(),
         path: floor::SECRET_PATH,
@@ -370,7 +370,7 @@ async fn side_by_side(
     // oha needs a moment to start and connect: a longer warm-up than the bench's own.
     let timing = match generator {
         throughput::Generator::Own => timing,
-        throughput::Generator::Oha(_) => throughput::Timing {
+        throughput::Generator::Oha(_) => load::Timing {
             warmup: timing.warmup.max(Duration::from_secs(1)),
             ..timing
         },

@@ -14,9 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::error::BenchError;
-use crate::load::{Outcome, Percentiles};
+use crate::load::{Outcome, Percentiles, Target, Timing};
 use crate::procfs;
-use crate::throughput::{Target, Timing};
 
 /// Connection counts measured (the two).
 pub const CONNS: [usize; 2] = [1, 16];

@@ -7,10 +7,9 @@
 //! land in the next run's window — the floor's (flattering the agent) or the agent's own.
 
 use std::path::Path;
-use std::time::Duration;
 
 use crate::error::BenchError;
-use crate::load::{self, Outcome};
+use crate::load::{self, Outcome, Target, Timing};
 
 /// Connection counts measured.
 pub const CONNS: [usize; 3] = [1, 16, 64];
@@ -38,28 +37,6 @@ impl Cell {
     pub fn cpu_ratio(&self) -> f64 {
         self.agent.server_us_per_req() / self.floor.server_us_per_req()
     }
-}
-
-/// A server under test.
-#[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    /// Its socket.
-    pub socket: &'a Path,
-    /// Its pid.
-    pub pid: u32,
-    /// The path that returns the 64-byte value.
-    pub path: &'a str,
-}
-
-/// Timing of each run.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    /// Rounds (≥ 3 for the report's medians to mean anything).
-    pub rounds: usize,
-    /// Warm-up before each measured window.
-    pub warmup: Duration,
-    /// Measured window of each run.
-    pub measure: Duration,
 }
 
 /// What loads the servers.

@@ -309,16 +309,3 @@ pub async fn health(socket: &Path, ready: bool) -> Result<(), ClientError> {
         ),
     })
 }
-
-/// Renders a template file, fetching each distinct `{{ secret … }}` once through the agent
-/// (failing at the first error). Each value and the rendered bytes are collected in locked
-/// memory that is wiped when dropped (a plain `Vec` would leave a copy behind at each growth).
-pub async fn render(
-    socket: &Path,
-    template: &Path,
-    schemes: &crate::template::Schemes,
-) -> Result<SecretBytes, ClientError> {
-    let template = template_file::Template::read(template, schemes)?;
-    let current = watch::fetch_once(socket, &template.watched).await?;
-    template.render(&current)
-}

@@ -11,13 +11,22 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
-use super::Connection;
 use super::error::ApiError;
 use super::route::{Route, parse_flush_body};
 use super::sender::Taint;
 use crate::broker::{self, BrokerError, Caller, Reply, ReplyKind};
 use crate::cache::Refresh;
+use crate::peer::PeerIdentity;
 use crate::rate_limited;
+use crate::state::AppState;
+
+/// What every request of one connection shares.
+pub(super) struct Connection {
+    pub(super) state: Arc<AppState>,
+    pub(super) identity: Arc<PeerIdentity>,
+    pub(super) taint: Taint,
+    pub(super) activity: Arc<super::idle::Activity>,
+}
 
 /// Largest accepted request body (only `POST /v1/cache/flush` has one).
 const MAX_BODY: usize = 64 * 1024;
@@ -240,7 +249,7 @@ fn etag_header(tag: Bytes) -> Option<header::HeaderValue> {
 }
 
 /// `200 {"ready":true}`, or `503` with counts only: never a secret's or a source's name.
-fn ready_response(report: crate::startup::Report) -> Resp {
+fn ready_response(report: crate::readiness::Report) -> Resp {
     if report.ready {
         return json_response(StatusCode::OK, r#"{"ready":true}"#.to_owned());
     }

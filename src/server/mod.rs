@@ -20,6 +20,8 @@ pub mod runtime;
 pub mod sender;
 pub mod write_timeout;
 
+use handler::Connection;
+
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -416,14 +418,6 @@ async fn drain(stream: &mut UnixStream, limit: usize) {
 /// Whether `peer` gets the operator's reserve and is not held to the per-uid cap.
 fn is_operator(state: &AppState, peer: &PeerIdentity) -> bool {
     peer.uid == 0 || acl::decide_admin(&state.runtime().rules, peer).allowed()
-}
-
-/// What every request of one connection shares.
-struct Connection {
-    state: Arc<AppState>,
-    identity: Arc<PeerIdentity>,
-    taint: sender::Taint,
-    activity: Arc<idle::Activity>,
 }
 
 /// Whether a connection error is the write deadline firing.

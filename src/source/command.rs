@@ -20,8 +20,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 
-use super::{Fetched, Secret, SecretRequest, SourceError};
+use crate::source::error::SourceError;
+
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBuf, SecretBytes};
+use crate::source::secret::{Fetched, Secret, SecretRequest};
+use crate::source::section::Invalid;
 
 /// The argument `argv` elements must equal to receive the id.
 pub const ID_PLACEHOLDER: &str = "{id}";
@@ -68,25 +71,13 @@ pub struct CommandConfig {
     pub not_found_exit_codes: Vec<i32>,
 }
 
-/// A config value that failed validation: the key below the source and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidCommand {
-    /// Key below `sources.NAME`, e.g. `argv`.
-    pub key: &'static str,
-    /// Why.
-    pub reason: String,
-}
-
-fn invalid(key: &'static str, reason: impl Into<String>) -> InvalidCommand {
-    InvalidCommand {
-        key,
-        reason: reason.into(),
-    }
+fn invalid(key: &'static str, reason: impl Into<String>) -> Invalid {
+    Invalid::new(key, reason)
 }
 
 impl RawCommandSource {
     /// Validates the section.
-    pub fn validate(&self) -> Result<CommandConfig, InvalidCommand> {
+    pub fn validate(&self) -> Result<CommandConfig, Invalid> {
         let Some(program) = self.argv.first() else {
             return Err(invalid("argv", "must name a program"));
         };
@@ -369,9 +360,9 @@ fn resolve_program(name: &str, path: Option<&std::ffi::OsStr>) -> Result<PathBuf
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<CommandConfig, InvalidCommand> {
-        let raw: RawCommandSource = toml::from_str(text).map_err(|e| InvalidCommand {
-            key: "parse",
+    fn parse(text: &str) -> Result<CommandConfig, Invalid> {
+        let raw: RawCommandSource = toml::from_str(text).map_err(|e| Invalid {
+            key: "parse".into(),
             reason: e.to_string(),
         })?;
         raw.validate()

@@ -11,8 +11,10 @@
 use serde::Deserialize;
 use zeroize::Zeroize;
 
-use super::{Secret, SourceError};
+use crate::source::error::SourceError;
+
 use crate::secure_mem::SecretBytes;
+use crate::source::secret::Secret;
 
 /// `[sources.NAME]` with `type = "env"`.
 #[derive(Debug, Deserialize)]

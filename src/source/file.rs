@@ -19,8 +19,10 @@ use nix::sys::stat::{Mode, SFlag, fstat};
 use serde::Deserialize;
 use zeroize::Zeroize;
 
-use super::{Secret, SourceError};
+use crate::source::error::SourceError;
+
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBytes};
+use crate::source::secret::Secret;
 
 /// `[sources.NAME]` with `type = "file"`.
 #[derive(Debug, Deserialize)]

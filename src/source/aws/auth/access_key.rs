@@ -1,21 +1,29 @@
 //! `auth = "access-key"`: a long-lived access key from two files (private to the agent:
-//! `crate::credfile`, checked again on the open file) or from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
+//! `crate::source::credfile`, checked again on the open file) or from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`
 //! (`AWS_SESSION_TOKEN` optional).
 //!
 //! The key strings are moved, not copied, into the SDK's `Credentials`, which zeroizes them on
 //! drop; nothing here logs them. It does not refresh anything: a static key never expires.
 
-use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
 use zeroize::Zeroize;
 
-use super::{AuthError, KeyFiles};
+use super::error::AuthError;
+
+/// Files holding an access key (each private to the agent: `crate::source::credfile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFiles {
+    /// File with the access key id.
+    pub access_key_id: PathBuf,
+    /// File with the secret access key.
+    pub secret_access_key: PathBuf,
+}
 
 /// Largest key file accepted (keys are tens of bytes; this only bounds a wrong path).
-const MAX_KEY_FILE: u64 = 4096;
+const MAX_KEY_FILE: usize = 4096;
 
 /// A static provider from `files`, or from the environment when `files` is `None`.
 pub fn provider(
@@ -57,59 +65,26 @@ fn env_var(key: &str, var: &'static str) -> Result<String, AuthError> {
     Ok(trimmed)
 }
 
-/// Reads one key file: mode checked on the open descriptor, surrounding whitespace trimmed,
-/// temporary buffers wiped.
+/// Reads one key file (`credfile::read`: the rule checked on the open descriptor, into locked
+/// memory), surrounding whitespace trimmed. The SDK takes the key as a `String`: that one copy
+/// is the only one outside locked memory.
 fn read_key_file(key: &str, path: &Path) -> Result<String, AuthError> {
     let fail = |reason: String| AuthError::KeyFile {
         key: key.to_owned(),
         path: path.to_path_buf(),
         reason,
     };
-    let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| fail(format!("cannot stat: {e}")))?;
-    // The same rule the config applied, again on the descriptor actually read.
-    crate::credfile::check_metadata(path, &meta).map_err(fail)?;
-    if meta.len() > MAX_KEY_FILE {
-        return Err(fail(format!("is larger than {MAX_KEY_FILE} bytes")));
-    }
-    let len = usize::try_from(meta.len()).unwrap_or(0);
-    // Capacity fixed up front so the buffer never reallocates (a reallocation would leave an
-    // unwiped copy behind).
-    let mut bytes = Vec::with_capacity(len.saturating_add(1));
-    let read = file.by_ref().take(MAX_KEY_FILE).read_to_end(&mut bytes);
-    if let Err(e) = read {
-        bytes.zeroize();
-        return Err(fail(format!("cannot read: {e}")));
-    }
-    let text = match String::from_utf8(bytes) {
-        Ok(text) => text,
-        Err(e) => {
-            e.into_bytes().zeroize();
-            return Err(fail("is not UTF-8 text".to_owned()));
-        }
-    };
-    let trimmed = text.trim();
-    let bad = trimmed.is_empty() || trimmed.bytes().any(|b| b.is_ascii_whitespace());
-    if bad {
-        let mut text = text;
-        text.zeroize();
+    let bytes =
+        crate::source::credfile::read(path, MAX_KEY_FILE).map_err(|e| fail(e.to_string()))?;
+    let text = std::str::from_utf8(bytes.as_slice())
+        .map_err(|_| fail("is not UTF-8 text".to_owned()))?
+        .trim();
+    if text.is_empty() || text.bytes().any(|b| b.is_ascii_whitespace()) {
         return Err(fail(
             "must hold exactly one key (no inner whitespace, not empty)".to_owned(),
         ));
     }
-    let (start, end) = (
-        text.len().saturating_sub(text.trim_start().len()),
-        text.trim_end().len(),
-    );
-    let mut text = text;
-    text.truncate(end);
-    if start > 0 {
-        // Shift in place: `drain` moves the tail within the same allocation.
-        text.drain(..start);
-    }
-    Ok(text)
+    Ok(text.to_owned())
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ use rustls::pki_types::pem::PemObject;
 use serde::Deserialize;
 use zeroize::Zeroize;
 
-use super::SourceError;
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBuf, SecretBytes};
+use crate::source::error::SourceError;
 
 /// A Vault server: address, namespace and an HTTP(S) client.
 pub struct VaultHttp {

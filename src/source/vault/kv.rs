@@ -3,8 +3,8 @@
 //! The value is the JSON text of the secret's `data` object exactly as Vault sent it, copied
 //! from the reply (already in secure memory) into its own [`SecretBytes`]; `?field=` then works
 //! like for any JSON secret. `Secret.version` is the KV version number. Login, renewal and the
-//! HTTP details live in `vault_auth` and `vault_http`; transit in `vault_transit`; the config
-//! shape in `vault_config`.
+//! HTTP details live in `auth` and `crate::source::http`; transit in `transit`; the config
+//! shape in `config`.
 
 use std::sync::Arc;
 
@@ -12,11 +12,10 @@ use hyper::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::vault_auth::VaultSession;
-use super::{Secret, SourceError};
+use super::auth::VaultSession;
 use crate::secure_mem::SecretBytes;
-
-pub use super::vault_config::{RawVaultAuth, RawVaultSource, VaultAuthConfig, VaultConfig};
+use crate::source::error::SourceError;
+use crate::source::secret::Secret;
 
 /// The name of the transit companion of Vault source `name`.
 pub fn transit_name(name: &str) -> String {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::name::validate_id;
+use crate::source::section::Invalid;
 
 /// `[sources.NAME]` with `type = "vault"`, as written.
 #[derive(Debug, Deserialize)]
@@ -138,20 +139,8 @@ impl VaultAuthConfig {
     }
 }
 
-/// A validation failure: the key below `sources.NAME` and the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// Key relative to the source, e.g. `auth.role_id_file`.
-    pub key: &'static str,
-    /// Why.
-    pub reason: String,
-}
-
 fn invalid(key: &'static str, reason: impl Into<String>) -> Invalid {
-    Invalid {
-        key,
-        reason: reason.into(),
-    }
+    Invalid::new(key, reason)
 }
 
 /// Checks a mount path: segments of letters, digits, `-`, `_`, `.`, no empty or dot segments.
@@ -189,14 +178,14 @@ fn check_file(
 }
 
 /// A file holding the agent's Vault credential (token, role_id, secret_id, JWT): it must be
-/// private to the agent (`crate::credfile`).
+/// private to the agent (`crate::source::credfile`).
 fn check_credential_file(
     key: &'static str,
     path: &Path,
     resolve: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<PathBuf, Invalid> {
     let path = resolve(path);
-    crate::credfile::check(&path).map_err(|reason| invalid(key, reason))?;
+    crate::source::credfile::check(&path).map_err(|reason| invalid(key, reason))?;
     Ok(path)
 }
 
@@ -217,7 +206,7 @@ impl RawVaultSource {
                 format!("{address:?} must be http(s)://HOST[:PORT] with no path"),
             ));
         }
-        crate::source::check_plain_http(address, self.allow_plain_http)
+        crate::source::section::check_plain_http(address, self.allow_plain_http)
             .map_err(|reason| invalid("address", reason))?;
         if let Some(ns) = &self.namespace {
             check_mount("namespace", ns)?;

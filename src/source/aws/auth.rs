@@ -12,9 +12,13 @@
 
 pub mod access_key;
 pub mod assume_role;
+pub mod error;
 pub mod instance_profile;
 
-use std::path::PathBuf;
+pub use access_key::KeyFiles;
+pub use assume_role::AssumeRoleConfig;
+pub use error::AuthError;
+
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -25,7 +29,7 @@ use aws_sdk_sts::config::Region;
 use aws_sdk_sts::config::http::HttpResponse;
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::source::SourceError;
+use crate::source::error::SourceError;
 
 /// How the base identity is obtained (`auth = …`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,32 +56,6 @@ impl AuthMethod {
     }
 }
 
-/// Files holding an access key (each private to the agent: `crate::credfile`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyFiles {
-    /// File with the access key id.
-    pub access_key_id: PathBuf,
-    /// File with the secret access key.
-    pub secret_access_key: PathBuf,
-}
-
-/// `[sources.NAME.assume_role]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssumeRoleConfig {
-    /// Role to assume.
-    pub role_arn: String,
-    /// `sts:ExternalId`, when the trust policy asks for one.
-    pub external_id: Option<String>,
-    /// Role session name (`{hostname}` already substituted).
-    pub session_name: String,
-    /// Session length.
-    pub duration: Duration,
-    /// STS endpoint override.
-    pub sts_endpoint: Option<String>,
-    /// Region STS requests are signed for.
-    pub sts_region: String,
-}
-
 /// Everything needed to build the credentials of one source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
@@ -92,51 +70,6 @@ pub struct AuthConfig {
     /// The source's `endpoint_url` (STS default endpoint when set: emulators serve every
     /// service on one URL).
     pub endpoint_url: Option<String>,
-}
-
-/// Why credentials could not be set up or were refused at start.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    /// A key file is missing, unreadable, too open, or malformed.
-    #[error("{key}: {path}: {reason}")]
-    KeyFile {
-        /// Config key naming the file.
-        key: String,
-        /// The file.
-        path: PathBuf,
-        /// Why (never the contents).
-        reason: String,
-    },
-    /// `auth = "access-key"` without files and without the variable.
-    #[error(
-        "{key}.auth = \"access-key\" without key files needs the environment variable {var}, which is not set"
-    )]
-    MissingEnv {
-        /// Config key of the source.
-        key: String,
-        /// The variable.
-        var: &'static str,
-    },
-    /// STS `GetCallerIdentity` with the base identity failed.
-    #[error("{key}: base identity ({method}) check with sts:GetCallerIdentity failed: {cause}")]
-    BaseIdentity {
-        /// Config key of the source.
-        key: String,
-        /// Auth method.
-        method: &'static str,
-        /// What kind of failure (its detail is the SDK's chain, no credentials in it).
-        cause: SourceError,
-    },
-    /// STS `AssumeRole` (checked with `GetCallerIdentity` on the assumed identity) failed.
-    #[error("{key}.assume_role: cannot assume {role_arn}: {cause}")]
-    AssumeRole {
-        /// Config key of the source.
-        key: String,
-        /// The role.
-        role_arn: String,
-        /// What kind of failure.
-        cause: SourceError,
-    },
 }
 
 /// Network settings shared by every AWS client of a source.
@@ -261,20 +194,6 @@ async fn caller_identity(
     }
 }
 
-impl AuthError {
-    /// Whether trying again later may succeed (the backend was unreachable, slow or throttled),
-    /// as opposed to a refusal that stands (credentials rejected, access denied, no such role,
-    /// a bad key file).
-    pub fn retry_may_help(&self) -> bool {
-        match self {
-            AuthError::BaseIdentity { cause, .. } | AuthError::AssumeRole { cause, .. } => {
-                cause.is_transient()
-            }
-            AuthError::KeyFile { .. } | AuthError::MissingEnv { .. } => false,
-        }
-    }
-}
-
 /// Maps any AWS SDK error to a [`SourceError`]: timeouts, the service's error code when the SDK
 /// parsed one, else the HTTP status. Shared by every AWS client (STS, Secrets Manager).
 pub fn map_sdk_error<E>(
@@ -355,7 +274,7 @@ pub fn classify(code: Option<&str>, status: u16, detail: String) -> SourceError 
             | "ExpiredTokenException"
             | "IncompleteSignature"
             | "KMSAccessDeniedException"
-            | "InvalidKeyId"
+            | "InvalidId"
             | "NoSuchBucket",
         ) => SourceError::Denied { detail },
         Some(

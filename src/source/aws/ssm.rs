@@ -4,7 +4,7 @@
 //! It owns its config section ([`RawSsmSource`]: the Secrets Manager source's AWS settings plus
 //! `prefix`), its id and selector rules, and moving values into secure memory. Credentials,
 //! their refresh, and the mapping of SDK errors are shared with `aws-secretsmanager`
-//! (`crate::aws_auth`, [`crate::aws_auth::map_sdk_error`]); caching and access control are the
+//! (`super::auth`, [`super::auth::map_sdk_error`]); caching and access control are the
 //! cache's and the ACL's.
 //!
 //! There is no rotation check: Parameter Store has no call cheaper than `GetParameter` that
@@ -17,11 +17,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::aws::{AwsConfig, InvalidKey, RawAwsSource, own_string};
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
-use crate::aws_auth;
-use crate::aws_auth::map_sdk_error;
+use super::auth;
+use super::auth::map_sdk_error;
+use super::config::{AwsConfig, RawAwsSource, own_string};
 use crate::secure_mem::SecretBytes;
+use crate::source::error::SourceError;
+use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
+use crate::source::section::Invalid;
 
 /// Longest parameter name SSM accepts (with its hierarchy).
 const MAX_NAME_LEN: usize = 2048;
@@ -37,7 +39,7 @@ pub struct RawSsmSource {
 
 impl<'de> Deserialize<'de> for RawSsmSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (own, aws) = super::aws::split_aws_section(deserializer, &["prefix"])?;
+        let (own, aws) = super::config::split_aws_section(deserializer, &["prefix"])?;
         Ok(RawSsmSource {
             prefix: own_string(&own, "prefix")?,
             aws,
@@ -56,7 +58,7 @@ pub struct SsmConfig {
 
 impl RawSsmSource {
     /// Validates the section at `key` (`sources.NAME`).
-    pub fn validate(&self, key: &str, config_path: &Path) -> Result<SsmConfig, InvalidKey> {
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<SsmConfig, Invalid> {
         let aws = self.aws.validate(key, config_path)?;
         let prefix = self.prefix.clone().unwrap_or_else(|| "/".to_owned());
         let ok = prefix.len() < MAX_NAME_LEN
@@ -65,7 +67,7 @@ impl RawSsmSource {
                 .all(|b| b.is_ascii_alphanumeric() || b"/_.-".contains(&b))
             && !prefix.contains("//");
         if !ok {
-            return Err(InvalidKey {
+            return Err(Invalid {
                 key: format!("{key}.prefix"),
                 reason: format!(
                     "{prefix:?} must be letters, digits and /_.- (no \"//\"), e.g. \"/\" or \"/prod/\""
@@ -139,7 +141,7 @@ impl SsmSource {
     pub async fn build(
         config: &SsmConfig,
         fetch_timeout: Duration,
-    ) -> Result<SsmSource, aws_auth::AuthError> {
+    ) -> Result<SsmSource, auth::AuthError> {
         let sdk = config.aws.sdk_config(fetch_timeout).await?;
         Ok(SsmSource {
             client: aws_sdk_ssm::Client::new(&sdk),
@@ -182,9 +184,9 @@ impl SsmSource {
 mod tests {
     use super::*;
 
-    fn parse(extra: &str) -> Result<SsmConfig, InvalidKey> {
+    fn parse(extra: &str) -> Result<SsmConfig, Invalid> {
         let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
-        let raw: RawSsmSource = toml::from_str(&text).map_err(|e| InvalidKey {
+        let raw: RawSsmSource = toml::from_str(&text).map_err(|e| Invalid {
             key: "parse".into(),
             reason: e.to_string(),
         })?;

@@ -20,10 +20,11 @@ use bytes::Bytes;
 use hyper::Method;
 use serde::Deserialize;
 
-use super::vault_auth::VaultSession;
-use super::{Secret, SourceError};
+use super::auth::VaultSession;
 use crate::name::SecretName;
 use crate::secure_mem::{SecretBuf, SecretBytes};
+use crate::source::error::SourceError;
+use crate::source::secret::Secret;
 
 /// Decrypts ciphertexts through one transit mount.
 #[derive(Debug)]
@@ -31,7 +32,7 @@ pub struct TransitSource {
     session: Arc<VaultSession>,
     mount: String,
     ciphertexts: BTreeMap<String, String>,
-    others: super::SharedSources,
+    others: crate::source::secret::Others,
 }
 
 #[derive(Deserialize)]
@@ -64,7 +65,7 @@ impl TransitSource {
         session: Arc<VaultSession>,
         mount: String,
         ciphertexts: BTreeMap<String, String>,
-        others: super::SharedSources,
+        others: crate::source::secret::Others,
     ) -> Self {
         TransitSource {
             session,
@@ -114,7 +115,7 @@ impl TransitSource {
         };
         let name = SecretName::new(source, inner)
             .map_err(|e| SourceError::Invalid(format!("ciphertext name: {e}")))?;
-        super::fetch_from_other(&self.others, name).await
+        self.others.read_other(name).await
     }
 
     /// `POST {mount}/decrypt/{key}`; the plaintext, base64-decoded, in secure memory.

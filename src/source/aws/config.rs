@@ -1,28 +1,15 @@
-//! The AWS Secrets Manager source (`type = "aws-secretsmanager"`): `GetSecretValue` by name or
-//! ARN with an optional version id or stage, and the rotation check (`DescribeSecret`: is the
-//! cached version still the one carrying the requested stage?).
-//!
-//! It owns its config section ([`RawAwsSource`]) and its validation, the mapping of SDK errors
-//! to [`SourceError`], and moving values into secure memory. Credentials (and their refresh) are
-//! `crate::aws_auth`'s; caching and access control are the cache's and the ACL's.
-//!
-//! Values: `SecretString` bytes or the `SecretBinary` blob are moved out of the SDK's output
-//! and copied into [`SecretBytes`], and the SDK-owned buffer is wiped. The raw HTTP response
-//! body the SDK parsed them from is dropped by the SDK without wiping (README, "Secrets in
-//! memory").
+//! The AWS sources' shared config section (`type = "aws-secretsmanager"`, and the base of
+//! `aws-ssm` and `aws-s3`): region, endpoint, credentials and the optional AssumeRole, as
+//! written ([`RawAwsSource`]) and validated ([`AwsConfig`]), and the split of a kind's own keys
+//! off the section. It builds the SDK config from it; it makes no call of its own.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
 
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
-use crate::aws_auth::{self, AssumeRoleConfig, AuthConfig, AuthMethod, KeyFiles, NetSettings};
-use crate::secure_mem::SecretBytes;
-
-/// The stage a request without selectors reads.
-const CURRENT_STAGE: &str = "AWSCURRENT";
+use super::auth::{self, AssumeRoleConfig, AuthConfig, AuthMethod, KeyFiles, NetSettings};
+use crate::source::section::Invalid;
 
 /// `[sources.NAME]` with `type = "aws-secretsmanager"`.
 #[derive(Debug, Deserialize)]
@@ -85,26 +72,14 @@ pub struct AwsConfig {
     pub allow_plain_http: bool,
 }
 
-/// A config value that failed validation: the dotted key and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidKey {
-    /// Dotted key, e.g. `sources.aws.assume_role.role_arn`.
-    pub key: String,
-    /// Why.
-    pub reason: String,
-}
-
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> InvalidKey {
-    InvalidKey {
-        key: key.into(),
-        reason: reason.into(),
-    }
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+    Invalid::new(key, reason)
 }
 
 impl RawAwsSource {
     /// Validates the section at `key` (`sources.NAME`); relative key-file paths are relative
     /// to the config file's directory.
-    pub fn validate(&self, key: &str, config_path: &Path) -> Result<AwsConfig, InvalidKey> {
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<AwsConfig, Invalid> {
         check_region(&self.region).map_err(|r| invalid(format!("{key}.region"), r))?;
         if let Some(url) = &self.endpoint_url {
             check_url(url, self.allow_plain_http)
@@ -185,15 +160,12 @@ impl AwsConfig {
     pub async fn sdk_config(
         &self,
         fetch_timeout: Duration,
-    ) -> Result<aws_config::SdkConfig, aws_auth::AuthError> {
+    ) -> Result<aws_config::SdkConfig, auth::AuthError> {
         let net = NetSettings {
             operation_timeout: fetch_timeout,
         };
-        let credentials = aws_auth::build(&self.auth, net).await?;
-        Ok(
-            aws_auth::sdk_config(credentials, &self.region, self.endpoint_url.as_deref(), net)
-                .await,
-        )
+        let credentials = auth::build(&self.auth, net).await?;
+        Ok(auth::sdk_config(credentials, &self.region, self.endpoint_url.as_deref(), net).await)
     }
 }
 
@@ -238,7 +210,7 @@ impl RawAssumeRole {
         key: &str,
         region: &str,
         allow_plain_http: bool,
-    ) -> Result<AssumeRoleConfig, InvalidKey> {
+    ) -> Result<AssumeRoleConfig, Invalid> {
         check_role_arn(&self.role_arn).map_err(|r| invalid(format!("{key}.role_arn"), r))?;
         if let Some(id) = &self.external_id {
             let ok = (2..=1224).contains(&id.len())
@@ -313,7 +285,7 @@ fn hostname() -> String {
         .collect()
 }
 
-fn check_region(region: &str) -> Result<(), String> {
+pub(crate) fn check_region(region: &str) -> Result<(), String> {
     let ok = (1..=32).contains(&region.len())
         && region
             .bytes()
@@ -332,7 +304,9 @@ fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => super::check_plain_http(url, allow_plain_http),
+        (Some("http" | "https"), Some(_)) => {
+            crate::source::section::check_plain_http(url, allow_plain_http)
+        }
         _ => Err(format!(
             "{url:?} must be an http:// or https:// URL with a host"
         )),
@@ -360,7 +334,7 @@ fn check_role_arn(arn: &str) -> Result<(), String> {
     }
 }
 
-fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf, InvalidKey> {
+fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf, Invalid> {
     let path = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -369,185 +343,15 @@ fn check_key_file(key: &str, config_path: &Path, path: &Path) -> Result<PathBuf,
             _ => path.to_path_buf(),
         }
     };
-    crate::credfile::check(&path).map_err(|r| invalid(key, r))?;
+    crate::source::credfile::check(&path).map_err(|r| invalid(key, r))?;
     Ok(path)
-}
-
-/// Checks a secret id before any call: a name (at most 512 characters of letters, digits and
-/// `/_+=.@-`) or a Secrets Manager ARN.
-pub fn check_secret_id(id: &str) -> Result<(), &'static str> {
-    let name_ok = |name: &str| {
-        (1..=512).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"/_+=.@-".contains(&b))
-    };
-    if !id.contains(':') {
-        return if name_ok(id) {
-            Ok(())
-        } else {
-            Err("a secret name is 1 to 512 characters of letters, digits and /_+=.@-")
-        };
-    }
-    let parts: Vec<&str> = id.splitn(7, ':').collect();
-    let ok = parts.len() == 7
-        && parts[0] == "arn"
-        && parts[1].starts_with("aws")
-        && parts[2] == "secretsmanager"
-        && check_region(parts[3]).is_ok()
-        && parts[4].len() == 12
-        && parts[4].bytes().all(|b| b.is_ascii_digit())
-        && parts[5] == "secret"
-        && name_ok(parts[6]);
-    if ok {
-        Ok(())
-    } else {
-        Err("not a Secrets Manager ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME)")
-    }
-}
-
-/// Selectors this source accepts: `version_id` (32–64 of letters, digits, `-`) and
-/// `version_stage` (1–256 characters); not `version`.
-pub fn check_selector(selector: &Selector) -> Result<(), &'static str> {
-    if selector.version.is_some() || selector.label.is_some() {
-        return Err("AWS secrets take version_id or version_stage, not version or label");
-    }
-    if let Some(id) = &selector.version_id {
-        let ok = (32..=64).contains(&id.len())
-            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !ok {
-            return Err("version_id must be 32 to 64 letters, digits or '-'");
-        }
-    }
-    if let Some(stage) = &selector.version_stage {
-        let ok = (1..=256).contains(&stage.len())
-            && stage
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_+=.@-".contains(&b));
-        if !ok {
-            return Err("version_stage must be 1 to 256 letters, digits or _+=.@-");
-        }
-    }
-    Ok(())
-}
-
-/// A Secrets Manager client with its own credentials.
-pub struct AwsSource {
-    client: aws_sdk_secretsmanager::Client,
-    region: String,
-    endpoint_url: Option<String>,
-    operation_timeout: Duration,
-}
-
-impl std::fmt::Debug for AwsSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AwsSource")
-            .field("region", &self.region)
-            .field("endpoint_url", &self.endpoint_url)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AwsSource {
-    /// Builds the credentials (checking them with STS) and the client.
-    pub async fn build(
-        config: &AwsConfig,
-        fetch_timeout: Duration,
-    ) -> Result<AwsSource, aws_auth::AuthError> {
-        let sdk = config.sdk_config(fetch_timeout).await?;
-        Ok(AwsSource {
-            client: aws_sdk_secretsmanager::Client::new(&sdk),
-            region: config.region.clone(),
-            endpoint_url: config.endpoint_url.clone(),
-            operation_timeout: fetch_timeout,
-        })
-    }
-
-    /// Fetches `request`; with `previous`, first asks `DescribeSecret` whether the cached
-    /// version still carries the requested stage (or still exists, for a `version_id`).
-    pub async fn fetch(
-        &self,
-        request: &SecretRequest,
-        previous: Option<&Secret>,
-    ) -> Result<Fetched, SourceError> {
-        let id = request.name.id();
-        check_secret_id(id).map_err(|why| SourceError::Invalid(why.to_owned()))?;
-        let selector = &request.selector;
-        if let Some(version) = previous.and_then(|p| p.version.as_deref()) {
-            match self.still_current(id, selector, version).await {
-                Ok(true) => return Ok(Fetched::Unchanged),
-                Ok(false) => {}
-                // Without secretsmanager:DescribeSecret, fall back to reading the value.
-                Err(SourceError::Denied { detail }) => {
-                    tracing::debug!(%detail, "rotation check denied; fetching the value");
-                }
-                Err(err) => return Err(err),
-            }
-        }
-        let mut out = self
-            .client
-            .get_secret_value()
-            .secret_id(id)
-            .set_version_id(selector.version_id.clone())
-            .set_version_stage(selector.version_stage.clone())
-            .send()
-            .await
-            .map_err(|e| self.map_error("GetSecretValue", e))?;
-        let value = match (out.secret_string.take(), out.secret_binary.take()) {
-            (Some(text), _) => SecretBytes::from_vec_wiping(text.into_bytes())?,
-            (None, Some(blob)) => SecretBytes::from_vec_wiping(blob.into_inner())?,
-            (None, None) => {
-                return Err(SourceError::BadReply {
-                    detail: "GetSecretValue returned neither SecretString nor SecretBinary"
-                        .to_owned(),
-                });
-            }
-        };
-        Ok(Fetched::New(Secret::new(value, out.version_id.take())))
-    }
-
-    async fn still_current(
-        &self,
-        id: &str,
-        selector: &Selector,
-        version: &str,
-    ) -> Result<bool, SourceError> {
-        let out = self
-            .client
-            .describe_secret()
-            .secret_id(id)
-            .send()
-            .await
-            .map_err(|e| self.map_error("DescribeSecret", e))?;
-        let stages = out.version_ids_to_stages().and_then(|map| map.get(version));
-        let current = match (&selector.version_id, &selector.version_stage) {
-            // A version id names immutable bytes: current while the version exists.
-            (Some(_), None) => stages.is_some(),
-            (_, stage) => {
-                let stage = stage.as_deref().unwrap_or(CURRENT_STAGE);
-                stages.is_some_and(|s| s.iter().any(|s| s == stage))
-            }
-        };
-        Ok(current)
-    }
-
-    fn map_error<E>(
-        &self,
-        operation: &str,
-        err: SdkError<E, aws_sdk_secretsmanager::config::http::HttpResponse>,
-    ) -> SourceError
-    where
-        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    {
-        aws_auth::map_sdk_error(operation, err, self.operation_timeout)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn raw(extra: &str) -> Result<AwsConfig, InvalidKey> {
+    fn raw(extra: &str) -> Result<AwsConfig, Invalid> {
         let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
         let raw: RawAwsSource = toml::from_str(&text).unwrap();
         raw.validate("sources.aws", Path::new("/nonexistent/config.toml"))
@@ -689,92 +493,5 @@ mod tests {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o400)).unwrap();
         let raw: RawAwsSource = toml::from_str(&text).unwrap();
         assert!(raw.validate("sources.aws", Path::new("c.toml")).is_ok());
-    }
-
-    #[test]
-    fn secret_ids_table() {
-        let cases = [
-            ("prod/db", true),
-            ("a+b=c.d@e_f-g", true),
-            (
-                "arn:aws:secretsmanager:eu-west-1:210987654321:secret:shared/db-AbCdEf",
-                true,
-            ),
-            (
-                "arn:aws:secretsmanager:eu-west-1:21098765432:secret:x",
-                false,
-            ),
-            ("arn:aws:s3:eu-west-1:210987654321:secret:x", false),
-            (
-                "arn:aws:secretsmanager:eu-west-1:210987654321:secret:",
-                false,
-            ),
-            ("name:with-colon", false),
-        ];
-        for (id, ok) in cases {
-            assert_eq!(check_secret_id(id).is_ok(), ok, "{id}");
-        }
-        assert!(check_secret_id(&"a".repeat(513)).is_err());
-    }
-
-    #[test]
-    fn selectors_table() {
-        let sel = |id: Option<&str>, stage: Option<&str>, version: Option<u64>| Selector {
-            version_id: id.map(str::to_owned),
-            version_stage: stage.map(str::to_owned),
-            version,
-            label: None,
-        };
-        assert!(check_selector(&sel(None, None, None)).is_ok());
-        assert!(check_selector(&sel(None, Some("AWSPREVIOUS"), None)).is_ok());
-        assert!(
-            check_selector(&sel(
-                Some("0a1b2c3d-0000-1111-2222-333344445555"),
-                None,
-                None
-            ))
-            .is_ok()
-        );
-        assert!(check_selector(&sel(Some("short"), None, None)).is_err());
-        assert!(check_selector(&sel(None, Some(""), None)).is_err());
-        assert!(check_selector(&sel(None, None, Some(2))).is_err());
-    }
-
-    #[test]
-    fn errors_table() {
-        let d = || "detail".to_owned();
-        assert_eq!(
-            aws_auth::classify(Some("ResourceNotFoundException"), 400, d()),
-            SourceError::NotFound
-        );
-        assert!(matches!(
-            aws_auth::classify(Some("AccessDeniedException"), 400, d()),
-            SourceError::Denied { .. }
-        ));
-        assert!(matches!(
-            aws_auth::classify(Some("DecryptionFailure"), 400, d()),
-            SourceError::Denied { .. }
-        ));
-        assert!(matches!(
-            aws_auth::classify(None, 403, d()),
-            SourceError::Denied { .. }
-        ));
-        assert!(matches!(
-            aws_auth::classify(Some("ThrottlingException"), 400, d()),
-            SourceError::Unavailable { .. }
-        ));
-        assert!(matches!(
-            aws_auth::classify(None, 503, d()),
-            SourceError::Unavailable { .. }
-        ));
-        assert!(matches!(
-            aws_auth::classify(None, 429, d()),
-            SourceError::Unavailable { .. }
-        ));
-        assert!(matches!(
-            aws_auth::classify(None, 400, d()),
-            SourceError::BadReply { .. }
-        ));
-        assert!(aws_auth::classify(None, 500, d()).is_transient());
     }
 }

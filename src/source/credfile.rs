@@ -5,11 +5,62 @@
 //! behind every `[[allow]]` rule; one writable by others, or owned by another user, lets them swap
 //! the agent's identity. So a file is refused unless it is a regular file, owned by the agent's
 //! user or root, with no group or other permission bits, and the agent can open it. The rule is
-//! applied when a config is built (start, reload, `check-config`) and on the descriptor a key file
-//! is read from. CA bundles are public and never checked here. It does not read the contents.
+//! applied when a config is built (start, reload, `check-config`) and again on the descriptor
+//! every credential file is read from ([`read`], the one reader: into locked memory, bounded).
+//! CA bundles are public and never checked here.
 
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+use crate::secure_mem::{MemError, SecretBytes};
+
+/// Why a credential file could not be read. The messages name no contents.
+#[derive(Debug, thiserror::Error)]
+pub enum CredFileError {
+    /// It could not be opened, examined or read.
+    #[error("{0}")]
+    Io(String),
+    /// It breaks the rule (not a regular file, another owner, group or other bits).
+    #[error("{0}")]
+    Refused(String),
+    /// It holds more than the reader takes.
+    #[error("is larger than {0} bytes")]
+    TooLarge(usize),
+    /// Locked memory could not hold it.
+    #[error(transparent)]
+    Memory(#[from] MemError),
+}
+
+/// Reads the credential file at `path` (at most `max` bytes) into locked memory, checking the
+/// rule on the descriptor it reads (a file swapped or opened up since the config was checked is
+/// refused). The value is returned as written; callers trim it.
+pub fn read(path: &Path, max: usize) -> Result<SecretBytes, CredFileError> {
+    let mut file =
+        std::fs::File::open(path).map_err(|e| CredFileError::Io(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| CredFileError::Io(format!("cannot stat: {e}")))?;
+    // SECURITY: the same rule the config applied, again on the descriptor actually read.
+    check_metadata(path, &meta).map_err(CredFileError::Refused)?;
+    // One byte more than allowed tells a file that is too large from one that fits exactly.
+    let mut buf = SecretBytes::zeroed(max.saturating_add(1))?;
+    let mut len = 0;
+    loop {
+        let room = buf.as_mut_slice().get_mut(len..).unwrap_or_default();
+        if room.is_empty() {
+            return Err(CredFileError::TooLarge(max));
+        }
+        let n = file
+            .read(room)
+            .map_err(|e| CredFileError::Io(format!("cannot read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        len = len.saturating_add(n);
+    }
+    Ok(buf.truncated(len)?)
+}
 
 /// Checks that `path` is a credential file only the agent can read. The error is one sentence
 /// naming the file, its mode and owner, and the commands that fix it.
@@ -92,6 +143,26 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    #[test]
+    fn the_reader_checks_the_descriptor_and_bounds_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s.token\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read(&path, 8).unwrap().as_slice(), b"s.token\n");
+        assert!(matches!(read(&path, 7), Err(CredFileError::TooLarge(7))));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(read(&path, 8), Err(CredFileError::Refused(_))));
+        assert!(matches!(
+            read(&dir.path().join("missing"), 8),
+            Err(CredFileError::Io(_))
+        ));
+        assert!(matches!(
+            read(dir.path(), 8),
+            Err(CredFileError::Refused(_))
+        ));
+    }
 
     #[test]
     fn modes_table() {

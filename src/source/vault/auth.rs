@@ -20,11 +20,11 @@ use hyper::Method;
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
-use super::SourceError;
-use super::vault_config::{VaultAuthConfig, VaultConfig};
-use super::vault_http::{Reply, VaultHttp};
+use super::config::{VaultAuthConfig, VaultConfig};
 use crate::jsonval::push_json_string;
 use crate::secure_mem::{SecretBuf, SecretBytes};
+use crate::source::error::SourceError;
+use crate::source::http::{Reply, VaultHttp};
 
 /// Bound on one login or renewal call of the background task.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,7 +67,7 @@ impl std::fmt::Debug for VaultSession {
 pub enum ConnectError {
     /// The client could not be set up (CA bundle, TLS).
     #[error("{0}")]
-    Setup(super::vault_http::SetupError),
+    Setup(crate::source::http::SetupError),
     /// The login itself failed.
     #[error("login to Vault ({method}) failed: {cause}")]
     Login {
@@ -329,13 +329,21 @@ fn backoff(attempt: u32) -> Duration {
     base.saturating_sub(per_mille.saturating_mul(u32::try_from(jitter).unwrap_or(0)))
 }
 
-/// Reads a credential file into secure memory, without trailing whitespace.
+/// Longest credential file a login reads (a token, a role or secret id, a JWT).
+const MAX_CREDENTIAL_FILE: usize = 64 * 1024;
+
+/// Reads a credential file into secure memory (checked again on the open descriptor), without
+/// trailing whitespace.
 fn read_secret_file(path: &Path) -> Result<SecretBytes, SourceError> {
-    let bytes = std::fs::read(path).map_err(|e| SourceError::Unavailable {
-        detail: format!("cannot read {}: {e}", path.display()),
+    use crate::source::credfile::{self, CredFileError};
+    let secret = credfile::read(path, MAX_CREDENTIAL_FILE).map_err(|err| match err {
+        CredFileError::Refused(reason) => SourceError::Denied { detail: reason },
+        CredFileError::Memory(err) => SourceError::from(err),
+        other => SourceError::Unavailable {
+            detail: format!("cannot read {}: {other}", path.display()),
+        },
     })?;
-    let secret = SecretBytes::from_vec_wiping(bytes)?;
-    super::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
+    crate::source::secret::trim_trailing_whitespace(secret)?.ok_or_else(|| SourceError::BadReply {
         detail: format!("{} is empty", path.display()),
     })
 }
@@ -518,6 +526,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret_id");
         std::fs::write(&path, "abc\"def\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // SECURITY: a credential file opened up to others since the config was checked.
+        assert!(matches!(
+            read_secret_file(&path),
+            Err(SourceError::Denied { .. })
+        ));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let secret = read_secret_file(&path).unwrap();
         assert_eq!(secret.as_slice(), b"abc\"def");
         let role = SecretBytes::from_slice(b"r").unwrap();

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::aws::{AwsConfig, InvalidKey, RawAwsSource, own_string};
-use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
-use crate::aws_auth;
-use crate::aws_auth::map_sdk_error;
+use super::auth;
+use super::auth::map_sdk_error;
+use super::config::{AwsConfig, RawAwsSource, own_string};
 use crate::secure_mem::{MAX_SECRET_LEN, SecretBuf};
+use crate::source::error::SourceError;
+use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
+use crate::source::section::Invalid;
 
 /// Longest S3 key.
 const MAX_KEY_LEN: usize = 1024;
@@ -39,7 +41,7 @@ pub struct RawS3Source {
 
 impl<'de> Deserialize<'de> for RawS3Source {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (own, aws) = super::aws::split_aws_section(deserializer, &["bucket", "prefix"])?;
+        let (own, aws) = super::config::split_aws_section(deserializer, &["bucket", "prefix"])?;
         Ok(RawS3Source {
             bucket: own_string(&own, "bucket")?,
             prefix: own_string(&own, "prefix")?,
@@ -61,7 +63,7 @@ pub struct S3Config {
 
 impl RawS3Source {
     /// Validates the section at `key` (`sources.NAME`).
-    pub fn validate(&self, key: &str, config_path: &Path) -> Result<S3Config, InvalidKey> {
+    pub fn validate(&self, key: &str, config_path: &Path) -> Result<S3Config, Invalid> {
         let aws = self.aws.validate(key, config_path)?;
         let bucket = self.bucket.clone().unwrap_or_default();
         let ok = (3..=63).contains(&bucket.len())
@@ -73,7 +75,7 @@ impl RawS3Source {
                 .next()
                 .is_some_and(|b| b.is_ascii_alphanumeric());
         if !ok {
-            return Err(InvalidKey {
+            return Err(Invalid {
                 key: format!("{key}.bucket"),
                 reason: format!(
                     "{bucket:?} is not a bucket name (3 to 63 lower-case letters, digits, '.' and '-')"
@@ -82,7 +84,7 @@ impl RawS3Source {
         }
         let prefix = self.prefix.clone().unwrap_or_default();
         if prefix.len() >= MAX_KEY_LEN || prefix.chars().any(char::is_control) {
-            return Err(InvalidKey {
+            return Err(Invalid {
                 key: format!("{key}.prefix"),
                 reason: "must be shorter than 1024 bytes, without control characters".to_owned(),
             });
@@ -133,7 +135,7 @@ impl S3Source {
     pub async fn build(
         config: &S3Config,
         fetch_timeout: Duration,
-    ) -> Result<S3Source, aws_auth::AuthError> {
+    ) -> Result<S3Source, auth::AuthError> {
         let sdk = config.aws.sdk_config(fetch_timeout).await?;
         let s3 = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(config.aws.endpoint_url.is_some())
@@ -199,9 +201,9 @@ impl S3Source {
 mod tests {
     use super::*;
 
-    fn parse(extra: &str) -> Result<S3Config, InvalidKey> {
+    fn parse(extra: &str) -> Result<S3Config, Invalid> {
         let text = format!("region = \"eu-west-1\"\nauth = \"instance-profile\"\n{extra}");
-        let raw: RawS3Source = toml::from_str(&text).map_err(|e| InvalidKey {
+        let raw: RawS3Source = toml::from_str(&text).map_err(|e| Invalid {
             key: "parse".into(),
             reason: e.to_string(),
         })?;

@@ -1,0 +1,10 @@
+//! The AWS sources (`aws-secretsmanager`, `aws-ssm`, `aws-s3`) and what they share: the
+//! credentials (`auth`) every AWS client signs with.
+//!
+//! Each kind owns its calls and its error mapping; none of them caches or checks access.
+
+pub mod auth;
+pub mod config;
+pub mod s3;
+pub mod secretsmanager;
+pub mod ssm;

@@ -1,0 +1,261 @@
+//! `[sources.NAME]`: the section as written ([`RawSource`], `type` selects the kind) and its
+//! validation into a [`SourceConfig`] (the kind's own settings and the common keys). Each kind
+//! owns its section's struct and validation; this file picks the kind and applies the common
+//! keys (`section`). It does not import the agent's config (`crate::config` composes this).
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::aws::config::{AwsConfig, RawAwsSource};
+use super::aws::s3::{RawS3Source, S3Config};
+use super::aws::ssm::{RawSsmSource, SsmConfig};
+use super::command::{CommandConfig, RawCommandSource};
+use super::env::RawEnvSource;
+use super::file::RawFileSource;
+use super::oauth2::{OAuth2Config, RawOAuth2Source};
+use super::section::{
+    Defaults, Invalid, StartupCheck, check_ttl_exceeds_refresh_ahead, resolve_relative, secs,
+};
+use super::vault::{RawVaultSource, VaultConfig};
+
+/// `[sources.NAME]` as written; `type` selects the kind.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type")]
+pub enum RawSource {
+    /// `type = "file"`.
+    #[serde(rename = "file")]
+    File(RawFileSource),
+    /// `type = "env"`.
+    #[serde(rename = "env")]
+    Env(RawEnvSource),
+    /// `type = "vault"`.
+    #[serde(rename = "vault")]
+    Vault(Box<RawVaultSource>),
+    /// `type = "aws-secretsmanager"`.
+    #[serde(rename = "aws-secretsmanager")]
+    Aws(Box<RawAwsSource>),
+    /// `type = "aws-ssm"`.
+    #[serde(rename = "aws-ssm")]
+    AwsSsm(Box<RawSsmSource>),
+    /// `type = "aws-s3"`.
+    #[serde(rename = "aws-s3")]
+    AwsS3(Box<RawS3Source>),
+    /// `type = "command"`.
+    #[serde(rename = "command")]
+    Command(RawCommandSource),
+    /// `type = "oauth2"`.
+    #[serde(rename = "oauth2")]
+    OAuth2(Box<RawOAuth2Source>),
+}
+
+/// A validated source, ready to be constructed.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Kind-specific settings.
+    pub kind: SourceKind,
+    /// TTL (per-source override or the cache default).
+    pub ttl: Duration,
+    /// Fetch timeout.
+    pub fetch_timeout: Duration,
+    /// Fetches in flight at once; further misses wait in a bounded queue.
+    pub max_concurrent_fetches: NonZeroUsize,
+    /// Exit or retry when the start-up check fails.
+    pub startup_check: StartupCheck,
+}
+
+/// Kind-specific source settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Files below a directory.
+    File {
+        /// Canonical directory.
+        dir: PathBuf,
+    },
+    /// Environment variables.
+    Env {
+        /// Variable prefix.
+        prefix: String,
+    },
+    /// Vault KV v2 (and transit, as `{name}-transit`).
+    Vault(Box<VaultConfig>),
+    /// AWS Secrets Manager.
+    Aws(Box<AwsConfig>),
+    /// AWS SSM Parameter Store.
+    AwsSsm(Box<SsmConfig>),
+    /// A command's output.
+    Command(CommandConfig),
+    /// AWS S3.
+    AwsS3(Box<S3Config>),
+    /// OAuth2 access tokens.
+    OAuth2(Box<OAuth2Config>),
+}
+
+/// Default `max_concurrent_fetches` of a source.
+pub const DEFAULT_MAX_FETCHES: usize = 8;
+
+/// Default fetch timeout of a source.
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl RawSource {
+    /// Validates the section at `key` (`sources.NAME`); keys in errors are dotted from the root.
+    pub fn build(self, key: &str, defaults: &Defaults<'_>) -> Result<SourceConfig, Invalid> {
+        let raw = self;
+        let max_fetches = match &raw {
+            RawSource::File(f) => f.max_concurrent_fetches,
+            RawSource::Env(e) => e.max_concurrent_fetches,
+            RawSource::Vault(v) => v.max_concurrent_fetches,
+            RawSource::Aws(a) => a.max_concurrent_fetches,
+            RawSource::AwsSsm(s) => s.aws.max_concurrent_fetches,
+            RawSource::AwsS3(s) => s.aws.max_concurrent_fetches,
+            RawSource::Command(c) => c.max_concurrent_fetches,
+            RawSource::OAuth2(o) => o.max_concurrent_fetches,
+        };
+        let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
+            .filter(|n| n.get() <= 1024)
+            .ok_or_else(|| {
+                Invalid::new(
+                    format!("{key}.max_concurrent_fetches"),
+                    "must be between 1 and 1024",
+                )
+            })?;
+        // Only sources with a start-up check (a login, an identity check, a program lookup) have
+        // the key; a file or env source has nothing to retry.
+        let startup_check = match &raw {
+            // An oauth2 source's build contacts nothing: its token endpoint is first asked at a read.
+            RawSource::File(_) | RawSource::Env(_) | RawSource::OAuth2(_) => None,
+            RawSource::Vault(v) => v.startup_check.clone(),
+            RawSource::Aws(a) => a.startup_check.clone(),
+            RawSource::AwsSsm(s) => s.aws.startup_check.clone(),
+            RawSource::AwsS3(s) => s.aws.startup_check.clone(),
+            RawSource::Command(c) => c.startup_check.clone(),
+        };
+        let (kind, ttl_secs, timeout_secs) = match raw {
+            RawSource::File(f) => {
+                let dir = resolve_relative(defaults.config_path, &f.dir);
+                let meta = std::fs::metadata(&dir).map_err(|e| {
+                    Invalid::new(format!("{key}.dir"), format!("{}: {e}", dir.display()))
+                })?;
+                if !meta.is_dir() {
+                    return Err(Invalid::new(
+                        format!("{key}.dir"),
+                        format!("{} is not a directory", dir.display()),
+                    ));
+                }
+                let dir = dir.canonicalize().map_err(|e| {
+                    Invalid::new(format!("{key}.dir"), format!("{}: {e}", dir.display()))
+                })?;
+                (SourceKind::File { dir }, f.ttl_secs, f.fetch_timeout_secs)
+            }
+            RawSource::Env(e) => {
+                let prefix = e.prefix.unwrap_or_default();
+                if prefix.is_empty() {
+                    return Err(Invalid::new(
+                        format!("{key}.prefix"),
+                        "is required and must not be empty (e.g. \"APP_SECRET_\"): without one, \
+                     every variable of the agent would be a secret",
+                    ));
+                }
+                if !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(Invalid::new(
+                        format!("{key}.prefix"),
+                        "must be letters, digits and '_'",
+                    ));
+                }
+                if super::env::is_reserved(&prefix) {
+                    return Err(Invalid::new(
+                        format!("{key}.prefix"),
+                        format!(
+                            "{prefix:?} names the agent's own variables (AWS_*, VAULT_*, BAO_*, \
+                         CREDAGENT_*), which are never served; choose another, e.g. \"APP_SECRET_\""
+                        ),
+                    ));
+                }
+                (SourceKind::Env { prefix }, e.ttl_secs, e.fetch_timeout_secs)
+            }
+            RawSource::Vault(v) => {
+                let vault = v
+                    .build(&|p| resolve_relative(defaults.config_path, p))
+                    .map_err(|e| e.under(key))?;
+                (
+                    SourceKind::Vault(Box::new(vault)),
+                    v.ttl_secs,
+                    v.fetch_timeout_secs,
+                )
+            }
+            RawSource::Aws(a) => {
+                let aws = a.validate(key, defaults.config_path)?;
+                (
+                    SourceKind::Aws(Box::new(aws)),
+                    a.ttl_secs,
+                    a.fetch_timeout_secs,
+                )
+            }
+            RawSource::Command(c) => {
+                let command = c.validate().map_err(|e| e.under(key))?;
+                // The command's own limit bounds the fetch; one second more lets it kill the
+                // command's process group before the broker gives up on the fetch.
+                let timeout_secs = Some(command.timeout.as_secs().saturating_add(1));
+                (SourceKind::Command(command), c.ttl_secs, timeout_secs)
+            }
+            RawSource::AwsS3(a) => {
+                let s3 = a.validate(key, defaults.config_path)?;
+                (
+                    SourceKind::AwsS3(Box::new(s3)),
+                    a.aws.ttl_secs,
+                    a.aws.fetch_timeout_secs,
+                )
+            }
+            RawSource::OAuth2(o) => {
+                let oauth = o
+                    .validate(&|p| resolve_relative(defaults.config_path, p))
+                    .map_err(|e| e.under(key))?;
+                // A token is held as long as the token endpoint says (capped by cache.ttl_secs).
+                (
+                    SourceKind::OAuth2(Box::new(oauth)),
+                    None,
+                    o.fetch_timeout_secs,
+                )
+            }
+            RawSource::AwsSsm(a) => {
+                let ssm = a.validate(key, defaults.config_path)?;
+                (
+                    SourceKind::AwsSsm(Box::new(ssm)),
+                    a.aws.ttl_secs,
+                    a.aws.fetch_timeout_secs,
+                )
+            }
+        };
+        let ttl = match ttl_secs {
+            Some(v) => secs(&format!("{key}.ttl_secs"), v, 1, 7 * 24 * 3600)?,
+            None => defaults.ttl,
+        };
+        check_ttl_exceeds_refresh_ahead(&format!("{key}.ttl_secs"), ttl, defaults.refresh_ahead)?;
+        let fetch_timeout = match timeout_secs {
+            Some(v) => secs(&format!("{key}.fetch_timeout_secs"), v, 1, 600)?,
+            None => DEFAULT_FETCH_TIMEOUT,
+        };
+        let startup_check = match startup_check.as_deref() {
+            None | Some("required") => StartupCheck::Required,
+            Some("retry") => StartupCheck::Retry,
+            Some(other) => {
+                return Err(Invalid::new(
+                    format!("{key}.startup_check"),
+                    format!("{other:?} is not \"required\" or \"retry\""),
+                ));
+            }
+        };
+        Ok(SourceConfig {
+            kind,
+            ttl,
+            fetch_timeout,
+            max_concurrent_fetches,
+            startup_check,
+        })
+    }
+}

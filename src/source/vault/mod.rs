@@ -1,0 +1,12 @@
+//! The Vault (and OpenBao) sources: KV v2 reads (`kv`) and transit decryption (`transit`),
+//! over one login session (`auth`) built from one config section (`config`).
+//!
+//! Nothing here caches or checks access; the HTTPS client is `crate::source::http`'s.
+
+pub mod auth;
+pub mod config;
+pub mod kv;
+pub mod transit;
+
+pub use config::{RawVaultSource, VaultConfig};
+pub use kv::{VaultSource, transit_name};
