@@ -216,11 +216,10 @@ async fn reload(state: &Arc<AppState>) {
                 secure_mem::set_policy(new.cache.lock_memory);
                 secure_mem::set_budget(new.cache.max_locked_bytes);
                 state.cache.set_settings(new.cache);
-                // Sources may now point elsewhere: never serve a value fetched under the old config.
-                let flushed = state.cache.flush(None);
                 let runtime = Runtime::new(new, built.sources).with_starting(built.starting.keys());
                 let generation = runtime.generation;
-                state.replace_runtime(runtime);
+                // Sources may now point elsewhere: the new runtime, then the flush (see there).
+                let flushed = state.replace_runtime(runtime);
                 startup::spawn_source_retries(state, generation, built.starting, &built.others);
                 startup::spawn_prefetch(state, generation, &state.runtime().config.prefetch);
                 Ok(flushed)
