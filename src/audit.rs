@@ -95,13 +95,17 @@ impl Serialize for PeerFields<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let peer = self.0;
-        let mut fields = serializer.serialize_struct("PeerFields", 6)?;
+        let mut fields = serializer.serialize_struct("PeerFields", 7)?;
         fields.serialize_field("uid", &peer.uid)?;
         fields.serialize_field("gid", &peer.gid)?;
         fields.serialize_field("pid", &peer.pid)?;
         fields.serialize_field("exe", &peer.exe.as_ref().map(|p| p.to_string_lossy()))?;
         fields.serialize_field("unit", &peer.unit)?;
         fields.serialize_field("user_unit", &peer.user_unit)?;
+        // SECURITY: why exe, units and groups are absent when a check refused them.
+        if let Some(why) = peer.unknown {
+            fields.serialize_field("unknown", why)?;
+        }
         fields.end()
     }
 }
