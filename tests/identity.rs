@@ -559,7 +559,7 @@ fn root_process_of_another_unit_claiming_web_service_gets_no_credential() {
 }
 
 #[test]
-fn check_config_warns_about_a_rule_that_names_only_exe() {
+fn check_config_warns_about_every_rule_that_names_exe() {
     let dir = TestDir::new();
     let config = dir.write_config(&common::file_config(
         "[[allow]]\npeer = { exe = \"/usr/bin/curl\" }\nsecrets = [\"files/x\"]\n\n\
@@ -576,7 +576,8 @@ fn check_config_warns_about_a_rule_that_names_only_exe() {
     assert_eq!(
         warnings,
         vec![
-            "credagent: warning: allow[1]: peer names only exe = \"/usr/bin/curl\": anyone who can run that file can run it with LD_PRELOAD or under a debugger of their own; add uid, user, group or unit"
+            "credagent: warning: allow[1]: peer names only exe = \"/usr/bin/curl\": anyone who can run that file can run it with LD_PRELOAD or under a debugger of their own; add uid, user, group or unit",
+            "credagent: warning: allow[2]: peer names exe = \"/usr/bin/curl\": exe is no boundary against other processes of the same uid (one that writes its request and then execs that file is identified as it, about 7 of 20 tries); the rule's other attributes are what it trusts"
         ]
     );
 }
