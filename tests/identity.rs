@@ -581,3 +581,82 @@ fn check_config_warns_about_every_rule_that_names_exe() {
         ]
     );
 }
+
+/// A server that is not the agent: binds `path`, records what it is sent in `seen`, and answers
+/// every request with a forged value.
+const IMPOSTOR_SERVER: &str = r#"
+import socket, sys
+path, seen = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    try:
+        data = c.recv(65536)
+        if data:
+            with open(seen, "ab") as f:
+                f.write(data)
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 6\r\nETag: "x"\r\nConnection: close\r\n\r\nforged')
+    except OSError:
+        pass
+    c.close()
+"#;
+
+#[test]
+fn a_server_of_another_uid_answering_on_the_socket_path_is_refused_by_the_clients_with_exit_69() {
+    let dir = TestDir::new();
+    let scratch = scratch(&dir);
+    let socket = scratch.join("agent.sock");
+    let seen = scratch.join("seen");
+    let _impostor = common::ChildGuard(
+        Command::new(PYTHON)
+            .arg("-c")
+            .arg(IMPOSTOR_SERVER)
+            .arg(&socket)
+            .arg(&seen)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || socket.exists()));
+    let client = |args: &[&str], agent_uid: Option<&str>| {
+        let mut command = Command::new(common::bin());
+        command
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove("CREDAGENT_AGENT_UID");
+        if let Some(uid) = agent_uid {
+            command.env("CREDAGENT_AGENT_UID", uid);
+        }
+        command.output().unwrap()
+    };
+    let refused = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{stderr}");
+        assert!(
+            stderr.contains("refusing the server") && stderr.contains("uid 65534"),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("forged"));
+    };
+
+    // The agent is expected as root: the impostor's own socket file does not make it the agent.
+    refused(&client(&["get", "files/db"], Some("0")));
+    refused(&client(&["health"], Some("0")));
+    let template = scratch.join("t");
+    std::fs::write(&template, "{{ secret files/db }}").unwrap();
+    refused(&client(&["render", template.to_str().unwrap()], Some("0")));
+    // By default the socket file's owner (or root) is the agent: a file root owns, answered by
+    // uid 65534, is refused too.
+    nix::unistd::chown(&socket, Some(0.into()), Some(0.into())).unwrap();
+    refused(&client(&["get", "files/db"], None));
+    // Nothing was sent to it: not even the name of a secret.
+    assert!(!seen.exists(), "the impostor was sent a request");
+
+    // The check is what refused: named as the agent, the same server is believed.
+    let believed = client(&["get", "files/db"], Some("65534"));
+    assert_eq!(believed.stdout, b"forged");
+}
