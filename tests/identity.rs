@@ -258,7 +258,12 @@ fn helper_in_its_own_pid_namespace_forging_scm_credentials_for_an_allowed_exe_is
     }
 
     // The audit trail: uid 65534, no exe or unit, and why.
-    let lines = audit_lines(&agent, |l| l["secret"] == "files/exe-only");
+    let exe_only = |l: &serde_json::Value| l["secret"] == "files/exe-only";
+    // The last lines may still be on their way to the log.
+    wait_until(Duration::from_secs(10), || {
+        audit_lines(&agent, exe_only).len() == 20
+    });
+    let lines = audit_lines(&agent, exe_only);
     assert_eq!(lines.len(), 20, "{lines:?}");
     for line in &lines {
         assert_eq!(line["decision"], "deny", "{line}");
