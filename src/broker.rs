@@ -729,56 +729,79 @@ pub async fn credential(
 ) -> Result<Reply, BrokerError> {
     let mut audited = Audited::new(state, peer, "credential");
     audited.event.secret = Some(format!("credential:{}", request.id).into());
-    let request_id = audited.request_id();
-    let runtime = state.current_runtime();
+    // Decided again under the new config when a reload happened while it was fetched.
     let result = async {
-        if peer.uid != 0 {
-            return Err(BrokerError::NotRoot);
-        }
-        if peer.unit.as_deref() != Some(request.unit.as_str()) {
-            rate_limited!(info, %request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
-            return Err(BrokerError::UnitMismatch);
-        }
-        let name = runtime
-            .config
-            .credentials
-            .get(&request.id)
-            .cloned()
-            .ok_or(BrokerError::NotFound)?;
-        audited.event.secret = Some(name.joined());
-        if state.shutting_down() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        if !acl::decide_credential(&runtime.rules, peer, name.source(), name.id()).allowed() {
-            return Err(BrokerError::Forbidden);
-        }
-        audited.event.decision = "allow";
-        let selector = Selector::default();
-        let entry = validate(&runtime, &name, &selector)?;
-        if let Err(denied) = check_ciphertext_location(entry, &name, |location| {
-            acl::decide_credential(&runtime.rules, peer, location.source(), location.id())
-        }) {
+        loop {
+            let runtime = state.current_runtime();
             audited.event.decision = "deny";
-            return Err(denied);
+            if let Some(reply) =
+                credential_once(state, peer, request, &runtime, &mut audited).await?
+            {
+                return Ok(reply);
+            }
         }
-        let secret_request = SecretRequest { name, selector };
-        let target = Target {
-            state,
-            request_id,
-            entry,
-            generation: runtime.generation,
-            request: &secret_request,
-        };
-        let (secret, served, _) = cached_fetch(&target, false).await;
-        audited.event.cache = Some(served.as_str());
-        let secret = secret?;
-        Ok(Reply::new(
-            secret.value.shared(),
-            text_kind(secret.is_text()),
-        ))
     }
     .await;
     audited.finish(result)
+}
+
+/// One decision and look-up of a credential under `runtime`; `None` when a reload happened
+/// while it was fetched.
+async fn credential_once(
+    state: &AppState,
+    peer: &Arc<PeerIdentity>,
+    request: &CredentialRequest,
+    runtime: &Runtime,
+    audited: &mut Audited<'_>,
+) -> Result<Option<Reply>, BrokerError> {
+    let request_id = audited.request_id();
+    if peer.uid != 0 {
+        return Err(BrokerError::NotRoot);
+    }
+    if peer.unit.as_deref() != Some(request.unit.as_str()) {
+        rate_limited!(info, %request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
+        return Err(BrokerError::UnitMismatch);
+    }
+    let name = runtime
+        .config
+        .credentials
+        .get(&request.id)
+        .cloned()
+        .ok_or(BrokerError::NotFound)?;
+    audited.event.secret = Some(name.joined());
+    if state.shutting_down() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    if !acl::decide_credential(&runtime.rules, peer, name.source(), name.id()).allowed() {
+        return Err(BrokerError::Forbidden);
+    }
+    audited.event.decision = "allow";
+    let selector = Selector::default();
+    let entry = validate(runtime, &name, &selector)?;
+    if let Err(denied) = check_ciphertext_location(entry, &name, |location| {
+        acl::decide_credential(&runtime.rules, peer, location.source(), location.id())
+    }) {
+        audited.event.decision = "deny";
+        return Err(denied);
+    }
+    let secret_request = SecretRequest { name, selector };
+    let target = Target {
+        state,
+        request_id,
+        entry,
+        generation: runtime.generation,
+        request: &secret_request,
+    };
+    let (secret, served, _) = cached_fetch(&target, false).await;
+    audited.event.cache = Some(served.as_str());
+    if reloaded_since(state, runtime) {
+        return Ok(None);
+    }
+    let secret = secret?;
+    Ok(Some(Reply::new(
+        secret.value.shared(),
+        text_kind(secret.is_text()),
+    )))
 }
 
 /// Flushes cached values matching `pattern` (all for `None`) for an admin caller. `pattern` is
