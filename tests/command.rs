@@ -209,3 +209,38 @@ fn a_command_started_by_a_socket_activated_agent_holds_no_descriptor_but_0_1_2()
         "the command inherited descriptors"
     );
 }
+
+#[test]
+fn exec_and_exec_watch_children_hold_no_descriptor_but_0_1_2() {
+    let dir = TestDir::new();
+    dir.secret("db", b"value");
+    let agent = Agent::start(&dir, &common::file_config(""));
+    // A descriptor this process leaves open across exec, as a caller of `credagent exec` may.
+    let stray = std::fs::File::open("/dev/null").unwrap();
+    let inherited = nix::unistd::dup(&stray).unwrap();
+    nix::fcntl::fcntl(
+        &inherited,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    for watch in [false, true] {
+        let mut args = vec!["exec"];
+        if watch {
+            args.push("--watch");
+        }
+        args.extend(["--env", "DB=files/db", "--socket"]);
+        let out = std::process::Command::new(common::bin())
+            .args(&args)
+            .arg(&agent.socket)
+            .args(["--", "/bin/sh", "-c", "ls /proc/$$/fd"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "0\n1\n2\n",
+            "watch = {watch}: the child inherited descriptors"
+        );
+    }
+    drop(inherited);
+}
