@@ -63,8 +63,12 @@ impl std::fmt::Display for RequestId {
 /// renders it.
 #[derive(Debug)]
 pub struct AuditEvent {
-    /// When it was decided; the writer renders it as RFC 3339 (once per millisecond of lines).
+    /// When the answer was sent (when the request arrived, until it is recorded); the writer
+    /// renders it as RFC 3339 (once per millisecond of lines).
     pub time: SystemTime,
+    /// How long before `time` the request arrived, in milliseconds, for an answer sent a second
+    /// or more after it (a waiting read); `0` otherwise. Rendered as `"arrived"`, a time.
+    pub waited_ms: u32,
     /// Request id (also in log lines about the same request).
     pub request_id: RequestId,
     /// What was asked: `read`, `flush`, `metrics`, `credential`.
@@ -91,13 +95,17 @@ impl Serialize for PeerFields<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let peer = self.0;
-        let mut fields = serializer.serialize_struct("PeerFields", 6)?;
+        let mut fields = serializer.serialize_struct("PeerFields", 7)?;
         fields.serialize_field("uid", &peer.uid)?;
         fields.serialize_field("gid", &peer.gid)?;
         fields.serialize_field("pid", &peer.pid)?;
         fields.serialize_field("exe", &peer.exe.as_ref().map(|p| p.to_string_lossy()))?;
         fields.serialize_field("unit", &peer.unit)?;
         fields.serialize_field("user_unit", &peer.user_unit)?;
+        // SECURITY: why exe, units and groups are absent when a check refused them.
+        if let Some(why) = peer.unknown {
+            fields.serialize_field("unknown", why)?;
+        }
         fields.end()
     }
 }
@@ -168,6 +176,16 @@ impl AuditEvent {
     fn write_json(&self, out: &mut Vec<u8>, peers: &mut Rendered) -> serde_json::Result<()> {
         out.extend_from_slice(b"{\"time\":");
         push_word(out, peers.time(self.time));
+        if let Some(arrived) = (self.waited_ms > 0)
+            .then(|| {
+                self.time
+                    .checked_sub(std::time::Duration::from_millis(self.waited_ms.into()))
+            })
+            .flatten()
+        {
+            out.extend_from_slice(b",\"arrived\":");
+            push_word(out, &rfc3339(arrived));
+        }
         out.extend_from_slice(b",\"request_id\":\"");
         push_hex(out, self.request_id.0);
         out.extend_from_slice(b"\",\"action\":");
@@ -250,6 +268,7 @@ impl AuditEvent {
     pub fn new(request_id: RequestId, action: &'static str, peer: &Arc<PeerIdentity>) -> Self {
         AuditEvent {
             time: SystemTime::now(),
+            waited_ms: 0,
             request_id,
             action,
             peer: Arc::clone(peer),

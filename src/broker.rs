@@ -12,7 +12,11 @@
 //! - tags each value it serves with an ETag (a keyed hash of the served bytes under a
 //!   per-process random key, so it tells nothing of the value), answers `NotModified` to a
 //!   caller that holds the current one, and holds a waiting read until the served bytes differ
-//!   or its deadline passes (the cache says when a key may have changed).
+//!   or its deadline passes (the cache says when a key may have changed);
+//! - decides every answer under the config in force when it is sent: a read that fetched or
+//!   waited across a reload is admitted again under the new runtime and looked up through its
+//!   sources (`revoked` when its rule is gone), and the cache stores only fetches of the
+//!   generation in force.
 //!
 //! It knows nothing of HTTP: the only protocol numbers here are the statuses the audit trail
 //! records ([`BrokerError::status`]), which every front end's audit lines share.
@@ -188,6 +192,10 @@ pub enum BrokerError {
     /// No rule admits this caller.
     #[error("no rule admits this caller")]
     Forbidden,
+    /// A rule admitted this caller when its (waiting) read arrived, and the config in force when
+    /// the answer was due no longer does.
+    #[error("access was revoked while the read waited")]
+    Revoked,
     /// Part of the request was written by another process than the connector.
     #[error("the request was written by another process than the connector")]
     PeerChanged,
@@ -247,6 +255,7 @@ impl BrokerError {
             BrokerError::FlushBodyTimeout => 408,
             BrokerError::FlushBodyTooLarge => 413,
             BrokerError::Forbidden
+            | BrokerError::Revoked
             | BrokerError::PeerChanged
             | BrokerError::NotRoot
             | BrokerError::UnitMismatch => 403,
@@ -268,6 +277,7 @@ impl BrokerError {
     fn reason(&self) -> Option<&'static str> {
         match self {
             BrokerError::PeerChanged => Some("peer_changed"),
+            BrokerError::Revoked => Some("revoked"),
             BrokerError::NotRoot => Some("not_root"),
             BrokerError::UnitMismatch => Some("unit_mismatch"),
             _ => None,
@@ -303,6 +313,9 @@ impl From<MemError> for BrokerError {
     }
 }
 
+/// An answer sent this long after its request arrived records the arrival as a second time.
+const ANSWERED_LATER: Duration = Duration::from_secs(1);
+
 /// One decision's audit line: built when the request arrives, recorded exactly once by
 /// [`Audited::finish`].
 struct Audited<'a> {
@@ -333,6 +346,14 @@ impl<'a> Audited<'a> {
         result: Result<T, BrokerError>,
         status: impl FnOnce(&T) -> u16,
     ) -> Result<T, BrokerError> {
+        // The line records when the answer was sent; a read that waited keeps its arrival too.
+        let now = std::time::SystemTime::now();
+        if let Ok(waited) = now.duration_since(self.event.time)
+            && waited >= ANSWERED_LATER
+        {
+            self.event.waited_ms = u32::try_from(waited.as_millis()).unwrap_or(u32::MAX);
+        }
+        self.event.time = now;
         match &result {
             Ok(value) => {
                 debug_assert_eq!(self.event.decision, "allow");
@@ -402,13 +423,24 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
         selector: Selector::default(),
     };
     let entry = validate(&runtime, &request.name, &request.selector)?;
-    let (secret, _, _) = cached_fetch(state, state.next_request_id(), entry, &request, false).await;
+    let target = Target {
+        state,
+        request_id: state.next_request_id(),
+        entry,
+        generation: runtime.generation,
+        request: &request,
+    };
+    let (secret, _, _) = cached_fetch(&target, false).await;
     secret.map(|_| ())
 }
 
 /// Reads a secret for `caller`: at once, or — with `wait` and an `if_none_match` that is still
 /// current — once the served bytes differ, else `not_modified` at the deadline. One audit line
 /// whatever the wait (`"action":"refresh"` for a forced re-fetch).
+///
+/// SECURITY: every answer is decided by the config in force when it is sent: a reload while the
+/// read fetched or waited makes it take the new runtime and pass admission again; a caller the
+/// new rules no longer admit gets [`BrokerError::Revoked`], never the value.
 pub async fn read(
     state: &AppState,
     caller: Caller<'_>,
@@ -418,45 +450,124 @@ pub async fn read(
     // every request: the request is borrowed, and the checks are a plain function.
     let action = if request.refresh { "refresh" } else { "read" };
     let mut audited = Audited::new(state, caller.peer, action);
-    let secret = &request.secret;
-    audited.event.secret = Some(secret.name.joined());
-    let runtime = state.current_runtime();
-    let entry = match admit_read(state, &runtime, caller, secret, &mut audited) {
-        Ok(entry) => entry,
-        Err(err) => return audited.finish(Err(err)),
-    };
+    audited.event.secret = Some(request.secret.name.joined());
     let view = View {
         field: request.field.as_deref(),
         format: request.format,
         if_none_match: request.if_none_match.as_deref(),
     };
-    let target = Target {
-        state,
-        request_id: audited.request_id(),
-        entry,
-        request: secret,
-    };
     let result = match request.wait {
         // The common read: no clock, no subscription, and a small future.
-        None => {
-            let (reply, served) = current(&target, &view, request.refresh).await;
-            audited.event.cache = Some(served.as_str());
-            reply
-        }
+        None => read_now(state, caller, request, &view, &mut audited).await,
         // Boxed: its timers and subscription would otherwise size every read's future.
         Some(wait) => {
-            let cache = &mut audited.event.cache;
             Box::pin(wait_for_change(
-                &target,
+                state,
+                caller,
+                request,
                 &view,
                 wait,
-                request.refresh,
-                cache,
+                &mut audited,
             ))
             .await
         }
     };
     audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
+}
+
+/// A read answered now, under the runtime that is current when it is answered.
+async fn read_now(
+    state: &AppState,
+    caller: Caller<'_>,
+    request: &ReadRequest,
+    view: &View<'_>,
+    audited: &mut Audited<'_>,
+) -> Result<Reply, BrokerError> {
+    let mut admitted_before = false;
+    loop {
+        let read = ReadOnce {
+            state,
+            caller,
+            secret: &request.secret,
+            view,
+        };
+        if let Some(reply) = read
+            .run(request.refresh, audited, &mut admitted_before)
+            .await?
+        {
+            return Ok(reply);
+        }
+    }
+}
+
+/// One look-up of a read under the runtime in force.
+struct ReadOnce<'a> {
+    state: &'a AppState,
+    caller: Caller<'a>,
+    secret: &'a SecretRequest,
+    view: &'a View<'a>,
+}
+
+impl ReadOnce<'_> {
+    /// Admits the read (again, after an earlier admission: [`admit_again`]), looks it up (first
+    /// re-fetched when `force`) and renders it; `None` when a reload happened meanwhile, so it
+    /// is to be decided again under the new runtime.
+    async fn run(
+        &self,
+        force: bool,
+        audited: &mut Audited<'_>,
+        admitted_before: &mut bool,
+    ) -> Result<Option<Reply>, BrokerError> {
+        let state = self.state;
+        // Held for this one look-up, never across a wait.
+        let runtime = state.current_runtime();
+        let entry = admit_again(
+            state,
+            &runtime,
+            self.caller,
+            self.secret,
+            audited,
+            *admitted_before,
+        )?;
+        *admitted_before = true;
+        let target = Target {
+            state,
+            request_id: audited.request_id(),
+            entry,
+            generation: runtime.generation,
+            request: self.secret,
+        };
+        let (reply, served) = current(&target, self.view, force).await;
+        audited.event.cache = Some(served.as_str());
+        if reloaded_since(state, &runtime) {
+            return Ok(None);
+        }
+        reply.map(Some)
+    }
+}
+
+/// Whether the runtime in force is no longer `runtime`'s generation (a reload happened).
+fn reloaded_since(state: &AppState, runtime: &Runtime) -> bool {
+    state.current_runtime().generation != runtime.generation
+}
+
+/// [`admit_read`], for a read that may have been admitted under an earlier config: a refusal of
+/// the rules then is a revocation.
+fn admit_again<'r>(
+    state: &AppState,
+    runtime: &'r Runtime,
+    caller: Caller<'_>,
+    secret: &SecretRequest,
+    audited: &mut Audited<'_>,
+    admitted_before: bool,
+) -> Result<&'r Arc<SourceEntry>, BrokerError> {
+    admit_read(state, runtime, caller, secret, audited).map_err(|err| match err {
+        BrokerError::Forbidden if admitted_before => {
+            rate_limited!(info, request_id = %audited.request_id(), secret = %secret.name, "a reload revoked a read's access before it was answered");
+            BrokerError::Revoked
+        }
+        other => other,
+    })
 }
 
 /// The checks of a read before the cache, in order: the sender, the drain, the access
@@ -470,6 +581,8 @@ fn admit_read<'r>(
     audited: &mut Audited<'_>,
 ) -> Result<&'r Arc<SourceEntry>, BrokerError> {
     let SecretRequest { name, selector } = secret;
+    // Run again for a read decided anew after a reload: nothing of the last decision stays.
+    audited.event.decision = "deny";
     check_sender(caller, audited.request_id())?;
     if state.shutting_down() {
         return Err(BrokerError::ShuttingDown);
@@ -497,6 +610,8 @@ struct Target<'a> {
     state: &'a AppState,
     request_id: RequestId,
     entry: &'a Arc<SourceEntry>,
+    /// The config generation `entry` belongs to.
+    generation: u64,
     request: &'a SecretRequest,
 }
 
@@ -514,13 +629,8 @@ async fn current(
     view: &View<'_>,
     force: bool,
 ) -> (Result<Reply, BrokerError>, Served) {
-    let Target {
-        state,
-        request_id,
-        entry,
-        request,
-    } = *target;
-    let (secret, served, refresh) = cached_fetch(state, request_id, entry, request, force).await;
+    let request = target.request;
+    let (secret, served, refresh) = cached_fetch(target, force).await;
     let reply = (|| {
         let secret = secret?;
         // A read of the whole value answers with the tag kept beside it in the cache.
@@ -540,31 +650,42 @@ async fn current(
     (reply, served)
 }
 
-/// A `?wait=` read (re-fetched first when `force`): the value once the served bytes differ from
-/// the caller's tag, else `not_modified` at the deadline (or at shutdown).
+/// A `?wait=` read (re-fetched first when `request.refresh`): the value once the served bytes
+/// differ from the caller's tag, else `not_modified` at the deadline (or at shutdown). Each
+/// wake takes the runtime in force and admits the read again ([`admit_again`]).
 async fn wait_for_change(
-    target: &Target<'_>,
+    state: &AppState,
+    caller: Caller<'_>,
+    request: &ReadRequest,
     view: &View<'_>,
     wait: Duration,
-    mut force: bool,
-    cache: &mut Option<&'static str>,
+    audited: &mut Audited<'_>,
 ) -> Result<Reply, BrokerError> {
-    let (state, request) = (target.state, target.request);
-    // Subscribed before the first read, so a change between it and the wait is not lost.
-    let mut changes = state.cache.subscribe(request);
+    let secret = &request.secret;
+    // Subscribed before the first read, so a change between it and the wait is not lost (a
+    // reload empties the cache, which wakes every waiter).
+    let mut changes = state.cache.subscribe(secret);
     let deadline = later(tokio::time::Instant::now(), wait);
+    let mut force = request.refresh;
+    let mut admitted_before = false;
     loop {
         let read_at = tokio::time::Instant::now();
-        let (reply, served) = current(target, view, force).await;
+        let read = ReadOnce {
+            state,
+            caller,
+            secret,
+            view,
+        };
+        let Some(reply) = read.run(force, audited, &mut admitted_before).await? else {
+            continue;
+        };
         force = false;
-        *cache = Some(served.as_str());
-        let reply = reply?;
         if !reply.not_modified {
             return Ok(reply);
         }
         // Wake on news of the key, when its value is due for refresh (so a value nobody else
         // reads still follows its TTL), at the deadline, or at shutdown.
-        let recheck = state.cache.next_refresh(request).map_or(deadline, |d| {
+        let recheck = state.cache.next_refresh(secret).map_or(deadline, |d| {
             later(tokio::time::Instant::now(), d.max(MIN_RECHECK))
         });
         let wake = recheck.min(deadline);
@@ -608,50 +729,79 @@ pub async fn credential(
 ) -> Result<Reply, BrokerError> {
     let mut audited = Audited::new(state, peer, "credential");
     audited.event.secret = Some(format!("credential:{}", request.id).into());
-    let request_id = audited.request_id();
-    let runtime = state.current_runtime();
+    // Decided again under the new config when a reload happened while it was fetched.
     let result = async {
-        if peer.uid != 0 {
-            return Err(BrokerError::NotRoot);
-        }
-        if peer.unit.as_deref() != Some(request.unit.as_str()) {
-            rate_limited!(info, %request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
-            return Err(BrokerError::UnitMismatch);
-        }
-        let name = runtime
-            .config
-            .credentials
-            .get(&request.id)
-            .cloned()
-            .ok_or(BrokerError::NotFound)?;
-        audited.event.secret = Some(name.joined());
-        if state.shutting_down() {
-            return Err(BrokerError::ShuttingDown);
-        }
-        if !acl::decide_credential(&runtime.rules, peer, name.source(), name.id()).allowed() {
-            return Err(BrokerError::Forbidden);
-        }
-        audited.event.decision = "allow";
-        let selector = Selector::default();
-        let entry = validate(&runtime, &name, &selector)?;
-        if let Err(denied) = check_ciphertext_location(entry, &name, |location| {
-            acl::decide_credential(&runtime.rules, peer, location.source(), location.id())
-        }) {
+        loop {
+            let runtime = state.current_runtime();
             audited.event.decision = "deny";
-            return Err(denied);
+            if let Some(reply) =
+                credential_once(state, peer, request, &runtime, &mut audited).await?
+            {
+                return Ok(reply);
+            }
         }
-        let secret_request = SecretRequest { name, selector };
-        let (secret, served, _) =
-            cached_fetch(state, request_id, entry, &secret_request, false).await;
-        audited.event.cache = Some(served.as_str());
-        let secret = secret?;
-        Ok(Reply::new(
-            secret.value.shared(),
-            text_kind(secret.is_text()),
-        ))
     }
     .await;
     audited.finish(result)
+}
+
+/// One decision and look-up of a credential under `runtime`; `None` when a reload happened
+/// while it was fetched.
+async fn credential_once(
+    state: &AppState,
+    peer: &Arc<PeerIdentity>,
+    request: &CredentialRequest,
+    runtime: &Runtime,
+    audited: &mut Audited<'_>,
+) -> Result<Option<Reply>, BrokerError> {
+    let request_id = audited.request_id();
+    if peer.uid != 0 {
+        return Err(BrokerError::NotRoot);
+    }
+    if peer.unit.as_deref() != Some(request.unit.as_str()) {
+        rate_limited!(info, %request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
+        return Err(BrokerError::UnitMismatch);
+    }
+    let name = runtime
+        .config
+        .credentials
+        .get(&request.id)
+        .cloned()
+        .ok_or(BrokerError::NotFound)?;
+    audited.event.secret = Some(name.joined());
+    if state.shutting_down() {
+        return Err(BrokerError::ShuttingDown);
+    }
+    if !acl::decide_credential(&runtime.rules, peer, name.source(), name.id()).allowed() {
+        return Err(BrokerError::Forbidden);
+    }
+    audited.event.decision = "allow";
+    let selector = Selector::default();
+    let entry = validate(runtime, &name, &selector)?;
+    if let Err(denied) = check_ciphertext_location(entry, &name, |location| {
+        acl::decide_credential(&runtime.rules, peer, location.source(), location.id())
+    }) {
+        audited.event.decision = "deny";
+        return Err(denied);
+    }
+    let secret_request = SecretRequest { name, selector };
+    let target = Target {
+        state,
+        request_id,
+        entry,
+        generation: runtime.generation,
+        request: &secret_request,
+    };
+    let (secret, served, _) = cached_fetch(&target, false).await;
+    audited.event.cache = Some(served.as_str());
+    if reloaded_since(state, runtime) {
+        return Ok(None);
+    }
+    let secret = secret?;
+    Ok(Some(Reply::new(
+        secret.value.shared(),
+        text_kind(secret.is_text()),
+    )))
 }
 
 /// Flushes cached values matching `pattern` (all for `None`) for an admin caller. `pattern` is
@@ -813,12 +963,16 @@ fn check_ciphertext_location(
 /// (single-flight, bounded by the source's fetch timeout, counted, logged at one rate-limited
 /// site).
 async fn cached_fetch(
-    state: &AppState,
-    request_id: RequestId,
-    entry: &Arc<SourceEntry>,
-    request: &SecretRequest,
+    target: &Target<'_>,
     force: bool,
 ) -> (Result<Arc<Secret>, BrokerError>, Served, Refresh) {
+    let Target {
+        state,
+        request_id,
+        entry,
+        generation,
+        request,
+    } = *target;
     let ttl = entry.ttl;
     // Made, and run, only on a miss or refresh: a hit does not touch these `Arc`s' counts.
     let fetch = || {
@@ -856,9 +1010,12 @@ async fn cached_fetch(
         }
     };
     let (result, served, refresh) = if force {
-        state.cache.refresh_with(request, ttl, fetch).await
+        state
+            .cache
+            .refresh_with(request, ttl, generation, fetch)
+            .await
     } else {
-        let (result, served) = state.cache.get_with(request, ttl, fetch).await;
+        let (result, served) = state.cache.get_with(request, ttl, generation, fetch).await;
         (result, served, Refresh::Done)
     };
     let result = result.map_err(|err| {

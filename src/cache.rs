@@ -102,6 +102,8 @@ struct Entry {
     /// The end of a value's own lifetime (`Secret::lifetime`): never served past it, not even
     /// stale.
     valid_until: Option<Instant>,
+    /// The config generation whose source fetched it.
+    generation: u64,
 }
 
 impl Entry {
@@ -140,6 +142,9 @@ struct Inner {
     settings: CacheConfig,
     clock: u64,
     next_id: u64,
+    /// The config generation in force ([`Cache::advance`]): only its fetches are stored, only
+    /// its readers share slots.
+    generation: u64,
 }
 
 /// The cache.
@@ -167,6 +172,7 @@ impl Cache {
                 settings,
                 clock: 0,
                 next_id: 0,
+                generation: 0,
             }),
             changes: Mutex::new(HashMap::new()),
             metrics,
@@ -207,6 +213,7 @@ impl Cache {
         self: &Arc<Self>,
         request: &SecretRequest,
         ttl: Duration,
+        generation: u64,
         make: M,
     ) -> (Result<Arc<Secret>, SourceError>, Served)
     where
@@ -214,7 +221,7 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let (step, _) = self.lookup(request, ttl, false, make);
+        let (step, _) = self.lookup(request, ttl, generation, false, make);
         self.serve(step).await
     }
 
@@ -227,6 +234,7 @@ impl Cache {
         self: &Arc<Self>,
         request: &SecretRequest,
         ttl: Duration,
+        generation: u64,
         make: M,
     ) -> (Result<Arc<Secret>, SourceError>, Served, Refresh)
     where
@@ -234,7 +242,7 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let (step, refresh) = self.lookup(request, ttl, true, make);
+        let (step, refresh) = self.lookup(request, ttl, generation, true, make);
         let (result, served) = self.serve(step).await;
         (result, served, refresh)
     }
@@ -285,6 +293,7 @@ impl Cache {
         self: &Arc<Self>,
         request: &SecretRequest,
         ttl: Duration,
+        generation: u64,
         force: bool,
         make: M,
     ) -> (Step, Refresh)
@@ -301,6 +310,15 @@ impl Cache {
         inner.clock = inner.clock.saturating_add(1);
         let clock = inner.clock;
         let next_id = inner.next_id.saturating_add(1);
+        if generation != inner.generation {
+            // SECURITY: a request decided under another config generation (a reload happened
+            // while it was on its way) fetches through the source it was given, but its result
+            // is neither shared with this generation's readers nor stored (the broker decides
+            // such a request again under the new config).
+            inner.next_id = next_id;
+            let rx = self.spawn_fetch(request.clone(), next_id, generation, ttl, None, make());
+            return (Step::WaitMiss(rx), Refresh::Done);
+        }
         let step = match inner.map.get_mut(request) {
             Some(Slot::Ready(entry)) => {
                 entry.last_used = clock;
@@ -317,8 +335,14 @@ impl Cache {
                     if refresh_due && entry.refresh.is_none() && !backing_off {
                         inner.next_id = next_id;
                         let prev = entry.secret.clone();
-                        let rx =
-                            self.spawn_fetch(request.clone(), next_id, ttl, Some(prev), make());
+                        let rx = self.spawn_fetch(
+                            request.clone(),
+                            next_id,
+                            generation,
+                            ttl,
+                            Some(prev),
+                            make(),
+                        );
                         entry.refresh = Some((next_id, rx));
                         self.metrics
                             .cache_refresh_ahead
@@ -341,6 +365,7 @@ impl Cache {
                         let rx = self.spawn_fetch(
                             request.clone(),
                             next_id,
+                            generation,
                             ttl,
                             Some(prev.clone()),
                             make(),
@@ -402,7 +427,8 @@ impl Cache {
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
         inner.next_id = id;
-        let rx = self.spawn_fetch(request.clone(), id, ttl, None, fetch);
+        let generation = inner.generation;
+        let rx = self.spawn_fetch(request.clone(), id, generation, ttl, None, fetch);
         let slot = Slot::Loading {
             id,
             rx: rx.clone(),
@@ -416,6 +442,7 @@ impl Cache {
         self: &Arc<Self>,
         request: SecretRequest,
         id: u64,
+        generation: u64,
         ttl: Duration,
         prev: Option<Arc<Secret>>,
         fetch: F,
@@ -434,15 +461,23 @@ impl Cache {
                 }),
                 Err(err) => Err(err),
             };
-            cache.complete(&request, id, ttl, &outcome);
+            cache.complete(&request, id, generation, ttl, &outcome);
             // Nobody waiting is fine (refresh-ahead, or every client went away).
             let _ = tx.send(Some(outcome));
         });
         rx
     }
 
-    /// Files the outcome of fetch `id` unless the slot was flushed or replaced meanwhile.
-    fn complete(&self, request: &SecretRequest, id: u64, ttl: Duration, outcome: &Shared) {
+    /// Files the outcome of fetch `id` unless the slot was flushed or replaced meanwhile, or the
+    /// fetch was started under another config generation than the one in force now.
+    fn complete(
+        &self,
+        request: &SecretRequest,
+        id: u64,
+        generation: u64,
+        ttl: Duration,
+        outcome: &Shared,
+    ) {
         let now = Instant::now();
         // A value with a lifetime of its own is held no longer than the source says, and its
         // refresh-ahead starts no earlier than half-way (else a lifetime shorter than the
@@ -460,6 +495,11 @@ impl Cache {
         let inner: &mut Inner = &mut guard;
         let settings = inner.settings;
         let (expires, refresh_at) = jittered(now, ttl, max_window, &settings);
+        // SECURITY: a fetch through a source of an older config never stores its result, even
+        // if a slot of the same id survived (it cannot: `advance` empties the map).
+        if generation != inner.generation {
+            return;
+        }
         let Some(slot) = inner.map.get_mut(request) else {
             return;
         };
@@ -482,6 +522,7 @@ impl Cache {
                         refresh: None,
                         retry_after: None,
                         valid_until,
+                        generation,
                     });
                     stored = true;
                     false
@@ -497,7 +538,10 @@ impl Cache {
                 }
                 Err(_) => true,
             },
-            Slot::Ready(entry) if entry.refresh.as_ref().is_some_and(|(r, _)| *r == id) => {
+            Slot::Ready(entry)
+                if entry.generation == generation
+                    && entry.refresh.as_ref().is_some_and(|(r, _)| *r == id) =>
+            {
                 entry.refresh = None;
                 match outcome {
                     Ok(secret) => {
@@ -589,6 +633,25 @@ impl Cache {
         drop(inner);
         // Waiters re-read at once: one single-flighted fetch, and an answer only if it differs.
         self.notify(matches);
+        flushed
+    }
+
+    /// Makes `generation` the config generation in force and drops every cached value and
+    /// in-flight slot of the older one (their fetches still reach the requests waiting on them,
+    /// which the broker decides again); returns how many values were dropped. Called after the
+    /// new runtime is installed, so a reader that takes the new runtime never finds an old
+    /// value, and one that still holds the old runtime never stores one.
+    pub fn advance(&self, generation: u64) -> usize {
+        let mut inner = self.lock();
+        inner.generation = generation;
+        let flushed = inner
+            .map
+            .values()
+            .filter(|s| matches!(s, Slot::Ready(_)))
+            .count();
+        inner.map.clear();
+        drop(inner);
+        self.notify(|_| true);
         flushed
     }
 
@@ -843,7 +906,7 @@ mod tests {
         fake: &Fake,
         id: &str,
     ) -> (Result<String, SourceError>, Served) {
-        let (r, s) = cache.get_with(&req(id), TTL, || fake.fetcher()).await;
+        let (r, s) = cache.get_with(&req(id), TTL, 0, || fake.fetcher()).await;
         (
             r.map(|s| String::from_utf8(s.value.as_slice().to_vec()).unwrap()),
             s,
@@ -1033,6 +1096,51 @@ mod tests {
         assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "new");
     }
 
+    /// A reader still holding the old config generation fetches through its old source, but
+    /// neither stores that value nor lends its fetch to a reader of the new generation; a fetch
+    /// in flight when the generation advances stores nothing either.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_under_an_old_generation_is_never_stored_nor_shared() {
+        let cache = Cache::new(settings(0, 0, 100), Arc::default());
+        let (old, new) = (
+            Fake::new("old-source", Duration::from_millis(100)),
+            Fake::new("new-source", Duration::from_millis(100)),
+        );
+        cache.advance(1);
+        let in_flight = {
+            let (cache, old) = (cache.clone(), old.clone());
+            tokio::spawn(async move { cache.get_with(&req("a"), TTL, 1, || old.fetcher()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cache.advance(2);
+        // Started after the advance, still under generation 1: its own fetch, not shared.
+        let late = {
+            let (cache, old) = (cache.clone(), old.clone());
+            tokio::spawn(async move { cache.get_with(&req("a"), TTL, 1, || old.fetcher()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let (current, served) = cache.get_with(&req("a"), TTL, 2, || new.fetcher()).await;
+        assert_eq!(
+            (current.unwrap().value.as_slice(), served),
+            (&b"new-source"[..], Served::Miss)
+        );
+        assert_eq!(
+            in_flight.await.unwrap().0.unwrap().value.as_slice(),
+            b"old-source"
+        );
+        assert_eq!(
+            late.await.unwrap().0.unwrap().value.as_slice(),
+            b"old-source"
+        );
+        assert_eq!((old.count(), new.count()), (2, 1));
+        // What is cached is the new source's value.
+        let (cached, served) = cache.get_with(&req("a"), TTL, 2, || new.fetcher()).await;
+        assert_eq!(
+            (cached.unwrap().value.as_slice(), served),
+            (&b"new-source"[..], Served::Hit)
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn versioned_keys_are_distinct() {
         let cache = Cache::new(settings(0, 0, 100), Arc::default());
@@ -1041,19 +1149,19 @@ mod tests {
         let mut versioned = req("a");
         versioned.selector.version_stage = Some("AWSPREVIOUS".into());
         cache
-            .get_with(&plain, TTL, || fake.fetcher())
+            .get_with(&plain, TTL, 0, || fake.fetcher())
             .await
             .0
             .unwrap();
         fake.set(Ok("previous"));
         let v = cache
-            .get_with(&versioned, TTL, || fake.fetcher())
+            .get_with(&versioned, TTL, 0, || fake.fetcher())
             .await
             .0
             .unwrap();
         assert_eq!(v.value.as_slice(), b"previous");
         let p = cache
-            .get_with(&plain, TTL, || fake.fetcher())
+            .get_with(&plain, TTL, 0, || fake.fetcher())
             .await
             .0
             .unwrap();
@@ -1089,13 +1197,17 @@ mod tests {
         let cache = Cache::new(settings(0, 0, 100), Arc::default());
         let fake = Fake::new("v1", Duration::from_millis(10));
         // On a miss the fetch itself counts as the refresh.
-        let (v, _, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
+        let (v, _, r) = cache
+            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .await;
         assert_eq!(
             (v.unwrap().value.as_slice(), r),
             (&b"v1"[..], Refresh::Done)
         );
         fake.set(Ok("v2"));
-        let (v, served, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
+        let (v, served, r) = cache
+            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .await;
         assert_eq!(v.unwrap().value.as_slice(), b"v1");
         assert_eq!((served, r), (Served::Hit, Refresh::Throttled));
         assert_eq!(fake.count(), 1);
@@ -1103,8 +1215,8 @@ mod tests {
         // Concurrent forced refreshes share one fetch.
         let key = req("a");
         let (x, y) = tokio::join!(
-            cache.refresh_with(&key, TTL, || fake.fetcher()),
-            cache.refresh_with(&key, TTL, || fake.fetcher())
+            cache.refresh_with(&key, TTL, 0, || fake.fetcher()),
+            cache.refresh_with(&key, TTL, 0, || fake.fetcher())
         );
         assert_eq!(x.0.unwrap().value.as_slice(), b"v2");
         assert_eq!(x.2, Refresh::Done);
@@ -1151,7 +1263,7 @@ mod tests {
         let key = req("t");
         let get = |v| {
             let fetch = expiring(v, down.clone(), fetches.clone());
-            cache.get_with(&key, TTL, move || fetch)
+            cache.get_with(&key, TTL, 0, move || fetch)
         };
         assert_eq!(get("t1").await.0.unwrap().value.as_slice(), b"t1");
         assert_eq!(cache.ttl_left(&key), Some(Duration::from_secs(20)));
@@ -1298,17 +1410,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn forced_refresh_of_an_absence_looks_again_once_per_interval() {
         let (cache, fake) = absent("a").await;
-        let (v, served, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
+        let (v, served, r) = cache
+            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .await;
         assert_eq!(
             (v.unwrap_err(), served, r),
             (SourceError::NotFound, Served::Miss, Refresh::Done)
         );
-        let (_, served, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
+        let (_, served, r) = cache
+            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .await;
         assert_eq!((served, r), (Served::Negative, Refresh::Throttled));
         assert_eq!(fake.count(), 2);
         fake.set(Ok("created"));
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let (v, _, r) = cache.refresh_with(&req("a"), TTL, || fake.fetcher()).await;
+        let (v, _, r) = cache
+            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .await;
         assert_eq!(
             (v.unwrap().value.as_slice(), r),
             (&b"created"[..], Refresh::Done)

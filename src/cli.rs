@@ -14,6 +14,10 @@ pub const DEFAULT_SOCKET: &str = "/run/credagent/agent.sock";
 #[derive(Debug, Parser)]
 #[command(name = "credagent", version, about)]
 pub struct Cli {
+    /// Client commands: the uid the agent runs as; a server answering on the socket as neither
+    /// root nor this uid is refused (exit 69). Default: root or the socket file's owner.
+    #[arg(long, env = "CREDAGENT_AGENT_UID", global = true)]
+    pub agent_uid: Option<u32>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

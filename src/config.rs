@@ -334,10 +334,16 @@ impl Config {
                     && p.gid.is_none()
                     && p.unit.is_none()
                     && p.user_unit.is_none();
-                only_exe.then(|| {
+                let exe = exe.display().to_string();
+                // SECURITY: every rule naming `exe` is told what it is: no boundary against
+                // other processes of the same uid (README, "Peer attributes").
+                Some(if only_exe {
                     format!(
-                        "allow[{i}]: peer names only exe = {:?}: anyone who can run that file can run it with LD_PRELOAD or under a debugger of their own; add uid, user, group or unit",
-                        exe.display().to_string()
+                        "allow[{i}]: peer names only exe = {exe:?}: anyone who can run that file can run it with LD_PRELOAD or under a debugger of their own; add uid, user, group or unit"
+                    )
+                } else {
+                    format!(
+                        "allow[{i}]: peer names exe = {exe:?}: exe is no boundary against other processes of the same uid (one that writes its request and then execs that file is identified as it, about 7 of 20 tries); the rule's other attributes are what it trusts"
                     )
                 })
             })
@@ -969,9 +975,13 @@ mod tests {
             base(dir.path())
         );
         let warnings = check(&text).unwrap().warnings();
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
             warnings[0].starts_with("allow[1]: peer names only exe = \"/usr/bin/app\""),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].starts_with("allow[2]: peer names exe = \"/usr/bin/app\": exe is no boundary against other processes of the same uid"),
             "{warnings:?}"
         );
         assert!(check(&base(dir.path())).unwrap().warnings().is_empty());

@@ -30,6 +30,15 @@
 //!   and systemd units read from a pidfd-pinned process, so a recycled pid cannot borrow another
 //!   program's identity), and every byte of a request must have been written by the process that
 //!   connected (`server::sender`), so a socket handed to another process carries no identity.
+//!   Pid-derived attributes count only for a peer in the agent's own pid namespace (inside one
+//!   of its own, a process may send credentials naming another of its pids).
+//! - **Access holds over time.** Every answer is decided by the config in force when it is sent:
+//!   a reload installs the new runtime and then empties the cache; a read that fetched or waited
+//!   across it is admitted again (`revoked` when its rule is gone), and a fetch through an old
+//!   source is never cached (`broker`, `cache`).
+//! - **Nothing of the agent's leaks to a child.** Sockets passed by systemd are close-on-exec,
+//!   and every command the agent or its clients start gets fds 0, 1 and 2 only; the socket file
+//!   is never reachable with a wider mode than configured.
 //!   Nothing a caller sends is trusted: names are validated before any source is asked, the file source
 //!   cannot leave its directory, bodies and headers are size-capped, log lines a caller can
 //!   trigger are rate-limited.
@@ -221,11 +230,10 @@ async fn reload(state: &Arc<AppState>) {
                 secure_mem::set_policy(new.cache.lock_memory);
                 secure_mem::set_budget(new.cache.max_locked_bytes);
                 state.cache.set_settings(new.cache);
-                // Sources may now point elsewhere: never serve a value fetched under the old config.
-                let flushed = state.cache.flush(None);
                 let runtime = Runtime::new(new, built.sources).with_starting(built.starting.keys());
                 let generation = runtime.generation;
-                state.replace_runtime(runtime);
+                // Sources may now point elsewhere: the new runtime, then the flush (see there).
+                let flushed = state.replace_runtime(runtime);
                 startup::spawn_source_retries(state, generation, built.starting, &built.others);
                 startup::spawn_prefetch(state, generation, &state.runtime().config.prefetch);
                 Ok(flushed)

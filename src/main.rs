@@ -26,6 +26,9 @@ mod exit {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(uid) = cli.agent_uid {
+        credagent::client::expect_agent_uid(uid);
+    }
     match cli.command {
         Command::Serve { config, demo } => serve(config, demo),
         Command::CheckConfig { config, demo } => check_config(config, demo),
@@ -112,10 +115,18 @@ fn main() -> ExitCode {
         Command::Flush { pattern, socket } => {
             client_main(|rt| commands::flush(rt, &socket, pattern.as_deref()))
         }
-        // A probe: 0 or 1, whatever failed (an agent that cannot be reached is not healthy).
+        // A probe: 0 or 1, whatever failed (an agent that cannot be reached is not healthy) —
+        // but 69 for a server that is not the agent.
         Command::Health { ready, socket } => {
-            match client_main(|rt| commands::health(rt, &socket, ready)) {
+            let mut wrong_server = false;
+            let code = client_main(|rt| {
+                let result = commands::health(rt, &socket, ready);
+                wrong_server = matches!(result, Err(ClientError::WrongServer { .. }));
+                result
+            });
+            match code {
                 code if code == ExitCode::SUCCESS => code,
+                _ if wrong_server => ExitCode::from(exit::UNAVAILABLE),
                 _ => ExitCode::from(exit::FAILURE),
             }
         }
@@ -275,7 +286,9 @@ fn exit_code(result: Result<(), ClientError>) -> ExitCode {
         Err(err) => {
             eprintln!("credagent: {err}");
             ExitCode::from(match err {
-                ClientError::Connect { .. } | ClientError::Signal { .. } => exit::UNAVAILABLE,
+                ClientError::Connect { .. }
+                | ClientError::Signal { .. }
+                | ClientError::WrongServer { .. } => exit::UNAVAILABLE,
                 ClientError::Server { .. } | ClientError::Usage(_) => exit::FAILURE,
             })
         }

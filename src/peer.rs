@@ -22,6 +22,15 @@
 //!   runs is `user_unit`. A user can name units in their own manager; only root places processes
 //!   in system units.
 //!
+//! Pid-derived attributes are read only for a peer in the agent's own pid namespace
+//! (`/proc/PID/ns/pid` names the same namespace as `/proc/self/ns/pid`; where that link cannot
+//! be read, the peer's `NSpid:` shows as many levels as the agent's). A process with privilege
+//! over its own pid namespace (any `unshare -Urpf`, no privilege needed) may send
+//! `SCM_CREDENTIALS` naming another pid of that namespace, which the kernel translates: the
+//! connection's pid then says nothing about who writes. Both pinning paths also check that
+//! `/proc/PID/status` shows `SO_PEERCRED`'s effective uid and gid. [`PeerIdentity::unknown`]
+//! says why the attributes are unknown, for the audit trail.
+//!
 //! If the peer is gone or a check fails, those attributes are left unknown, so rules that need
 //! them do not match (the connection is never given another process's identity). This module
 //! reads the kernel; it does not decide access (see `acl`), and it does not check who wrote each
@@ -58,6 +67,9 @@ pub struct PeerIdentity {
     pub user_unit: Option<String>,
     /// How the process was pinned while its attributes were read.
     pub pinned: Pinning,
+    /// Why the pid-derived attributes are unknown when a check refused them (audit trail):
+    /// `other_pid_namespace`, `ids_differ`.
+    pub unknown: Option<&'static str>,
 }
 
 /// How pid-derived attributes were tied to the connecting process.
@@ -170,6 +182,10 @@ fn pin_and_read(
             if pidfd_pid(&pidfd) != Some(pid) {
                 return;
             }
+            if let Err(why) = same_namespace_and_ids(&proc_dir, identity) {
+                identity.unknown = Some(why);
+                return;
+            }
             let attrs = read_attributes(&proc_dir, exe_rules);
             // SECURITY: the pidfd pins the struct pid; while the process is alive its pid cannot
             // be reused, so if it is still alive now, everything read above was about it.
@@ -189,8 +205,8 @@ fn pin_and_read(
             {
                 return;
             }
-            let status = fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
-            if parse_effective_ids(&status) != Some((identity.uid, identity.gid)) {
+            if let Err(why) = same_namespace_and_ids(&proc_dir, identity) {
+                identity.unknown = Some(why);
                 return;
             }
             let attrs = read_attributes(&proc_dir, exe_rules);
@@ -200,6 +216,41 @@ fn pin_and_read(
         }
         Pin::Unavailable(errno) => {
             tracing::debug!(pid, %errno, "SO_PEERPIDFD failed: peer attributes left unknown");
+        }
+    }
+}
+
+/// SECURITY: the checks both pinning paths make before reading anything pid-derived: the peer
+/// is in the agent's pid namespace (else its connection's pid may have been named by a
+/// `SCM_CREDENTIALS` of another process of its namespace), and `/proc/PID/status` shows the
+/// effective uid and gid `SO_PEERCRED` gave.
+fn same_namespace_and_ids(proc_dir: &Path, identity: &PeerIdentity) -> Result<(), &'static str> {
+    let status = fs::read_to_string(proc_dir.join("status")).unwrap_or_default();
+    if !in_own_pid_namespace(proc_dir, &status) {
+        return Err("other_pid_namespace");
+    }
+    if parse_effective_ids(&status) != Some((identity.uid, identity.gid)) {
+        return Err("ids_differ");
+    }
+    Ok(())
+}
+
+/// Whether the process of `proc_dir` (with `status` its `/proc/PID/status`) is in the agent's
+/// pid namespace: the namespace files name the same inode, or — where the peer's link cannot be
+/// read (an agent without root reading another user's process) — its `NSpid:` has as many
+/// levels as the agent's own (a process visible in our `/proc` is in our namespace or below).
+fn in_own_pid_namespace(proc_dir: &Path, status: &str) -> bool {
+    let own = FileId::of(Path::new("/proc/self/ns/pid"));
+    match (FileId::of(&proc_dir.join("ns/pid")), own) {
+        (Some(theirs), Some(own)) => theirs == own,
+        _ => {
+            let own = fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let depth = |text: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("NSpid:"))
+                    .map(|v| v.split_whitespace().count())
+            };
+            depth(status).is_some_and(|d| Some(d) == depth(&own))
         }
     }
 }
@@ -552,6 +603,45 @@ mod tests {
         // No usable clock: nothing is trusted either.
         pin_and_read(me, Pin::OldKernel, AcceptTime(None), &[], &mut id);
         assert_eq!(id.pinned, Pinning::None);
+    }
+
+    /// The pidfd path too refuses a process whose /proc ids are not the socket's, and says so.
+    #[test]
+    fn pidfd_path_refuses_a_process_whose_ids_differ_from_the_socket_credentials() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let Ok(pidfd) = getsockopt(&a, sockopt::PeerPidfd) else {
+            return; // a kernel before 6.5: the fallback's test below covers it
+        };
+        let me = std::process::id() as i32;
+        let mut id = PeerIdentity {
+            uid: nix::unistd::geteuid().as_raw().wrapping_add(1),
+            gid: nix::unistd::getegid().as_raw(),
+            ..PeerIdentity::default()
+        };
+        pin_and_read(me, Pin::Pidfd(pidfd), AcceptTime::now(), &[], &mut id);
+        assert_eq!((id.pinned, id.unknown), (Pinning::None, Some("ids_differ")));
+        assert_eq!(id.exe, None);
+    }
+
+    /// Our own process is in our namespace by either test; a status naming a nested pid
+    /// (`NSpid` with one more level) is not, when the namespace link cannot be read.
+    #[test]
+    fn pid_namespace_by_inode_or_by_nspid_depth() {
+        let own = fs::read_to_string("/proc/self/status").unwrap();
+        assert!(in_own_pid_namespace(Path::new("/proc/self"), &own));
+        assert!(in_own_pid_namespace(Path::new("/nonexistent"), &own));
+        let depth = own
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .unwrap()
+            .split_whitespace()
+            .count();
+        let nested = format!("NSpid:\t{}\n", vec!["7"; depth + 1].join("\t"));
+        assert!(!in_own_pid_namespace(Path::new("/nonexistent"), &nested));
+        assert!(!in_own_pid_namespace(
+            Path::new("/nonexistent"),
+            "Name:\tx\n"
+        ));
     }
 
     #[test]

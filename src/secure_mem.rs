@@ -8,7 +8,9 @@
 //!   pages rather than a page each (which would blow through `RLIMIT_MEMLOCK` and the RSS budget);
 //! - process hardening at start: `PR_SET_DUMPABLE=0` and `RLIMIT_CORE=0`;
 //! - the one raw-fd adoption the agent needs (a socket inherited from systemd), because turning an
-//!   inherited descriptor number into an owned fd is `unsafe` and unsafe code stays here.
+//!   inherited descriptor number into an owned fd is `unsafe` and unsafe code stays here;
+//! - the one `pre_exec` hook (`close_other_fds_on_exec`): a child the agent or a client starts
+//!   gets fds 0, 1 and 2 only.
 //!
 //! A budget (`cache.max_locked_bytes`) bounds the secret memory mapped in all: a mapping that
 //! would pass it first asks the registered reclaimer (the cache, evicting least recently used
@@ -542,6 +544,34 @@ pub fn adopt_inherited_fd(fd: RawFd) -> Option<OwnedFd> {
     // the caller checked LISTEN_FDS), it is open (probed above), and nothing else in the process
     // owns it: it is adopted exactly once, at start.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// SECURITY: makes every descriptor above 2 close at the exec of `command`'s child, whatever
+/// flags it carries in the agent (an inherited socket, a descriptor some library opened without
+/// `O_CLOEXEC`): a child gets exactly its standard streams. Runs `close_range(3, ~0,
+/// CLOSE_RANGE_CLOEXEC)` (Linux 5.11) in the child between fork and exec; where it fails, the
+/// child is not started.
+pub fn close_other_fds_on_exec(command: &mut std::process::Command) {
+    let mark = || {
+        // SAFETY: a raw system call with integer arguments only; it touches no memory of ours.
+        let rc = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                3 as nix::libc::c_uint,
+                nix::libc::c_uint::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the closure runs in the forked child before exec; it makes one async-signal-safe
+    // system call and neither allocates nor takes a lock. Marking (not closing) leaves the
+    // standard library's own exec-error pipe working until the exec closes it.
+    unsafe { std::os::unix::process::CommandExt::pre_exec(command, mark) };
 }
 
 /// Removes an environment variable. `std::env::remove_var` is `unsafe` in edition 2024 because

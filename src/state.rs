@@ -127,6 +127,7 @@ pub struct AppState {
 impl AppState {
     /// State for a first config generation.
     pub fn new(runtime: Runtime, cache: Arc<Cache>, metrics: Arc<Metrics>, audit: Audit) -> Self {
+        cache.advance(runtime.generation);
         AppState {
             runtime: arc_swap::ArcSwap::from_pointee(runtime),
             changing: Mutex::new(()),
@@ -151,12 +152,20 @@ impl AppState {
         self.runtime.load()
     }
 
-    /// Installs a new config generation.
-    pub fn replace_runtime(&self, runtime: Runtime) {
+    /// Installs a new config generation, then empties the cache of the old one
+    /// ([`Cache::advance`]); returns how many values were dropped.
+    ///
+    /// SECURITY: in this order, a reader that finds the cache empty decides under the new rules
+    /// and fetches through the new sources, and a fetch still running under the old ones never
+    /// stores its value. Waiting reads wake, and are decided again.
+    pub fn replace_runtime(&self, runtime: Runtime) -> usize {
+        let generation = runtime.generation;
         let changing = self.changing.lock().unwrap_or_else(|p| p.into_inner());
         self.runtime.store(Arc::new(runtime));
+        let flushed = self.cache.advance(generation);
         drop(changing);
         self.readiness.runtime_changed();
+        flushed
     }
 
     /// Replaces the runtime with what `change` makes of it, unless it returns `None` (e.g. the

@@ -72,6 +72,15 @@ pub fn take_listeners() -> Vec<(String, UnixListener)> {
         let Some(owned): Option<OwnedFd> = adopt_inherited_fd(fd) else {
             continue;
         };
+        // SECURITY: systemd passes these with FD_CLOEXEC cleared; set it (as sd_listen_fds(3)
+        // does), so no child the agent starts holds the agent's sockets.
+        if let Err(errno) = nix::fcntl::fcntl(
+            &owned,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        ) {
+            tracing::error!(fd, %errno, "cannot set FD_CLOEXEC on a socket passed by systemd; not using it");
+            continue;
+        }
         listeners.push((name, UnixListener::from(owned)));
     }
     listeners

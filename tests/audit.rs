@@ -101,16 +101,7 @@ fn audit_lines_a_blocked_sink_cannot_take_are_dropped_and_counted_without_blocki
         .stderr(Stdio::from(write_end))
         .spawn()
         .unwrap();
-    let agent = Agent {
-        child: Some(child),
-        socket: dir.socket(),
-        log: dir.path().join("agent.log"),
-        config,
-    };
-    assert!(wait_until(Duration::from_secs(20), || {
-        common::try_request(&agent.socket, "GET", "/v1/health", &[], b"")
-            .is_ok_and(|r| r.status == 200)
-    }));
+    let agent = Agent::adopt(&dir, config, child);
 
     // More reads than the queue (8192) and the pipe can hold, on parallel connections.
     const PER_CONNECTION: usize = 2000;

@@ -8,6 +8,7 @@
 
 mod common;
 
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::config_allowing_all as agent_config;
@@ -143,4 +144,103 @@ fn commands_get_a_cleared_environment_a_timeout_and_an_output_limit() {
         "{}",
         over.text()
     );
+}
+
+/// Emulates socket activation as systemd does it: binds the agent socket at fd 3 with
+/// `FD_CLOEXEC` cleared, leaves a stray inheritable descriptor at fd 5 as well, sets
+/// `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES` and execs the agent (same pid).
+const SOCKET_ACTIVATION: &str = r#"
+import os, socket, sys
+agent, config, path = sys.argv[1], sys.argv[2], sys.argv[3]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+os.chmod(path, 0o666)
+s.listen(64)
+fd = s.detach()
+if fd != 3:
+    os.dup2(fd, 3, inheritable=True)
+    os.close(fd)
+os.set_inheritable(3, True)
+stray = os.open("/dev/null", os.O_RDONLY)
+os.dup2(stray, 5, inheritable=True)
+env = dict(os.environ, LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="agent")
+os.execve(agent, [agent, "serve", "--config", config], env)
+"#;
+
+#[test]
+fn a_command_started_by_a_socket_activated_agent_holds_no_descriptor_but_0_1_2() {
+    let dir = TestDir::new();
+    // `$$` is the shell: what it holds is what the agent passed on (ls's own directory
+    // descriptor is ls's).
+    let sources = command_source("fds", r#"["/bin/sh", "-c", "ls /proc/$$/fd", "{id}"]"#, "");
+    let config = dir.write_config(&agent_config("", &sources));
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    let child = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(SOCKET_ACTIVATION)
+        .arg(common::bin())
+        .arg(&config)
+        .arg(dir.socket())
+        .env("CREDAGENT_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let agent = Agent::adopt(&dir, config, child);
+    assert!(
+        agent
+            .log_text()
+            .contains("using the agent socket passed by systemd")
+    );
+    // The adopted listener itself is close-on-exec now, as sd_listen_fds(3) leaves it.
+    let fdinfo = std::fs::read_to_string(format!("/proc/{}/fdinfo/3", agent.pid())).unwrap();
+    let flags = fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    assert_ne!(flags & 0o2000000, 0, "fd 3 lacks O_CLOEXEC: {fdinfo}");
+    let listing = agent.secret("fds/x");
+    assert_eq!(listing.status, 200, "{}", listing.text());
+    assert_eq!(
+        listing.text(),
+        "0\n1\n2",
+        "the command inherited descriptors"
+    );
+}
+
+#[test]
+fn exec_and_exec_watch_children_hold_no_descriptor_but_0_1_2() {
+    let dir = TestDir::new();
+    dir.secret("db", b"value");
+    let agent = Agent::start(&dir, &common::file_config(""));
+    // A descriptor this process leaves open across exec, as a caller of `credagent exec` may.
+    let stray = std::fs::File::open("/dev/null").unwrap();
+    let inherited = nix::unistd::dup(&stray).unwrap();
+    nix::fcntl::fcntl(
+        &inherited,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    for watch in [false, true] {
+        let mut args = vec!["exec"];
+        if watch {
+            args.push("--watch");
+        }
+        args.extend(["--env", "DB=files/db", "--socket"]);
+        let out = std::process::Command::new(common::bin())
+            .args(&args)
+            .arg(&agent.socket)
+            .args(["--", "/bin/sh", "-c", "ls /proc/$$/fd"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "0\n1\n2\n",
+            "watch = {watch}: the child inherited descriptors"
+        );
+    }
+    drop(inherited);
 }

@@ -77,6 +77,13 @@ def read_all(s):
             return data
         data += chunk
 
+def deliver(out, data):
+    # Written whole, then renamed: the test sees all of it or nothing.
+    with open(out + ".tmp", "wb") as f:
+        f.write(data)
+    os.rename(out + ".tmp", out)
+    os._exit(0)
+
 def request(s, path):
     s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     return read_all(s)
@@ -85,6 +92,29 @@ def request(s, path):
 /// `PRELUDE` then `body`, as one `python3 -c` script.
 fn script(body: &str) -> String {
     format!("{PRELUDE}{body}")
+}
+
+/// Runs `command SOCKET OUT /usr/bin/sleep` as uid 65534 until its helper has written the
+/// response to `out`, then kills it: its pid, and the response.
+fn run_attacker(agent: &Agent, mut command: Command, out: &Path) -> (u32, common::Response) {
+    let mut child = command
+        .arg(&agent.socket)
+        .arg(out)
+        .arg("/usr/bin/sleep")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .spawn()
+        .unwrap();
+    let answered = wait_until(Duration::from_secs(20), || out.exists());
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        answered,
+        "the helper got no answer; log:\n{}",
+        agent.log_text()
+    );
+    (pid, parse_response(&std::fs::read(out).unwrap()).unwrap())
 }
 
 const EXEC_AFTER_CONNECT: &str = r#"
@@ -111,10 +141,7 @@ if os.fork() == 0:
         time.sleep(0.01)
     holder.close()  # the slot frees up: the agent accepts s and looks at the connector
     data = request(s, b"/v1/secrets/files/exe-only")
-    with open(out + ".tmp", "wb") as f:
-        f.write(data)
-    os.rename(out + ".tmp", out)
-    os._exit(0)
+    deliver(out, data)
 os.execv(allowed, [allowed, "60"])
 "#;
 
@@ -137,29 +164,11 @@ fn helper_forked_before_the_connector_execs_an_allowed_binary_gets_403_peer_chan
     // The operator reserve is taken here, so the connector's holder takes the last slot.
     let _reserve = common::hold_connections(&agent.socket, common::OPERATOR_RESERVE);
     let out = scratch(&dir).join("response");
-    let mut connector = Command::new(PYTHON)
-        .arg("-c")
-        .arg(script(EXEC_AFTER_CONNECT))
-        .arg(&agent.socket)
-        .arg(&out)
-        .arg("/usr/bin/sleep")
-        .uid(NOBODY)
-        .gid(NOBODY)
-        .spawn()
-        .unwrap();
-    let answered = wait_until(Duration::from_secs(20), || out.exists());
-    let connector_pid = connector.id();
-    connector.kill().unwrap();
-    connector.wait().unwrap();
-    assert!(
-        answered,
-        "the helper got no answer; log:\n{}",
-        agent.log_text()
-    );
+    let mut connector = Command::new(PYTHON);
+    connector.arg("-c").arg(script(EXEC_AFTER_CONNECT));
+    let (connector_pid, response) = run_attacker(&agent, connector, &out);
 
     // What the attacker sees.
-    let raw = std::fs::read(&out).unwrap();
-    let response = parse_response(&raw).unwrap();
     assert_eq!(response.status, 403, "{}", response.text());
     assert_eq!(response.error_code(), "peer_changed");
     assert_eq!(response.header("connection"), Some("close"));
@@ -179,6 +188,97 @@ fn helper_forked_before_the_connector_execs_an_allowed_binary_gets_403_peer_chan
     // The honest caller: a process that connects and writes its own request.
     let (status, body) = curl_as_nobody(&agent.socket, "/v1/secrets/files/curl-only");
     assert_eq!((status, body.as_slice()), (200, &b"for-curl"[..]));
+}
+
+/// Run as `unshare -Urpf --mount-proc` (no privilege): this process is pid 1 of a new pid
+/// namespace. It connects (waiting in the agent's backlog, as above), forks a helper and execs
+/// the allowed program; the helper writes the request with `SCM_CREDENTIALS` naming pid 1 — the
+/// connector — which its namespace lets it do and the kernel translates to the connector's pid.
+const FORGED_CREDENTIALS_FROM_A_PID_NAMESPACE: &str = r#"
+import struct
+path, out, allowed = sys.argv[1], sys.argv[2], sys.argv[3]
+holder = socket.socket(socket.AF_UNIX)
+holder.connect(path)
+holder.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+holder.recv(65536)
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+assert os.getpid() == 1
+if os.fork() == 0:
+    while True:
+        try:
+            if os.readlink("/proc/1/exe") == allowed:
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    holder.close()
+    creds = struct.pack("iII", 1, 0, 0)
+    s.sendmsg([b"GET /v1/secrets/files/exe-only HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"],
+              [(socket.SOL_SOCKET, socket.SCM_CREDENTIALS, creds)])
+    data = read_all(s)
+    deliver(out, data)
+os.execv(allowed, [allowed, "60"])
+"#;
+
+#[test]
+fn helper_in_its_own_pid_namespace_forging_scm_credentials_for_an_allowed_exe_is_refused_20_times()
+{
+    let dir = TestDir::new();
+    dir.secret("exe-only", CANARY.as_bytes());
+    dir.secret("curl-only", b"for-curl");
+    let agent = Agent::start(
+        &dir,
+        &common::file_config(
+            "[[allow]]\npeer = { uid = 65534, exe = \"/usr/bin/sleep\" }\nsecrets = [\"files/exe-only\"]\n\n\
+             [[allow]]\npeer = { uid = 65534, exe = \"/usr/bin/curl\" }\nsecrets = [\"files/curl-only\"]\n",
+        )
+        .replace(
+            "socket_mode = \"0666\"",
+            "socket_mode = \"0666\"\nmax_connections = 1",
+        ),
+    );
+    let _reserve = common::hold_connections(&agent.socket, common::OPERATOR_RESERVE);
+    let scratch = scratch(&dir);
+    for attempt in 0..20 {
+        let out = scratch.join(format!("response-{attempt}"));
+        let mut attacker = Command::new("unshare");
+        attacker
+            .args(["-Urpf", "--mount-proc", "--kill-child", PYTHON, "-c"])
+            .arg(script(FORGED_CREDENTIALS_FROM_A_PID_NAMESPACE));
+        let (_, response) = run_attacker(&agent, attacker, &out);
+        assert_eq!(
+            response.status,
+            403,
+            "attempt {attempt}: {}",
+            response.text()
+        );
+        assert_eq!(response.error_code(), "forbidden");
+        assert!(!response.text().contains(CANARY));
+    }
+
+    // The audit trail: uid 65534, no exe or unit, and why.
+    let exe_only = |l: &serde_json::Value| l["secret"] == "files/exe-only";
+    // The last lines may still be on their way to the log.
+    wait_until(Duration::from_secs(10), || {
+        audit_lines(&agent, exe_only).len() == 20
+    });
+    let lines = audit_lines(&agent, exe_only);
+    assert_eq!(lines.len(), 20, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["decision"], "deny", "{line}");
+        assert_eq!(line["status"], 403, "{line}");
+        assert_eq!(line["uid"], NOBODY, "{line}");
+        assert!(line["exe"].is_null() && line["unit"].is_null(), "{line}");
+        assert_eq!(line["unknown"], "other_pid_namespace", "{line}");
+    }
+
+    // The honest caller in the agent's namespace still matches its exe rule.
+    let (status, body) = curl_as_nobody(&agent.socket, "/v1/secrets/files/curl-only");
+    assert_eq!((status, body.as_slice()), (200, &b"for-curl"[..]));
+    let honest = audit_lines(&agent, |l| l["secret"] == "files/curl-only");
+    assert_eq!(honest[0]["exe"], "/usr/bin/curl", "{}", honest[0]);
+    assert!(honest[0]["unknown"].is_null(), "{}", honest[0]);
 }
 
 const REQUEST_FROM_A_THREAD: &str = r#"
@@ -464,7 +564,7 @@ fn root_process_of_another_unit_claiming_web_service_gets_no_credential() {
 }
 
 #[test]
-fn check_config_warns_about_a_rule_that_names_only_exe() {
+fn check_config_warns_about_every_rule_that_names_exe() {
     let dir = TestDir::new();
     let config = dir.write_config(&common::file_config(
         "[[allow]]\npeer = { exe = \"/usr/bin/curl\" }\nsecrets = [\"files/x\"]\n\n\
@@ -481,7 +581,87 @@ fn check_config_warns_about_a_rule_that_names_only_exe() {
     assert_eq!(
         warnings,
         vec![
-            "credagent: warning: allow[1]: peer names only exe = \"/usr/bin/curl\": anyone who can run that file can run it with LD_PRELOAD or under a debugger of their own; add uid, user, group or unit"
+            "credagent: warning: allow[1]: peer names only exe = \"/usr/bin/curl\": anyone who can run that file can run it with LD_PRELOAD or under a debugger of their own; add uid, user, group or unit",
+            "credagent: warning: allow[2]: peer names exe = \"/usr/bin/curl\": exe is no boundary against other processes of the same uid (one that writes its request and then execs that file is identified as it, about 7 of 20 tries); the rule's other attributes are what it trusts"
         ]
     );
+}
+
+/// A server that is not the agent: binds `path`, records what it is sent in `seen`, and answers
+/// every request with a forged value.
+const IMPOSTOR_SERVER: &str = r#"
+import socket, sys
+path, seen = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    try:
+        data = c.recv(65536)
+        if data:
+            with open(seen, "ab") as f:
+                f.write(data)
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 6\r\nETag: "x"\r\nConnection: close\r\n\r\nforged')
+    except OSError:
+        pass
+    c.close()
+"#;
+
+#[test]
+fn a_server_of_another_uid_answering_on_the_socket_path_is_refused_by_the_clients_with_exit_69() {
+    let dir = TestDir::new();
+    let scratch = scratch(&dir);
+    let socket = scratch.join("agent.sock");
+    let seen = scratch.join("seen");
+    let _impostor = common::ChildGuard(
+        Command::new(PYTHON)
+            .arg("-c")
+            .arg(IMPOSTOR_SERVER)
+            .arg(&socket)
+            .arg(&seen)
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || socket.exists()));
+    let client = |args: &[&str], agent_uid: Option<&str>| {
+        let mut command = Command::new(common::bin());
+        command
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .env_remove("CREDAGENT_AGENT_UID");
+        if let Some(uid) = agent_uid {
+            command.env("CREDAGENT_AGENT_UID", uid);
+        }
+        command.output().unwrap()
+    };
+    let refused = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{stderr}");
+        assert!(
+            stderr.contains("refusing the server") && stderr.contains("uid 65534"),
+            "{stderr}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("forged"));
+    };
+
+    // The agent is expected as root: the impostor's own socket file does not make it the agent.
+    refused(&client(&["get", "files/db"], Some("0")));
+    refused(&client(&["health"], Some("0")));
+    let template = scratch.join("t");
+    std::fs::write(&template, "{{ secret files/db }}").unwrap();
+    refused(&client(&["render", template.to_str().unwrap()], Some("0")));
+    // By default the socket file's owner (or root) is the agent: a file root owns, answered by
+    // uid 65534, is refused too.
+    nix::unistd::chown(&socket, Some(0.into()), Some(0.into())).unwrap();
+    refused(&client(&["get", "files/db"], None));
+    // Nothing was sent to it: not even the name of a secret.
+    assert!(!seen.exists(), "the impostor was sent a request");
+
+    // The check is what refused: named as the agent, the same server is believed.
+    let believed = client(&["get", "files/db"], Some("65534"));
+    assert_eq!(believed.stdout, b"forged");
 }

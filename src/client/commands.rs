@@ -129,6 +129,8 @@ pub fn exec(
         .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
     let mut cmd = std::process::Command::new(program);
     cmd.args(args).envs(bindings.env(&current));
+    // SECURITY: the program gets its standard streams and nothing else of ours.
+    crate::secure_mem::close_other_fds_on_exec(&mut cmd);
     let err = std::os::unix::process::CommandExt::exec(&mut cmd);
     Err(ClientError::Usage(format!("cannot run {program}: {err}")))
 }

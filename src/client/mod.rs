@@ -1,5 +1,6 @@
-//! The client side of the CLI: HTTP over the agent's Unix socket with hyperlocal (this file),
-//! and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
+//! The client side of the CLI: HTTP over the agent's Unix socket (this file: one connection per
+//! request, and only to a server that is root or the agent's uid — `SO_PEERCRED`, checked before
+//! anything is sent), and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
 //! [`commands`]; the long-running `render --watch` and `exec --watch` in [`rerender`] and
 //! [`supervise`], on the change waiters of [`watch`]; both kinds of `render` read their template
 //! through [`template_file`], both kinds of `exec` their `--env` bindings through [`bindings`].
@@ -12,13 +13,15 @@ pub mod supervise;
 pub mod template_file;
 pub mod watch;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyperlocal::{UnixClientExt, UnixConnector, Uri};
+use hyper_util::rt::TokioIo;
+use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::secure_mem::{SecretBuf, SecretBytes};
 
@@ -46,6 +49,18 @@ pub enum ClientError {
     /// Bad arguments (caught before sending).
     #[error("{0}")]
     Usage(String),
+    /// The process answering on the socket is not the agent: neither root nor the expected uid.
+    #[error(
+        "refusing the server at {socket}: it runs as uid {uid}, not root or {expected} (set --agent-uid or CREDAGENT_AGENT_UID to the agent's uid)"
+    )]
+    WrongServer {
+        /// Socket path.
+        socket: String,
+        /// The server's uid (`SO_PEERCRED`).
+        uid: u32,
+        /// Whom the client accepts besides root.
+        expected: String,
+    },
     /// `reload`: the agent's process could not be signalled.
     #[error("reload: cannot signal process {pid}: {source}")]
     Signal {
@@ -69,6 +84,39 @@ fn encode(text: &str, keep_slash: bool) -> String {
     out
 }
 
+/// The uid the agent runs as (`--agent-uid`, `CREDAGENT_AGENT_UID`), when given.
+static AGENT_UID: OnceLock<u32> = OnceLock::new();
+
+/// Accept a server running as `uid` (besides root) instead of the socket file's owner. Set once,
+/// by `main`, before any command talks to the agent.
+pub fn expect_agent_uid(uid: u32) {
+    let _ = AGENT_UID.set(uid);
+}
+
+/// SECURITY: who answers on the socket must be the agent — root, or the uid named by
+/// `--agent-uid` (by default the socket file's owner) — before a request (a secret's name) goes
+/// out or an answer (a value to use) is believed.
+fn check_server(socket: &Path, stream: &tokio::net::UnixStream) -> Result<(), ClientError> {
+    let uid = getsockopt(stream, sockopt::PeerCredentials)
+        .map_err(|e| broken(socket, e))?
+        .uid();
+    let (expected, described) = match AGENT_UID.get() {
+        Some(&agent) => (Some(agent), format!("uid {agent}")),
+        None => (
+            std::fs::metadata(socket).ok().map(|m| m.uid()),
+            "the socket file's owner".to_owned(),
+        ),
+    };
+    if uid == 0 || Some(uid) == expected {
+        return Ok(());
+    }
+    Err(ClientError::WrongServer {
+        socket: socket.display().to_string(),
+        uid,
+        expected: described,
+    })
+}
+
 /// Sends one request on a connection of its own and returns the response, body unread.
 async fn send(
     socket: &Path,
@@ -77,11 +125,19 @@ async fn send(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-    let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
-    let uri: hyper::Uri = Uri::new(socket, path_and_query).into();
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| broken(socket, e))?;
+    check_server(socket, &stream)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| broken(socket, e))?;
+    // Drives the connection until the response body is read (or dropped).
+    tokio::spawn(connection);
     let mut request = Request::builder()
         .method(method)
-        .uri(uri)
+        .uri(path_and_query)
+        .header("host", "localhost")
         .header("content-type", "application/json");
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -89,8 +145,8 @@ async fn send(
     let request = request
         .body(Full::new(body))
         .map_err(|e| ClientError::Usage(e.to_string()))?;
-    client
-        .request(request)
+    sender
+        .send_request(request)
         .await
         .map_err(|e| ClientError::Connect {
             socket: socket.display().to_string(),

@@ -245,14 +245,15 @@ pub fn read_pid(path: &Path) -> Result<i32, String> {
 }
 
 async fn run_command(command: &str, timeout: Duration) {
-    let mut child = match tokio::process::Command::new("/bin/sh")
-        .arg("-c")
+    let mut sh = tokio::process::Command::new("/bin/sh");
+    sh.arg("-c")
         .arg(command)
         .stdin(Stdio::null())
         .process_group(0)
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .kill_on_drop(true);
+    // SECURITY: the command gets its standard streams and nothing else of ours.
+    crate::secure_mem::close_other_fds_on_exec(sh.as_std_mut());
+    let mut child = match sh.spawn() {
         Ok(child) => child,
         Err(err) => {
             tracing::error!("cannot run the --on-change command: {err}");

@@ -68,6 +68,8 @@ fn spawn(
     cmd.args(args)
         .kill_on_drop(true)
         .envs(bindings.env(current));
+    // SECURITY: the child gets its standard streams and nothing else of ours.
+    crate::secure_mem::close_other_fds_on_exec(cmd.as_std_mut());
     cmd.spawn()
         .map_err(|e| ClientError::Usage(format!("cannot run {program}: {e}")))
 }

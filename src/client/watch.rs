@@ -101,7 +101,10 @@ pub fn is_transient(err: &ClientError) -> bool {
         ClientError::Server { status, .. } => {
             status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
         }
-        ClientError::Usage(_) | ClientError::Signal { .. } => false,
+        // Not the agent: waiting would not make it one.
+        ClientError::Usage(_) | ClientError::Signal { .. } | ClientError::WrongServer { .. } => {
+            false
+        }
     }
 }
 

@@ -199,9 +199,11 @@ impl From<BrokerError> for ApiError {
             BrokerError::FlushBodyTooLarge => ApiError::PayloadTooLarge,
             BrokerError::FlushBodyTimeout => ApiError::BodyTimeout,
             // NotRoot and UnitMismatch only come from the credentials socket.
-            BrokerError::Forbidden | BrokerError::NotRoot | BrokerError::UnitMismatch => {
-                ApiError::Forbidden
-            }
+            // A revoked waiter is told what any denied caller is told.
+            BrokerError::Forbidden
+            | BrokerError::Revoked
+            | BrokerError::NotRoot
+            | BrokerError::UnitMismatch => ApiError::Forbidden,
             BrokerError::PeerChanged => ApiError::PeerChanged,
             BrokerError::NotFound => ApiError::NotFound,
             BrokerError::FieldNotFound => ApiError::FieldNotFound,
@@ -279,6 +281,7 @@ mod tests {
             BrokerError::FlushBodyTimeout,
             BrokerError::NotJson,
             BrokerError::Forbidden,
+            BrokerError::Revoked,
             BrokerError::PeerChanged,
             BrokerError::NotRoot,
             BrokerError::UnitMismatch,

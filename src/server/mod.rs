@@ -11,6 +11,7 @@
 //! an operator can always reach health, flush and metrics. Writes are bounded by
 //! `write_timeout` (`write_timeout`).
 
+mod bind;
 pub mod creds;
 pub mod error;
 pub mod handler;
@@ -23,7 +24,7 @@ pub mod write_timeout;
 use handler::Connection;
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -162,21 +163,7 @@ pub fn bind(config: &ServerConfig) -> Result<Listener, ServerError> {
         })?;
     }
     remove_stale(path)?;
-    let std_listener =
-        std::os::unix::net::UnixListener::bind(path).map_err(|source| ServerError::BindSocket {
-            path: path.clone(),
-            source,
-        })?;
-    let perm_err = |source| ServerError::Permissions {
-        path: path.clone(),
-        source,
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
-        .map_err(perm_err)?;
-    if let Some(gid) = config.socket_group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .map_err(|e| perm_err(std::io::Error::from(e)))?;
-    }
+    let std_listener = bind::bind_private(path, config.socket_mode, config.socket_group)?;
     let bind_err = |source| ServerError::BindSocket {
         path: path.clone(),
         source,

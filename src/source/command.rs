@@ -4,7 +4,8 @@
 //! It owns its config section ([`RawCommandSource`]), running the command and reading its
 //! output. The command runs without a shell: `argv` is executed as given, each element equal to
 //! `{id}` replaced by the id as one whole argument, with the environment cleared except the
-//! variables named in `env_passthrough`, stdin from /dev/null, stderr discarded, in its own
+//! variables named in `env_passthrough`, stdin from /dev/null, stderr discarded, no descriptor
+//! of the agent's beyond those three (not its sockets, not one passed by systemd), in its own
 //! process group (killed whole on timeout). Its stdout is read through a locked buffer into
 //! locked memory, at most [`MAX_SECRET_LEN`] bytes. An exit status listed in
 //! `not_found_exit_codes` is "no such secret"; any other failure is reported with its exit code
@@ -226,6 +227,9 @@ impl CommandSource {
                 command.env(var, value);
             }
         }
+        // SECURITY: the agent's sockets (its listeners, connections, a backend's) never reach
+        // a command: it gets fds 0, 1 and 2 only.
+        crate::secure_mem::close_other_fds_on_exec(command.as_std_mut());
         let mut child = command.spawn().map_err(|e| SourceError::Unavailable {
             detail: format!("cannot run {}: {e}", self.program.display()),
         })?;

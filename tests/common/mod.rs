@@ -238,6 +238,19 @@ impl Agent {
         agent
     }
 
+    /// An agent the test started itself (`child`, serving `config` on `dir`'s socket, logging
+    /// to `agent.log` if at all); panics with the log if it does not become ready.
+    pub fn adopt(dir: &TestDir, config: PathBuf, child: Child) -> Agent {
+        let mut agent = Agent {
+            child: Some(child),
+            socket: dir.socket(),
+            log: dir.path().join("agent.log"),
+            config,
+        };
+        agent.wait_ready();
+        agent
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
