@@ -389,6 +389,9 @@ pub fn ready(state: &AppState, caller: Caller<'_>) -> Result<crate::startup::Rep
     Ok(state.readiness.report(&state.runtime()))
 }
 
+/// The share `[prefetch]` fetches count against: `(uid_t)-1` is no caller's uid.
+const PREFETCH_UID: u32 = u32::MAX;
+
 /// Fetches `name` into the cache for `[prefetch]`: the same validation and single-flight
 /// cached fetch as a read. It is the agent's own request, so there is no access decision and no
 /// audit line (no value leaves the agent; the first read of it is audited as a cache hit).
@@ -402,7 +405,15 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
         selector: Selector::default(),
     };
     let entry = validate(&runtime, &request.name, &request.selector)?;
-    let (secret, _, _) = cached_fetch(state, state.next_request_id(), entry, &request, false).await;
+    let (secret, _, _) = cached_fetch(
+        state,
+        state.next_request_id(),
+        PREFETCH_UID,
+        entry,
+        &request,
+        false,
+    )
+    .await;
     secret.map(|_| ())
 }
 
@@ -433,6 +444,7 @@ pub async fn read(
     let target = Target {
         state,
         request_id: audited.request_id(),
+        uid: caller.peer.uid,
         entry,
         request: secret,
     };
@@ -496,6 +508,8 @@ fn admit_read<'r>(
 struct Target<'a> {
     state: &'a AppState,
     request_id: RequestId,
+    /// Whose share of the source's fetches a miss takes.
+    uid: u32,
     entry: &'a Arc<SourceEntry>,
     request: &'a SecretRequest,
 }
@@ -517,10 +531,12 @@ async fn current(
     let Target {
         state,
         request_id,
+        uid,
         entry,
         request,
     } = *target;
-    let (secret, served, refresh) = cached_fetch(state, request_id, entry, request, force).await;
+    let (secret, served, refresh) =
+        cached_fetch(state, request_id, uid, entry, request, force).await;
     let reply = (|| {
         let secret = secret?;
         // A read of the whole value answers with the tag kept beside it in the cache.
@@ -642,7 +658,7 @@ pub async fn credential(
         }
         let secret_request = SecretRequest { name, selector };
         let (secret, served, _) =
-            cached_fetch(state, request_id, entry, &secret_request, false).await;
+            cached_fetch(state, request_id, peer.uid, entry, &secret_request, false).await;
         audited.event.cache = Some(served.as_str());
         let secret = secret?;
         Ok(Reply::new(
@@ -810,11 +826,12 @@ fn check_ciphertext_location(
 }
 
 /// Looks `request` up in the cache, fetching it from its source on a miss, or now when `force`
-/// (single-flight, bounded by the source's fetch timeout, counted, logged at one rate-limited
-/// site).
+/// (single-flight, bounded by the source's fetch timeout and `uid`'s share of its fetches,
+/// counted, logged at one rate-limited site).
 async fn cached_fetch(
     state: &AppState,
     request_id: RequestId,
+    uid: u32,
     entry: &Arc<SourceEntry>,
     request: &SecretRequest,
     force: bool,
@@ -832,7 +849,7 @@ async fn cached_fetch(
             let started = Instant::now();
             let result = match tokio::time::timeout(
                 entry.fetch_timeout,
-                entry.fetch_limited(&fetch_request, previous.as_deref()),
+                entry.fetch_limited(uid, &fetch_request, previous.as_deref(), &metrics),
             )
             .await
             {
@@ -988,6 +1005,9 @@ gone = "fake/missing"
                 ttl: std::time::Duration::from_secs(60),
                 fetch_timeout: std::time::Duration::from_secs(5),
                 limit: crate::source::FetchLimit::new(std::num::NonZeroUsize::new(8).unwrap()),
+                shares: crate::source::share::UidShares::new(
+                    std::num::NonZeroUsize::new(4).unwrap(),
+                ),
             });
             let sources = Sources::from([("fake".to_owned(), fake.clone())]);
             let metrics = Arc::new(Metrics::default());
