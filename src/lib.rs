@@ -41,6 +41,7 @@
 
 pub mod acl;
 pub mod audit;
+pub(crate) mod audit_limit;
 pub mod aws_auth;
 pub mod backoff;
 pub mod broker;
