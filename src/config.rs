@@ -852,7 +852,8 @@ impl RawCache {
             ctx,
             "cache.min_refresh_interval_secs",
             self.min_refresh_interval_secs,
-            0,
+            // SECURITY: 0 would let any reader make the source mint a new value per request.
+            1,
             24 * 3600,
         )?;
         if self.jitter_percent > 50 {
@@ -1455,6 +1456,11 @@ mod tests {
                 "sources.files.max_fetches_per_uid",
             ),
             ("peer = { uid = 1000 }\n", "", "allow[0].peer"),
+            (
+                "[server]",
+                "[cache]\nmin_refresh_interval_secs = 0\n[server]",
+                "cache.min_refresh_interval_secs",
+            ),
             ("\"files/*\"", "\"files*\"", "allow[0].secrets[0]"),
             ("\"files/*\"", "\"f?les/x\"", "allow[0].secrets[0]"),
             ("peer = { uid = 1000 }", "peer = {}", "allow[0].peer"),

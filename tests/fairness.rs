@@ -153,3 +153,46 @@ fn an_attacker_flooding_distinct_misses_of_its_own_glob_leaves_another_uids_miss
     // The refusals are counted by reason.
     assert!(agent.metric("credagent_rejections_total{reason=\"source_busy_uid\"} ") > 0.0);
 }
+
+#[test]
+fn reload_pid_naming_a_process_that_is_not_credagent_signals_nothing() {
+    let dir = TestDir::new();
+    let agent = Agent::start(&dir, &common::file_config(""));
+    // A process that SIGHUP would kill: its default action is to terminate.
+    let mut victim = common::ChildGuard(
+        std::process::Command::new("/bin/sleep")
+            .arg("30")
+            .spawn()
+            .unwrap(),
+    );
+    let out = std::process::Command::new(common::bin())
+        .args(["reload", "--pid", &victim.0.id().to_string()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "reload of a sleep succeeded");
+    assert!(stderr.contains("not credagent"), "{stderr}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        victim.0.try_wait().unwrap().is_none(),
+        "the sleep was signalled"
+    );
+    // The agent itself is reloaded as before.
+    let out = std::process::Command::new(common::bin())
+        .args(["reload", "--pid", &agent.pid().to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        common::wait_until(Duration::from_secs(5), || agent
+            .log_text()
+            .contains("reload")),
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(agent.get("/v1/health").status, 200);
+}

@@ -141,6 +141,8 @@ pub fn reload(pid: i32) -> Result<(), ClientError> {
             "reload: {pid} is not a process id"
         )));
     }
+    super::trust::check_is_credagent(pid)
+        .map_err(|reason| ClientError::Usage(format!("reload: {reason}")))?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,

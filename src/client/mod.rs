@@ -10,6 +10,7 @@ pub mod commands;
 pub mod rerender;
 pub mod supervise;
 pub mod template_file;
+pub(crate) mod trust;
 pub mod watch;
 
 use std::path::Path;
