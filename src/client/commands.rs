@@ -60,7 +60,7 @@ pub fn render(
 ) -> Result<(), ClientError> {
     let schemes = schemes_of(schemes)?;
     // Wiped when dropped (locked memory).
-    let rendered = rt.block_on(super::render(socket, template, &schemes))?;
+    let rendered = rt.block_on(super::render(socket, template, &schemes, attrs.owner))?;
     let written = match output {
         Some(path) => crate::output::write_private(path, rendered.as_slice(), attrs)
             .map_err(|e| e.to_string()),

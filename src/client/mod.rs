@@ -318,8 +318,9 @@ pub async fn render(
     socket: &Path,
     template: &Path,
     schemes: &crate::template::Schemes,
+    owner: Option<u32>,
 ) -> Result<SecretBytes, ClientError> {
-    let template = template_file::Template::read(template, schemes)?;
+    let template = template_file::Template::read(template, schemes, owner)?;
     let current = watch::fetch_once(socket, &template.watched).await?;
     template.render(&current)
 }

@@ -28,9 +28,11 @@ pub struct Template {
 }
 
 impl Template {
-    /// Reads and parses the template file at `path` (`--scheme` mappings in `schemes`).
-    pub fn read(path: &Path, schemes: &Schemes) -> Result<Self, ClientError> {
-        let text = std::fs::read_to_string(path)
+    /// Reads and parses the template file at `path` (`--scheme` mappings in `schemes`); when
+    /// the client runs privileged (root, or `--owner` another uid), only a file it may trust
+    /// ([`super::trust::read_trusted`]).
+    pub fn read(path: &Path, schemes: &Schemes, owner: Option<u32>) -> Result<Self, ClientError> {
+        let (text, _) = super::trust::read_trusted(path, owner)
             .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
         let pieces = crate::template::parse_template_with(&text, schemes)
             .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
