@@ -772,3 +772,40 @@ fn root_render_refuses_a_template_the_app_user_owns_or_reaches_by_symlink() {
     );
     assert_eq!(read(&out), "db=root-only-value\n");
 }
+
+#[test]
+fn exec_watch_keeps_the_running_child_when_a_rotated_value_holds_a_nul_byte() {
+    let dir = TestDir::new();
+    dir.secret("db", b"one");
+    let agent = Agent::start(&dir, &file_config(""));
+    let starts = dir.path().join("starts");
+    let script = format!("echo \"$DB\" >> {}; exec sleep 1000", starts.display());
+    let mut watcher = exec_watcher(&agent, &dir, "restart", &script);
+    within(Duration::from_secs(10), &watcher, "first start", || {
+        read(&starts) == "one\n"
+    });
+
+    dir.secret("db", b"two\0with-a-nul");
+    flush(&agent);
+    within(
+        Duration::from_secs(5),
+        &watcher,
+        "the refusal logged",
+        || watcher.log_text().contains("holds a NUL byte"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        watcher.running(),
+        "exec --watch stopped: {}",
+        watcher.log_text()
+    );
+    assert_eq!(read(&starts), "one\n", "the old child was stopped");
+
+    // A usable value later restarts it as usual.
+    dir.secret("db", b"three");
+    flush(&agent);
+    within(Duration::from_secs(5), &watcher, "restart", || {
+        read(&starts) == "one\nthree\n"
+    });
+    assert!(watcher.running());
+}
