@@ -389,9 +389,6 @@ pub fn ready(state: &AppState, caller: Caller<'_>) -> Result<crate::startup::Rep
     Ok(state.readiness.report(&state.runtime()))
 }
 
-/// The share `[prefetch]` fetches count against: `(uid_t)-1` is no caller's uid.
-const PREFETCH_UID: u32 = u32::MAX;
-
 /// Fetches `name` into the cache for `[prefetch]`: the same validation and single-flight
 /// cached fetch as a read. It is the agent's own request, so there is no access decision and no
 /// audit line (no value leaves the agent; the first read of it is audited as a cache hit).
@@ -408,7 +405,7 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
     let (secret, _, _) = cached_fetch(
         state,
         state.next_request_id(),
-        PREFETCH_UID,
+        crate::source::share::AGENT_UID,
         entry,
         &request,
         false,

@@ -7,6 +7,10 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
+/// The uid the agent's own fetches (`[prefetch]`) name: `(uid_t)-1` is no caller's uid. They
+/// take no share (they are bounded by the source-wide limit, and retried with backoff).
+pub(crate) const AGENT_UID: u32 = u32::MAX;
+
 /// SECURITY: the source-wide slots and queue are shared by every caller; one uid allowed a glob
 /// could fill them with distinct misses of its own names and every other uid's misses would be
 /// `503 source_busy`. Each uid may have at most `per_uid` fetches running or queued at a source
@@ -36,6 +40,12 @@ impl UidShares {
 
     /// A place for one more fetch of `uid`, or `None` when it holds its whole share.
     pub(crate) fn take(&self, uid: u32) -> Option<ShareGuard> {
+        if uid == AGENT_UID {
+            return Some(ShareGuard {
+                uid,
+                held: self.held.clone(),
+            });
+        }
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let count = held.entry(uid).or_insert(0);
         if *count >= self.per_uid.get() {
@@ -51,6 +61,9 @@ impl UidShares {
 
 impl Drop for ShareGuard {
     fn drop(&mut self) {
+        if self.uid == AGENT_UID {
+            return;
+        }
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(count) = held.get_mut(&self.uid) {
             *count = count.saturating_sub(1);
@@ -83,6 +96,14 @@ mod tests {
         assert!(shares.take(2).is_some());
         drop(a1);
         assert!(shares.take(1).is_some());
+    }
+
+    #[test]
+    fn the_agents_own_fetches_take_no_share() {
+        let shares = UidShares::new(n(1));
+        let _a = shares.take(AGENT_UID).unwrap();
+        let _b = shares.take(AGENT_UID).unwrap();
+        assert!(shares.held.lock().unwrap().is_empty());
     }
 
     #[test]
