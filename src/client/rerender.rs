@@ -244,7 +244,7 @@ fn send(pid: i32, file_uid: u32, owner: Option<u32>, signal: Signal) -> Result<(
 }
 
 /// The pid in `path` (one positive number, surrounding whitespace allowed) and the file's owner;
-/// run privileged, only from a file [`super::trust::read_trusted`] accepts.
+/// run privileged, only from a file `trust::read_trusted` accepts.
 pub fn read_pid(path: &Path, owner: Option<u32>) -> Result<(i32, u32), String> {
     let (text, file_uid) = super::trust::read_trusted(path, owner)?;
     let pid = text

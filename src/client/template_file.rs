@@ -30,7 +30,7 @@ pub struct Template {
 impl Template {
     /// Reads and parses the template file at `path` (`--scheme` mappings in `schemes`); when
     /// the client runs privileged (root, or `--owner` another uid), only a file it may trust
-    /// ([`super::trust::read_trusted`]).
+    /// (`trust::read_trusted`).
     pub fn read(path: &Path, schemes: &Schemes, owner: Option<u32>) -> Result<Self, ClientError> {
         let (text, _) = super::trust::read_trusted(path, owner)
             .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
