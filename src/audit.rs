@@ -20,6 +20,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::audit_limit::{AuditLimiter, push_dropped_line};
 use crate::config::AuditSink;
 use crate::metrics::Metrics;
 use crate::peer::PeerIdentity;
@@ -295,6 +296,8 @@ enum Queued {
 #[derive(Debug, Default)]
 struct Queue {
     state: Mutex<QueueState>,
+    /// Lines refused because the queue was full, not yet counted by a drop marker.
+    dropped: std::sync::atomic::AtomicU64,
     /// The writer sleeps on this while the queue is empty.
     ready: Condvar,
 }
@@ -334,13 +337,26 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits until something is queued, and says whether a flush is asked for; `None` once the
-    /// queue is closed and empty.
-    fn wait(&self) -> Option<bool> {
+    /// Waits until something is queued (or `timeout` passes, when given), and says whether a
+    /// flush is asked for; `None` once the queue is closed and empty.
+    fn wait(&self, timeout: Option<std::time::Duration>) -> Option<bool> {
         let mut state = self.lock();
         while state.items.is_empty() && !state.closed {
             state.waiting = true;
-            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+            match timeout {
+                None => state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(timeout) => {
+                    let (next, timed_out) = self
+                        .ready
+                        .wait_timeout(state, timeout)
+                        .unwrap_or_else(|p| p.into_inner());
+                    state = next;
+                    if timed_out.timed_out() {
+                        state.waiting = false;
+                        return Some(false);
+                    }
+                }
+            }
         }
         state.waiting = false;
         (!state.items.is_empty()).then_some(state.flush)
@@ -380,6 +396,7 @@ impl Drop for Sender {
 #[derive(Debug, Clone)]
 pub struct Audit {
     tx: Arc<Sender>,
+    limiter: Arc<AuditLimiter>,
     /// Whether a writer thread reads the queue (not for a test's capture).
     written: bool,
     metrics: Arc<Metrics>,
@@ -406,14 +423,17 @@ impl Audit {
             }
         };
         let queue = Arc::new(Queue::default());
+        let limiter = Arc::new(AuditLimiter::default());
         let thread_queue = queue.clone();
         let thread_metrics = metrics.clone();
+        let thread_limiter = limiter.clone();
         std::thread::Builder::new()
             .name("credagent-audit".into())
-            .spawn(move || write_lines(&thread_queue, writer, &thread_metrics))
+            .spawn(move || write_lines(&thread_queue, writer, &thread_metrics, &thread_limiter))
             .map_err(AuditError::Thread)?;
         Ok(Audit {
             tx: Arc::new(Sender(queue)),
+            limiter,
             written: true,
             metrics,
         })
@@ -426,6 +446,7 @@ impl Audit {
         (
             Audit {
                 tx: Arc::new(Sender(queue.clone())),
+                limiter: Arc::new(AuditLimiter::default()),
                 written: false,
                 metrics,
             },
@@ -444,12 +465,28 @@ impl Audit {
         }
     }
 
-    /// Queues one line; never waits.
+    /// Queues one line; never waits. A denied or error line past its uid's share is counted
+    /// for a summary line instead (`audit_limit`); allowed reads and admin actions always go.
     pub fn record(&self, event: AuditEvent) {
+        if is_limited(&event)
+            && !self
+                .limiter
+                .admit(event.peer.uid, std::time::Instant::now())
+        {
+            return;
+        }
         if self.tx.0.push(Queued::Line(event)).is_err() {
             self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
+            self.tx.0.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether `event` is a denied or error line (limited per uid), not an allowed read or an
+/// admin action (always written).
+fn is_limited(event: &AuditEvent) -> bool {
+    let admin_action = matches!(event.action, "flush" | "metrics");
+    event.status >= 400 && !(admin_action && event.decision == "allow")
 }
 
 /// The lines a test's [`Audit::capture`] handle recorded.
@@ -525,13 +562,27 @@ fn cut_torn_batch(file: &std::fs::File, written: usize) {
 
 /// The writer thread: waits for the first line of a batch, gathers what comes in
 /// [`BATCH_WINDOW`] (a flush cuts the window short), writes the batch with one write, and ends
-/// when every [`Audit`] handle is gone and the queue is written.
-fn write_lines(queue: &Queue, mut writer: Writer, metrics: &Metrics) {
+/// when every [`Audit`] handle is gone and the queue is written. Summaries of suppressed lines
+/// go out once their uid's window ends (the thread wakes for them), and a batch after lines
+/// were lost starts with one marker line that counts them.
+fn write_lines(queue: &Queue, writer: Writer, metrics: &Metrics, limiter: &AuditLimiter) {
     let mut batch = Vec::with_capacity(4096);
     let mut peers = Rendered::default();
     let mut taken = Vec::new();
     let mut acks = Vec::new();
-    while let Some(flush) = queue.wait() {
+    let mut sink = Sink {
+        writer,
+        lost: Lost::default(),
+        queue,
+        limiter,
+        metrics,
+    };
+    loop {
+        let Some(flush) = queue.wait(limiter.next_due(std::time::Instant::now())) else {
+            // Closed: the last summaries, then end.
+            sink.write(&mut batch, true);
+            return;
+        };
         if !flush {
             std::thread::sleep(BATCH_WINDOW);
         }
@@ -542,19 +593,67 @@ fn write_lines(queue: &Queue, mut writer: Writer, metrics: &Metrics) {
                 Queued::Flush(ack) => acks.push(ack),
             }
         }
-        if !batch.is_empty()
-            && let Err(e) = writer.write(&batch)
-        {
-            // The whole batch counts as dropped, even if part of it reached the file. (Counted
-            // here only: a scan of every batch was a visible cost at one connection.)
-            let lines = batch_lines(&batch);
-            metrics.audit_dropped.fetch_add(lines, Ordering::Relaxed);
-            crate::rate_limited!(error, error = %e, lines, "cannot write audit lines; dropped");
-        }
-        batch.clear();
+        // A flush is a stop: every pending summary goes out with it.
+        sink.write(&mut batch, !acks.is_empty());
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
+    }
+}
+
+/// Lines lost (queue full, failed writes) that no marker line has counted yet.
+#[derive(Default)]
+struct Lost {
+    count: u64,
+    since: Option<SystemTime>,
+}
+
+/// The writer thread's side of the sink: the writer and what it has to account for.
+struct Sink<'a> {
+    writer: Writer,
+    lost: Lost,
+    queue: &'a Queue,
+    limiter: &'a AuditLimiter,
+    metrics: &'a Metrics,
+}
+
+impl Sink<'_> {
+    /// Writes `batch` (cleared after), preceded by a drop marker when lines were lost and
+    /// followed by the summaries that are due (all of them when `all`).
+    fn write(&mut self, batch: &mut Vec<u8>, all: bool) {
+        let refused = self.queue.dropped.swap(0, Ordering::Relaxed);
+        if refused > 0 {
+            self.lost.count = self.lost.count.saturating_add(refused);
+            self.lost.since.get_or_insert_with(SystemTime::now);
+        }
+        for summary in self.limiter.due(std::time::Instant::now(), all) {
+            summary.push_line(batch);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let mut marker = Vec::new();
+        if let (true, Some(since)) = (self.lost.count > 0, self.lost.since) {
+            push_dropped_line(&mut marker, self.lost.count, since);
+            marker.extend_from_slice(batch);
+            std::mem::swap(&mut marker, batch);
+        }
+        match self.writer.write(batch) {
+            Ok(()) => self.lost = Lost::default(),
+            Err(e) => {
+                // The whole batch counts as dropped, even if part of it reached the file.
+                // (Counted here only: a scan of every batch was a visible cost at one
+                // connection.) A marker it carried is written again with the next batch.
+                let lines = batch_lines(batch).saturating_sub(u64::from(!marker.is_empty()));
+                self.metrics
+                    .audit_dropped
+                    .fetch_add(lines, Ordering::Relaxed);
+                self.lost.count = self.lost.count.saturating_add(lines);
+                self.lost.since.get_or_insert_with(SystemTime::now);
+                crate::rate_limited!(error, error = %e, lines, "cannot write audit lines; dropped");
+            }
+        }
+        batch.clear();
     }
 }
 

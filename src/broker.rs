@@ -426,6 +426,7 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
     let target = Target {
         state,
         request_id: state.next_request_id(),
+        uid: crate::source::share::AGENT_UID,
         entry,
         generation: runtime.generation,
         request: &request,
@@ -533,6 +534,7 @@ impl ReadOnce<'_> {
         let target = Target {
             state,
             request_id: audited.request_id(),
+            uid: self.caller.peer.uid,
             entry,
             generation: runtime.generation,
             request: self.secret,
@@ -609,6 +611,8 @@ fn admit_read<'r>(
 struct Target<'a> {
     state: &'a AppState,
     request_id: RequestId,
+    /// Whose share of the source's fetches a miss takes.
+    uid: u32,
     entry: &'a Arc<SourceEntry>,
     /// The config generation `entry` belongs to.
     generation: u64,
@@ -788,6 +792,7 @@ async fn credential_once(
     let target = Target {
         state,
         request_id,
+        uid: peer.uid,
         entry,
         generation: runtime.generation,
         request: &secret_request,
@@ -960,8 +965,8 @@ fn check_ciphertext_location(
 }
 
 /// Looks `request` up in the cache, fetching it from its source on a miss, or now when `force`
-/// (single-flight, bounded by the source's fetch timeout, counted, logged at one rate-limited
-/// site).
+/// (single-flight, bounded by the source's fetch timeout and `uid`'s share of its fetches,
+/// counted, logged at one rate-limited site).
 async fn cached_fetch(
     target: &Target<'_>,
     force: bool,
@@ -969,6 +974,7 @@ async fn cached_fetch(
     let Target {
         state,
         request_id,
+        uid,
         entry,
         generation,
         request,
@@ -986,7 +992,7 @@ async fn cached_fetch(
             let started = Instant::now();
             let result = match tokio::time::timeout(
                 entry.fetch_timeout,
-                entry.fetch_limited(&fetch_request, previous.as_deref()),
+                entry.fetch_limited(uid, &fetch_request, previous.as_deref(), &metrics),
             )
             .await
             {
@@ -1145,6 +1151,9 @@ gone = "fake/missing"
                 ttl: std::time::Duration::from_secs(60),
                 fetch_timeout: std::time::Duration::from_secs(5),
                 limit: crate::source::FetchLimit::new(std::num::NonZeroUsize::new(8).unwrap()),
+                shares: crate::source::share::UidShares::new(
+                    std::num::NonZeroUsize::new(4).unwrap(),
+                ),
             });
             let sources = Sources::from([("fake".to_owned(), fake.clone())]);
             let metrics = Arc::new(Metrics::default());

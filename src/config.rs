@@ -254,9 +254,8 @@ impl Default for RawAudit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAllow {
-    /// Peer attributes, all of which must match.
-    #[serde(default)]
-    pub peer: RawPeer,
+    /// Peer attributes, all of which must match; required (`{ any = true }` for every caller).
+    pub peer: Option<RawPeer>,
     /// Globs over `{source}/{id}`.
     #[serde(default)]
     pub secrets: Vec<String>,
@@ -269,6 +268,8 @@ pub struct RawAllow {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPeer {
+    /// `true`: every local caller, said on purpose (no other key may be given).
+    pub any: Option<bool>,
     /// Numeric uid.
     pub uid: Option<u32>,
     /// User name (resolved to a uid when the config is built).
@@ -329,6 +330,11 @@ impl Config {
             .enumerate()
             .filter_map(|(i, rule)| {
                 let p = &rule.peer;
+                if *p == crate::acl::PeerMatch::default() {
+                    return Some(format!(
+                        "allow[{i}]: peer = {{ any = true }} matches every local caller that can connect to the socket"
+                    ));
+                }
                 let exe = p.exe.as_ref()?;
                 let only_exe = p.uid.is_none()
                     && p.gid.is_none()
@@ -766,7 +772,8 @@ impl RawCache {
             ctx,
             "cache.min_refresh_interval_secs",
             self.min_refresh_interval_secs,
-            0,
+            // SECURITY: 0 would let any reader make the source mint a new value per request.
+            1,
             24 * 3600,
         )?;
         if self.jitter_percent > 50 {
@@ -843,6 +850,41 @@ fn check_oauth2_references(
     Ok(())
 }
 
+/// SECURITY: a rule with no `peer`, or an empty one, matches every local caller that can reach
+/// the socket; that must be said on purpose (`peer = { any = true }`), never by omission.
+fn check_peer_given(
+    ctx: &Ctx<'_>,
+    key: &str,
+    peer: Option<RawPeer>,
+) -> Result<RawPeer, ConfigError> {
+    let Some(p) = peer else {
+        return Err(ctx.invalid(
+            format!("{key}.peer"),
+            "is required: name who (uid, user, gid, group, exe, unit, user_unit), or write \
+             peer = { any = true } to mean every local caller",
+        ));
+    };
+    let named = p.uid.is_some()
+        || p.user.is_some()
+        || p.gid.is_some()
+        || p.group.is_some()
+        || p.exe.is_some()
+        || p.unit.is_some()
+        || p.user_unit.is_some();
+    match (p.any, named) {
+        (Some(true), true) => Err(ctx.invalid(
+            format!("{key}.peer.any"),
+            "any = true matches every caller and takes no other key",
+        )),
+        (Some(true), false) | (_, true) => Ok(p),
+        (_, false) => Err(ctx.invalid(
+            format!("{key}.peer"),
+            "is empty and would match every local caller: name who, or write \
+             peer = { any = true } on purpose",
+        )),
+    }
+}
+
 impl RawAllow {
     fn build(
         self,
@@ -851,7 +893,7 @@ impl RawAllow {
         sources: &BTreeMap<String, SourceConfig>,
     ) -> Result<Rule, ConfigError> {
         let key = format!("allow[{index}]");
-        let p = self.peer;
+        let p = check_peer_given(ctx, &key, self.peer)?;
         if p.uid.is_some() && p.user.is_some() {
             return Err(ctx.invalid(format!("{key}.peer"), "give uid or user, not both"));
         }
@@ -920,6 +962,18 @@ impl RawAllow {
                 .map_err(|e| ctx.invalid(&skey, format!("{pattern:?}: {e}")))?;
             // A literal source part must name a configured source: a typo would silently deny.
             let source_part = pattern.split('/').next().unwrap_or_default();
+            // SECURITY: `*` crosses `/`, so `files*` would also match every id of a source named
+            // `files-admin`; a wildcard in the source part means every source (`*`) or nothing.
+            if source_part.contains(['*', '?']) && source_part != "*" {
+                return Err(ctx.invalid(
+                    &skey,
+                    format!(
+                        "{pattern:?}: the source part before the first '/' must be a source's \
+                         name or exactly \"*\" (every source); a partial wildcard such as \
+                         \"files*\" would also match other sources (\"files-admin\")"
+                    ),
+                ));
+            }
             if !source_part.contains(['*', '?']) {
                 if !pattern.contains('/') {
                     return Err(ctx.invalid(
@@ -965,6 +1019,20 @@ mod tests {
 
     fn check(text: &str) -> Result<Config, ConfigError> {
         parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn a_rule_for_any_peer_is_accepted_only_when_said_and_is_warned_about() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = base(dir.path()).replace("peer = { uid = 1000 }", "peer = { any = true }");
+        let config = check(&text).unwrap();
+        assert_eq!(config.rules[0].peer, crate::acl::PeerMatch::default());
+        let warnings = config.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("allow[0]: peer = { any = true } matches every local caller"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
@@ -1112,6 +1180,30 @@ mod tests {
                 "dir = ",
                 "max_concurrent_fetches = 0\ndir = ",
                 "sources.files.max_concurrent_fetches",
+            ),
+            (
+                "dir = ",
+                "max_fetches_per_uid = 0\ndir = ",
+                "sources.files.max_fetches_per_uid",
+            ),
+            ("peer = { uid = 1000 }\n", "", "allow[0].peer"),
+            (
+                "[server]",
+                "[cache]\nmin_refresh_interval_secs = 0\n[server]",
+                "cache.min_refresh_interval_secs",
+            ),
+            ("\"files/*\"", "\"files*\"", "allow[0].secrets[0]"),
+            ("\"files/*\"", "\"f?les/x\"", "allow[0].secrets[0]"),
+            ("peer = { uid = 1000 }", "peer = {}", "allow[0].peer"),
+            (
+                "peer = { uid = 1000 }",
+                "peer = { any = false }",
+                "allow[0].peer",
+            ),
+            (
+                "peer = { uid = 1000 }",
+                "peer = { any = true, uid = 1000 }",
+                "allow[0].peer.any",
             ),
             (
                 "secrets = [\"files/*\"]",

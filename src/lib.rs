@@ -56,6 +56,7 @@
 
 pub(crate) mod acl;
 pub(crate) mod audit;
+pub(crate) mod audit_limit;
 pub(crate) mod backoff;
 pub mod broker;
 pub mod cache;

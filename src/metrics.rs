@@ -16,6 +16,27 @@ const STATUSES: [u16; 14] = [
 /// Fetch latency histogram upper bounds, in seconds.
 const BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
+/// Why a request was refused for the sake of other callers (`credagent_rejections_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The source's fetch slots and queue were full, or the queue wait ran out (`503`).
+    SourceBusy,
+    /// The caller's uid held its `max_fetches_per_uid` share of the source's fetches (`503`).
+    SourceBusyUid,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 2] = [Rejection::SourceBusy, Rejection::SourceBusyUid];
+
+    /// The metric's `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::SourceBusy => "source_busy",
+            Rejection::SourceBusyUid => "source_busy_uid",
+        }
+    }
+}
+
 /// Per-source counters.
 #[derive(Debug, Default)]
 pub struct SourceMetrics {
@@ -72,6 +93,7 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     /// Connections closed because a write made no progress within `write_timeout_secs`.
     pub write_timeouts: AtomicU64,
+    rejections: [AtomicU64; Rejection::ALL.len()],
     sources: Mutex<BTreeMap<String, Arc<SourceMetrics>>>,
 }
 
@@ -83,6 +105,11 @@ impl Metrics {
             .position(|&s| s == status)
             .unwrap_or(STATUSES.len() - 1);
         self.requests[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one refusal for `reason`.
+    pub fn reject(&self, reason: Rejection) {
+        self.rejections[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters of one source (created on first use).
@@ -171,6 +198,15 @@ impl Metrics {
                 load(counter)
             );
         }
+        out.push_str("# HELP credagent_rejections_total Requests refused so that one caller cannot starve others, by reason.\n# TYPE credagent_rejections_total counter\n");
+        for (reason, counter) in Rejection::ALL.iter().zip(&self.rejections) {
+            let _ = writeln!(
+                out,
+                "credagent_rejections_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(counter)
+            );
+        }
         let gauges = [
             (
                 "credagent_cache_entries",
@@ -250,6 +286,7 @@ mod tests {
         m.count_request(200);
         m.count_request(418);
         m.source("files").fetches.fetch_add(3, Ordering::Relaxed);
+        m.reject(Rejection::SourceBusyUid);
         m.source("files").observe(Duration::from_millis(2), true);
         let text = m.render(5, 4096, 8192);
         assert!(text.contains("credagent_requests_total{status=\"200\"} 2"));
@@ -260,5 +297,10 @@ mod tests {
         );
         assert!(text.contains("credagent_cache_entries 5"));
         assert!(text.contains("credagent_locked_bytes 4096"));
+        assert!(text.contains("credagent_rejections_total{reason=\"source_busy_uid\"} 1"));
+        assert!(text.contains("credagent_rejections_total{reason=\"source_busy\"} 0"));
+        for (i, reason) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "ALL is in declaration order");
+        }
     }
 }

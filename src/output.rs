@@ -106,13 +106,14 @@ pub fn write_private(path: &Path, bytes: &[u8], attrs: &FileAttrs) -> Result<(),
     })?;
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let tmp = dir.join(format!(".{}.{suffix}.tmp", name.to_string_lossy()));
-    // SECURITY: O_EXCL|O_NOFOLLOW: the name must be new, never an existing file or link; the
-    // mode is set at creation, so the file is never readable by others, not even empty.
+    // SECURITY: O_EXCL|O_NOFOLLOW: the name must be new, never an existing file or link. It is
+    // created 0600 and gets its final mode only after its final owner and group: created with a
+    // group-readable mode, it would be readable by the creator's group until the fchown.
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits())
-        .mode(mode)
+        .mode(0o600)
         .open(&tmp)
         .map_err(io("cannot create", &tmp))?;
     let mut guard = TempGuard {

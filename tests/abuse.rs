@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, TestDir, file_config, wait_until};
+use common::{Agent, TestDir, file_config, first_line, python_as, wait_until};
 
 const ATTACKER: u32 = 65534;
 const HONEST: u32 = 65533;
@@ -118,28 +117,6 @@ except OSError:
     state = "closed"
 print(state, got, flush=True)
 "#;
-
-fn python_as(uid: u32, script: &str, args: &[&str]) -> Child {
-    let mut command = common::command("/usr/bin/python3");
-    command
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    std::os::unix::process::CommandExt::uid(&mut command, uid);
-    std::os::unix::process::CommandExt::gid(&mut command, uid);
-    command.spawn().unwrap()
-}
-
-fn first_line(child: &mut Child) -> String {
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    line.trim().to_owned()
-}
 
 /// A caller as `uid` reading `path`, timed: (status, how long it took).
 fn timed_request_as(uid: u32, socket: &Path, path: &str) -> (u16, Duration) {

@@ -133,17 +133,29 @@ fn audit_lines_a_blocked_sink_cannot_take_are_dropped_and_counted_without_blocki
     assert!(dropped > 0, "no audit line dropped for {reads} reads");
 
     // Drain the pipe: every event is then either a line or counted as dropped. The metrics
-    // requests are audited too; each response counts the drops before its own event.
+    // requests are audited too; each response counts the drops before its own event. Once the
+    // sink takes lines again, a marker line (not an event) counts the lines lost before it.
     let lines = Arc::new(AtomicUsize::new(0));
-    let counter = lines.clone();
+    let marked = Arc::new(AtomicUsize::new(0));
+    let (counter, marked_counter) = (lines.clone(), marked.clone());
     std::thread::spawn(move || {
         let mut buf = [0u8; 65536];
+        let mut partial = Vec::new();
         while let Ok(n) = pipe.read(&mut buf) {
             if n == 0 {
                 break;
             }
-            let newlines = buf[..n].iter().filter(|&&b| b == b'\n').count();
-            counter.fetch_add(newlines, Ordering::SeqCst);
+            partial.extend_from_slice(&buf[..n]);
+            while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = partial.drain(..=end).collect();
+                let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                if value["action"] == "dropped" {
+                    let count = value["count"].as_u64().unwrap() as usize;
+                    marked_counter.fetch_add(count, Ordering::SeqCst);
+                } else {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+            }
         }
     });
     let mut metrics_calls = 1;
@@ -151,13 +163,119 @@ fn audit_lines_a_blocked_sink_cannot_take_are_dropped_and_counted_without_blocki
         let written = lines.load(Ordering::SeqCst);
         let dropped = agent.metric("credagent_audit_dropped_total ") as usize;
         metrics_calls += 1;
-        written + dropped == reads + metrics_calls - 1
+        written + dropped == reads + metrics_calls - 1 && marked.load(Ordering::SeqCst) == dropped
     });
     assert!(
         balanced,
-        "{} lines written + {} dropped != {reads} reads + {} metrics requests",
+        "{} lines written + {} dropped (marker lines counted {}) != {reads} reads + {} metrics \
+         requests",
         lines.load(Ordering::SeqCst),
         agent.metric("credagent_audit_dropped_total ") as usize,
+        marked.load(Ordering::SeqCst),
         metrics_calls
     );
+}
+
+/// Sends `argv[2]` pipelined `GET argv[3]` on one connection, 200 at a time, reading each
+/// group's replies; prints the number of `403` replies.
+const DENIED_FLOOD: &str = r#"
+import socket, sys
+path, total, target = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(path)
+req = ("GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % target).encode()
+denied, sent, buf = 0, 0, b""
+while sent < total:
+    n = min(200, total - sent)
+    s.sendall(req * n)
+    sent += n
+    while buf.count(b"HTTP/1.1 ") < n:
+        buf += s.recv(1 << 20)
+    denied += buf.count(b"HTTP/1.1 403")
+    buf = b""
+print(denied, flush=True)
+"#;
+
+#[test]
+fn an_attacker_writing_twenty_thousand_denied_lines_cannot_hide_another_uids_read() {
+    const ATTACKER: u32 = 65534;
+    const HONEST: u32 = 65533;
+    const FLOOD: usize = 20_000;
+    let dir = TestDir::new();
+    dir.secret("app", b"value");
+    let audit = dir.path().join("audit.log");
+    let mut agent = Agent::start(
+        &dir,
+        &file_config(&format!(
+            "[audit]\nfile = \"{}\"\n\n[[allow]]\npeer = {{ uid = {HONEST} }}\nsecrets = [\"files/app\"]\n",
+            audit.display()
+        )),
+    );
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    let mut flood = common::python_as(
+        ATTACKER,
+        DENIED_FLOOD,
+        &[&socket, &FLOOD.to_string(), "/v1/secrets/files/app"],
+    );
+    // The honest read lands in the middle of the flood.
+    std::thread::sleep(Duration::from_millis(300));
+    let honest = common::request_as(HONEST, &agent.socket, "GET", "/v1/secrets/files/app");
+    assert_eq!((honest.status, honest.text()), (200, "value".to_owned()));
+    assert_eq!(
+        common::first_line(&mut flood),
+        FLOOD.to_string(),
+        "every flood request denied"
+    );
+    drop(flood);
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // The attacker's summary comes once its window ends, while the agent runs.
+    assert!(
+        wait_until(Duration::from_secs(15), || lines()
+            .iter()
+            .any(|l| l["action"] == "suppressed" && l["uid"] == ATTACKER)),
+        "no summary line for the attacker"
+    );
+    assert_eq!(agent.metric("credagent_audit_dropped_total "), 0.0);
+    agent.stop();
+    let lines = lines();
+    let honest_reads: Vec<_> = lines
+        .iter()
+        .filter(|l| l["action"] == "read" && l["uid"] == HONEST)
+        .collect();
+    assert_eq!(
+        honest_reads.len(),
+        1,
+        "the honest read is in the audit file"
+    );
+    assert_eq!(
+        (&honest_reads[0]["decision"], &honest_reads[0]["status"]),
+        (&"allow".into(), &200.into())
+    );
+    let denied_written = lines
+        .iter()
+        .filter(|l| l["uid"] == ATTACKER && l["decision"] == "deny" && l["status"] == 403)
+        .count();
+    let suppressed: u64 = lines
+        .iter()
+        .filter(|l| l["action"] == "suppressed" && l["uid"] == ATTACKER)
+        .map(|l| l["count"].as_u64().unwrap())
+        .sum();
+    // A few hundred lines at most (100 per 10 s window), and every denied request accounted for.
+    assert!(
+        denied_written <= 300,
+        "{denied_written} denied lines written"
+    );
+    assert_eq!(denied_written as u64 + suppressed, FLOOD as u64);
+    for summary in lines.iter().filter(|l| l["action"] == "suppressed") {
+        assert!(
+            summary["since"].as_str().unwrap().ends_with('Z'),
+            "{summary}"
+        );
+    }
 }

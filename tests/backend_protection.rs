@@ -140,7 +140,12 @@ fn a_burst_of_thirty_distinct_misses_puts_at_most_two_calls_in_flight_and_the_ov
     moto.create_secrets("burst/", BURST);
     // Each call to moto takes 800 ms: 2 run, 8 queue (4 per allowed fetch), 20 are refused.
     let proxy = DelayProxy::start(moto.port, Duration::from_millis(800));
-    let extra = format!("max_concurrent_fetches = {LIMIT}\nfetch_timeout_secs = 30\n");
+    // One uid may hold every slot and queue place here: this test is about the source-wide bound
+    // (the per-uid share is tests/fairness.rs's).
+    let extra = format!(
+        "max_concurrent_fetches = {LIMIT}\nmax_fetches_per_uid = {}\nfetch_timeout_secs = 30\n",
+        LIMIT * 5
+    );
     let sources =
         key_source(dir.path(), &moto, "aws", "reader", &extra).replace(&moto.url, &proxy.url);
     let agent = Agent::start(&dir, &config("", &sources));

@@ -276,3 +276,79 @@ fn relative_socket_audit_and_control_paths_are_relative_to_the_config_file() {
     ));
     assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
 }
+
+/// Starts `serve` on `config`; waits until it answers health or exits (10 s at most). Returns
+/// the exit code if it exited, or the running child.
+fn serve_or_exit(
+    config: &std::path::Path,
+    socket: &std::path::Path,
+) -> Result<common::ChildGuard, Option<i32>> {
+    let mut child = common::ChildGuard(
+        Command::new(common::bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return Err(status.code());
+        }
+        if common::try_request(socket, "GET", "/v1/health", &[], b"").is_ok_and(|r| r.status == 200)
+        {
+            return Ok(child);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("serve neither answered nor exited in 10 s");
+}
+
+#[test]
+fn uid_65534_cannot_read_through_a_rule_written_without_peer_or_with_an_empty_one() {
+    for peer_line in ["", "peer = {}\n"] {
+        let dir = TestDir::new();
+        dir.secret("app", b"app-value");
+        let config = dir.write_config(&format!(
+            "[server]\nsocket = \"{{socket}}\"\nsocket_mode = \"0666\"\n\n[cache]\nlock_memory = \"best-effort\"\n\n\
+             [sources.files]\ntype = \"file\"\ndir = \"{{secrets}}\"\n\n[[allow]]\n{peer_line}secrets = [\"files/app\"]\n"
+        ));
+        match serve_or_exit(&config, &dir.socket()) {
+            Ok(_agent) => {
+                let attacker =
+                    common::request_as(65534, &dir.socket(), "GET", "/v1/secrets/files/app");
+                panic!(
+                    "a rule with {peer_line:?} was accepted; uid 65534 got {} {:?}",
+                    attacker.status,
+                    attacker.text()
+                );
+            }
+            Err(code) => assert_eq!(code, Some(78), "{peer_line:?}"),
+        }
+        let out = run(&["check-config"], &config);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("allow[0].peer"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Said on purpose, it loads, with a warning from check-config.
+    let dir = TestDir::new();
+    dir.secret("app", b"app-value");
+    let config = dir.write_config(
+        "[server]\nsocket = \"{socket}\"\n\n[cache]\nlock_memory = \"best-effort\"\n\n\
+         [sources.files]\ntype = \"file\"\ndir = \"{secrets}\"\n\n[[allow]]\npeer = { any = true }\nsecrets = [\"files/app\"]\n",
+    );
+    let out = run(&["check-config"], &config);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("matches every local caller"), "{text}");
+}

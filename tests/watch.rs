@@ -685,3 +685,132 @@ fn render_watch_kills_an_on_change_command_past_its_timeout_with_its_children_wi
         String::from_utf8_lossy(&sleepers.stdout)
     );
 }
+
+#[test]
+fn an_app_user_writing_a_root_pid_into_its_pid_file_cannot_make_root_render_signal_it() {
+    let dir = TestDir::new();
+    dir.secret("db", b"one");
+    let agent = Agent::start(&dir, &file_config(""));
+    let marker = dir.path().join("hups");
+    // A root process that SIGHUP would reach (it counts them).
+    let root_process = hup_counter(&dir, &marker);
+    // The app's pid file, owned by the app's user, who writes root's pid into it.
+    let pid_file = dir.path().join("app.pid");
+    std::fs::write(&pid_file, "").unwrap();
+    std::os::unix::fs::chown(&pid_file, Some(NOBODY), Some(NOBODY)).unwrap();
+    let mut writer = Command::new("/bin/sh");
+    writer.arg("-c").arg(format!(
+        "echo {} > {}",
+        root_process.0.id(),
+        pid_file.display()
+    ));
+    std::os::unix::process::CommandExt::uid(&mut writer, NOBODY);
+    std::os::unix::process::CommandExt::gid(&mut writer, NOBODY);
+    assert!(writer.status().unwrap().success());
+    let (watcher, out) = render_watch(
+        &agent,
+        &dir,
+        dir.path(),
+        "db={{ secret files/db }}\n",
+        &["--signal", "HUP", "--pid-file", pid_file.to_str().unwrap()],
+        None,
+        "db=one\n",
+    );
+    dir.secret("db", b"two");
+    flush(&agent);
+    within(Duration::from_secs(5), &watcher, "re-render", || {
+        read(&out) == "db=two\n"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(lines(&marker), 0, "root's process was signalled");
+    within(Duration::from_secs(5), &watcher, "refusal logged", || {
+        watcher.log_text().contains("is owned by uid 65534")
+    });
+}
+
+#[test]
+fn root_render_refuses_a_template_the_app_user_owns_or_reaches_by_symlink() {
+    let dir = TestDir::new();
+    dir.secret("db", b"root-only-value");
+    let agent = Agent::start(&dir, &file_config(""));
+    let template = dir.path().join("app.tmpl");
+    std::fs::write(&template, "db={{ secret files/db }}\n").unwrap();
+    std::os::unix::fs::chown(&template, Some(NOBODY), Some(NOBODY)).unwrap();
+    let link = dir.path().join("link.tmpl");
+    let root_template = dir.path().join("root.tmpl");
+    std::fs::write(&root_template, "db={{ secret files/db }}\n").unwrap();
+    std::os::unix::fs::symlink(&root_template, &link).unwrap();
+    for (path, want) in [
+        (&template, "is owned by uid 65534"),
+        (&link, "symbolic link"),
+    ] {
+        let out = dir.path().join("out");
+        let result = agent.cli_as(
+            None,
+            &[
+                "render",
+                path.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{}: rendered", path.display());
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(!out.exists(), "nothing written");
+    }
+    // Root's own template renders.
+    let out = dir.path().join("out");
+    let result = agent.cli_as(
+        None,
+        &[
+            "render",
+            root_template.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert_eq!(read(&out), "db=root-only-value\n");
+}
+
+#[test]
+fn exec_watch_keeps_the_running_child_when_a_rotated_value_holds_a_nul_byte() {
+    let dir = TestDir::new();
+    dir.secret("db", b"one");
+    let agent = Agent::start(&dir, &file_config(""));
+    let starts = dir.path().join("starts");
+    let script = format!("echo \"$DB\" >> {}; exec sleep 1000", starts.display());
+    let mut watcher = exec_watcher(&agent, &dir, "restart", &script);
+    within(Duration::from_secs(10), &watcher, "first start", || {
+        read(&starts) == "one\n"
+    });
+
+    dir.secret("db", b"two\0with-a-nul");
+    flush(&agent);
+    within(
+        Duration::from_secs(5),
+        &watcher,
+        "the refusal logged",
+        || watcher.log_text().contains("holds a NUL byte"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        watcher.running(),
+        "exec --watch stopped: {}",
+        watcher.log_text()
+    );
+    assert_eq!(read(&starts), "one\n", "the old child was stopped");
+
+    // A usable value later restarts it as usual.
+    dir.secret("db", b"three");
+    flush(&agent);
+    within(Duration::from_secs(5), &watcher, "restart", || {
+        read(&starts) == "one\nthree\n"
+    });
+    assert!(watcher.running());
+}

@@ -38,6 +38,14 @@ impl Bindings {
         Ok(Bindings { vars, watched })
     }
 
+    /// The first variable whose value cannot be in an environment (a NUL byte ends a C
+    /// string), if any.
+    pub fn unusable<'a>(&'a self, current: &'a [Current]) -> Option<&'a str> {
+        self.env(current)
+            .find(|(_, value)| value.as_bytes().contains(&0))
+            .map(|(var, _)| var)
+    }
+
     /// Each variable with its value, `current[i]` holding the value of `watched[i]`: for a
     /// command's `envs`.
     pub fn env<'a>(&'a self, current: &'a [Current]) -> impl Iterator<Item = (&'a str, &'a OsStr)> {

@@ -60,7 +60,12 @@ pub fn render(
 ) -> Result<(), ClientError> {
     let schemes = schemes_of(schemes)?;
     // Wiped when dropped (locked memory).
-    let rendered = rt.block_on(super::template_file::render(socket, template, &schemes))?;
+    let rendered = rt.block_on(super::template_file::render(
+        socket,
+        template,
+        &schemes,
+        attrs.owner,
+    ))?;
     let written = match output {
         Some(path) => crate::output::write_private(path, rendered.as_slice(), attrs)
             .map_err(|e| e.to_string()),
@@ -143,6 +148,8 @@ pub fn reload(pid: i32) -> Result<(), ClientError> {
             "reload: {pid} is not a process id"
         )));
     }
+    super::trust::check_is_credagent(pid)
+        .map_err(|reason| ClientError::Usage(format!("reload: {reason}")))?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGHUP,

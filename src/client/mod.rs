@@ -11,6 +11,7 @@ pub mod commands;
 pub mod rerender;
 pub mod supervise;
 pub mod template_file;
+pub(crate) mod trust;
 pub mod watch;
 
 use std::os::unix::fs::MetadataExt;

@@ -69,7 +69,7 @@ fn write(watch: &RenderWatch<'_>, bytes: &SecretBytes) -> Result<(), ClientError
 
 /// Reads and parses the template file.
 fn load(watch: &RenderWatch<'_>) -> Result<Template, ClientError> {
-    Template::read(watch.template, watch.schemes)
+    Template::read(watch.template, watch.schemes, watch.attrs.owner)
 }
 
 /// What a SIGHUP led to.
@@ -195,7 +195,7 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
                 write_backoff.reset();
                 tracing::info!("rewrote {}", watch.output.display());
                 // A SIGHUP during the action is taken after it; SIGTERM/SIGINT end it.
-                let action = act(&watch.action);
+                let action = act(&watch.action, watch.attrs.owner);
                 tokio::pin!(action);
                 loop {
                     tokio::select! {
@@ -220,12 +220,12 @@ pub async fn run(watch: RenderWatch<'_>) -> Result<(), ClientError> {
 }
 
 /// Runs the `--on-change` command or sends the `--signal`; failures are logged.
-async fn act(action: &Action) {
+async fn act(action: &Action, owner: Option<u32>) {
     match action {
         Action::None => {}
         Action::Command { command, timeout } => run_command(command, *timeout).await,
-        Action::Signal { signal, pid_file } => match read_pid(pid_file) {
-            Ok(pid) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), *signal) {
+        Action::Signal { signal, pid_file } => match read_pid(pid_file, owner) {
+            Ok((pid, uid)) => match send(pid, uid, owner, *signal) {
                 Ok(()) => tracing::info!("sent {signal} to process {pid}"),
                 Err(err) => tracing::error!("cannot send {signal} to process {pid}: {err}"),
             },
@@ -234,14 +234,26 @@ async fn act(action: &Action) {
     }
 }
 
-/// The pid in `path`: one positive number, surrounding whitespace allowed.
-pub fn read_pid(path: &Path) -> Result<i32, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
-    text.trim()
+/// SECURITY: run privileged, the signal goes only to a process of the uid the rendered file is
+/// for (`--owner`), else of the pid file's owner, through a pidfd ([`super::trust`]).
+fn send(pid: i32, file_uid: u32, owner: Option<u32>, signal: Signal) -> Result<(), String> {
+    if super::trust::privileged(owner) {
+        return super::trust::signal_as_uid(pid, owner.unwrap_or(file_uid), signal);
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| e.to_string())
+}
+
+/// The pid in `path` (one positive number, surrounding whitespace allowed) and the file's owner;
+/// run privileged, only from a file `trust::read_trusted` accepts.
+pub fn read_pid(path: &Path, owner: Option<u32>) -> Result<(i32, u32), String> {
+    let (text, file_uid) = super::trust::read_trusted(path, owner)?;
+    let pid = text
+        .trim()
         .parse::<i32>()
         .ok()
         .filter(|pid| *pid > 0)
-        .ok_or_else(|| format!("{:?} is not a process id", text.trim()))
+        .ok_or_else(|| format!("{:?} is not a process id", text.trim()))?;
+    Ok((pid, file_uid))
 }
 
 async fn run_command(command: &str, timeout: Duration) {
@@ -295,8 +307,12 @@ mod tests {
             ("", Err(())),
         ] {
             std::fs::write(&file, text).unwrap();
-            assert_eq!(read_pid(&file).map_err(|_| ()), want, "{text:?}");
+            assert_eq!(
+                read_pid(&file, None).map(|(p, _)| p).map_err(|_| ()),
+                want,
+                "{text:?}"
+            );
         }
-        assert!(read_pid(&dir.path().join("missing")).is_err());
+        assert!(read_pid(&dir.path().join("missing"), None).is_err());
     }
 }

@@ -127,7 +127,11 @@ pub async fn run(watch: ExecWatch<'_>) -> Result<u8, ClientError> {
                     continue;
                 }
                 match watch.on_change {
-                    OnChange::Restart => {
+                    // A value the new child could not get (a NUL byte): stopping the running
+                    // one for it would leave nothing running.
+                    OnChange::Restart => if let Some(var) = bindings.unusable(&current) {
+                        tracing::error!("a watched secret changed, but the new value of {var} holds a NUL byte and cannot be an environment variable: keeping the running child");
+                    } else {
                         tracing::info!("a watched secret changed: restarting the child");
                         stop(&mut child, watch.grace).await;
                         child = spawn(&watch, &bindings, &current)?;

@@ -28,9 +28,11 @@ pub struct Template {
 }
 
 impl Template {
-    /// Reads and parses the template file at `path` (`--scheme` mappings in `schemes`).
-    pub fn read(path: &Path, schemes: &Schemes) -> Result<Self, ClientError> {
-        let text = std::fs::read_to_string(path)
+    /// Reads and parses the template file at `path` (`--scheme` mappings in `schemes`); when
+    /// the client runs privileged (root, or `--owner` another uid), only a file it may trust
+    /// (`trust::read_trusted`).
+    pub fn read(path: &Path, schemes: &Schemes, owner: Option<u32>) -> Result<Self, ClientError> {
+        let (text, _) = super::trust::read_trusted(path, owner)
             .map_err(|e| ClientError::Usage(format!("cannot read {}: {e}", path.display())))?;
         let pieces = crate::template::parse_template_with(&text, schemes)
             .map_err(|e| ClientError::Usage(format!("{}: {e}", path.display())))?;
@@ -77,8 +79,9 @@ pub async fn render(
     socket: &Path,
     template: &Path,
     schemes: &crate::template::Schemes,
+    owner: Option<u32>,
 ) -> Result<SecretBytes, ClientError> {
-    let template = Template::read(template, schemes)?;
+    let template = Template::read(template, schemes, owner)?;
     let current = watch::fetch_once(socket, &template.watched).await?;
     template.render(&current)
 }

@@ -168,6 +168,7 @@ pub async fn build_one(
             ttl: cfg.ttl,
             fetch_timeout: cfg.fetch_timeout,
             limit: FetchLimit::new(cfg.max_concurrent_fetches),
+            shares: super::share::UidShares::new(cfg.max_fetches_per_uid),
         })
     };
     let mut entries = Vec::with_capacity(2);

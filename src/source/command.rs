@@ -53,6 +53,8 @@ pub struct RawCommandSource {
     pub ttl_secs: Option<u64>,
     /// Fetches in flight at once (further misses queue, then `503 source_busy`).
     pub max_concurrent_fetches: Option<usize>,
+    /// Of those, running or queued for one uid at once (default half, at least 1).
+    pub max_fetches_per_uid: Option<usize>,
     /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
     pub startup_check: Option<String>,
 }

@@ -62,6 +62,8 @@ pub struct SourceConfig {
     pub fetch_timeout: Duration,
     /// Fetches in flight at once; further misses wait in a bounded queue.
     pub max_concurrent_fetches: NonZeroUsize,
+    /// Fetches one uid may have running or queued at once (`max_fetches_per_uid`).
+    pub max_fetches_per_uid: NonZeroUsize,
     /// Exit or retry when the start-up check fails.
     pub startup_check: StartupCheck,
 }
@@ -103,15 +105,15 @@ impl RawSource {
     /// Validates the section at `key` (`sources.NAME`); keys in errors are dotted from the root.
     pub fn build(self, key: &str, defaults: &Defaults<'_>) -> Result<SourceConfig, Invalid> {
         let raw = self;
-        let max_fetches = match &raw {
-            RawSource::File(f) => f.max_concurrent_fetches,
-            RawSource::Env(e) => e.max_concurrent_fetches,
-            RawSource::Vault(v) => v.max_concurrent_fetches,
-            RawSource::Aws(a) => a.max_concurrent_fetches,
-            RawSource::AwsSsm(s) => s.aws.max_concurrent_fetches,
-            RawSource::AwsS3(s) => s.aws.max_concurrent_fetches,
-            RawSource::Command(c) => c.max_concurrent_fetches,
-            RawSource::OAuth2(o) => o.max_concurrent_fetches,
+        let (max_fetches, per_uid) = match &raw {
+            RawSource::File(f) => (f.max_concurrent_fetches, f.max_fetches_per_uid),
+            RawSource::Env(e) => (e.max_concurrent_fetches, e.max_fetches_per_uid),
+            RawSource::Vault(v) => (v.max_concurrent_fetches, v.max_fetches_per_uid),
+            RawSource::Aws(a) => (a.max_concurrent_fetches, a.max_fetches_per_uid),
+            RawSource::AwsSsm(s) => (s.aws.max_concurrent_fetches, s.aws.max_fetches_per_uid),
+            RawSource::AwsS3(s) => (s.aws.max_concurrent_fetches, s.aws.max_fetches_per_uid),
+            RawSource::Command(c) => (c.max_concurrent_fetches, c.max_fetches_per_uid),
+            RawSource::OAuth2(o) => (o.max_concurrent_fetches, o.max_fetches_per_uid),
         };
         let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
             .filter(|n| n.get() <= 1024)
@@ -121,6 +123,17 @@ impl RawSource {
                     "must be between 1 and 1024",
                 )
             })?;
+        let max_fetches_per_uid = match per_uid {
+            None => crate::source::share::default_per_uid(max_concurrent_fetches),
+            Some(n) => NonZeroUsize::new(n)
+                .filter(|n| n.get() <= 1024)
+                .ok_or_else(|| {
+                    Invalid::new(
+                        format!("{key}.max_fetches_per_uid"),
+                        "must be between 1 and 1024",
+                    )
+                })?,
+        };
         // Only sources with a start-up check (a login, an identity check, a program lookup) have
         // the key; a file or env source has nothing to retry.
         let startup_check = match &raw {
@@ -255,6 +268,7 @@ impl RawSource {
             ttl,
             fetch_timeout,
             max_concurrent_fetches,
+            max_fetches_per_uid,
             startup_check,
         })
     }

@@ -23,6 +23,7 @@ pub mod limit;
 pub mod oauth2;
 pub mod secret;
 pub mod section;
+pub(crate) mod share;
 pub mod vault;
 
 use std::collections::BTreeMap;
@@ -243,18 +244,31 @@ pub struct SourceEntry {
     pub fetch_timeout: Duration,
     /// Bounds the fetches in flight (`max_concurrent_fetches`).
     pub limit: FetchLimit,
+    /// Bounds each uid's part of them (`max_fetches_per_uid`).
+    pub(crate) shares: share::UidShares,
 }
 
 impl SourceEntry {
-    /// Fetches through [`FetchLimit`]: at most `max_concurrent_fetches` at once, further ones
-    /// wait in a bounded queue, the rest fail with [`SourceError::Busy`].
+    /// Fetches for `uid` through its share and [`FetchLimit`]: at most `max_fetches_per_uid`
+    /// running or queued for one uid, at most `max_concurrent_fetches` at once, further ones
+    /// wait in a bounded queue, the rest fail with [`SourceError::Busy`] (counted by reason).
     pub async fn fetch_limited(
         &self,
+        uid: u32,
         request: &SecretRequest,
         previous: Option<&Secret>,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<Fetched, SourceError> {
+        let Some(_share) = self.shares.take(uid) else {
+            metrics.reject(crate::metrics::Rejection::SourceBusyUid);
+            return Err(SourceError::Busy);
+        };
         let queue_wait = self.fetch_timeout.checked_div(2).unwrap_or_default();
-        let _permit = self.limit.acquire(queue_wait).await?;
+        let _permit = self
+            .limit
+            .acquire(queue_wait)
+            .await
+            .inspect_err(|_| metrics.reject(crate::metrics::Rejection::SourceBusy))?;
         self.source.fetch(request, previous).await
     }
 }

@@ -688,3 +688,30 @@ pub fn hold_connections(socket: &Path, count: usize) -> Vec<UnixStream> {
         })
         .collect()
 }
+
+/// Runs `/usr/bin/python3 -c SCRIPT ARGS` as `uid` (gid = uid) with piped stdin and stdout (a
+/// script that holds its state until stdin closes ends when the child's stdin is dropped).
+pub fn python_as(uid: u32, script: &str, args: &[&str]) -> Child {
+    let mut command = command("/usr/bin/python3");
+    command
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    std::os::unix::process::CommandExt::uid(&mut command, uid);
+    std::os::unix::process::CommandExt::gid(&mut command, uid);
+    command.spawn().unwrap()
+}
+
+/// The next line `child` printed, trimmed.
+pub fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    line.trim().to_owned()
+}

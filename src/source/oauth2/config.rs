@@ -47,6 +47,8 @@ pub struct RawOAuth2Source {
     pub fetch_timeout_secs: Option<u64>,
     /// Token requests in flight at once (default 8); further misses queue.
     pub max_concurrent_fetches: Option<usize>,
+    /// Of those, running or queued for one uid at once (default half, at least 1).
+    pub max_fetches_per_uid: Option<usize>,
 }
 
 /// `[sources.NAME.tokens.ID]`, as written.
@@ -390,6 +392,7 @@ mod tests {
             tokens: BTreeMap::from([("a".to_owned(), RawTokenProfile::default())]),
             fetch_timeout_secs: None,
             max_concurrent_fetches: None,
+            max_fetches_per_uid: None,
         };
         let resolve = |p: &Path| p.to_path_buf();
         assert!(

@@ -41,7 +41,7 @@ use super::http::{HttpClient, SetupError, error_chain, https_client, read_body_l
 use crate::name::SecretName;
 use crate::secure_mem::SecretBytes;
 use crate::source::error::SourceError;
-use crate::source::secret::{Fetched, Secret, SecretRequest, Selector};
+use crate::source::secret::{Fetched, SecretRequest, Selector};
 
 /// Largest token endpoint reply read (a JWT access token with many claims is a few KiB).
 pub const MAX_TOKEN_REPLY: usize = 64 * 1024;
@@ -135,7 +135,7 @@ impl OAuth2Source {
                     ("scope", opt_bytes(&profile.scope)),
                     ("audience", opt_bytes(&profile.audience)),
                 ])?;
-                self.request(body, &secret).await?.0
+                self.request(body, &secret).await?.0?
             }
             Grant::RefreshToken(configured) => {
                 // SECURITY: held across the request: a rotated refresh token is spent once.
@@ -154,13 +154,19 @@ impl OAuth2Source {
                 drop(current);
                 let (token, next) = self.request(body, &secret).await?;
                 if let Some(next) = next {
-                    tracing::debug!(
-                        token_url = %self.config.token_url,
-                        "the token endpoint rotated the refresh token; the new one is used next"
-                    );
+                    // SECURITY: the server has spent the old one: a reply whose access token is
+                    // refused must not lose the grant for good.
+                    if let Err(err) = &token {
+                        tracing::warn!(token_url = %self.config.token_url, error = %err, "the token endpoint's reply was refused, but it rotated the refresh token; the new one is kept and used next");
+                    } else {
+                        tracing::debug!(
+                            token_url = %self.config.token_url,
+                            "the token endpoint rotated the refresh token; the new one is used next"
+                        );
+                    }
                     *rotated = Some(next);
                 }
-                token
+                token?
             }
         };
         Ok(Fetched::New(token))
@@ -187,12 +193,12 @@ impl OAuth2Source {
     }
 
     /// POSTs `body` to the token endpoint with client_secret_basic; returns the access token
-    /// and a rotated refresh token, if the server sent one.
+    /// (or why it is refused) and a rotated refresh token, if the server sent one.
     async fn request(
         &self,
         body: Bytes,
         client_secret: &SecretBytes,
-    ) -> Result<(Secret, Option<SecretBytes>), SourceError> {
+    ) -> Result<token::TokenAndRotation, SourceError> {
         let mut auth = basic_auth(&self.config.client_id, client_secret.as_slice())?;
         // SECURITY: a short-lived heap copy for this one request, hidden from Debug output.
         let mut auth_value = HeaderValue::from_bytes(auth.as_slice()).map_err(|_| {
@@ -316,7 +322,12 @@ mod tests {
         let secret = SecretBytes::from_slice(b"s").unwrap();
         for (_, want) in &cases {
             let body = form_body(&[("grant_type", b"client_credentials".as_slice())]).unwrap();
-            let err = source.request(body, &secret).await.map(|_| ()).unwrap_err();
+            let err = source
+                .request(body, &secret)
+                .await
+                .and_then(|(token, _)| token)
+                .map(|_| ())
+                .unwrap_err();
             assert!(
                 matches!(&err, SourceError::BadReply { detail } if detail.contains(want)),
                 "{want}: {err:?}"

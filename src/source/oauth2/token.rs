@@ -40,14 +40,19 @@ pub(super) fn opt_bytes(value: &Option<String>) -> &[u8] {
     value.as_deref().map_or(&[][..], str::as_bytes)
 }
 
-/// What a token endpoint answered, mapped: a token (and maybe a rotated refresh token), or an
-/// error by code. Nothing of the body reaches an error's detail.
+/// A 2xx reply: the access token or why it is refused, and a rotated refresh token, which is
+/// kept either way.
+pub(super) type TokenAndRotation = (Result<Secret, SourceError>, Option<SecretBytes>);
+
+/// What a token endpoint answered, mapped: for a 2xx JSON object, a token (or why it is refused)
+/// and maybe a rotated refresh token; else an error by code. Nothing of the body reaches an
+/// error's detail.
 pub(super) fn parse_reply(
     status: u16,
     body: &[u8],
     sent_at: SystemTime,
     skew: Duration,
-) -> Result<(Secret, Option<SecretBytes>), SourceError> {
+) -> Result<TokenAndRotation, SourceError> {
     let parsed = serde_json::from_slice::<TokenReply<'_>>(body);
     if !(200..300).contains(&status) {
         let code = parsed
@@ -82,17 +87,44 @@ pub(super) fn parse_reply(
         refresh_token,
         error,
     } = reply;
+    let next = match refresh_token.as_deref() {
+        Some(next) if !next.is_empty() => SecretBytes::from_slice(next.as_bytes()).ok(),
+        _ => None,
+    };
+    wipe_cow(refresh_token);
+    let token = parse_token(
+        access_token,
+        token_type,
+        expires_in,
+        error.is_some(),
+        sent_at,
+        skew,
+    );
+    Ok((token, next))
+}
+
+/// The access token of a 2xx reply's members, checked.
+fn parse_token(
+    access_token: Option<Cow<'_, str>>,
+    token_type: Option<Cow<'_, str>>,
+    expires_in: Option<serde_json::Value>,
+    has_error: bool,
+    sent_at: SystemTime,
+    skew: Duration,
+) -> Result<Secret, SourceError> {
+    let bad = |detail: &str| SourceError::BadReply {
+        detail: format!("the token endpoint's reply {detail}"),
+    };
     // From here on, every early return wipes what serde copied.
-    let fail = |detail: &str, a: Option<Cow<'_, str>>, r: Option<Cow<'_, str>>| {
+    let fail = |detail: &str, a: Option<Cow<'_, str>>| {
         wipe_cow(a);
-        wipe_cow(r);
         Err(bad(detail))
     };
-    if error.is_some() {
-        return fail("has an error member", access_token, refresh_token);
+    if has_error {
+        return fail("has an error member", access_token);
     }
     let Some(token) = access_token.as_deref().filter(|t| !t.is_empty()) else {
-        return fail("has no access_token", access_token, refresh_token);
+        return fail("has no access_token", access_token);
     };
     // RFC 6750 §2.1: b64token characters only, so the token can go in a header.
     if !token
@@ -102,18 +134,13 @@ pub(super) fn parse_reply(
         return fail(
             "has an access_token that is not a bearer token (b64token)",
             access_token,
-            refresh_token,
         );
     }
     if !token_type
         .as_deref()
         .is_some_and(|t| t.eq_ignore_ascii_case("bearer"))
     {
-        return fail(
-            "has a token_type other than Bearer",
-            access_token,
-            refresh_token,
-        );
+        return fail("has a token_type other than Bearer", access_token);
     }
     let expires_in = match expires_in {
         None | Some(serde_json::Value::Null) => None,
@@ -123,17 +150,12 @@ pub(super) fn parse_reply(
                 .or_else(|| value.as_str().and_then(|s| s.parse().ok()));
             match secs {
                 Some(secs) if secs <= 366 * 24 * 3600 => Some(Duration::from_secs(secs)),
-                _ => return fail("has an unusable expires_in", access_token, refresh_token),
+                _ => return fail("has an unusable expires_in", access_token),
             }
         }
     };
-    let next = match refresh_token.as_deref() {
-        Some(next) if !next.is_empty() => Some(SecretBytes::from_slice(next.as_bytes())?),
-        _ => None,
-    };
     let value = SecretBytes::from_slice(token.as_bytes());
     wipe_cow(access_token);
-    wipe_cow(refresh_token);
     let lifetime = expires_in.map(|valid_for| Lifetime {
         // `valid_for` is at most a year (checked above); an overflow would mean "expired now".
         expires_at: sent_at.checked_add(valid_for).unwrap_or(sent_at),
@@ -142,7 +164,7 @@ pub(super) fn parse_reply(
     });
     let mut secret = Secret::new(value?, None);
     secret.lifetime = lifetime;
-    Ok((secret, next))
+    Ok(secret)
 }
 
 /// How long a token valid for `valid_for` is served: until `skew` before its end; when it
@@ -217,6 +239,20 @@ mod tests {
             SystemTime::UNIX_EPOCH,
             Duration::from_secs(60),
         )
+        .and_then(|(token, next)| token.map(|token| (token, next)))
+    }
+
+    #[test]
+    fn a_2xx_reply_whose_access_token_is_refused_still_gives_its_rotated_refresh_token() {
+        let (token, next) = parse_reply(
+            200,
+            br#"{"access_token":"a","token_type":"mac","refresh_token":"r3"}"#,
+            SystemTime::UNIX_EPOCH,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(matches!(token, Err(SourceError::BadReply { .. })));
+        assert_eq!(next.unwrap().as_slice(), b"r3");
     }
 
     #[test]
