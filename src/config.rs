@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::acl::{PeerMatch, Rule};
 use crate::name::{Glob, SecretName, validate_source_name};
 use crate::secure_mem::LockPolicy;
+use crate::source::aws::credentials_config::{CredentialsConfig, RawCredentialsSource};
 use crate::source::aws::{AwsConfig, RawAwsSource};
 use crate::source::aws_s3::{RawS3Source, S3Config};
 use crate::source::aws_ssm::{RawSsmSource, SsmConfig};
@@ -281,6 +282,9 @@ pub enum RawSource {
     /// `type = "oauth2"`.
     #[serde(rename = "oauth2")]
     OAuth2(Box<RawOAuth2Source>),
+    /// `type = "aws-credentials"` (issue 29).
+    #[serde(rename = "aws-credentials")]
+    AwsCredentials(Box<RawCredentialsSource>),
 }
 
 /// `[[allow]]` as written.
@@ -498,6 +502,8 @@ pub enum SourceKind {
     AwsS3(Box<S3Config>),
     /// OAuth2 access tokens.
     OAuth2(Box<OAuth2Config>),
+    /// AWS role credentials for local callers (issue 29).
+    AwsCredentials(Box<CredentialsConfig>),
 }
 
 /// Default `max_concurrent_fetches` of a source.
@@ -887,6 +893,7 @@ fn build_source(
         RawSource::AwsS3(s) => s.aws.max_concurrent_fetches,
         RawSource::Command(c) => c.max_concurrent_fetches,
         RawSource::OAuth2(o) => o.max_concurrent_fetches,
+        RawSource::AwsCredentials(c) => c.aws.max_concurrent_fetches,
     };
     let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
         .filter(|n| n.get() <= 1024)
@@ -906,6 +913,7 @@ fn build_source(
         RawSource::AwsSsm(s) => s.aws.startup_check.clone(),
         RawSource::AwsS3(s) => s.aws.startup_check.clone(),
         RawSource::Command(c) => c.startup_check.clone(),
+        RawSource::AwsCredentials(c) => c.aws.startup_check.clone(),
     };
     let (kind, ttl_secs, timeout_secs) = match raw {
         RawSource::File(f) => {
@@ -998,6 +1006,18 @@ fn build_source(
                 SourceKind::OAuth2(Box::new(oauth)),
                 None,
                 o.fetch_timeout_secs,
+            )
+        }
+        // aws-credentials (issue 29): held for the session's life (its Lifetime), at most the
+        // longest STS session.
+        RawSource::AwsCredentials(c) => {
+            let creds = c
+                .validate(key, ctx.path)
+                .map_err(|e| ctx.invalid(e.key, e.reason))?;
+            (
+                SourceKind::AwsCredentials(Box::new(creds)),
+                Some(43_200),
+                c.aws.fetch_timeout_secs,
             )
         }
         RawSource::AwsSsm(a) => {

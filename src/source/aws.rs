@@ -17,6 +17,10 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use serde::Deserialize;
 
+// aws-credentials (issue 29): the role profiles vended to local callers.
+pub mod credentials;
+pub mod credentials_config;
+
 use super::{Fetched, Secret, SecretRequest, Selector, SourceError};
 use crate::aws_auth::{self, AssumeRoleConfig, AuthConfig, AuthMethod, KeyFiles, NetSettings};
 use crate::secure_mem::SecretBytes;
@@ -241,16 +245,7 @@ impl RawAssumeRole {
     ) -> Result<AssumeRoleConfig, InvalidKey> {
         check_role_arn(&self.role_arn).map_err(|r| invalid(format!("{key}.role_arn"), r))?;
         if let Some(id) = &self.external_id {
-            let ok = (2..=1224).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b));
-            if !ok {
-                return Err(invalid(
-                    format!("{key}.external_id"),
-                    "must be 2 to 1224 characters of letters, digits and _+=,.@:/-",
-                ));
-            }
+            check_external_id(id).map_err(|r| invalid(format!("{key}.external_id"), r))?;
         }
         let template = self
             .session_name
@@ -270,12 +265,7 @@ impl RawAssumeRole {
             ));
         }
         let secs = self.duration_secs.unwrap_or(3600);
-        if !(900..=43_200).contains(&secs) {
-            return Err(invalid(
-                format!("{key}.duration_secs"),
-                format!("must be between 900 and 43200 seconds (STS limits), got {secs}"),
-            ));
-        }
+        check_session_secs(secs).map_err(|r| invalid(format!("{key}.duration_secs"), r))?;
         if let Some(url) = &self.sts_endpoint {
             check_url(url, allow_plain_http)
                 .map_err(|r| invalid(format!("{key}.sts_endpoint"), r))?;
@@ -293,9 +283,33 @@ impl RawAssumeRole {
     }
 }
 
+/// STS's limits on a session's length (`DurationSeconds`).
+pub(crate) fn check_session_secs(secs: u64) -> Result<(), String> {
+    if (900..=43_200).contains(&secs) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between 900 and 43200 seconds (STS limits), got {secs}"
+        ))
+    }
+}
+
+/// `sts:ExternalId`'s limits: 2–1224 characters of letters, digits and `_+=,.@:/-`.
+pub(crate) fn check_external_id(id: &str) -> Result<(), &'static str> {
+    let ok = (2..=1224).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 2 to 1224 characters of letters, digits and _+=,.@:/-")
+    }
+}
+
 /// The host name with characters a session name cannot hold replaced by `-`, shortened so
 /// `credagent-{hostname}` fits 64 characters.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -313,7 +327,7 @@ fn hostname() -> String {
         .collect()
 }
 
-fn check_region(region: &str) -> Result<(), String> {
+pub(crate) fn check_region(region: &str) -> Result<(), String> {
     let ok = (1..=32).contains(&region.len())
         && region
             .bytes()
@@ -327,7 +341,7 @@ fn check_region(region: &str) -> Result<(), String> {
     }
 }
 
-fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
+pub(crate) fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -339,7 +353,7 @@ fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
     }
 }
 
-fn check_role_arn(arn: &str) -> Result<(), String> {
+pub(crate) fn check_role_arn(arn: &str) -> Result<(), String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let ok = parts.len() == 6
         && parts[0] == "arn"
@@ -724,6 +738,7 @@ mod tests {
             version_stage: stage.map(str::to_owned),
             version,
             label: None,
+            aws_session: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
         assert!(check_selector(&sel(None, Some("AWSPREVIOUS"), None)).is_ok());

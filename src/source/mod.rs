@@ -38,6 +38,10 @@ pub struct Selector {
     pub version: Option<u64>,
     /// SSM parameter label.
     pub label: Option<String>,
+    /// aws-credentials: the caller's session (name, and source identity), set by the broker
+    /// from the peer's identity, never by a request. Behind one pointer: a read request is
+    /// moved on every request, and most have none.
+    pub aws_session: Option<Arc<String>>,
 }
 
 impl Selector {
@@ -47,6 +51,7 @@ impl Selector {
             && self.version_stage.is_none()
             && self.version.is_none()
             && self.label.is_none()
+            && self.aws_session.is_none()
     }
 }
 
@@ -163,6 +168,8 @@ pub struct Lifetime {
     pub serve_for: Duration,
     /// How long it works: never served past this, not even stale.
     pub valid_for: Duration,
+    /// When to renew it, counted from the fetch; `None`: the cache's refresh-ahead decides.
+    pub refresh_after: Option<Duration>,
 }
 
 /// The outcome of a fetch that may reuse a previously fetched value.
@@ -258,6 +265,8 @@ pub enum Source {
     AwsSsm(aws_ssm::SsmSource),
     /// AWS S3, one object per secret.
     AwsS3(aws_s3::S3Source),
+    /// aws-credentials (issue 29): role sessions for local callers.
+    AwsCredentials(aws::credentials::CredentialsSource),
     /// A command's output (`pass`, `gopass`, …).
     Command(command::CommandSource),
     /// OAuth2 access tokens.
@@ -279,6 +288,7 @@ impl Source {
             Source::AwsSsm(_) => "aws-ssm",
             Source::Command(_) => "command",
             Source::AwsS3(_) => "aws-s3",
+            Source::AwsCredentials(_) => "aws-credentials",
             Source::OAuth2(_) => "oauth2",
             #[cfg(test)]
             Source::Fake(_) => "fake",
@@ -308,6 +318,7 @@ impl Source {
             Source::Aws(_) => aws::check_selector(selector),
             Source::AwsSsm(_) => aws_ssm::check_selector(selector),
             Source::AwsS3(_) => aws_s3::check_selector(selector),
+            Source::AwsCredentials(_) => aws::credentials::check_selector(selector),
             Source::OAuth2(_) => oauth2::check_selector(selector),
             #[cfg(test)]
             Source::Fake(_) => {
@@ -323,6 +334,10 @@ impl Source {
     /// Rejects ids this source could never serve, before the cache is asked (so a malformed id
     /// creates no cache slot, no fetch and no source error).
     pub fn check_id(&self, id: &str) -> Result<(), &'static str> {
+        // aws-credentials (issue 29): only configured profiles.
+        if let Source::AwsCredentials(creds) = self {
+            return creds.check_id(id);
+        }
         let rule = match self {
             Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => IdRule::Any,
             Source::Env(_) => IdRule::Env,
@@ -331,6 +346,7 @@ impl Source {
             Source::AwsSsm(_) => IdRule::Ssm,
             Source::Command(_) => IdRule::Command,
             Source::OAuth2(_) => IdRule::OAuth2,
+            Source::AwsCredentials(_) => IdRule::AwsCredentials,
             #[cfg(test)]
             Source::Fake(_) => IdRule::Fake,
         };
@@ -357,6 +373,8 @@ pub enum IdRule {
     Command,
     /// An OAuth2 source's token profile name.
     OAuth2,
+    /// An aws-credentials source's role profile name.
+    AwsCredentials,
     /// The unit tests' fake source.
     #[cfg(test)]
     Fake,
@@ -373,6 +391,7 @@ impl IdRule {
             IdRule::Ssm => aws_ssm::check_id(id),
             IdRule::Command => command::check_id(id),
             IdRule::OAuth2 => oauth2::check_id(id),
+            IdRule::AwsCredentials => aws::credentials_config::check_profile_name(id),
             #[cfg(test)]
             IdRule::Fake => crate::testutil::FakeSource::check_id(id),
         }
@@ -395,6 +414,7 @@ impl IdRule {
                 SourceKind::AwsSsm(_) => IdRule::Ssm,
                 SourceKind::Command(_) => IdRule::Command,
                 SourceKind::OAuth2(_) => IdRule::OAuth2,
+                SourceKind::AwsCredentials(_) => IdRule::AwsCredentials,
             });
         }
         sources
@@ -429,6 +449,7 @@ impl Source {
             Source::Command(s) => Box::pin(s.fetch(request)).await,
             Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
             Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
+            Source::AwsCredentials(s) => Box::pin(s.fetch(request)).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
@@ -633,6 +654,14 @@ pub enum BuildError {
         /// What is missing.
         cause: command::ProgramNotFound,
     },
+    /// An aws-credentials source's base identity or a role profile failed (issue 29).
+    #[error("source {name:?}: {cause}")]
+    AwsCredentials {
+        /// Source name.
+        name: String,
+        /// What failed.
+        cause: aws::credentials::CredentialsError,
+    },
     /// An OAuth2 source's HTTP client could not be set up (its CA bundle).
     #[error("source {name:?}: {cause}")]
     OAuth2 {
@@ -657,6 +686,7 @@ impl BuildError {
         match self {
             BuildError::Vault { cause, .. } => cause.to_string(),
             BuildError::Aws { cause, .. } => cause.to_string(),
+            BuildError::AwsCredentials { cause, .. } => cause.to_string(),
             BuildError::Command { cause, .. } => cause.to_string(),
             BuildError::OAuth2 { cause, .. } => cause.to_string(),
             BuildError::NameTaken { vault, .. } => {
@@ -672,6 +702,7 @@ impl BuildError {
         match self {
             BuildError::Vault { cause, .. } => cause.retry_may_help(),
             BuildError::Aws { cause, .. } => cause.retry_may_help(),
+            BuildError::AwsCredentials { cause, .. } => cause.retry_may_help(),
             BuildError::Command { .. }
             | BuildError::OAuth2 { .. }
             | BuildError::NameTaken { .. } => false,
@@ -835,6 +866,18 @@ pub async fn build_one(
             })?;
             Source::OAuth2(Box::new(source))
         }
+        // aws-credentials (issue 29).
+        crate::config::SourceKind::AwsCredentials(creds) => Source::AwsCredentials({
+            if creds.aws.allow_plain_http {
+                warn_plain_http(name);
+            }
+            aws::credentials::CredentialsSource::build(creds, cfg.fetch_timeout)
+                .await
+                .map_err(|cause| BuildError::AwsCredentials {
+                    name: name.to_owned(),
+                    cause,
+                })?
+        }),
         crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
             if ssm.aws.allow_plain_http {
                 warn_plain_http(name);
