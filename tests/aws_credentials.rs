@@ -1,6 +1,6 @@
 //! The `aws-credentials` source against a real moto server with signature and IAM checking on
 //! (role `reader` trusts user `vendor` with external id `ext-29`), and the real AWS CLI
-//! (botocore) as the client, run as uid 65534 through `credential_process = credagent
+//! (botocore) and the Rust SDK (aws-config) as clients, run as uid 65534 through `credential_process = credagent
 //! aws-credentials roles/reader`: each caller its own STS session, a caller without a rule gets
 //! the agent's one-line reason inside the SDK's error, a wrong external id stops the start,
 //! concurrent callers share one AssumeRole, and sessions are renewed before
@@ -319,4 +319,43 @@ fn sessions_are_renewed_and_never_served_with_less_than_min_remaining_secs() {
     assert!(keys.len() >= 2, "not renewed in 13 s: {keys:?}");
     let calls = moto.sts_calls("AssumeRole").len();
     assert!((2..=3).contains(&calls), "{calls} AssumeRole calls in 13 s");
+}
+
+#[test]
+fn the_rust_sdk_takes_the_role_through_credential_process() {
+    let dir = TestDir::new();
+    let moto = Moto::start(&dir);
+    let agent = Agent::start(&dir, &config(&dir, &moto, "", "", &allow(CALLER)));
+    // The provider runs the command through `sh -c`; the command drops to the caller's uid.
+    let command = format!(
+        "setpriv --reuid={CALLER} --regid={CALLER} --clear-groups {} aws-credentials roles/reader --socket {}",
+        bin().display(),
+        agent.socket.display()
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let arn = rt.block_on(async {
+        let provider = aws_config::credential_process::CredentialProcessProvider::new(command);
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .endpoint_url(&moto.url)
+            .credentials_provider(provider)
+            .load()
+            .await;
+        let out = aws_sdk_sts::Client::new(&sdk)
+            .get_caller_identity()
+            .send()
+            .await
+            .unwrap();
+        out.arn().unwrap().to_owned()
+    });
+    assert!(
+        arn.starts_with(&format!(
+            "arn:aws:sts::{ACCOUNT_A}:assumed-role/reader/credagent-"
+        )),
+        "{arn}"
+    );
+    assert!(arn.ends_with(&format!("-{CALLER}")), "{arn}");
 }
