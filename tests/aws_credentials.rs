@@ -226,7 +226,7 @@ fn a_uid_with_the_rule_gets_its_own_role_session_and_a_uid_without_gets_the_reas
 }
 
 #[test]
-fn a_wrong_external_id_stops_the_start_and_a_trust_changed_later_is_a_502() {
+fn a_wrong_external_id_stops_the_start_with_exit_77() {
     let dir = TestDir::new();
     let moto = Moto::start(&dir);
     let wrong = config(&dir, &moto, "", "", &allow(CALLER)).replace("ext-29", "ext-wrong");
@@ -234,27 +234,61 @@ fn a_wrong_external_id_stops_the_start_and_a_trust_changed_later_is_a_502() {
     assert_eq!(code, Some(77), "{log}");
     assert!(log.contains("source \"roles\""), "{log}");
     assert!(log.contains("sources.roles.roles.reader"), "{log}");
+    assert!(!log.contains(&moto.key("vendor").1), "{log}");
+}
 
+#[test]
+fn another_uid_asking_for_a_cached_profile_gets_its_own_session_not_the_first_callers() {
+    let dir = TestDir::new();
+    let moto = Moto::start(&dir);
     let rules = format!("{}{}", allow(CALLER), allow(OTHER));
     let agent = Agent::start(&dir, &config(&dir, &moto, "", "", &rules));
     let first = agent.cli_as(Some(CALLER), &["aws-credentials", "roles/reader"]);
     assert_eq!(first.status.code(), Some(0));
-    // The role's trust now asks for another external id: a caller whose session is not
-    // cached yet gets 502 upstream_denied (and the command exit 1), the first keeps its own.
+    let first_json: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    // The role's trust now asks for another external id. The second uid, whose session is
+    // not cached, must get a session of its own: STS refuses it, so 502 upstream_denied (and
+    // the command exit 1) — never the first caller's cached keys.
     let (key, secret) = moto.key("admin");
     moto.script(&["reader-trust", &key, &secret, "ext-rotated"]);
     let refused = request_as(OTHER, &agent.socket, "GET", "/v1/secrets/roles/reader");
     assert_eq!(refused.status, 502, "{}", refused.text());
     assert_eq!(refused.error_code(), "upstream_denied");
+    assert!(
+        !refused
+            .text()
+            .contains(first_json["AccessKeyId"].as_str().unwrap())
+    );
     let out = agent.cli_as(Some(OTHER), &["aws-credentials", "roles/reader"]);
     assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("upstream_denied"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The first caller keeps its own session.
     let again = agent.cli_as(Some(CALLER), &["aws-credentials", "roles/reader"]);
     assert_eq!(again.stdout, first.stdout);
+    // Trust restored: the second uid gets a session of its own, named after its uid.
+    moto.script(&["reader-trust", &key, &secret, "ext-29"]);
+    let second = agent.cli_as(Some(OTHER), &["aws-credentials", "roles/reader"]);
+    assert_eq!(second.status.code(), Some(0));
+    let second_json: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    assert_ne!(second_json["AccessKeyId"], first_json["AccessKeyId"]);
+    let sessions: Vec<String> = agent
+        .audit_reads("roles/reader")
+        .iter()
+        .filter(|l| l["status"] == 200)
+        .map(|l| format!("{}:{}", l["uid"], l["session_name"].as_str().unwrap()))
+        .collect();
+    assert!(
+        sessions.iter().all(|s| {
+            let (uid, name) = s.split_once(':').unwrap();
+            name.ends_with(&format!("-{uid}"))
+        }),
+        "{sessions:?}"
+    );
 }
 
 #[test]
