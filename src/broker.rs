@@ -125,6 +125,9 @@ pub struct Reply {
     pub not_modified: bool,
     /// What a `?refresh=true` did.
     pub refresh: Option<Refresh>,
+    /// When the served value stops working, for a value with a lifetime (audited for AWS
+    /// role sessions).
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl Reply {
@@ -135,6 +138,7 @@ impl Reply {
             etag: None,
             not_modified: false,
             refresh: None,
+            expires_at: None,
         }
     }
 }
@@ -473,6 +477,9 @@ pub async fn read(
             .await
         }
     };
+    if let (Ok(reply), Some(aws)) = (&result, audited.event.aws.as_mut()) {
+        aws.expires_at = reply.expires_at;
+    }
     audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
 }
 
@@ -531,13 +538,24 @@ impl ReadOnce<'_> {
             *admitted_before,
         )?;
         *admitted_before = true;
+        // aws-credentials: the caller's own session joins the cache key (under this runtime's
+        // source: a reload may have changed the profile).
+        let bound = caller_session(entry, self.secret, self.caller.peer);
+        audited.event.aws = bound.as_ref().and_then(|bound| {
+            bound.selector.aws_session.as_deref().map(|key| {
+                Box::new(crate::audit::AwsSession {
+                    name: crate::source::aws::credentials::session_name_of(key).into(),
+                    expires_at: None,
+                })
+            })
+        });
         let target = Target {
             state,
             request_id: audited.request_id(),
             uid: self.caller.peer.uid,
             entry,
             generation: runtime.generation,
-            request: self.secret,
+            request: bound.as_ref().unwrap_or(self.secret),
         };
         let (reply, served) = current(&target, self.view, force).await;
         audited.event.cache = Some(served.as_str());
@@ -570,6 +588,23 @@ fn admit_again<'r>(
         }
         other => other,
     })
+}
+
+/// aws-credentials (issue 29): `request` bound to `peer`'s session of the profile (its session
+/// name from the kernel's identity of the caller), so the cache's single flight is per
+/// (profile, session name) and no caller is served another's session. `None` for other sources.
+fn caller_session(
+    entry: &SourceEntry,
+    request: &SecretRequest,
+    peer: &PeerIdentity,
+) -> Option<SecretRequest> {
+    let Source::AwsCredentials(creds) = &entry.source else {
+        return None;
+    };
+    let key = creds.session_key(request.name.id(), peer)?;
+    let mut bound = request.clone();
+    bound.selector.aws_session = Some(Arc::new(key));
+    Some(bound)
 }
 
 /// The checks of a read before the cache, in order: the sender, the drain, the access
@@ -639,7 +674,9 @@ async fn current(
         let secret = secret?;
         // A read of the whole value answers with the tag kept beside it in the cache.
         let whole = (view.field.is_none() && view.format == Format::Raw).then(|| secret.tag(etag));
+        let expires_at = secret.lifetime.map(|l| l.expires_at);
         let mut reply = render(&request.name, secret, view.field, view.format)?;
+        reply.expires_at = expires_at;
         reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
         reply.refresh = force.then_some(refresh);
         if !etag_matches(view.if_none_match, reply.etag.as_deref()) {
@@ -789,6 +826,8 @@ async fn credential_once(
         return Err(denied);
     }
     let secret_request = SecretRequest { name, selector };
+    // aws-credentials: the connecting unit's own session.
+    let secret_request = caller_session(entry, &secret_request, peer).unwrap_or(secret_request);
     let target = Target {
         state,
         request_id,

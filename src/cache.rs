@@ -500,6 +500,11 @@ impl Cache {
         if generation != inner.generation {
             return;
         }
+        // A source that says when to renew (aws-credentials' refresh_at_percent) is renewed then.
+        let refresh_at = match lifetime.and_then(|l| l.refresh_after) {
+            Some(after) => later(now, after).min(expires),
+            None => refresh_at,
+        };
         let Some(slot) = inner.map.get_mut(request) else {
             return;
         };
@@ -1248,6 +1253,7 @@ mod tests {
                         .unwrap(),
                     serve_for: Duration::from_secs(20),
                     valid_for: Duration::from_secs(30),
+                    refresh_after: None,
                 });
                 Ok(Fetched::New(secret))
             })

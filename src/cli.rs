@@ -1,4 +1,5 @@
-//! Command line: `serve`, `check-config`, `reload`, `get`, `render`, `exec`, `flush`, `health`.
+//! Command line: `serve`, `check-config`, `reload`, `get`, `aws-credentials`, `render`, `exec`,
+//! `flush`, `health`.
 
 use std::path::PathBuf;
 
@@ -148,6 +149,16 @@ pub enum Command {
         /// Ask `/v1/ready` (prefetched secrets cached, sources up) instead of `/v1/health`.
         #[arg(long)]
         ready: bool,
+        /// Agent socket.
+        #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Print AWS role credentials as `credential_process` JSON (`SOURCE/PROFILE` of an
+    /// `aws-credentials` source), for `credential_process = credagent aws-credentials …` in
+    /// `~/.aws/config`. On failure one line on stderr and `get`'s exit codes.
+    AwsCredentials {
+        /// `SOURCE/PROFILE`, e.g. `roles/reader`.
+        profile_path: String,
         /// Agent socket.
         #[arg(long, env = "CREDAGENT_SOCKET", default_value = DEFAULT_SOCKET)]
         socket: PathBuf,

@@ -575,6 +575,15 @@ fn build_prefetch(
             .ok_or_else(|| ctx.invalid(&key, format!("no source named {:?}", name.source())))?;
         rule.check(name.id())
             .map_err(|why| ctx.invalid(&key, format!("{entry:?}: {why}")))?;
+        // aws-credentials (issue 29): a session is made for a caller, never ahead of one.
+        if rule == crate::source::IdRule::AwsCredentials {
+            return Err(ctx.invalid(
+                &key,
+                format!(
+                    "{entry:?}: role credentials are made for a caller; they cannot be prefetched"
+                ),
+            ));
+        }
         if secrets.contains(&name) {
             return Err(ctx.invalid(&key, format!("{entry:?} is listed twice")));
         }
@@ -1391,6 +1400,23 @@ mod tests {
         // A file source has no start-up check, so no such key.
         let file_retry = base(dir.path()).replace("dir = ", "startup_check = \"retry\"\ndir = ");
         assert!(matches!(check(&file_retry), Err(ConfigError::Parse { .. })));
+    }
+
+    #[test]
+    fn an_aws_credentials_source_builds_and_cannot_be_prefetched() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = format!(
+            "{}\n[sources.roles]\ntype = \"aws-credentials\"\nregion = \"eu-west-1\"\nauth = \"instance-profile\"\n\n[sources.roles.roles.reader]\nrole_arn = \"arn:aws:iam::123456789012:role/reader\"\n",
+            base(dir.path())
+        );
+        let config = check(&ok).unwrap();
+        let roles = &config.sources["roles"];
+        assert!(matches!(roles.kind, SourceKind::AwsCredentials(_)));
+        assert_eq!(roles.ttl, Duration::from_secs(43_200));
+        match check(&format!("{ok}\n[prefetch]\nsecrets = [\"roles/reader\"]\n")) {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "prefetch.secrets[0]"),
+            other => panic!("expected Invalid at prefetch.secrets[0], got {other:?}"),
+        }
     }
 
     #[test]

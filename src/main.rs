@@ -112,6 +112,11 @@ fn main() -> ExitCode {
                 )
             })
         }
+        // issue 29: the value of an aws-credentials profile is the credential_process JSON.
+        Command::AwsCredentials {
+            profile_path,
+            socket,
+        } => client_main(|rt| commands::get(rt, &socket, &profile_path, &GetOptions::default())),
         Command::Flush { pattern, socket } => {
             client_main(|rt| commands::flush(rt, &socket, pattern.as_deref()))
         }

@@ -115,12 +115,13 @@ fn relative_links_point_at_files_that_exist() {
 }
 
 /// Every source type, as `sources.NAME.type` takes it.
-const SOURCE_TYPES: [&str; 8] = [
+const SOURCE_TYPES: [&str; 9] = [
     "file",
     "env",
     "aws-secretsmanager",
     "aws-ssm",
     "aws-s3",
+    "aws-credentials",
     "vault",
     "command",
     "oauth2",

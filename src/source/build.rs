@@ -44,6 +44,14 @@ pub enum BuildError {
         /// What failed.
         cause: aws::auth::AuthError,
     },
+    /// An aws-credentials source's base identity or a role profile failed.
+    #[error("source {name:?}: {cause}")]
+    AwsCredentials {
+        /// Source name.
+        name: String,
+        /// What failed.
+        cause: aws::credentials::CredentialsError,
+    },
     /// A command source's program is not there.
     #[error("source {name:?}: {cause}")]
     Command {
@@ -76,6 +84,7 @@ impl BuildError {
         match self {
             BuildError::Vault { cause, .. } => cause.to_string(),
             BuildError::Aws { cause, .. } => cause.to_string(),
+            BuildError::AwsCredentials { cause, .. } => cause.to_string(),
             BuildError::Command { cause, .. } => cause.to_string(),
             BuildError::OAuth2 { cause, .. } => cause.to_string(),
             BuildError::NameTaken { vault, .. } => {
@@ -91,6 +100,7 @@ impl BuildError {
         match self {
             BuildError::Vault { cause, .. } => cause.retry_may_help(),
             BuildError::Aws { cause, .. } => cause.retry_may_help(),
+            BuildError::AwsCredentials { cause, .. } => cause.retry_may_help(),
             BuildError::Command { .. }
             | BuildError::OAuth2 { .. }
             | BuildError::NameTaken { .. } => false,
@@ -241,6 +251,18 @@ pub async fn build_one(
             })?;
             Source::OAuth2(Box::new(source))
         }
+        // aws-credentials: role sessions for local callers.
+        SourceKind::AwsCredentials(creds) => Source::AwsCredentials({
+            if creds.aws.allow_plain_http {
+                warn_plain_http(name);
+            }
+            aws::credentials::CredentialsSource::build(creds, cfg.fetch_timeout)
+                .await
+                .map_err(|cause| BuildError::AwsCredentials {
+                    name: name.to_owned(),
+                    cause,
+                })?
+        }),
         SourceKind::AwsSsm(ssm) => Source::AwsSsm({
             if ssm.aws.allow_plain_http {
                 warn_plain_http(name);

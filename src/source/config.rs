@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::aws::config::{AwsConfig, RawAwsSource};
+use super::aws::credentials_config::{CredentialsConfig, RawCredentialsSource};
 use super::aws::s3::{RawS3Source, S3Config};
 use super::aws::ssm::{RawSsmSource, SsmConfig};
 use super::command::{CommandConfig, RawCommandSource};
@@ -49,6 +50,9 @@ pub enum RawSource {
     /// `type = "oauth2"`.
     #[serde(rename = "oauth2")]
     OAuth2(Box<RawOAuth2Source>),
+    /// `type = "aws-credentials"`.
+    #[serde(rename = "aws-credentials")]
+    AwsCredentials(Box<RawCredentialsSource>),
 }
 
 /// A validated source, ready to be constructed.
@@ -93,6 +97,8 @@ pub enum SourceKind {
     AwsS3(Box<S3Config>),
     /// OAuth2 access tokens.
     OAuth2(Box<OAuth2Config>),
+    /// AWS role credentials for local callers.
+    AwsCredentials(Box<CredentialsConfig>),
 }
 
 /// Default `max_concurrent_fetches` of a source.
@@ -114,6 +120,9 @@ impl RawSource {
             RawSource::AwsS3(s) => (s.aws.max_concurrent_fetches, s.aws.max_fetches_per_uid),
             RawSource::Command(c) => (c.max_concurrent_fetches, c.max_fetches_per_uid),
             RawSource::OAuth2(o) => (o.max_concurrent_fetches, o.max_fetches_per_uid),
+            RawSource::AwsCredentials(c) => {
+                (c.aws.max_concurrent_fetches, c.aws.max_fetches_per_uid)
+            }
         };
         let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
             .filter(|n| n.get() <= 1024)
@@ -144,6 +153,7 @@ impl RawSource {
             RawSource::AwsSsm(s) => s.aws.startup_check.clone(),
             RawSource::AwsS3(s) => s.aws.startup_check.clone(),
             RawSource::Command(c) => c.startup_check.clone(),
+            RawSource::AwsCredentials(c) => c.aws.startup_check.clone(),
         };
         let (kind, ttl_secs, timeout_secs) = match raw {
             RawSource::File(f) => {
@@ -233,6 +243,15 @@ impl RawSource {
                     SourceKind::OAuth2(Box::new(oauth)),
                     None,
                     o.fetch_timeout_secs,
+                )
+            }
+            // Held for the session's life (its Lifetime), at most the longest STS session.
+            RawSource::AwsCredentials(c) => {
+                let creds = c.validate(key, defaults.config_path)?;
+                (
+                    SourceKind::AwsCredentials(Box::new(creds)),
+                    Some(43_200),
+                    c.aws.fetch_timeout_secs,
                 )
             }
             RawSource::AwsSsm(a) => {

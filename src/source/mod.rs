@@ -60,6 +60,8 @@ pub enum Source {
     AwsSsm(aws::ssm::SsmSource),
     /// AWS S3, one object per secret.
     AwsS3(aws::s3::S3Source),
+    /// aws-credentials: role sessions for local callers.
+    AwsCredentials(aws::credentials::CredentialsSource),
     /// A command's output (`pass`, `gopass`, …).
     Command(command::CommandSource),
     /// OAuth2 access tokens.
@@ -81,6 +83,7 @@ impl Source {
             Source::AwsSsm(_) => "aws-ssm",
             Source::Command(_) => "command",
             Source::AwsS3(_) => "aws-s3",
+            Source::AwsCredentials(_) => "aws-credentials",
             Source::OAuth2(_) => "oauth2",
             #[cfg(test)]
             Source::Fake(_) => "fake",
@@ -110,6 +113,7 @@ impl Source {
             Source::Aws(_) => aws::secretsmanager::check_selector(selector),
             Source::AwsSsm(_) => aws::ssm::check_selector(selector),
             Source::AwsS3(_) => aws::s3::check_selector(selector),
+            Source::AwsCredentials(_) => aws::credentials::check_selector(selector),
             Source::OAuth2(_) => oauth2::check_selector(selector),
             #[cfg(test)]
             Source::Fake(_) => {
@@ -125,6 +129,10 @@ impl Source {
     /// Rejects ids this source could never serve, before the cache is asked (so a malformed id
     /// creates no cache slot, no fetch and no source error).
     pub fn check_id(&self, id: &str) -> Result<(), &'static str> {
+        // aws-credentials (issue 29): only configured profiles.
+        if let Source::AwsCredentials(creds) = self {
+            return creds.check_id(id);
+        }
         let rule = match self {
             Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => IdRule::Any,
             Source::Env(_) => IdRule::Env,
@@ -133,6 +141,7 @@ impl Source {
             Source::AwsSsm(_) => IdRule::Ssm,
             Source::Command(_) => IdRule::Command,
             Source::OAuth2(_) => IdRule::OAuth2,
+            Source::AwsCredentials(_) => IdRule::AwsCredentials,
             #[cfg(test)]
             Source::Fake(_) => IdRule::Fake,
         };
@@ -159,6 +168,8 @@ pub enum IdRule {
     Command,
     /// An OAuth2 source's token profile name.
     OAuth2,
+    /// An aws-credentials source's role profile name.
+    AwsCredentials,
     /// The unit tests' fake source.
     #[cfg(test)]
     Fake,
@@ -175,6 +186,7 @@ impl IdRule {
             IdRule::Ssm => aws::ssm::check_id(id),
             IdRule::Command => command::check_id(id),
             IdRule::OAuth2 => oauth2::check_id(id),
+            IdRule::AwsCredentials => aws::credentials_config::check_profile_name(id),
             #[cfg(test)]
             IdRule::Fake => crate::testutil::FakeSource::check_id(id),
         }
@@ -193,6 +205,7 @@ impl IdRule {
                 SourceKind::AwsSsm(_) => IdRule::Ssm,
                 SourceKind::Command(_) => IdRule::Command,
                 SourceKind::OAuth2(_) => IdRule::OAuth2,
+                SourceKind::AwsCredentials(_) => IdRule::AwsCredentials,
             });
         }
         sources
@@ -227,6 +240,7 @@ impl Source {
             Source::Command(s) => Box::pin(s.fetch(request)).await,
             Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
             Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
+            Source::AwsCredentials(s) => Box::pin(s.fetch(request)).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }

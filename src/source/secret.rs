@@ -19,6 +19,10 @@ pub struct Selector {
     pub version: Option<u64>,
     /// SSM parameter label.
     pub label: Option<String>,
+    /// aws-credentials: the caller's session (name, and source identity), set by the broker
+    /// from the peer's identity, never by a request. Behind one pointer: a read request is
+    /// moved on every request, and most have none.
+    pub aws_session: Option<std::sync::Arc<String>>,
 }
 
 impl Selector {
@@ -28,6 +32,7 @@ impl Selector {
             && self.version_stage.is_none()
             && self.version.is_none()
             && self.label.is_none()
+            && self.aws_session.is_none()
     }
 }
 
@@ -144,6 +149,8 @@ pub struct Lifetime {
     pub serve_for: Duration,
     /// How long it works: never served past this, not even stale.
     pub valid_for: Duration,
+    /// When to renew it, counted from the fetch; `None`: the cache's refresh-ahead decides.
+    pub refresh_after: Option<Duration>,
 }
 
 /// The outcome of a fetch that may reuse a previously fetched value.

@@ -215,16 +215,7 @@ impl RawAssumeRole {
     ) -> Result<AssumeRoleConfig, Invalid> {
         check_role_arn(&self.role_arn).map_err(|r| invalid(format!("{key}.role_arn"), r))?;
         if let Some(id) = &self.external_id {
-            let ok = (2..=1224).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b));
-            if !ok {
-                return Err(invalid(
-                    format!("{key}.external_id"),
-                    "must be 2 to 1224 characters of letters, digits and _+=,.@:/-",
-                ));
-            }
+            check_external_id(id).map_err(|r| invalid(format!("{key}.external_id"), r))?;
         }
         let template = self
             .session_name
@@ -244,12 +235,7 @@ impl RawAssumeRole {
             ));
         }
         let secs = self.duration_secs.unwrap_or(3600);
-        if !(900..=43_200).contains(&secs) {
-            return Err(invalid(
-                format!("{key}.duration_secs"),
-                format!("must be between 900 and 43200 seconds (STS limits), got {secs}"),
-            ));
-        }
+        check_session_secs(secs).map_err(|r| invalid(format!("{key}.duration_secs"), r))?;
         if let Some(url) = &self.sts_endpoint {
             check_url(url, allow_plain_http)
                 .map_err(|r| invalid(format!("{key}.sts_endpoint"), r))?;
@@ -267,9 +253,33 @@ impl RawAssumeRole {
     }
 }
 
+/// STS's limits on a session's length (`DurationSeconds`).
+pub(crate) fn check_session_secs(secs: u64) -> Result<(), String> {
+    if (900..=43_200).contains(&secs) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be between 900 and 43200 seconds (STS limits), got {secs}"
+        ))
+    }
+}
+
+/// `sts:ExternalId`'s limits: 2–1224 characters of letters, digits and `_+=,.@:/-`.
+pub(crate) fn check_external_id(id: &str) -> Result<(), &'static str> {
+    let ok = (2..=1224).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_+=,.@:/-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err("must be 2 to 1224 characters of letters, digits and _+=,.@:/-")
+    }
+}
+
 /// The host name with characters a session name cannot hold replaced by `-`, shortened so
 /// `credagent-{hostname}` fits 64 characters.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -301,7 +311,7 @@ pub(crate) fn check_region(region: &str) -> Result<(), String> {
     }
 }
 
-fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
+pub(crate) fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
@@ -315,7 +325,7 @@ fn check_url(url: &str, allow_plain_http: bool) -> Result<(), String> {
     }
 }
 
-fn check_role_arn(arn: &str) -> Result<(), String> {
+pub(crate) fn check_role_arn(arn: &str) -> Result<(), String> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let ok = parts.len() == 6
         && parts[0] == "arn"

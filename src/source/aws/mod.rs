@@ -5,6 +5,9 @@
 
 pub mod auth;
 pub mod config;
+// aws-credentials: the role profiles vended to local callers.
+pub mod credentials;
+pub mod credentials_config;
 pub mod s3;
 pub mod secretsmanager;
 pub mod ssm;

@@ -161,6 +161,7 @@ fn parse_token(
         expires_at: sent_at.checked_add(valid_for).unwrap_or(sent_at),
         serve_for: serve_for(valid_for, skew),
         valid_for,
+        refresh_after: None,
     });
     let mut secret = Secret::new(value?, None);
     secret.lifetime = lifetime;
