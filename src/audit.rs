@@ -82,6 +82,10 @@ pub struct AuditEvent {
     pub cache: Option<&'static str>,
     /// HTTP status returned.
     pub status: u16,
+    /// When the served value expires, for a value with a lifetime of its own (a lease, an
+    /// OAuth2 token), in seconds after `time` (4 bytes: every queued line carries the field,
+    /// and it fits in the padding); the key `expires_at` is left out otherwise.
+    pub expires_in: Option<std::num::NonZeroU32>,
 }
 
 /// The fields of a line that come from the connection's identity, in line order.
@@ -187,6 +191,14 @@ impl AuditEvent {
         push_opt_word(out, self.cache);
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        if let Some(secs) = self.expires_in {
+            out.extend_from_slice(b",\"expires_at\":");
+            let at = self
+                .time
+                .checked_add(std::time::Duration::from_secs(u64::from(secs.get())))
+                .unwrap_or(self.time);
+            push_word(out, &crate::timefmt::rfc3339(at));
+        }
         out.push(b'}');
         Ok(())
     }
@@ -258,6 +270,7 @@ impl AuditEvent {
             reason: None,
             cache: None,
             status: 0,
+            expires_in: None,
         }
     }
 }

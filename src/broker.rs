@@ -121,6 +121,8 @@ pub struct Reply {
     pub not_modified: bool,
     /// What a `?refresh=true` did.
     pub refresh: Option<Refresh>,
+    /// When a value with a lifetime of its own (a lease) expires, for the audit line.
+    pub expires_at: Option<std::time::SystemTime>,
 }
 
 impl Reply {
@@ -131,6 +133,7 @@ impl Reply {
             etag: None,
             not_modified: false,
             refresh: None,
+            expires_at: None,
         }
     }
 }
@@ -233,6 +236,9 @@ pub enum BrokerError {
     /// The source has `startup_check = "retry"` and has not passed its check yet.
     #[error("the source is still starting")]
     SourceStarting,
+    /// A `vault-lease` profile's lease lapsed (or none was ever obtained) and Vault gave no new one.
+    #[error("no valid lease")]
+    LeaseUnavailable,
 }
 
 impl BrokerError {
@@ -255,7 +261,8 @@ impl BrokerError {
             | BrokerError::MemoryUnavailable
             | BrokerError::MemoryBudget
             | BrokerError::SourceBusy
-            | BrokerError::SourceStarting => 503,
+            | BrokerError::SourceStarting
+            | BrokerError::LeaseUnavailable => 503,
             BrokerError::UpstreamDenied
             | BrokerError::UpstreamUnavailable
             | BrokerError::UpstreamBadReply
@@ -290,6 +297,7 @@ impl From<&SourceError> for BrokerError {
             SourceError::MemoryBudget(_) => BrokerError::MemoryBudget,
             SourceError::Busy => BrokerError::SourceBusy,
             SourceError::TokenRefused(code) => BrokerError::TokenRefused(*code),
+            SourceError::LeaseUnavailable { .. } => BrokerError::LeaseUnavailable,
         }
     }
 }
@@ -456,6 +464,12 @@ pub async fn read(
             .await
         }
     };
+    if let Ok(reply) = &result {
+        audited.event.expires_in = reply.expires_at.and_then(|at| {
+            let left = at.duration_since(audited.event.time).ok()?;
+            std::num::NonZeroU32::new(u32::try_from(left.as_secs()).unwrap_or(u32::MAX))
+        });
+    }
     audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
 }
 
@@ -525,9 +539,11 @@ async fn current(
         let secret = secret?;
         // A read of the whole value answers with the tag kept beside it in the cache.
         let whole = (view.field.is_none() && view.format == Format::Raw).then(|| secret.tag(etag));
+        let expires_at = secret.lifetime.map(|l| l.expires_at);
         let mut reply = render(&request.name, secret, view.field, view.format)?;
         reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
         reply.refresh = force.then_some(refresh);
+        reply.expires_at = expires_at;
         if !etag_matches(view.if_none_match, reply.etag.as_deref()) {
             return Ok(reply);
         }
@@ -761,9 +777,12 @@ pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerErr
     let mut audited = Audited::new(state, caller.peer, "metrics");
     let result = (|| {
         admit_admin(state, caller, &mut audited)?;
-        Ok(state
+        let mut text = state
             .metrics
-            .render(state.cache.len(), locked_bytes(), mapped_bytes()))
+            .render(state.cache.len(), locked_bytes(), mapped_bytes());
+        // vault-lease: counters and seconds left per profile.
+        crate::source::vault::lease_metrics::render(&state.runtime().sources, &mut text);
+        Ok(text)
     })();
     audited.finish(result)
 }

@@ -23,6 +23,7 @@ use crate::source::command::{CommandConfig, RawCommandSource};
 use crate::source::env::RawEnvSource;
 use crate::source::file::RawFileSource;
 use crate::source::oauth2::{OAuth2Config, RawOAuth2Source};
+use crate::source::vault::lease_config::{LeaseConfig, RawLeaseSource};
 use crate::source::vault::{RawVaultSource, VaultConfig};
 
 /// Default config path of `serve` and `check-config`.
@@ -281,6 +282,9 @@ pub enum RawSource {
     /// `type = "oauth2"`.
     #[serde(rename = "oauth2")]
     OAuth2(Box<RawOAuth2Source>),
+    /// `type = "vault-lease"`.
+    #[serde(rename = "vault-lease")]
+    VaultLease(Box<RawLeaseSource>),
 }
 
 /// `[[allow]]` as written.
@@ -498,6 +502,8 @@ pub enum SourceKind {
     AwsS3(Box<S3Config>),
     /// OAuth2 access tokens.
     OAuth2(Box<OAuth2Config>),
+    /// Leased secrets (database credentials, certificates) through a Vault source.
+    VaultLease(Box<LeaseConfig>),
 }
 
 /// Default `max_concurrent_fetches` of a source.
@@ -610,6 +616,7 @@ impl RawConfig {
             sources.insert(name, build_source(&ctx, &key, raw, &cache)?);
         }
         check_oauth2_references(&ctx, &sources)?;
+        check_lease_vaults(&ctx, &sources)?;
         let mut rules = Vec::with_capacity(self.allow.len());
         for (index, raw) in self.allow.into_iter().enumerate() {
             rules.push(raw.build(&ctx, index, &sources)?);
@@ -887,6 +894,7 @@ fn build_source(
         RawSource::AwsS3(s) => s.aws.max_concurrent_fetches,
         RawSource::Command(c) => c.max_concurrent_fetches,
         RawSource::OAuth2(o) => o.max_concurrent_fetches,
+        RawSource::VaultLease(l) => l.max_concurrent_fetches,
     };
     let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
         .filter(|n| n.get() <= 1024)
@@ -906,6 +914,7 @@ fn build_source(
         RawSource::AwsSsm(s) => s.aws.startup_check.clone(),
         RawSource::AwsS3(s) => s.aws.startup_check.clone(),
         RawSource::Command(c) => c.startup_check.clone(),
+        RawSource::VaultLease(l) => l.startup_check.clone(),
     };
     let (kind, ttl_secs, timeout_secs) = match raw {
         RawSource::File(f) => {
@@ -1000,6 +1009,17 @@ fn build_source(
                 o.fetch_timeout_secs,
             )
         }
+        RawSource::VaultLease(l) => {
+            let lease = l
+                .build()
+                .map_err(|e| ctx.invalid(format!("{key}.{}", e.key), e.reason))?;
+            // A lease's own lifetime bounds how long the cache holds it.
+            (
+                SourceKind::VaultLease(Box::new(lease)),
+                None,
+                l.fetch_timeout_secs,
+            )
+        }
         RawSource::AwsSsm(a) => {
             let ssm = a
                 .validate(key, ctx.path)
@@ -1037,6 +1057,31 @@ fn build_source(
         max_concurrent_fetches,
         startup_check,
     })
+}
+
+/// A `vault-lease` source's `vault` names a configured source of type `vault`.
+fn check_lease_vaults(
+    ctx: &Ctx<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<(), ConfigError> {
+    for (name, source) in sources {
+        let SourceKind::VaultLease(lease) = &source.kind else {
+            continue;
+        };
+        if !matches!(
+            sources.get(&lease.vault).map(|s| &s.kind),
+            Some(SourceKind::Vault(_))
+        ) {
+            return Err(ctx.invalid(
+                format!("sources.{name}.vault"),
+                format!(
+                    "{:?} must name a configured source of type \"vault\"",
+                    lease.vault
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An OAuth2 source's `client_secret` and `refresh_token` name secrets of other configured

@@ -184,6 +184,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     {
         tracing::error!(error = %err, "credentials server task failed");
     }
+    // vault-lease: revoke the agent's leases (revoke_on_shutdown), bounded like the drain.
+    source::shutdown_leases(&state.runtime().sources, server_config.shutdown_timeout).await;
     // Every decision made before the stop reaches the audit sink before the process exits.
     state.audit.flush(std::time::Duration::from_secs(2)).await;
     tracing::info!("stopped");
@@ -221,6 +223,8 @@ async fn reload(state: &Arc<AppState>) {
                 let runtime = Runtime::new(new, built.sources).with_starting(built.starting.keys());
                 let generation = runtime.generation;
                 state.replace_runtime(runtime);
+                // vault-lease: the old sources' leases are no longer used.
+                source::retire_leases(&current.sources);
                 startup::spawn_source_retries(state, generation, built.starting, &built.others);
                 startup::spawn_prefetch(state, generation, &state.runtime().config.prefetch);
                 Ok(flushed)

@@ -217,6 +217,12 @@ pub enum SourceError {
     /// An OAuth2 token endpoint refused the request, with this error code (never its body).
     #[error("the token endpoint refused the request: {0}")]
     TokenRefused(oauth2::OAuthError),
+    /// A `vault-lease` profile has no valid lease and none could be obtained (transient).
+    #[error("no valid lease: {detail}")]
+    LeaseUnavailable {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl SourceError {
@@ -228,6 +234,7 @@ impl SourceError {
                 | SourceError::Timeout(_)
                 | SourceError::MemoryBudget(_)
                 | SourceError::Busy
+                | SourceError::LeaseUnavailable { .. }
         )
     }
 }
@@ -262,6 +269,8 @@ pub enum Source {
     Command(command::CommandSource),
     /// OAuth2 access tokens.
     OAuth2(Box<oauth2::OAuth2Source>),
+    /// vault-lease: leased secrets through a Vault source's session.
+    VaultLease(vault::lease::LeaseSource),
     /// A scripted source for unit tests of the layers above.
     #[cfg(test)]
     Fake(crate::testutil::FakeSource),
@@ -280,6 +289,7 @@ impl Source {
             Source::Command(_) => "command",
             Source::AwsS3(_) => "aws-s3",
             Source::OAuth2(_) => "oauth2",
+            Source::VaultLease(_) => "vault-lease",
             #[cfg(test)]
             Source::Fake(_) => "fake",
         }
@@ -298,7 +308,11 @@ impl Source {
                     Ok(())
                 }
             }
-            Source::File(_) | Source::Env(_) | Source::VaultTransit(_) | Source::Command(_) => {
+            Source::File(_)
+            | Source::Env(_)
+            | Source::VaultTransit(_)
+            | Source::Command(_)
+            | Source::VaultLease(_) => {
                 if selector.is_empty() {
                     Ok(())
                 } else {
@@ -324,7 +338,9 @@ impl Source {
     /// creates no cache slot, no fetch and no source error).
     pub fn check_id(&self, id: &str) -> Result<(), &'static str> {
         let rule = match self {
-            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => IdRule::Any,
+            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) | Source::VaultLease(_) => {
+                IdRule::Any
+            }
             Source::Env(_) => IdRule::Env,
             Source::VaultTransit(_) => IdRule::Transit,
             Source::Aws(_) => IdRule::Aws,
@@ -387,9 +403,10 @@ impl IdRule {
         use crate::config::SourceKind;
         if let Some(cfg) = sources.get(name) {
             return Some(match &cfg.kind {
-                SourceKind::File { .. } | SourceKind::Vault(_) | SourceKind::AwsS3(_) => {
-                    IdRule::Any
-                }
+                SourceKind::File { .. }
+                | SourceKind::Vault(_)
+                | SourceKind::AwsS3(_)
+                | SourceKind::VaultLease(_) => IdRule::Any,
                 SourceKind::Env { .. } => IdRule::Env,
                 SourceKind::Aws(_) => IdRule::Aws,
                 SourceKind::AwsSsm(_) => IdRule::Ssm,
@@ -429,6 +446,7 @@ impl Source {
             Source::Command(s) => Box::pin(s.fetch(request)).await,
             Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
             Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
+            Source::VaultLease(s) => Box::pin(s.fetch(request.name.id())).await.map(Fetched::New),
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }
@@ -446,6 +464,38 @@ pub fn carry_over(previous: &Sources, new: &Sources) {
             continue;
         };
         new.adopt_rotation(old);
+    }
+}
+
+/// vault-lease after a reload: the replaced sources' leases are revoked after their grace.
+pub fn retire_leases(replaced: &Sources) {
+    for entry in replaced.values() {
+        if let Source::VaultLease(lease) = &entry.source {
+            lease.retire_all();
+        }
+    }
+}
+
+/// vault-lease at SIGTERM: every lease source stops issuing and revokes its leases (those with
+/// `revoke_on_shutdown`), all at once, within `bound`; what is left lapses on its own.
+pub async fn shutdown_leases(sources: &Sources, bound: Duration) {
+    let mut set = tokio::task::JoinSet::new();
+    for entry in sources.values() {
+        if matches!(entry.source, Source::VaultLease(_)) {
+            let entry = entry.clone();
+            set.spawn(async move {
+                if let Source::VaultLease(lease) = &entry.source {
+                    lease.shutdown().await;
+                }
+            });
+        }
+    }
+    let all = async { while set.join_next().await.is_some() {} };
+    if tokio::time::timeout(bound, all).await.is_err() {
+        tracing::warn!(
+            "lease revocation did not finish within shutdown_timeout_secs; the rest lapse on \
+             their own"
+        );
     }
 }
 
@@ -641,6 +691,14 @@ pub enum BuildError {
         /// What failed.
         cause: oauth2::BuildError,
     },
+    /// A `vault-lease` source's Vault source is not (yet) built.
+    #[error("source {name:?}: its Vault source {vault:?} has not logged in")]
+    LeaseVault {
+        /// Source name.
+        name: String,
+        /// The Vault source it names.
+        vault: String,
+    },
     /// A source's name is the one its Vault source's transit side would take.
     #[error("source {name:?}: the name is taken by the transit side of {vault:?}")]
     NameTaken {
@@ -662,6 +720,9 @@ impl BuildError {
             BuildError::NameTaken { vault, .. } => {
                 format!("the name is taken by the transit side of {vault:?}")
             }
+            BuildError::LeaseVault { vault, .. } => {
+                format!("its Vault source {vault:?} has not logged in")
+            }
         }
     }
 
@@ -672,6 +733,8 @@ impl BuildError {
         match self {
             BuildError::Vault { cause, .. } => cause.retry_may_help(),
             BuildError::Aws { cause, .. } => cause.retry_may_help(),
+            // The Vault source may still be starting (its own startup_check = "retry").
+            BuildError::LeaseVault { .. } => true,
             BuildError::Command { .. }
             | BuildError::OAuth2 { .. }
             | BuildError::NameTaken { .. } => false,
@@ -732,7 +795,12 @@ pub async fn build_all(config: &crate::config::Config) -> Result<Built, BuildErr
     let others: SharedSources = Arc::new(RwLock::new(Sources::new()));
     let mut sources = Sources::new();
     let mut starting = BTreeMap::new();
-    for (name, cfg) in &config.sources {
+    // vault-lease sources after the Vault sources whose session they use.
+    let (leases, first): (Vec<_>, Vec<_>) = config
+        .sources
+        .iter()
+        .partition(|(_, cfg)| matches!(cfg.kind, crate::config::SourceKind::VaultLease(_)));
+    for (name, cfg) in first.into_iter().chain(leases) {
         match build_one(name, cfg, &others).await {
             Ok(entries) => sources.extend(entries),
             Err(err) if cfg.startup_check == crate::config::StartupCheck::Retry => {
@@ -834,6 +902,21 @@ pub async fn build_one(
                 }
             })?;
             Source::OAuth2(Box::new(source))
+        }
+        crate::config::SourceKind::VaultLease(lease) => {
+            let session = others
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&lease.vault)
+                .and_then(|entry| match &entry.source {
+                    Source::Vault(vault) => Some(vault.session()),
+                    _ => None,
+                })
+                .ok_or_else(|| BuildError::LeaseVault {
+                    name: name.to_owned(),
+                    vault: lease.vault.clone(),
+                })?;
+            Source::VaultLease(vault::lease::LeaseSource::new(name, session, lease))
         }
         crate::config::SourceKind::AwsSsm(ssm) => Source::AwsSsm({
             if ssm.aws.allow_plain_http {

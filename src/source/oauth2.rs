@@ -162,7 +162,7 @@ pub struct Invalid {
     pub reason: String,
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
     Invalid {
         key: key.into(),
         reason: reason.into(),

@@ -6,6 +6,12 @@
 //! HTTP details live in `vault_auth` and `vault_http`; transit in `vault_transit`; the config
 //! shape in `vault_config`.
 
+// vault-lease: leased secrets (database credentials, certificates) over this source's session.
+pub mod lease;
+pub mod lease_config;
+pub mod lease_metrics;
+mod renew;
+
 use std::sync::Arc;
 
 use hyper::Method;
@@ -52,6 +58,11 @@ impl VaultSource {
     /// A KV v2 source over `kv_mount`, using `session`'s token.
     pub fn new(session: Arc<VaultSession>, kv_mount: String) -> Self {
         VaultSource { session, kv_mount }
+    }
+
+    /// The session, for a `vault-lease` source that names this one.
+    pub fn session(&self) -> Arc<VaultSession> {
+        self.session.clone()
     }
 
     /// Reads `path` (already validated: no `..`, no empty segments), latest or `version`.
