@@ -747,6 +747,9 @@ impl FlushTicket<'_> {
             }
             let pattern = pattern?;
             audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).into());
+            // vault-lease: a flushed profile gets a new lease at its next read (marked before
+            // the cache flush wakes the waiters, so their re-read gets it).
+            crate::source::flush_leases(&state.runtime().sources, pattern.as_ref());
             let flushed = state.cache.flush(pattern.as_ref());
             tracing::info!(%request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
             Ok(flushed)

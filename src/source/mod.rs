@@ -467,6 +467,16 @@ pub fn carry_over(previous: &Sources, new: &Sources) {
     }
 }
 
+/// vault-lease after a flush through the API: the matching profiles get a new lease at their
+/// next read.
+pub fn flush_leases(sources: &Sources, pattern: Option<&crate::name::Glob>) {
+    for (name, entry) in sources {
+        if let Source::VaultLease(lease) = &entry.source {
+            lease.flush(|profile| pattern.is_none_or(|g| g.matches_parts(name, profile)));
+        }
+    }
+}
+
 /// vault-lease after a reload: the replaced sources' leases are revoked after their grace.
 pub fn retire_leases(replaced: &Sources) {
     for entry in replaced.values() {

@@ -18,6 +18,7 @@ pub mod imds;
 pub mod moto;
 pub mod oauth;
 pub mod pass;
+pub mod postgres;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;

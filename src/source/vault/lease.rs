@@ -74,6 +74,8 @@ pub(super) struct Profile {
     issuing: tokio::sync::Mutex<()>,
     /// Whether the renewal task runs.
     pub(super) maintained: AtomicBool,
+    /// A flush asked for a new lease: the next read issues one.
+    flushed: AtomicBool,
     /// Its lease issue/renew/revoke counters (shared with its leases).
     counts: Arc<Counts>,
 }
@@ -152,6 +154,7 @@ impl LeaseSource {
                     current: Mutex::new(None),
                     issuing: tokio::sync::Mutex::new(()),
                     maintained: AtomicBool::new(false),
+                    flushed: AtomicBool::new(false),
                     counts: Arc::default(),
                 };
                 (profile.clone(), Arc::new(state))
@@ -196,6 +199,16 @@ impl LeaseSource {
                 (p.name.as_str(), &*p.counts, left)
             })
             .collect()
+    }
+
+    /// A flush of the profiles `matches` names: each that holds a lease gets a new one at its
+    /// next read, and the old one is revoked `revoke_grace_secs` later.
+    pub fn flush(&self, matches: impl Fn(&str) -> bool) {
+        for profile in self.inner.profiles.values() {
+            if matches(&profile.name) && profile.current().is_some() {
+                profile.flushed.store(true, Ordering::SeqCst);
+            }
+        }
     }
 
     /// After a reload replaced this source: no new lease from now on, and every lease it holds
@@ -263,6 +276,9 @@ impl Profile {
 
 /// The current lease as a [`Secret`] when it is before its switch point.
 fn serve_if_fresh(profile: &Profile) -> Result<Option<Secret>, SourceError> {
+    if profile.flushed.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
     match profile.current() {
         Some(lease) if Instant::now() < lease.times().switch_at(&profile.config) => {
             serve(profile, &lease).map(Some)
@@ -313,7 +329,9 @@ impl Inner {
     ) -> Result<(), SourceError> {
         let _flight = profile.issuing.lock().await;
         let old = profile.current();
+        let flushed = profile.flushed.swap(false, Ordering::SeqCst);
         if let Some(lease) = &old
+            && !flushed
             && Instant::now() < lease.times().switch_at(&profile.config)
         {
             return Ok(());
