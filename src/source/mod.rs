@@ -437,9 +437,9 @@ impl Source {
         match self {
             Source::File(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Env(s) => s.fetch(request.name.id()).map(Fetched::New),
-            Source::Vault(s) => Box::pin(s.fetch(request.name.id(), request.selector.version))
-                .await
-                .map(Fetched::New),
+            Source::Vault(s) => {
+                Box::pin(s.fetch(request.name.id(), request.selector.version, previous)).await
+            }
             Source::VaultTransit(s) => Box::pin(s.fetch(request.name.id())).await.map(Fetched::New),
             Source::Aws(s) => Box::pin(s.fetch(request, previous)).await,
             Source::AwsSsm(s) => Box::pin(s.fetch(request)).await,

@@ -7,6 +7,7 @@
 //! shape in `vault_config`.
 
 // vault-lease: leased secrets (database credentials, certificates) over this source's session.
+mod kv_check;
 pub mod lease;
 pub mod lease_config;
 pub mod lease_metrics;
@@ -19,7 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::vault_auth::VaultSession;
-use super::{Secret, SourceError};
+use super::{Fetched, Secret, SourceError};
 use crate::secure_mem::SecretBytes;
 
 pub use super::vault_config::{RawVaultAuth, RawVaultSource, VaultAuthConfig, VaultConfig};
@@ -34,6 +35,7 @@ pub fn transit_name(name: &str) -> String {
 pub struct VaultSource {
     session: Arc<VaultSession>,
     kv_mount: String,
+    check: kv_check::KvCheck,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +59,11 @@ struct KvMeta {
 impl VaultSource {
     /// A KV v2 source over `kv_mount`, using `session`'s token.
     pub fn new(session: Arc<VaultSession>, kv_mount: String) -> Self {
-        VaultSource { session, kv_mount }
+        VaultSource {
+            session,
+            kv_mount,
+            check: kv_check::KvCheck::default(),
+        }
     }
 
     /// The session, for a `vault-lease` source that names this one.
@@ -65,8 +71,26 @@ impl VaultSource {
         self.session.clone()
     }
 
-    /// Reads `path` (already validated: no `..`, no empty segments), latest or `version`.
-    pub async fn fetch(&self, path: &str, version: Option<u64>) -> Result<Secret, SourceError> {
+    /// Reads `path` (already validated: no `..`, no empty segments), latest or `version`. A
+    /// refresh of the latest version (`previous`) first asks the metadata whether it changed.
+    pub async fn fetch(
+        &self,
+        path: &str,
+        version: Option<u64>,
+        previous: Option<&Secret>,
+    ) -> Result<Fetched, SourceError> {
+        if let (None, Some(previous)) = (version, previous)
+            && self
+                .check
+                .unchanged(&self.session, &self.kv_mount, path, previous)
+                .await?
+        {
+            return Ok(Fetched::Unchanged);
+        }
+        self.read(path, version).await.map(Fetched::New)
+    }
+
+    async fn read(&self, path: &str, version: Option<u64>) -> Result<Secret, SourceError> {
         let mut url = format!("{}/data/{}", self.kv_mount, path);
         if let Some(v) = version {
             url.push_str(&format!("?version={v}"));
