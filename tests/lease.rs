@@ -371,6 +371,29 @@ fn a_flush_reissues_the_login_and_revokes_the_old_one_after_the_grace() {
 }
 
 #[test]
+fn a_reload_revokes_the_leases_of_the_replaced_source() {
+    let (_bao, pg, _dir, agent) = database_world(300, 600, "revoke_grace_secs = 1");
+    let (user1, pass1, _) = credential(&agent);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || agent
+        .log_text()
+        .contains("configuration reloaded")));
+    assert!(
+        wait_until(Duration::from_secs(5), || !pg.role_exists(&user1)),
+        "the replaced source's login outlived the reload; log:\n{}",
+        agent.log_text()
+    );
+    assert!(!pg.login_works(&user1, &pass1));
+    let (user2, pass2, _) = credential(&agent);
+    assert_ne!(user2, user1);
+    assert!(pg.login_works(&user2, &pass2));
+}
+
+#[test]
 fn without_revoke_on_shutdown_the_lease_outlives_the_agent() {
     let (bao, pg, _dir, mut agent) = database_world(300, 600, "revoke_on_shutdown = false");
     let (user, pass, _) = credential(&agent);

@@ -364,6 +364,13 @@ impl Inner {
             }
         };
         profile.counts.issued.fetch_add(1, Ordering::Relaxed);
+        // An issue that was in flight when the shutdown (or a reload) began: not kept.
+        if self.closed.load(Ordering::SeqCst) {
+            self.revoke(&lease).await;
+            return Err(SourceError::Unavailable {
+                detail: "the source was closed while a lease was issued".to_owned(),
+            });
+        }
         let times = lease.times();
         tracing::info!(
             source = %self.name,
