@@ -404,10 +404,13 @@ impl Inner {
         } else {
             (format!("{}?{}", profile.path, query(&profile.params)), None)
         };
-        let reply = self
-            .session
-            .call(profile.method.clone(), &path, body)
-            .await?;
+        // Bounded: the profile's lock is held meanwhile, and readers wait on it.
+        let reply = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.session.call(profile.method.clone(), &path, body),
+        )
+        .await
+        .map_err(|_| SourceError::Timeout(CALL_TIMEOUT))??;
         parse_lease(
             &profile.path,
             reply.body.as_slice(),
