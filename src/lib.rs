@@ -17,6 +17,9 @@
 //! `run` wires these together; `main` only parses the command line and maps errors to exit
 //! codes. Beside the server, `startup` retries sources with `startup_check = "retry"`, fetches
 //! `[prefetch]` secrets through the broker, and keeps the readiness `/v1/ready` reports.
+//! Leased secrets (`vault-lease`) are renewed and replaced by their source's own tasks; at
+//! SIGTERM, after the drain, `run` has the sources revoke them (bounded by
+//! `shutdown_timeout_secs`), and a reload retires the replaced sources' leases.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
