@@ -34,6 +34,7 @@ use crate::peer::PeerIdentity;
 use crate::rate_limited;
 use crate::secure_mem::{MemError, SecretBuf, SecretBytes, locked_bytes, mapped_bytes};
 use crate::source::oauth2::OAuthError;
+use crate::source::vault::lease_caller;
 use crate::source::{Secret, SecretRequest, Selector, Source, SourceEntry, SourceError};
 use crate::state::{AppState, Runtime};
 use crate::timefmt::rfc3339;
@@ -433,6 +434,9 @@ pub async fn read(
         Ok(entry) => entry,
         Err(err) => return audited.finish(Err(err)),
     };
+    // A `per_caller` lease profile: the caller's own credential, cached under its identity.
+    let keyed = lease_caller::keyed_request(entry, secret, caller.peer);
+    let secret = keyed.as_ref().unwrap_or(secret);
     let view = View {
         field: request.field.as_deref(),
         format: request.format,
@@ -657,6 +661,8 @@ pub async fn credential(
             return Err(denied);
         }
         let secret_request = SecretRequest { name, selector };
+        let keyed = lease_caller::keyed_request(entry, &secret_request, peer);
+        let secret_request = keyed.unwrap_or(secret_request);
         let (secret, served, _) =
             cached_fetch(state, request_id, entry, &secret_request, false).await;
         audited.event.cache = Some(served.as_str());

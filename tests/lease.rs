@@ -528,3 +528,92 @@ min_remaining_secs = 20
         2.0
     );
 }
+
+/// The `app` profile with `per_caller = true`, readable by root and by uid 65534.
+const PER_CALLER_PROFILE: &str = r#"[sources.db.profiles.app]
+path = "database/creds/app"
+min_remaining_secs = 5
+per_caller = true
+
+[[allow]]
+peer = { uid = 65534 }
+secrets = ["db/app"]
+"#;
+
+/// `(username, password)` of `db/app` as read by uid `uid`.
+fn credential_as(agent: &Agent, uid: u32) -> (String, String) {
+    let resp = request_as(uid, &agent.socket, "GET", "/v1/secrets/db/app");
+    assert_eq!(resp.status, 200, "{}\n{}", resp.text(), agent.log_text());
+    let value = resp.json();
+    (
+        value["username"].as_str().unwrap().to_owned(),
+        value["password"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn a_second_uid_reading_a_per_caller_profile_gets_its_own_login_never_the_first_callers() {
+    let bao = Bao::start();
+    let pg = Postgres::start();
+    setup_database(&bao, &pg, 300, 600);
+    let dir = TestDir::new();
+    agent_token(&bao, &dir);
+    let mut agent = start(&dir, &bao, "", PER_CALLER_PROFILE);
+    // Concurrent first reads by both uids: one lease each (single flight per caller).
+    let (roots, nobodies): (Vec<String>, Vec<String>) = std::thread::scope(|s| {
+        let root: Vec<_> = (0..10).map(|_| s.spawn(|| credential(&agent).0)).collect();
+        let nobody: Vec<_> = (0..10)
+            .map(|_| s.spawn(|| credential_as(&agent, NOBODY).0))
+            .collect();
+        (
+            root.into_iter().map(|h| h.join().unwrap()).collect(),
+            nobody.into_iter().map(|h| h.join().unwrap()).collect(),
+        )
+    });
+    assert!(roots.iter().all(|u| u == &roots[0]), "{roots:?}");
+    assert!(nobodies.iter().all(|u| u == &nobodies[0]), "{nobodies:?}");
+    let (root_user, root_pass, _) = credential(&agent);
+    let (nobody_user, nobody_pass) = credential_as(&agent, NOBODY);
+    assert_eq!(root_user, roots[0], "a re-read takes the caller's lease");
+    assert_eq!(
+        nobody_user, nobodies[0],
+        "a re-read takes the caller's lease"
+    );
+    assert_ne!(nobody_user, root_user, "uid 65534 was served root's login");
+    assert_ne!(nobody_pass, root_pass);
+    assert!(pg.login_works(&root_user, &root_pass));
+    assert!(pg.login_works(&nobody_user, &nobody_pass));
+    // Two leases, two database roles, however often each caller read.
+    assert_eq!(leases(&bao, "database/creds/app").len(), 2);
+    assert_eq!(pg.roles_like("v-").len(), 2, "one database role per caller");
+    assert_eq!(
+        agent.metric("credagent_lease_issued_total{source=\"db\",profile=\"app\"}"),
+        2.0
+    );
+    // The audit lines name the profile, the caller and the lease's expiry.
+    let audit = agent.audit_reads("db/app");
+    assert_eq!(audit.len(), 22, "{audit:?}");
+    for uid in [0, NOBODY] {
+        let own: Vec<_> = audit.iter().filter(|l| l["uid"] == uid).collect();
+        assert_eq!(own.len(), 11, "uid {uid}");
+        assert!(
+            own.iter()
+                .all(|l| l["decision"] == "allow" && l["expires_at"].is_string()),
+            "{own:?}"
+        );
+    }
+    assert!(!agent.log_text().contains(&root_pass));
+    assert!(!agent.log_text().contains(&nobody_pass));
+    // SIGTERM revokes both.
+    assert!(agent.stop().success());
+    assert!(
+        !pg.role_exists(&root_user),
+        "root's role outlived the agent"
+    );
+    assert!(
+        !pg.role_exists(&nobody_user),
+        "65534's role outlived the agent"
+    );
+    assert!(!pg.login_works(&nobody_user, &nobody_pass));
+    assert!(leases(&bao, "database/creds/app").is_empty());
+}

@@ -724,6 +724,7 @@ mod tests {
             version_stage: stage.map(str::to_owned),
             version,
             label: None,
+            caller: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
         assert!(check_selector(&sel(None, Some("AWSPREVIOUS"), None)).is_ok());

@@ -228,6 +228,7 @@ mod tests {
             label: label.map(str::to_owned),
             version_stage: stage.map(str::to_owned),
             version_id: None,
+            caller: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
         assert!(check_selector(&sel(Some(2), None, None)).is_ok());

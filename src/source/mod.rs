@@ -38,6 +38,9 @@ pub struct Selector {
     pub version: Option<u64>,
     /// SSM parameter label.
     pub label: Option<String>,
+    /// The caller a `per_caller` lease profile's value is for; set by the broker, never by a
+    /// client (not a version selector: `is_empty` ignores it).
+    pub caller: Option<std::sync::Arc<vault::lease_caller::CallerKey>>,
 }
 
 impl Selector {
@@ -64,6 +67,7 @@ pub struct SecretRequest {
 impl std::hash::Hash for SecretRequest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.name.hash(state);
+        self.selector.caller.hash(state);
         if self.selector.is_empty() {
             state.write_u8(0);
         } else {
@@ -446,7 +450,12 @@ impl Source {
             Source::Command(s) => Box::pin(s.fetch(request)).await,
             Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
             Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
-            Source::VaultLease(s) => Box::pin(s.fetch(request.name.id())).await.map(Fetched::New),
+            Source::VaultLease(s) => {
+                let caller = request.selector.caller.as_deref();
+                Box::pin(s.fetch(request.name.id(), caller))
+                    .await
+                    .map(Fetched::New)
+            }
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
         }

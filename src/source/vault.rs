@@ -9,6 +9,7 @@
 // vault-lease: leased secrets (database credentials, certificates) over this source's session.
 mod kv_check;
 pub mod lease;
+pub mod lease_caller;
 pub mod lease_config;
 pub mod lease_metrics;
 mod renew;

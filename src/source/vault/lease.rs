@@ -8,6 +8,9 @@
 //! replacement schedule lives in `renew`; this file owns the leases themselves: issue, serve,
 //! retire (revoke after `revoke_grace_secs`), and revoke everything at shutdown.
 //!
+//! A `per_caller` profile holds one such slot per caller identity (`lease_caller`), each with
+//! its own lease, single flight and renewal task, created at the caller's first read.
+//!
 //! SECURITY: a lease id lets its holder renew or revoke the credential; it lives in
 //! [`SecretBytes`], is never served, and is logged only as its accessor (the engine path and a
 //! short hash of the id). The credential itself is only in secure memory.
@@ -23,6 +26,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
+use super::lease_caller::{CallerKey, MAX_LEASES_PER_UID};
 use super::lease_config::{LeaseConfig, ProfileConfig};
 use super::renew::{self, Times};
 use crate::secure_mem::SecretBytes;
@@ -78,6 +82,10 @@ pub(super) struct Profile {
     flushed: AtomicBool,
     /// Its lease issue/renew/revoke counters (shared with its leases).
     counts: Arc<Counts>,
+    /// Whom this slot's lease is for (a `per_caller` profile's slot; `None`: shared).
+    pub(super) caller: Option<CallerKey>,
+    /// A `per_caller` profile's slots, one per caller identity (empty otherwise).
+    callers: Mutex<BTreeMap<CallerKey, Arc<Profile>>>,
 }
 
 /// One lease (or certificate) from Vault.
@@ -148,15 +156,7 @@ impl LeaseSource {
             .profiles
             .iter()
             .map(|(profile, cfg)| {
-                let state = Profile {
-                    name: profile.clone(),
-                    config: cfg.clone(),
-                    current: Mutex::new(None),
-                    issuing: tokio::sync::Mutex::new(()),
-                    maintained: AtomicBool::new(false),
-                    flushed: AtomicBool::new(false),
-                    counts: Arc::default(),
-                };
+                let state = Profile::new(profile, cfg.clone(), Arc::default(), None);
                 (profile.clone(), Arc::new(state))
             })
             .collect();
@@ -176,14 +176,25 @@ impl LeaseSource {
     /// The current credential of profile `id`: the lease in use, or a new one when there is
     /// none or the one in use is past its switch point. A lease past its switch point that
     /// cannot be replaced is still served until it lapses, never after.
-    pub async fn fetch(&self, id: &str) -> Result<Secret, SourceError> {
+    /// A `per_caller` profile serves `caller`'s own lease.
+    pub async fn fetch(&self, id: &str, caller: Option<&CallerKey>) -> Result<Secret, SourceError> {
         let profile = self.inner.profiles.get(id).ok_or(SourceError::NotFound)?;
+        let slot = profile.slot(caller)?;
+        let profile = &slot;
         if let Some(secret) = serve_if_fresh(profile)? {
             return Ok(secret);
         }
         self.inner.replace(profile).await?;
         let lease = profile.current().ok_or_else(lapsed)?;
         serve(profile, &lease)
+    }
+
+    /// Whether profile `id` has `per_caller = true`.
+    pub fn is_per_caller(&self, id: &str) -> bool {
+        self.inner
+            .profiles
+            .get(id)
+            .is_some_and(|p| p.config.per_caller)
     }
 
     /// Each profile's counters and the seconds left of its lease (`None` without one).
@@ -193,9 +204,13 @@ impl LeaseSource {
             .profiles
             .values()
             .map(|p| {
+                // A per-caller profile: the lease that expires first.
                 let left = p
-                    .current()
-                    .map(|l| l.times().expires().saturating_duration_since(now).as_secs());
+                    .slots()
+                    .iter()
+                    .filter_map(|slot| slot.current())
+                    .map(|l| l.times().expires().saturating_duration_since(now).as_secs())
+                    .min();
                 (p.name.as_str(), &*p.counts, left)
             })
             .collect()
@@ -205,8 +220,13 @@ impl LeaseSource {
     /// next read, and the old one is revoked `revoke_grace_secs` later.
     pub fn flush(&self, matches: impl Fn(&str) -> bool) {
         for profile in self.inner.profiles.values() {
-            if matches(&profile.name) && profile.current().is_some() {
-                profile.flushed.store(true, Ordering::SeqCst);
+            if !matches(&profile.name) {
+                continue;
+            }
+            for slot in profile.slots() {
+                if slot.current().is_some() {
+                    slot.flushed.store(true, Ordering::SeqCst);
+                }
             }
         }
     }
@@ -215,8 +235,8 @@ impl LeaseSource {
     /// is revoked after `revoke_grace_secs` (the new source issues its own on first use).
     pub fn retire_all(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        for profile in self.inner.profiles.values() {
-            if let Some(lease) = profile.take() {
+        for slot in self.inner.slots() {
+            if let Some(lease) = slot.take() {
                 self.inner.retire(lease);
             }
         }
@@ -236,8 +256,8 @@ impl LeaseSource {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for profile in self.inner.profiles.values() {
-            if let Some(lease) = profile.take() {
+        for slot in self.inner.slots() {
+            if let Some(lease) = slot.take() {
                 leases.push(lease);
             }
         }
@@ -252,6 +272,72 @@ impl LeaseSource {
 }
 
 impl Profile {
+    fn new(
+        name: &str,
+        config: ProfileConfig,
+        counts: Arc<Counts>,
+        caller: Option<CallerKey>,
+    ) -> Self {
+        Profile {
+            name: name.to_owned(),
+            config,
+            current: Mutex::new(None),
+            issuing: tokio::sync::Mutex::new(()),
+            maintained: AtomicBool::new(false),
+            flushed: AtomicBool::new(false),
+            counts,
+            caller,
+            callers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The slot a read by `caller` uses: the profile itself when shared; for `per_caller`, the
+    /// caller's own slot, created at its first read (at most [`MAX_LEASES_PER_UID`] per uid).
+    fn slot(self: &Arc<Self>, caller: Option<&CallerKey>) -> Result<Arc<Profile>, SourceError> {
+        if !self.config.per_caller {
+            return Ok(self.clone());
+        }
+        // SECURITY: a per-caller profile never falls back to a shared lease.
+        let caller = caller.ok_or_else(|| {
+            SourceError::Invalid(format!(
+                "profile {} has per_caller = true and is read only by a caller",
+                self.name
+            ))
+        })?;
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = callers.get(caller) {
+            return Ok(slot.clone());
+        }
+        let held = callers.keys().filter(|k| k.uid == caller.uid).count();
+        if held >= MAX_LEASES_PER_UID {
+            return Err(SourceError::LeaseUnavailable {
+                detail: format!(
+                    "uid {} already holds {MAX_LEASES_PER_UID} leases of profile {}",
+                    caller.uid, self.name
+                ),
+            });
+        }
+        let slot = Arc::new(Profile::new(
+            &self.name,
+            self.config.clone(),
+            self.counts.clone(),
+            Some(caller.clone()),
+        ));
+        callers.insert(caller.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Every slot that can hold a lease: the profile itself when shared, the callers' slots
+    /// when `per_caller`.
+    fn slots(self: &Arc<Self>) -> Vec<Arc<Profile>> {
+        if self.config.per_caller {
+            let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+            callers.values().cloned().collect()
+        } else {
+            vec![self.clone()]
+        }
+    }
+
     pub(super) fn current(&self) -> Option<Arc<Lease>> {
         self.current
             .lock()
@@ -320,6 +406,11 @@ fn lapsed() -> SourceError {
 }
 
 impl Inner {
+    /// Every slot of every profile.
+    fn slots(&self) -> Vec<Arc<Profile>> {
+        self.profiles.values().flat_map(|p| p.slots()).collect()
+    }
+
     /// Replaces the profile's lease unless another task just did (single-flight): issues a new
     /// one, installs it, and retires the old one. Without a usable lease, an issue failure is
     /// the answer; with one, it is logged and the old lease stays until it lapses.
@@ -375,6 +466,7 @@ impl Inner {
         tracing::info!(
             source = %self.name,
             profile = %profile.name,
+            caller = profile.caller.as_ref().map(tracing::field::display),
             lease = %lease.accessor,
             ttl_secs = times.issued_ttl.as_secs(),
             renewable = times.renewable,
@@ -667,6 +759,73 @@ mod tests {
                 .unwrap_err();
             assert!(matches!(&err, SourceError::BadReply { detail } if !detail.contains("SECRET")));
         }
+    }
+
+    fn per_caller_profile() -> Arc<Profile> {
+        let config = ProfileConfig {
+            path: "database/creds/app".to_owned(),
+            method: Method::GET,
+            params: serde_json::Map::new(),
+            renew_at_percent: 67,
+            min_remaining: Duration::from_secs(5),
+            per_caller: true,
+        };
+        Arc::new(Profile::new("app", config, Arc::default(), None))
+    }
+
+    fn caller(uid: u32, unit: Option<&str>) -> CallerKey {
+        CallerKey {
+            uid,
+            unit: unit.map(str::to_owned),
+            user_unit: None,
+        }
+    }
+
+    #[test]
+    fn a_per_caller_profile_has_one_slot_per_identity_and_none_without_a_caller() {
+        let profile = per_caller_profile();
+        let root = profile.slot(Some(&caller(0, None))).unwrap();
+        let nobody = profile.slot(Some(&caller(65534, None))).unwrap();
+        let unit = profile.slot(Some(&caller(0, Some("app.service")))).unwrap();
+        assert!(!Arc::ptr_eq(&root, &nobody));
+        assert!(!Arc::ptr_eq(&root, &unit));
+        assert!(Arc::ptr_eq(
+            &root,
+            &profile.slot(Some(&caller(0, None))).unwrap()
+        ));
+        assert!(Arc::ptr_eq(&root.counts, &profile.counts));
+        assert_eq!(root.caller, Some(caller(0, None)));
+        assert_eq!(profile.slots().len(), 3);
+        // Never the shared lease.
+        assert!(matches!(profile.slot(None), Err(SourceError::Invalid(_))));
+    }
+
+    #[test]
+    fn one_uid_causes_at_most_the_cap_of_per_caller_leases() {
+        let profile = per_caller_profile();
+        let unit = |i: usize| format!("u{i}.service");
+        for i in 0..MAX_LEASES_PER_UID {
+            profile.slot(Some(&caller(1000, Some(&unit(i))))).unwrap();
+        }
+        let over = profile.slot(Some(&caller(1000, Some("one-more.service"))));
+        assert!(matches!(over, Err(SourceError::LeaseUnavailable { .. })));
+        // Its known identities still work, and another uid is not affected.
+        profile.slot(Some(&caller(1000, Some(&unit(0))))).unwrap();
+        profile.slot(Some(&caller(1001, None))).unwrap();
+        assert_eq!(profile.slots().len(), MAX_LEASES_PER_UID + 1);
+    }
+
+    #[test]
+    fn a_shared_profile_is_its_own_only_slot() {
+        let config = ProfileConfig {
+            per_caller: false,
+            ..per_caller_profile().config.clone()
+        };
+        let profile = Arc::new(Profile::new("app", config, Arc::default(), None));
+        let slot = profile.slot(Some(&caller(0, None))).unwrap();
+        assert!(Arc::ptr_eq(&slot, &profile));
+        assert!(Arc::ptr_eq(&profile.slot(None).unwrap(), &profile));
+        assert_eq!(profile.slots().len(), 1);
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub struct RawProfile {
     pub renew_at_percent: Option<u8>,
     /// A lease is replaced while it still has this long to live (default 300).
     pub min_remaining_secs: Option<u64>,
+    /// One lease per caller identity instead of one shared lease (default false).
+    pub per_caller: Option<bool>,
 }
 
 /// A validated `vault-lease` source.
@@ -87,6 +89,8 @@ pub struct ProfileConfig {
     pub renew_at_percent: u8,
     /// Time left at which a lease is replaced.
     pub min_remaining: Duration,
+    /// One lease per caller identity (uid, units) instead of one shared lease.
+    pub per_caller: bool,
 }
 
 impl RawLeaseSource {
@@ -163,6 +167,7 @@ impl RawProfile {
             params,
             renew_at_percent,
             min_remaining: Duration::from_secs(min_remaining_secs),
+            per_caller: self.per_caller.unwrap_or(false),
         })
     }
 }
@@ -193,6 +198,7 @@ path = "database/creds/app"
         assert_eq!(app.renew_at_percent, 67);
         assert_eq!(app.min_remaining, Duration::from_secs(300));
         assert!(app.params.is_empty());
+        assert!(!app.per_caller);
     }
 
     #[test]
@@ -208,6 +214,7 @@ method = "POST"
 params = { common_name = "web.internal", ttl = "1h" }
 renew_at_percent = 50
 min_remaining_secs = 60
+per_caller = true
 "#,
         )
         .unwrap();
@@ -215,6 +222,7 @@ min_remaining_secs = 60
         assert_eq!(web.method, Method::POST);
         assert_eq!(web.params["common_name"], "web.internal");
         assert_eq!(web.min_remaining, Duration::from_secs(60));
+        assert!(web.per_caller);
         assert!(!cfg.revoke_on_shutdown);
         assert_eq!(cfg.revoke_grace, Duration::from_secs(5));
     }

@@ -226,6 +226,7 @@ mod tests {
             params: serde_json::Map::new(),
             renew_at_percent: percent,
             min_remaining: Duration::from_secs(min_remaining),
+            per_caller: false,
         }
     }
 
