@@ -39,6 +39,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
+# PostgreSQL for tests/lease.rs (OpenBao's database engine mints logins for it): Debian's
+# server and psql, run by the harness as the `postgres` user in a temp dir (root only).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql
+  else
+    echo "install-test-deps: missing postgresql (apt-get install postgresql as root)" >&2
+  fi
+fi
+
 # The OAuth2 server for tests/oauth2.rs: oidc-provider from npm, pinned by
 # tests/fixtures/oidc/package-lock.json, installed with `npm ci` next to the script that runs it
 # (node_modules is ignored by git). Node comes from Debian when missing (root only).

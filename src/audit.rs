@@ -89,6 +89,10 @@ pub struct AuditEvent {
     pub status: u16,
     /// aws-credentials (issue 29): the STS session the caller was given; never a key.
     pub aws: Option<Box<AwsSession>>,
+    /// When the served value expires, for a value with a lifetime of its own (a lease, an
+    /// OAuth2 token), in seconds after `time` (4 bytes: every queued line carries the field,
+    /// and it fits in the padding); the key `expires_at` is left out otherwise.
+    pub expires_in: Option<std::num::NonZeroU32>,
 }
 
 /// The role session of an aws-credentials read (the profile is the secret's id).
@@ -233,6 +237,14 @@ impl AuditEvent {
                 None => out.extend_from_slice(b"null"),
             }
         }
+        if let Some(secs) = self.expires_in {
+            out.extend_from_slice(b",\"expires_at\":");
+            let at = self
+                .time
+                .checked_add(std::time::Duration::from_secs(u64::from(secs.get())))
+                .unwrap_or(self.time);
+            push_word(out, &crate::timefmt::rfc3339(at));
+        }
         out.push(b'}');
         Ok(())
     }
@@ -306,6 +318,7 @@ impl AuditEvent {
             cache: None,
             status: 0,
             aws: None,
+            expires_in: None,
         }
     }
 }

@@ -38,6 +38,7 @@ use crate::peer::PeerIdentity;
 use crate::rate_limited;
 use crate::secure_mem::{MemError, SecretBuf, SecretBytes, locked_bytes, mapped_bytes};
 use crate::source::oauth2::OAuthError;
+use crate::source::vault::lease_caller;
 use crate::source::{Secret, SecretRequest, Selector, Source, SourceEntry, SourceError};
 use crate::state::{AppState, Runtime};
 use crate::timefmt::rfc3339;
@@ -245,6 +246,9 @@ pub enum BrokerError {
     /// The source has `startup_check = "retry"` and has not passed its check yet.
     #[error("the source is still starting")]
     SourceStarting,
+    /// A `vault-lease` profile's lease lapsed (or none was ever obtained) and Vault gave no new one.
+    #[error("no valid lease")]
+    LeaseUnavailable,
 }
 
 impl BrokerError {
@@ -268,7 +272,8 @@ impl BrokerError {
             | BrokerError::MemoryUnavailable
             | BrokerError::MemoryBudget
             | BrokerError::SourceBusy
-            | BrokerError::SourceStarting => 503,
+            | BrokerError::SourceStarting
+            | BrokerError::LeaseUnavailable => 503,
             BrokerError::UpstreamDenied
             | BrokerError::UpstreamUnavailable
             | BrokerError::UpstreamBadReply
@@ -304,6 +309,7 @@ impl From<&SourceError> for BrokerError {
             SourceError::MemoryBudget(_) => BrokerError::MemoryBudget,
             SourceError::Busy => BrokerError::SourceBusy,
             SourceError::TokenRefused(code) => BrokerError::TokenRefused(*code),
+            SourceError::LeaseUnavailable { .. } => BrokerError::LeaseUnavailable,
         }
     }
 }
@@ -480,6 +486,12 @@ pub async fn read(
     if let (Ok(reply), Some(aws)) = (&result, audited.event.aws.as_mut()) {
         aws.expires_at = reply.expires_at;
     }
+    if let Ok(reply) = &result {
+        audited.event.expires_in = reply.expires_at.and_then(|at| {
+            let left = at.duration_since(audited.event.time).ok()?;
+            std::num::NonZeroU32::new(u32::try_from(left.as_secs()).unwrap_or(u32::MAX))
+        });
+    }
     audited.finish_status(result, |reply| if reply.not_modified { 304 } else { 200 })
 }
 
@@ -540,7 +552,10 @@ impl ReadOnce<'_> {
         *admitted_before = true;
         // aws-credentials: the caller's own session joins the cache key (under this runtime's
         // source: a reload may have changed the profile).
-        let bound = caller_session(entry, self.secret, self.caller.peer);
+        // A `per_caller` lease profile: the caller's own credential, cached under its identity.
+        let keyed = lease_caller::keyed_request(entry, self.secret, self.caller.peer);
+        let secret = keyed.as_ref().unwrap_or(self.secret);
+        let bound = caller_session(entry, secret, self.caller.peer);
         audited.event.aws = bound.as_ref().and_then(|bound| {
             bound.selector.aws_session.as_deref().map(|key| {
                 Box::new(crate::audit::AwsSession {
@@ -555,7 +570,7 @@ impl ReadOnce<'_> {
             uid: self.caller.peer.uid,
             entry,
             generation: runtime.generation,
-            request: bound.as_ref().unwrap_or(self.secret),
+            request: bound.as_ref().unwrap_or(secret),
         };
         let (reply, served) = current(&target, self.view, force).await;
         audited.event.cache = Some(served.as_str());
@@ -679,6 +694,7 @@ async fn current(
         reply.expires_at = expires_at;
         reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
         reply.refresh = force.then_some(refresh);
+        reply.expires_at = expires_at;
         if !etag_matches(view.if_none_match, reply.etag.as_deref()) {
             return Ok(reply);
         }
@@ -828,6 +844,8 @@ async fn credential_once(
     let secret_request = SecretRequest { name, selector };
     // aws-credentials: the connecting unit's own session.
     let secret_request = caller_session(entry, &secret_request, peer).unwrap_or(secret_request);
+    let secret_request =
+        lease_caller::keyed_request(entry, &secret_request, peer).unwrap_or(secret_request);
     let target = Target {
         state,
         request_id,
@@ -925,6 +943,9 @@ impl FlushTicket<'_> {
             }
             let pattern = pattern?;
             audited.event.secret = Some(pattern.as_ref().map_or("*", |g| g.as_str()).into());
+            // vault-lease: a flushed profile gets a new lease at its next read (marked before
+            // the cache flush wakes the waiters, so their re-read gets it).
+            crate::source::flush_leases(&state.runtime().sources, pattern.as_ref());
             let flushed = state.cache.flush(pattern.as_ref());
             tracing::info!(%request_id, pattern = ?pattern.as_ref().map(|g| g.as_str()), flushed, "cache flushed by API");
             Ok(flushed)
@@ -955,9 +976,12 @@ pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerErr
     let mut audited = Audited::new(state, caller.peer, "metrics");
     let result = (|| {
         admit_admin(state, caller, &mut audited)?;
-        Ok(state
+        let mut text = state
             .metrics
-            .render(state.cache.len(), locked_bytes(), mapped_bytes()))
+            .render(state.cache.len(), locked_bytes(), mapped_bytes());
+        // vault-lease: counters and seconds left per profile.
+        crate::source::vault::lease_metrics::render(&state.runtime().sources, &mut text);
+        Ok(text)
     })();
     audited.finish(result)
 }

@@ -538,6 +538,7 @@ impl RawConfig {
         }
         check_oauth2_references(&ctx, &sources)?;
         check_transit_names(&ctx, &sources)?;
+        check_lease_vaults(&ctx, &sources)?;
         let mut rules = Vec::with_capacity(self.allow.len());
         for (index, raw) in self.allow.into_iter().enumerate() {
             rules.push(raw.build(&ctx, index, &sources)?);
@@ -824,6 +825,31 @@ fn check_transit_names(
             return Err(ctx.invalid(
                 format!("sources.{companion}"),
                 format!("the name is taken by the transit side of {name:?} (it has transit_mount)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `vault-lease` source's `vault` names a configured source of type `vault`.
+fn check_lease_vaults(
+    ctx: &Ctx<'_>,
+    sources: &BTreeMap<String, SourceConfig>,
+) -> Result<(), ConfigError> {
+    for (name, source) in sources {
+        let SourceKind::VaultLease(lease) = &source.kind else {
+            continue;
+        };
+        if !matches!(
+            sources.get(&lease.vault).map(|s| &s.kind),
+            Some(SourceKind::Vault(_))
+        ) {
+            return Err(ctx.invalid(
+                format!("sources.{name}.vault"),
+                format!(
+                    "{:?} must name a configured source of type \"vault\"",
+                    lease.vault
+                ),
             ));
         }
     }

@@ -23,6 +23,9 @@
 //! `source::build` builds the sources from it. Beside the server, `startup` retries sources with
 //! `startup_check = "retry"` and fetches `[prefetch]` secrets through the broker, and
 //! `readiness` keeps what `/v1/ready` reports.
+//! Leased secrets (`vault-lease`) are renewed and replaced by their source's own tasks; at
+//! SIGTERM, after the drain, `run` has the sources revoke them (bounded by
+//! `shutdown_timeout_secs`), and a reload retires the replaced sources' leases.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
@@ -199,6 +202,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     {
         tracing::error!(error = %err, "credentials server task failed");
     }
+    // vault-lease: revoke the agent's leases (revoke_on_shutdown), bounded like the drain.
+    source::shutdown_leases(&state.runtime().sources, server_config.shutdown_timeout).await;
     // Every decision made before the stop reaches the audit sink before the process exits.
     state.audit.flush(std::time::Duration::from_secs(2)).await;
     tracing::info!("stopped");
@@ -235,6 +240,8 @@ async fn reload(state: &Arc<AppState>) {
                 let generation = runtime.generation;
                 // Sources may now point elsewhere: the new runtime, then the flush (see there).
                 let flushed = state.replace_runtime(runtime);
+                // vault-lease: the old sources' leases are no longer used.
+                source::retire_leases(&current.sources);
                 startup::spawn_source_retries(state, generation, built.starting, &built.others);
                 startup::spawn_prefetch(state, generation, &state.runtime().config.prefetch);
                 Ok(flushed)

@@ -115,7 +115,7 @@ fn relative_links_point_at_files_that_exist() {
 }
 
 /// Every source type, as `sources.NAME.type` takes it.
-const SOURCE_TYPES: [&str; 9] = [
+const SOURCE_TYPES: [&str; 10] = [
     "file",
     "env",
     "aws-secretsmanager",
@@ -123,6 +123,7 @@ const SOURCE_TYPES: [&str; 9] = [
     "aws-s3",
     "aws-credentials",
     "vault",
+    "vault-lease",
     "command",
     "oauth2",
 ];

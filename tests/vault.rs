@@ -499,3 +499,53 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+fn kv_policy(bao: &Bao, data: bool) {
+    let mut policy = String::from("path \"secret/metadata/app/*\" { capabilities = [\"read\"] }\n");
+    if data {
+        policy.push_str("path \"secret/data/app/*\" { capabilities = [\"read\"] }\n");
+    }
+    bao.api(
+        "PUT",
+        "sys/policies/acl/kv-meta",
+        Some(json!({ "policy": policy })),
+    );
+}
+
+#[test]
+fn an_expired_kv_value_is_checked_by_its_metadata_and_refetched_only_when_changed() {
+    let bao = Bao::start();
+    bao.kv_put("app/rotating", json!({ "password": "v1" }));
+    kv_policy(&bao, true);
+    let created = bao.api(
+        "POST",
+        "auth/token/create",
+        Some(json!({ "policies": ["kv-meta"], "ttl": "1h" })),
+    );
+    let dir = TestDir::new();
+    write_credential(
+        &dir.path().join("vault-token"),
+        created["auth"]["client_token"].as_str().unwrap(),
+    );
+    let auth = r#"{ method = "token", token_file = "{dir}/vault-token" }"#;
+    let agent = Agent::start(&dir, &config(&bao, auth, ""));
+    let read = |agent: &Agent| {
+        let resp = agent.get("/v1/secrets/vault/app/rotating?field=password");
+        (resp.status, resp.text())
+    };
+    assert_eq!(read(&agent), (200, "v1".to_owned()));
+    // The data may no longer be read, the metadata may: with ttl_secs = 1, each expiry is
+    // answered by the metadata alone (a data read would be denied: 502).
+    kv_policy(&bao, false);
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        assert_eq!(read(&agent), (200, "v1".to_owned()), "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A new version: the next check sees it and reads the data (denied now, then allowed).
+    bao.kv_put("app/rotating", json!({ "password": "v2" }));
+    assert!(wait_until(Duration::from_secs(5), || read(&agent).0 == 502));
+    kv_policy(&bao, true);
+    assert!(wait_until(Duration::from_secs(5), || read(&agent)
+        == (200, "v2".to_owned())));
+}

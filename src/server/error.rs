@@ -60,6 +60,8 @@ pub enum ApiError {
     SourceStarting,
     /// A request body did not arrive within its bound.
     BodyTimeout,
+    /// A `vault-lease` profile has no valid lease right now.
+    LeaseUnavailable,
 }
 
 impl ApiError {
@@ -82,7 +84,8 @@ impl ApiError {
             | ApiError::MemoryUnavailable
             | ApiError::MemoryBudget
             | ApiError::SourceBusy
-            | ApiError::SourceStarting => StatusCode::SERVICE_UNAVAILABLE,
+            | ApiError::SourceStarting
+            | ApiError::LeaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UpstreamDenied
             | ApiError::UpstreamUnavailable
@@ -118,6 +121,7 @@ impl ApiError {
             ApiError::SourceBusy => "source_busy",
             ApiError::TokenRefused(_) => "token_refused",
             ApiError::SourceStarting => "source_starting",
+            ApiError::LeaseUnavailable => "lease_unavailable",
         }
     }
 
@@ -161,6 +165,10 @@ impl ApiError {
             }
             ApiError::SourceStarting => {
                 "the source has not passed its start-up check yet; retry later".to_owned()
+            }
+            ApiError::LeaseUnavailable => {
+                "no valid lease for this secret and the backend gave no new one; retry later"
+                    .to_owned()
             }
         }
     }
@@ -217,6 +225,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::SourceBusy => ApiError::SourceBusy,
             BrokerError::TokenRefused(code) => ApiError::TokenRefused(code),
             BrokerError::SourceStarting => ApiError::SourceStarting,
+            BrokerError::LeaseUnavailable => ApiError::LeaseUnavailable,
         }
     }
 }
@@ -263,6 +272,7 @@ mod tests {
                 "token_refused",
             ),
             (ApiError::SourceStarting, 503, "source_starting"),
+            (ApiError::LeaseUnavailable, 503, "lease_unavailable"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -297,6 +307,7 @@ mod tests {
             BrokerError::SourceBusy,
             BrokerError::TokenRefused(OAuthError::InvalidGrant),
             BrokerError::SourceStarting,
+            BrokerError::LeaseUnavailable,
         ];
         for err in all {
             let status = err.status();

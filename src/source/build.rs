@@ -68,6 +68,14 @@ pub enum BuildError {
         /// What failed.
         cause: oauth2::BuildError,
     },
+    /// A `vault-lease` source's Vault source is not (yet) built.
+    #[error("source {name:?}: its Vault source {vault:?} has not logged in")]
+    LeaseVault {
+        /// Source name.
+        name: String,
+        /// The Vault source it names.
+        vault: String,
+    },
     /// A source's name is the one its Vault source's transit side would take.
     #[error("source {name:?}: the name is taken by the transit side of {vault:?}")]
     NameTaken {
@@ -90,6 +98,9 @@ impl BuildError {
             BuildError::NameTaken { vault, .. } => {
                 format!("the name is taken by the transit side of {vault:?}")
             }
+            BuildError::LeaseVault { vault, .. } => {
+                format!("its Vault source {vault:?} has not logged in")
+            }
         }
     }
 
@@ -101,6 +112,8 @@ impl BuildError {
             BuildError::Vault { cause, .. } => cause.retry_may_help(),
             BuildError::Aws { cause, .. } => cause.retry_may_help(),
             BuildError::AwsCredentials { cause, .. } => cause.retry_may_help(),
+            // The Vault source may still be starting (its own startup_check = "retry").
+            BuildError::LeaseVault { .. } => true,
             BuildError::Command { .. }
             | BuildError::OAuth2 { .. }
             | BuildError::NameTaken { .. } => false,
@@ -149,7 +162,11 @@ pub async fn build_all(configured: &BTreeMap<String, SourceConfig>) -> Result<Bu
     let others: SharedSources = Arc::new(RwLock::new(Sources::new()));
     let mut sources = Sources::new();
     let mut starting = BTreeMap::new();
-    for (name, cfg) in configured {
+    // vault-lease sources after the Vault sources whose session they use.
+    let (leases, first): (Vec<_>, Vec<_>) = configured
+        .iter()
+        .partition(|(_, cfg)| matches!(cfg.kind, SourceKind::VaultLease(_)));
+    for (name, cfg) in first.into_iter().chain(leases) {
         match build_one(name, cfg, &others).await {
             Ok(entries) => sources.extend(entries),
             Err(err) if cfg.startup_check == StartupCheck::Retry => {
@@ -250,6 +267,21 @@ pub async fn build_one(
                 }
             })?;
             Source::OAuth2(Box::new(source))
+        }
+        SourceKind::VaultLease(lease) => {
+            let session = others
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&lease.vault)
+                .and_then(|entry| match &entry.source {
+                    Source::Vault(vault) => Some(vault.session()),
+                    _ => None,
+                })
+                .ok_or_else(|| BuildError::LeaseVault {
+                    name: name.to_owned(),
+                    vault: lease.vault.clone(),
+                })?;
+            Source::VaultLease(vault::lease::LeaseSource::new(name, session, lease))
         }
         // aws-credentials: role sessions for local callers.
         SourceKind::AwsCredentials(creds) => Source::AwsCredentials({

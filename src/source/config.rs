@@ -20,6 +20,7 @@ use super::oauth2::{OAuth2Config, RawOAuth2Source};
 use super::section::{
     Defaults, Invalid, StartupCheck, check_ttl_exceeds_refresh_ahead, resolve_relative, secs,
 };
+use super::vault::lease_config::{LeaseConfig, RawLeaseSource};
 use super::vault::{RawVaultSource, VaultConfig};
 
 /// `[sources.NAME]` as written; `type` selects the kind.
@@ -53,6 +54,9 @@ pub enum RawSource {
     /// `type = "aws-credentials"`.
     #[serde(rename = "aws-credentials")]
     AwsCredentials(Box<RawCredentialsSource>),
+    /// `type = "vault-lease"`.
+    #[serde(rename = "vault-lease")]
+    VaultLease(Box<RawLeaseSource>),
 }
 
 /// A validated source, ready to be constructed.
@@ -99,6 +103,8 @@ pub enum SourceKind {
     OAuth2(Box<OAuth2Config>),
     /// AWS role credentials for local callers.
     AwsCredentials(Box<CredentialsConfig>),
+    /// Leased secrets (database credentials, certificates) through a Vault source.
+    VaultLease(Box<LeaseConfig>),
 }
 
 /// Default `max_concurrent_fetches` of a source.
@@ -123,6 +129,7 @@ impl RawSource {
             RawSource::AwsCredentials(c) => {
                 (c.aws.max_concurrent_fetches, c.aws.max_fetches_per_uid)
             }
+            RawSource::VaultLease(l) => (l.max_concurrent_fetches, l.max_fetches_per_uid),
         };
         let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
             .filter(|n| n.get() <= 1024)
@@ -154,6 +161,7 @@ impl RawSource {
             RawSource::AwsS3(s) => s.aws.startup_check.clone(),
             RawSource::Command(c) => c.startup_check.clone(),
             RawSource::AwsCredentials(c) => c.aws.startup_check.clone(),
+            RawSource::VaultLease(l) => l.startup_check.clone(),
         };
         let (kind, ttl_secs, timeout_secs) = match raw {
             RawSource::File(f) => {
@@ -243,6 +251,15 @@ impl RawSource {
                     SourceKind::OAuth2(Box::new(oauth)),
                     None,
                     o.fetch_timeout_secs,
+                )
+            }
+            RawSource::VaultLease(l) => {
+                let lease = l.build().map_err(|e| e.under(key))?;
+                // A lease's own lifetime bounds how long the cache holds it.
+                (
+                    SourceKind::VaultLease(Box::new(lease)),
+                    None,
+                    l.fetch_timeout_secs,
                 )
             }
             // Held for the session's life (its Lifetime), at most the longest STS session.

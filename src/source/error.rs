@@ -48,6 +48,12 @@ pub enum SourceError {
     /// An OAuth2 token endpoint refused the request, with this error code (never its body).
     #[error("the token endpoint refused the request: {0}")]
     TokenRefused(OAuthError),
+    /// A `vault-lease` profile has no valid lease and none could be obtained (transient).
+    #[error("no valid lease: {detail}")]
+    LeaseUnavailable {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl SourceError {
@@ -59,6 +65,7 @@ impl SourceError {
                 | SourceError::Timeout(_)
                 | SourceError::MemoryBudget(_)
                 | SourceError::Busy
+                | SourceError::LeaseUnavailable { .. }
         )
     }
 }

@@ -66,6 +66,8 @@ pub enum Source {
     Command(command::CommandSource),
     /// OAuth2 access tokens.
     OAuth2(Box<oauth2::OAuth2Source>),
+    /// vault-lease: leased secrets through a Vault source's session.
+    VaultLease(vault::lease::LeaseSource),
     /// A scripted source for unit tests of the layers above.
     #[cfg(test)]
     Fake(crate::testutil::FakeSource),
@@ -85,6 +87,7 @@ impl Source {
             Source::AwsS3(_) => "aws-s3",
             Source::AwsCredentials(_) => "aws-credentials",
             Source::OAuth2(_) => "oauth2",
+            Source::VaultLease(_) => "vault-lease",
             #[cfg(test)]
             Source::Fake(_) => "fake",
         }
@@ -103,7 +106,11 @@ impl Source {
                     Ok(())
                 }
             }
-            Source::File(_) | Source::Env(_) | Source::VaultTransit(_) | Source::Command(_) => {
+            Source::File(_)
+            | Source::Env(_)
+            | Source::VaultTransit(_)
+            | Source::Command(_)
+            | Source::VaultLease(_) => {
                 if selector.is_empty() {
                     Ok(())
                 } else {
@@ -134,7 +141,9 @@ impl Source {
             return creds.check_id(id);
         }
         let rule = match self {
-            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) => IdRule::Any,
+            Source::File(_) | Source::Vault(_) | Source::AwsS3(_) | Source::VaultLease(_) => {
+                IdRule::Any
+            }
             Source::Env(_) => IdRule::Env,
             Source::VaultTransit(_) => IdRule::Transit,
             Source::Aws(_) => IdRule::Aws,
@@ -197,9 +206,10 @@ impl IdRule {
     pub fn configured(sources: &BTreeMap<String, SourceConfig>, name: &str) -> Option<IdRule> {
         if let Some(cfg) = sources.get(name) {
             return Some(match &cfg.kind {
-                SourceKind::File { .. } | SourceKind::Vault(_) | SourceKind::AwsS3(_) => {
-                    IdRule::Any
-                }
+                SourceKind::File { .. }
+                | SourceKind::Vault(_)
+                | SourceKind::AwsS3(_)
+                | SourceKind::VaultLease(_) => IdRule::Any,
                 SourceKind::Env { .. } => IdRule::Env,
                 SourceKind::Aws(_) => IdRule::Aws,
                 SourceKind::AwsSsm(_) => IdRule::Ssm,
@@ -231,15 +241,21 @@ impl Source {
         match self {
             Source::File(s) => s.fetch(request.name.id()).await.map(Fetched::New),
             Source::Env(s) => s.fetch(request.name.id()).map(Fetched::New),
-            Source::Vault(s) => Box::pin(s.fetch(request.name.id(), request.selector.version))
-                .await
-                .map(Fetched::New),
+            Source::Vault(s) => {
+                Box::pin(s.fetch(request.name.id(), request.selector.version, previous)).await
+            }
             Source::VaultTransit(s) => Box::pin(s.fetch(request.name.id())).await.map(Fetched::New),
             Source::Aws(s) => Box::pin(s.fetch(request, previous)).await,
             Source::AwsSsm(s) => Box::pin(s.fetch(request)).await,
             Source::Command(s) => Box::pin(s.fetch(request)).await,
             Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
             Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
+            Source::VaultLease(s) => {
+                let caller = request.selector.caller.as_deref();
+                Box::pin(s.fetch(request.name.id(), caller))
+                    .await
+                    .map(Fetched::New)
+            }
             Source::AwsCredentials(s) => Box::pin(s.fetch(request)).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
@@ -297,6 +313,48 @@ pub type SharedSources = Arc<RwLock<Sources>>;
 /// The transit and OAuth2 sources read what they need (ciphertexts, client credentials)
 /// straight from the sources built beside them: no cache, no caller's ACL. A source that is
 /// not there is `NotFound`.
+/// vault-lease after a flush through the API: the matching profiles get a new lease at their
+/// next read.
+pub fn flush_leases(sources: &Sources, pattern: Option<&crate::name::Glob>) {
+    for (name, entry) in sources {
+        if let Source::VaultLease(lease) = &entry.source {
+            lease.flush(|profile| pattern.is_none_or(|g| g.matches_parts(name, profile)));
+        }
+    }
+}
+
+/// vault-lease after a reload: the replaced sources' leases are revoked after their grace.
+pub fn retire_leases(replaced: &Sources) {
+    for entry in replaced.values() {
+        if let Source::VaultLease(lease) = &entry.source {
+            lease.retire_all();
+        }
+    }
+}
+
+/// vault-lease at SIGTERM: every lease source stops issuing and revokes its leases (those with
+/// `revoke_on_shutdown`), all at once, within `bound`; what is left lapses on its own.
+pub async fn shutdown_leases(sources: &Sources, bound: Duration) {
+    let mut set = tokio::task::JoinSet::new();
+    for entry in sources.values() {
+        if matches!(entry.source, Source::VaultLease(_)) {
+            let entry = entry.clone();
+            set.spawn(async move {
+                if let Source::VaultLease(lease) = &entry.source {
+                    lease.shutdown().await;
+                }
+            });
+        }
+    }
+    let all = async { while set.join_next().await.is_some() {} };
+    if tokio::time::timeout(bound, all).await.is_err() {
+        tracing::warn!(
+            "lease revocation did not finish within shutdown_timeout_secs; the rest lapse on \
+             their own"
+        );
+    }
+}
+
 impl ReadOther for RwLock<Sources> {
     fn read_other(&self, name: SecretName) -> OtherRead<'_> {
         Box::pin(async move {

@@ -23,6 +23,9 @@ pub struct Selector {
     /// from the peer's identity, never by a request. Behind one pointer: a read request is
     /// moved on every request, and most have none.
     pub aws_session: Option<std::sync::Arc<String>>,
+    /// The caller a `per_caller` lease profile's value is for; set by the broker, never by a
+    /// client (not a version selector: `is_empty` ignores it).
+    pub caller: Option<std::sync::Arc<super::vault::lease_caller::CallerKey>>,
 }
 
 impl Selector {
@@ -50,6 +53,7 @@ pub struct SecretRequest {
 impl std::hash::Hash for SecretRequest {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.name.hash(state);
+        self.selector.caller.hash(state);
         if self.selector.is_empty() {
             state.write_u8(0);
         } else {

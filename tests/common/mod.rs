@@ -22,6 +22,7 @@ pub mod imds;
 pub mod moto;
 pub mod oauth;
 pub mod pass;
+pub mod postgres;
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};

@@ -231,6 +231,7 @@ mod tests {
             version_stage: stage.map(str::to_owned),
             version,
             label: None,
+            caller: None,
             aws_session: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());

@@ -231,6 +231,7 @@ mod tests {
             version_stage: stage.map(str::to_owned),
             version_id: None,
             aws_session: None,
+            caller: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
         assert!(check_selector(&sel(Some(2), None, None)).is_ok());

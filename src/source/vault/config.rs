@@ -146,7 +146,7 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> Invalid {
 }
 
 /// Checks a mount path: segments of letters, digits, `-`, `_`, `.`, no empty or dot segments.
-fn check_mount(key: &'static str, mount: &str) -> Result<String, Invalid> {
+pub(crate) fn check_mount(key: &'static str, mount: &str) -> Result<String, Invalid> {
     let ok = !mount.is_empty()
         && mount.split('/').all(|seg| {
             !seg.is_empty()

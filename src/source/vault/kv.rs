@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use super::auth::VaultSession;
 use crate::secure_mem::SecretBytes;
 use crate::source::error::SourceError;
-use crate::source::secret::Secret;
+use crate::source::secret::{Fetched, Secret};
 
 /// The name of the transit companion of Vault source `name`.
 pub fn transit_name(name: &str) -> String {
@@ -27,6 +27,7 @@ pub fn transit_name(name: &str) -> String {
 pub struct VaultSource {
     session: Arc<VaultSession>,
     kv_mount: String,
+    check: super::kv_check::KvCheck,
 }
 
 #[derive(Deserialize)]
@@ -50,11 +51,38 @@ struct KvMeta {
 impl VaultSource {
     /// A KV v2 source over `kv_mount`, using `session`'s token.
     pub fn new(session: Arc<VaultSession>, kv_mount: String) -> Self {
-        VaultSource { session, kv_mount }
+        VaultSource {
+            session,
+            kv_mount,
+            check: super::kv_check::KvCheck::default(),
+        }
     }
 
-    /// Reads `path` (already validated: no `..`, no empty segments), latest or `version`.
-    pub async fn fetch(&self, path: &str, version: Option<u64>) -> Result<Secret, SourceError> {
+    /// The session, for a `vault-lease` source that names this one.
+    pub fn session(&self) -> Arc<VaultSession> {
+        self.session.clone()
+    }
+
+    /// Reads `path` (already validated: no `..`, no empty segments), latest or `version`. A
+    /// refresh of the latest version (`previous`) first asks the metadata whether it changed.
+    pub async fn fetch(
+        &self,
+        path: &str,
+        version: Option<u64>,
+        previous: Option<&Secret>,
+    ) -> Result<Fetched, SourceError> {
+        if let (None, Some(previous)) = (version, previous)
+            && self
+                .check
+                .unchanged(&self.session, &self.kv_mount, path, previous)
+                .await?
+        {
+            return Ok(Fetched::Unchanged);
+        }
+        self.read(path, version).await.map(Fetched::New)
+    }
+
+    async fn read(&self, path: &str, version: Option<u64>) -> Result<Secret, SourceError> {
         let mut url = format!("{}/data/{}", self.kv_mount, path);
         if let Some(v) = version {
             url.push_str(&format!("?version={v}"));

@@ -6,6 +6,13 @@
 pub mod auth;
 pub mod config;
 pub mod kv;
+// vault-lease: leased secrets (database credentials, certificates) over a Vault source's session.
+mod kv_check;
+pub mod lease;
+pub mod lease_caller;
+pub mod lease_config;
+pub mod lease_metrics;
+mod renew;
 pub mod transit;
 
 pub use config::{RawVaultSource, VaultConfig};

@@ -1,0 +1,845 @@
+//! The `vault-lease` source: named profiles, each an engine endpoint that returns a lease
+//! (`database/creds/app`) or a certificate (`pki/issue/web`), served as the engine's `data`
+//! object (JSON, so `?field=username` works) through the Vault source's own session.
+//!
+//! One lease per profile, shared by every caller the rules admit: a read takes the current
+//! lease, and only a read that finds none (or one past its switch point) asks Vault, under the
+//! profile's lock, so concurrent first reads cause one lease (single-flight). The renewal and
+//! replacement schedule lives in `renew`; this file owns the leases themselves: issue, serve,
+//! retire (revoke after `revoke_grace_secs`), and revoke everything at shutdown.
+//!
+//! A `per_caller` profile holds one such slot per caller identity (`lease_caller`), each with
+//! its own lease, single flight and renewal task, created at the caller's first read.
+//!
+//! SECURITY: a lease id lets its holder renew or revoke the credential; it lives in
+//! [`SecretBytes`], is never served, and is logged only as its accessor (the engine path and a
+//! short hash of the id). The credential itself is only in secure memory.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use hyper::Method;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::lease_caller::{CallerKey, MAX_LEASES_PER_UID};
+use super::lease_config::{LeaseConfig, ProfileConfig};
+use super::renew::{self, Times};
+use crate::secure_mem::SecretBytes;
+use super::auth::VaultSession;
+use crate::source::error::SourceError;
+use crate::source::secret::{Lifetime, Secret};
+
+/// Bound on one renew or revoke call.
+pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the profiles of one `vault-lease` source.
+#[derive(Debug)]
+pub struct LeaseSource {
+    inner: Arc<Inner>,
+}
+
+/// What the source and its background tasks share; the tasks hold it weakly, so they end
+/// once the source is dropped (a reload).
+#[derive(Debug)]
+pub(super) struct Inner {
+    pub(super) name: String,
+    session: Arc<VaultSession>,
+    profiles: BTreeMap<String, Arc<Profile>>,
+    revoke_on_shutdown: bool,
+    revoke_grace: Duration,
+    /// Set at shutdown: no lease is issued after it.
+    closed: AtomicBool,
+    /// Replaced leases waiting for their revoke.
+    retiring: Mutex<Vec<Arc<Lease>>>,
+}
+
+/// Lease counters of one profile.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// Leases obtained.
+    pub issued: AtomicU64,
+    /// Successful renewals.
+    pub renewed: AtomicU64,
+    /// Successful revocations.
+    pub revoked: AtomicU64,
+}
+
+/// One profile and its current lease.
+#[derive(Debug)]
+pub(super) struct Profile {
+    pub(super) name: String,
+    pub(super) config: ProfileConfig,
+    current: Mutex<Option<Arc<Lease>>>,
+    /// Held while a lease is issued: the single flight.
+    issuing: tokio::sync::Mutex<()>,
+    /// Whether the renewal task runs.
+    pub(super) maintained: AtomicBool,
+    /// A flush asked for a new lease: the next read issues one.
+    flushed: AtomicBool,
+    /// Its lease issue/renew/revoke counters (shared with its leases).
+    counts: Arc<Counts>,
+    /// Whom this slot's lease is for (a `per_caller` profile's slot; `None`: shared).
+    pub(super) caller: Option<CallerKey>,
+    /// A `per_caller` profile's slots, one per caller identity (empty otherwise).
+    callers: Mutex<BTreeMap<CallerKey, Arc<Profile>>>,
+}
+
+/// One lease (or certificate) from Vault.
+pub(super) struct Lease {
+    /// Empty for a certificate issued without a lease.
+    id: SecretBytes,
+    /// For logs: the engine path and a hash of the id.
+    pub(super) accessor: String,
+    /// The engine's `data` object as JSON text.
+    data: SecretBytes,
+    /// When it was issued, how long it lived then, and the renewals since.
+    pub(super) times: Mutex<Times>,
+    /// Its profile's counters.
+    counts: Arc<Counts>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("accessor", &self.accessor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    pub(super) fn times(&self) -> Times {
+        *self.times.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn has_id(&self) -> bool {
+        !self.id.is_empty()
+    }
+}
+
+/// `{"lease_id","renewable","lease_duration","data"}` of an engine reply.
+#[derive(Deserialize)]
+struct LeaseReply<'a> {
+    #[serde(default, borrow)]
+    lease_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    renewable: bool,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// The one field of a certificate's `data` the schedule needs (other fields are skipped, not
+/// copied).
+#[derive(Deserialize)]
+struct CertExpiry {
+    expiration: Option<u64>,
+}
+
+/// `sys/leases/renew`'s reply.
+#[derive(Deserialize)]
+struct RenewReply {
+    #[serde(default)]
+    renewable: bool,
+    #[serde(default)]
+    lease_duration: u64,
+}
+
+impl LeaseSource {
+    /// A source over `session` (the Vault source named by `config.vault`).
+    pub fn new(name: &str, session: Arc<VaultSession>, config: &LeaseConfig) -> Self {
+        let profiles = config
+            .profiles
+            .iter()
+            .map(|(profile, cfg)| {
+                let state = Profile::new(profile, cfg.clone(), Arc::default(), None);
+                (profile.clone(), Arc::new(state))
+            })
+            .collect();
+        LeaseSource {
+            inner: Arc::new(Inner {
+                name: name.to_owned(),
+                session,
+                profiles,
+                revoke_on_shutdown: config.revoke_on_shutdown,
+                revoke_grace: config.revoke_grace,
+                closed: AtomicBool::new(false),
+                retiring: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The current credential of profile `id`: the lease in use, or a new one when there is
+    /// none or the one in use is past its switch point. A lease past its switch point that
+    /// cannot be replaced is still served until it lapses, never after.
+    /// A `per_caller` profile serves `caller`'s own lease.
+    pub async fn fetch(&self, id: &str, caller: Option<&CallerKey>) -> Result<Secret, SourceError> {
+        let profile = self.inner.profiles.get(id).ok_or(SourceError::NotFound)?;
+        let slot = profile.slot(caller)?;
+        let profile = &slot;
+        if let Some(secret) = serve_if_fresh(profile)? {
+            return Ok(secret);
+        }
+        self.inner.replace(profile).await?;
+        let lease = profile.current().ok_or_else(lapsed)?;
+        serve(profile, &lease)
+    }
+
+    /// Whether profile `id` has `per_caller = true`.
+    pub fn is_per_caller(&self, id: &str) -> bool {
+        self.inner
+            .profiles
+            .get(id)
+            .is_some_and(|p| p.config.per_caller)
+    }
+
+    /// Each profile's counters and the seconds left of its lease (`None` without one).
+    pub fn profile_metrics(&self) -> Vec<(&str, &Counts, Option<u64>)> {
+        let now = Instant::now();
+        self.inner
+            .profiles
+            .values()
+            .map(|p| {
+                // A per-caller profile: the lease that expires first.
+                let left = p
+                    .slots()
+                    .iter()
+                    .filter_map(|slot| slot.current())
+                    .map(|l| l.times().expires().saturating_duration_since(now).as_secs())
+                    .min();
+                (p.name.as_str(), &*p.counts, left)
+            })
+            .collect()
+    }
+
+    /// A flush of the profiles `matches` names: each that holds a lease gets a new one at its
+    /// next read, and the old one is revoked `revoke_grace_secs` later.
+    pub fn flush(&self, matches: impl Fn(&str) -> bool) {
+        for profile in self.inner.profiles.values() {
+            if !matches(&profile.name) {
+                continue;
+            }
+            for slot in profile.slots() {
+                if slot.current().is_some() {
+                    slot.flushed.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    /// After a reload replaced this source: no new lease from now on, and every lease it holds
+    /// is revoked after `revoke_grace_secs` (the new source issues its own on first use).
+    pub fn retire_all(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        for slot in self.inner.slots() {
+            if let Some(lease) = slot.take() {
+                self.inner.retire(lease);
+            }
+        }
+    }
+
+    /// At SIGTERM: no new lease from now on, and (with `revoke_on_shutdown`) every lease the
+    /// source holds is revoked, each failure logged. The caller bounds the time.
+    pub async fn shutdown(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        if !self.inner.revoke_on_shutdown {
+            return;
+        }
+        let mut leases: Vec<Arc<Lease>> = std::mem::take(
+            &mut *self
+                .inner
+                .retiring
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for slot in self.inner.slots() {
+            if let Some(lease) = slot.take() {
+                leases.push(lease);
+            }
+        }
+        // Concurrently: one slow revoke does not use up the others' time.
+        let mut set = tokio::task::JoinSet::new();
+        for lease in leases {
+            let inner = self.inner.clone();
+            set.spawn(async move { inner.revoke(&lease).await });
+        }
+        while set.join_next().await.is_some() {}
+    }
+}
+
+impl Profile {
+    fn new(
+        name: &str,
+        config: ProfileConfig,
+        counts: Arc<Counts>,
+        caller: Option<CallerKey>,
+    ) -> Self {
+        Profile {
+            name: name.to_owned(),
+            config,
+            current: Mutex::new(None),
+            issuing: tokio::sync::Mutex::new(()),
+            maintained: AtomicBool::new(false),
+            flushed: AtomicBool::new(false),
+            counts,
+            caller,
+            callers: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The slot a read by `caller` uses: the profile itself when shared; for `per_caller`, the
+    /// caller's own slot, created at its first read (at most [`MAX_LEASES_PER_UID`] per uid).
+    fn slot(self: &Arc<Self>, caller: Option<&CallerKey>) -> Result<Arc<Profile>, SourceError> {
+        if !self.config.per_caller {
+            return Ok(self.clone());
+        }
+        // SECURITY: a per-caller profile never falls back to a shared lease.
+        let caller = caller.ok_or_else(|| {
+            SourceError::Invalid(format!(
+                "profile {} has per_caller = true and is read only by a caller",
+                self.name
+            ))
+        })?;
+        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = callers.get(caller) {
+            return Ok(slot.clone());
+        }
+        let held = callers.keys().filter(|k| k.uid == caller.uid).count();
+        if held >= MAX_LEASES_PER_UID {
+            return Err(SourceError::LeaseUnavailable {
+                detail: format!(
+                    "uid {} already holds {MAX_LEASES_PER_UID} leases of profile {}",
+                    caller.uid, self.name
+                ),
+            });
+        }
+        let slot = Arc::new(Profile::new(
+            &self.name,
+            self.config.clone(),
+            self.counts.clone(),
+            Some(caller.clone()),
+        ));
+        callers.insert(caller.clone(), slot.clone());
+        Ok(slot)
+    }
+
+    /// Every slot that can hold a lease: the profile itself when shared, the callers' slots
+    /// when `per_caller`.
+    fn slots(self: &Arc<Self>) -> Vec<Arc<Profile>> {
+        if self.config.per_caller {
+            let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
+            callers.values().cloned().collect()
+        } else {
+            vec![self.clone()]
+        }
+    }
+
+    pub(super) fn current(&self) -> Option<Arc<Lease>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn take(&self) -> Option<Arc<Lease>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn install(&self, lease: Arc<Lease>) -> Option<Arc<Lease>> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(lease)
+    }
+}
+
+/// The current lease as a [`Secret`] when it is before its switch point.
+fn serve_if_fresh(profile: &Profile) -> Result<Option<Secret>, SourceError> {
+    if profile.flushed.load(Ordering::SeqCst) {
+        return Ok(None);
+    }
+    match profile.current() {
+        Some(lease) if Instant::now() < lease.times().switch_at(&profile.config) => {
+            serve(profile, &lease).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A copy of the lease's data with its lifetime: the cache holds it until the switch point
+/// (so a waiting reader re-reads then and sees the new credential) and never serves it past
+/// its expiry.
+fn serve(profile: &Profile, lease: &Lease) -> Result<Secret, SourceError> {
+    let times = lease.times();
+    let now = Instant::now();
+    let valid_for = times.expires().saturating_duration_since(now);
+    if valid_for.is_zero() {
+        return Err(lapsed());
+    }
+    let serve_for = times
+        .switch_at(&profile.config)
+        .saturating_duration_since(now)
+        .max(Duration::from_secs(1))
+        .min(valid_for);
+    let mut secret = Secret::new(SecretBytes::from_slice(lease.data.as_slice())?, None);
+    secret.lifetime = Some(Lifetime {
+        expires_at: SystemTime::now()
+            .checked_add(valid_for)
+            .unwrap_or_else(SystemTime::now),
+        serve_for,
+        valid_for,
+        refresh_after: None,
+    });
+    Ok(secret)
+}
+
+fn lapsed() -> SourceError {
+    SourceError::LeaseUnavailable {
+        detail: "no valid lease: the last one lapsed and no new one could be obtained".to_owned(),
+    }
+}
+
+impl Inner {
+    /// Every slot of every profile.
+    fn slots(&self) -> Vec<Arc<Profile>> {
+        self.profiles.values().flat_map(|p| p.slots()).collect()
+    }
+
+    /// Replaces the profile's lease unless another task just did (single-flight): issues a new
+    /// one, installs it, and retires the old one. Without a usable lease, an issue failure is
+    /// the answer; with one, it is logged and the old lease stays until it lapses.
+    pub(super) async fn replace(
+        self: &Arc<Self>,
+        profile: &Arc<Profile>,
+    ) -> Result<(), SourceError> {
+        let _flight = profile.issuing.lock().await;
+        let old = profile.current();
+        let flushed = profile.flushed.swap(false, Ordering::SeqCst);
+        if let Some(lease) = &old
+            && !flushed
+            && Instant::now() < lease.times().switch_at(&profile.config)
+        {
+            return Ok(());
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(SourceError::Unavailable {
+                detail: "the agent is shutting down".to_owned(),
+            });
+        }
+        let lease = match self.issue(profile).await {
+            Ok(lease) => Arc::new(lease),
+            Err(err) => {
+                let serving = old
+                    .as_ref()
+                    .is_some_and(|l| Instant::now() < l.times().expires());
+                tracing::warn!(
+                    source = %self.name,
+                    profile = %profile.name,
+                    error = %err,
+                    serving_old = serving,
+                    "cannot obtain a lease"
+                );
+                return match err {
+                    _ if serving => Ok(()),
+                    e if e.is_transient() => Err(SourceError::LeaseUnavailable {
+                        detail: e.to_string(),
+                    }),
+                    e => Err(e),
+                };
+            }
+        };
+        profile.counts.issued.fetch_add(1, Ordering::Relaxed);
+        // An issue that was in flight when the shutdown (or a reload) began: not kept.
+        if self.closed.load(Ordering::SeqCst) {
+            self.revoke(&lease).await;
+            return Err(SourceError::Unavailable {
+                detail: "the source was closed while a lease was issued".to_owned(),
+            });
+        }
+        let times = lease.times();
+        tracing::info!(
+            source = %self.name,
+            profile = %profile.name,
+            caller = profile.caller.as_ref().map(tracing::field::display),
+            lease = %lease.accessor,
+            ttl_secs = times.issued_ttl.as_secs(),
+            renewable = times.renewable,
+            "lease obtained"
+        );
+        if let Some(old) = profile.install(lease) {
+            self.retire(old);
+        }
+        if !profile.maintained.swap(true, Ordering::SeqCst) {
+            tokio::spawn(renew::maintain(
+                Arc::downgrade(self),
+                Arc::downgrade(profile),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Calls the profile's endpoint and reads the lease from the reply.
+    async fn issue(&self, state: &Profile) -> Result<Lease, SourceError> {
+        let profile = &state.config;
+        let (path, body) = if profile.method == Method::POST {
+            let body = serde_json::to_vec(&profile.params)
+                .map_err(|e| SourceError::Invalid(format!("params: {e}")))?;
+            (profile.path.clone(), Some(Bytes::from(body)))
+        } else if profile.params.is_empty() {
+            (profile.path.clone(), None)
+        } else {
+            (format!("{}?{}", profile.path, query(&profile.params)), None)
+        };
+        // Bounded: the profile's lock is held meanwhile, and readers wait on it.
+        let reply = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.session.call(profile.method.clone(), &path, body),
+        )
+        .await
+        .map_err(|_| SourceError::Timeout(CALL_TIMEOUT))??;
+        parse_lease(
+            &profile.path,
+            reply.body.as_slice(),
+            Instant::now(),
+            state.counts.clone(),
+        )
+    }
+
+    /// Renews `lease` for its first TTL again; updates its times. Returns whether the
+    /// renewal came back short (capped by `max_ttl`).
+    pub(super) async fn renew(&self, lease: &Lease) -> Result<bool, SourceError> {
+        let times = lease.times();
+        let body = lease_body(&lease.id, Some(times.issued_ttl))?;
+        let reply = tokio::time::timeout(
+            CALL_TIMEOUT,
+            self.session
+                .call(Method::PUT, "sys/leases/renew", Some(body)),
+        )
+        .await
+        .map_err(|_| SourceError::Timeout(CALL_TIMEOUT))??;
+        let renewed: RenewReply =
+            serde_json::from_slice(reply.body.as_slice()).map_err(|_| SourceError::BadReply {
+                detail: "sys/leases/renew answered without lease_duration".to_owned(),
+            })?;
+        let ttl = Duration::from_secs(renewed.lease_duration);
+        let capped = ttl < times.issued_ttl;
+        {
+            let mut guard = lease.times.lock().unwrap_or_else(|p| p.into_inner());
+            guard.renewed(Instant::now(), ttl, renewed.renewable, capped);
+        }
+        lease.counts.renewed.fetch_add(1, Ordering::Relaxed);
+        Ok(capped)
+    }
+
+    /// Revokes `lease` after `revoke_grace_secs` (sooner is pointless past its expiry); the
+    /// applications told of its successor switch meanwhile.
+    fn retire(self: &Arc<Self>, lease: Arc<Lease>) {
+        if !lease.has_id() {
+            return;
+        }
+        self.retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(lease.clone());
+        let grace = self.revoke_grace.min(
+            lease
+                .times()
+                .expires()
+                .saturating_duration_since(Instant::now()),
+        );
+        // Strong: a source dropped by a reload still revokes what it retired.
+        let inner = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let still_retiring = {
+                let mut list = inner.retiring.lock().unwrap_or_else(|p| p.into_inner());
+                let before = list.len();
+                list.retain(|l| !Arc::ptr_eq(l, &lease));
+                list.len() != before
+            };
+            // Gone from the list: the shutdown revoked it already.
+            if still_retiring {
+                inner.revoke(&lease).await;
+            }
+        });
+    }
+
+    /// Revokes `lease` (best effort: a failure is logged, the lease then lapses on its own).
+    async fn revoke(&self, lease: &Lease) {
+        if !lease.has_id() {
+            return;
+        }
+        let outcome = match lease_body(&lease.id, None) {
+            Ok(body) => tokio::time::timeout(
+                CALL_TIMEOUT,
+                self.session
+                    .call(Method::PUT, "sys/leases/revoke", Some(body)),
+            )
+            .await
+            .unwrap_or(Err(SourceError::Timeout(CALL_TIMEOUT))),
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(_) => {
+                lease.counts.revoked.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(source = %self.name, lease = %lease.accessor, "lease revoked");
+            }
+            Err(err) => tracing::warn!(
+                source = %self.name,
+                lease = %lease.accessor,
+                error = %err,
+                "cannot revoke a lease; it lapses at its expiry"
+            ),
+        }
+    }
+}
+
+/// `{"lease_id":"…"}` (plus `"increment"` for a renewal), built in secure memory and handed
+/// to the HTTP client as its body.
+fn lease_body(id: &SecretBytes, increment: Option<Duration>) -> Result<Bytes, SourceError> {
+    let text = std::str::from_utf8(id.as_slice()).map_err(|_| SourceError::BadReply {
+        detail: "a lease id is not UTF-8".to_owned(),
+    })?;
+    let mut out = crate::secure_mem::SecretBuf::with_capacity(text.len().saturating_add(48))?;
+    out.extend_from_slice(b"{\"lease_id\":")?;
+    crate::jsonval::push_json_string(&mut out, text)?;
+    if let Some(inc) = increment {
+        out.extend_from_slice(format!(",\"increment\":{}", inc.as_secs()).as_bytes())?;
+    }
+    out.extend_from_slice(b"}")?;
+    Ok(Bytes::from_owner(out.finish()?))
+}
+
+/// Reads an engine reply issued at `now`: the lease id, its duration (or, for a certificate
+/// without a lease, the `expiration` in its data), and the data itself.
+fn parse_lease(
+    path: &str,
+    body: &[u8],
+    now: Instant,
+    counts: Arc<Counts>,
+) -> Result<Lease, SourceError> {
+    // SECURITY: serde_json's errors can quote input; only a fixed message is kept.
+    let reply: LeaseReply<'_> =
+        serde_json::from_slice(body).map_err(|_| SourceError::BadReply {
+            detail: format!("{path} answered something other than a Vault secret reply"),
+        })?;
+    let data = reply.data.ok_or_else(|| SourceError::BadReply {
+        detail: format!("{path} answered without data"),
+    })?;
+    let id = reply.lease_id.unwrap_or_default();
+    let ttl = if reply.lease_duration > 0 {
+        Duration::from_secs(reply.lease_duration)
+    } else {
+        let expiration = serde_json::from_str::<CertExpiry>(data.get())
+            .ok()
+            .and_then(|c| c.expiration)
+            .ok_or_else(|| SourceError::BadReply {
+                detail: format!(
+                    "{path} answered neither a lease_duration nor a certificate expiration"
+                ),
+            })?;
+        let at = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(expiration))
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        at.duration_since(SystemTime::now()).unwrap_or_default()
+    };
+    let accessor = accessor(path, id.as_bytes());
+    Ok(Lease {
+        id: SecretBytes::from_slice(id.as_bytes())?,
+        accessor,
+        data: SecretBytes::from_slice(data.get().as_bytes())?,
+        times: Mutex::new(Times::issued(now, ttl, reply.renewable && !id.is_empty())),
+        counts,
+    })
+}
+
+/// The name a lease is logged under: the engine path and the first 12 hex digits of the
+/// SHA-256 of its id (a certificate without a lease: the path and `-`).
+fn accessor(path: &str, id: &[u8]) -> String {
+    if id.is_empty() {
+        return format!("{path}#-");
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, id);
+    let hex: String = digest
+        .as_ref()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{path}#{hex}")
+}
+
+/// `k=v&…` with every byte but the unreserved ones percent-encoded.
+fn query(params: &serde_json::Map<String, serde_json::Value>) -> String {
+    let encode = |text: &str| {
+        text.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    params
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            format!("{}={}", encode(k), encode(&v))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_database_reply_is_a_renewable_lease_and_its_id_is_only_hashed() {
+        let body = br#"{"request_id":"r","lease_id":"database/creds/app/AbC123","renewable":true,"lease_duration":20,"data":{"password":"PW-1","username":"v-app-1"},"warnings":null}"#;
+        let lease =
+            parse_lease("database/creds/app", body, Instant::now(), Arc::default()).unwrap();
+        assert_eq!(
+            lease.data.as_slice(),
+            br#"{"password":"PW-1","username":"v-app-1"}"#
+        );
+        assert_eq!(lease.id.as_slice(), b"database/creds/app/AbC123");
+        assert!(lease.accessor.starts_with("database/creds/app#"));
+        assert!(!lease.accessor.contains("AbC123"));
+        assert!(!format!("{lease:?}").contains("AbC123"));
+        let times = lease.times();
+        assert!(times.renewable);
+        assert_eq!(times.issued_ttl, Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_certificate_without_a_lease_lives_until_its_expiration() {
+        let expiration = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let body = format!(
+            r#"{{"lease_id":"","renewable":false,"lease_duration":0,"data":{{"certificate":"C","private_key":"K","expiration":{expiration}}}}}"#
+        );
+        let lease = parse_lease(
+            "pki/issue/web",
+            body.as_bytes(),
+            Instant::now(),
+            Arc::default(),
+        )
+        .unwrap();
+        assert!(!lease.has_id());
+        let times = lease.times();
+        assert!(!times.renewable);
+        assert!(times.issued_ttl <= Duration::from_secs(3600));
+        assert!(times.issued_ttl >= Duration::from_secs(3590));
+        assert_eq!(lease.accessor, "pki/issue/web#-");
+    }
+
+    #[test]
+    fn replies_without_a_lifetime_or_data_are_refused_without_quoting_them() {
+        for body in [
+            &br#"{"lease_id":"x","lease_duration":0,"data":{"password":"SECRET-PW"}}"#[..],
+            br#"{"lease_id":"x","lease_duration":5}"#,
+            br#"not json SECRET-PW"#,
+        ] {
+            let err = parse_lease("database/creds/app", body, Instant::now(), Arc::default())
+                .unwrap_err();
+            assert!(matches!(&err, SourceError::BadReply { detail } if !detail.contains("SECRET")));
+        }
+    }
+
+    fn per_caller_profile() -> Arc<Profile> {
+        let config = ProfileConfig {
+            path: "database/creds/app".to_owned(),
+            method: Method::GET,
+            params: serde_json::Map::new(),
+            renew_at_percent: 67,
+            min_remaining: Duration::from_secs(5),
+            per_caller: true,
+        };
+        Arc::new(Profile::new("app", config, Arc::default(), None))
+    }
+
+    fn caller(uid: u32, unit: Option<&str>) -> CallerKey {
+        CallerKey {
+            uid,
+            unit: unit.map(str::to_owned),
+            user_unit: None,
+        }
+    }
+
+    #[test]
+    fn a_per_caller_profile_has_one_slot_per_identity_and_none_without_a_caller() {
+        let profile = per_caller_profile();
+        let root = profile.slot(Some(&caller(0, None))).unwrap();
+        let nobody = profile.slot(Some(&caller(65534, None))).unwrap();
+        let unit = profile.slot(Some(&caller(0, Some("app.service")))).unwrap();
+        assert!(!Arc::ptr_eq(&root, &nobody));
+        assert!(!Arc::ptr_eq(&root, &unit));
+        assert!(Arc::ptr_eq(
+            &root,
+            &profile.slot(Some(&caller(0, None))).unwrap()
+        ));
+        assert!(Arc::ptr_eq(&root.counts, &profile.counts));
+        assert_eq!(root.caller, Some(caller(0, None)));
+        assert_eq!(profile.slots().len(), 3);
+        // Never the shared lease.
+        assert!(matches!(profile.slot(None), Err(SourceError::Invalid(_))));
+    }
+
+    #[test]
+    fn one_uid_causes_at_most_the_cap_of_per_caller_leases() {
+        let profile = per_caller_profile();
+        let unit = |i: usize| format!("u{i}.service");
+        for i in 0..MAX_LEASES_PER_UID {
+            profile.slot(Some(&caller(1000, Some(&unit(i))))).unwrap();
+        }
+        let over = profile.slot(Some(&caller(1000, Some("one-more.service"))));
+        assert!(matches!(over, Err(SourceError::LeaseUnavailable { .. })));
+        // Its known identities still work, and another uid is not affected.
+        profile.slot(Some(&caller(1000, Some(&unit(0))))).unwrap();
+        profile.slot(Some(&caller(1001, None))).unwrap();
+        assert_eq!(profile.slots().len(), MAX_LEASES_PER_UID + 1);
+    }
+
+    #[test]
+    fn a_shared_profile_is_its_own_only_slot() {
+        let config = ProfileConfig {
+            per_caller: false,
+            ..per_caller_profile().config.clone()
+        };
+        let profile = Arc::new(Profile::new("app", config, Arc::default(), None));
+        let slot = profile.slot(Some(&caller(0, None))).unwrap();
+        assert!(Arc::ptr_eq(&slot, &profile));
+        assert!(Arc::ptr_eq(&profile.slot(None).unwrap(), &profile));
+        assert_eq!(profile.slots().len(), 1);
+    }
+
+    #[test]
+    fn lease_bodies_and_queries_are_escaped() {
+        let id = SecretBytes::from_slice(b"db/creds/a/\"x").unwrap();
+        let body = lease_body(&id, Some(Duration::from_secs(20))).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["lease_id"], "db/creds/a/\"x");
+        assert_eq!(value["increment"], 20);
+        let mut params = serde_json::Map::new();
+        params.insert("common_name".into(), "a b&c".into());
+        params.insert("ttl".into(), 60.into());
+        assert_eq!(query(&params), "common_name=a%20b%26c&ttl=60");
+    }
+}
