@@ -306,5 +306,5 @@ fn a_log_format_outside_the_four_is_a_config_error() {
     let dir = TestDir::new();
     let (code, log) = common::start_fails(&dir, &file_config("[log]\nformat = \"syslog\"\n"));
     assert_eq!(code, Some(78), "{log}");
-    assert!(log.contains("format"), "{log}");
+    assert!(log.contains("`syslog`") && log.contains("`journald`"), "{log}");
 }
