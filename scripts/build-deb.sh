@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-packaging-deps.sh
-cargo deb --locked "$@"
+cargo build --release --locked --bin credagent
+scripts/gen-assets.sh
+cargo deb --locked --no-build "$@"
 deb=$(ls -t target/debian/credagent_*.deb | head -n 1)
 lintian --fail-on error "$deb"
 echo "built $deb"

@@ -62,6 +62,7 @@ trap cleanup EXIT
 
 echo "== .deb from the debug binary (cargo deb --no-build)"
 cargo build --quiet --bin credagent
+scripts/gen-assets.sh
 deb="$work/credagent.deb"
 cargo deb --no-build --profile dev --fast --output "$deb" 2>&1 |
     grep -v -e "dev profile is not supported" -e "To enable debug symbols" || true
@@ -228,6 +229,42 @@ check "an idle agent outlives 2.5 watchdog periods: same MainPID, no restart" in
      systemctl is-active -q credagent"
 inside 'rm /etc/systemd/system/credagent.service.d/watchdog.conf && systemctl daemon-reload'
 
+echo "== the journal: priorities and audit entries of their own"
+# A refused reload is an error: journalctl -p err finds it. Each audit line is an entry with
+# CREDAGENT_AUDIT=1 and its own fields, so the journal selects decisions alone.
+inside 'cp /etc/credagent/config.toml /tmp/good-config.toml && echo "not_a_key = 1" >>/etc/credagent/config.toml &&
+        systemctl reload credagent; cp /tmp/good-config.toml /etc/credagent/config.toml'
+logged_err() {
+    for _ in $(seq 1 50); do
+        inside 'journalctl -u credagent -b -p err -o cat | grep -q "reload refused; keeping the running configuration"' && return 0
+        sleep 0.1
+    done
+    false
+}
+check "an error the agent logs (a refused reload) is found with journalctl -p err" logged_err
+check "and at priority 3 (err), not info" inside \
+    'journalctl -u credagent -b -p err..err -o cat | grep -q "reload refused"'
+check "the agent's info lines are not found with -p warning" inside \
+    '! journalctl -u credagent -b -p warning -o cat | grep -q "credagent ready"'
+out=$(get outsider /v1/secrets/files/web/other)
+audited() {
+    for _ in $(seq 1 50); do
+        inside 'journalctl -u credagent -b CREDAGENT_AUDIT=1 DECISION=deny -o cat | grep -q "\"secret\":\"files/web/other\""' && return 0
+        sleep 0.1
+    done
+    false
+}
+check "a denied read is an audit entry: CREDAGENT_AUDIT=1 DECISION=deny selects it" audited
+check "its entry carries SECRET, UID and PRIORITY=5 (notice) fields" inside \
+    'journalctl -u credagent -b CREDAGENT_AUDIT=1 SECRET=files/web/other -o verbose |
+       grep -q "UID=$(id -u outsider)" &&
+     journalctl -u credagent -b CREDAGENT_AUDIT=1 SECRET=files/web/other -o verbose | grep -q "PRIORITY=5"'
+check "CREDAGENT_AUDIT=1 selects audit lines only (every MESSAGE has an action and a decision)" inside \
+    'n=$(journalctl -u credagent -b CREDAGENT_AUDIT=1 -o cat | wc -l); [ "$n" -gt 0 ] &&
+     [ -z "$(journalctl -u credagent -b CREDAGENT_AUDIT=1 -o cat | awk "!/\"action\":/ || !/\"decision\":/")" ]'
+check "no log line is an audit entry (the ready line has no CREDAGENT_AUDIT)" inside \
+    '! journalctl -u credagent -b CREDAGENT_AUDIT=1 -o cat | grep -q "credagent ready"'
+
 echo "== stop drains"
 # A connection open when the stop arrives: the client sends half its request, pauses, then ends
 # it. The agent waits for it and answers it (503 shutting_down: it arrived after the stop) before
@@ -263,6 +300,22 @@ check "user credagent and groups credagent, credagent-clients are gone" inside \
     '! getent passwd credagent && ! getent group credagent && ! getent group credagent-clients'
 check "no unit state is left (enable links, masks, deb-systemd-helper state)" inside \
     '[ -z "$(find /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled /var/lib/systemd/deb-systemd-helper-masked -name "*credagent*" 2>/dev/null)" ]'
+
+echo "== the binary with the units, no package (docs/deploy.md), as written"
+mkdir -p "$root/root/src/target/release" "$root/root/src/packaging/sysusers.d" "$root/root/src/systemd"
+cp target/debug/credagent "$root/root/src/target/release/credagent"
+cp packaging/config.toml "$root/root/src/packaging/config.toml"
+cp packaging/sysusers.d/credagent.conf "$root/root/src/packaging/sysusers.d/"
+cp systemd/credagent.service systemd/credagent.socket systemd/credagent-creds.socket "$root/root/src/systemd/"
+units_block=$(awk '/^<!-- scripts\/test-systemd.sh runs this block as written, in a fresh container/ { found = 1; next }
+    found && /^```sh$/ { inblock = 1; next } inblock && /^```$/ { exit } inblock { print }' docs/deploy.md)
+check "docs/deploy.md has the binary-with-units block" test -n "$units_block"
+check "the documented binary-with-units steps run as written (check-config passes on the fresh host)" inside \
+    "set -e; cd /root/src; $units_block"
+check "then the socket is listening, 0660 root:credagent-clients" inside \
+    'systemctl is-active -q credagent.socket && [ "$(stat -c %a:%U:%G /run/credagent/agent.sock)" = 660:root:credagent-clients ]'
+check "and the agent starts on the first connection and answers" inside \
+    'curl -sf --unix-socket /run/credagent/agent.sock http://localhost/v1/health | grep -q "\"ok\""'
 
 echo "systemd: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::audit_limit::{AuditLimiter, push_dropped_line};
 use crate::config::AuditSink;
+use crate::journald::{self, Entry, Journal, Priority};
 use crate::metrics::Metrics;
 use crate::peer::PeerIdentity;
 use crate::timefmt::rfc3339;
@@ -449,6 +450,12 @@ impl Audit {
     /// every park of a worker read the clock and walk the timer wheel).
     pub async fn spawn(sink: &AuditSink, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
         let writer = match sink {
+            // Under systemd, when logs go to journald natively, so does each audit line: an
+            // entry of its own with fields to select it by (`CREDAGENT_AUDIT=1`).
+            AuditSink::Stderr if journald::active() => match Journal::connect() {
+                Ok(journal) => Writer::Journal(journal),
+                Err(_) => Writer::Stream(std::io::stderr()),
+            },
             AuditSink::Stderr => Writer::Stream(std::io::stderr()),
             AuditSink::File(path) => {
                 let file = std::fs::OpenOptions::new()
@@ -556,6 +563,8 @@ impl Captured {
 enum Writer {
     File(std::fs::File),
     Stream(std::io::Stderr),
+    /// journald's native socket: one entry per line ([`send_entry`]), never batched.
+    Journal(Journal),
 }
 
 impl Writer {
@@ -582,13 +591,57 @@ impl Writer {
                 }
                 Ok(())
             }
-            Writer::Stream(stream) => {
-                let mut stream = stream.lock();
-                std::io::Write::write_all(&mut stream, bytes)?;
-                std::io::Write::flush(&mut stream)
+            Writer::Stream(stream) => write_stderr(stream, bytes),
+            // Decisions reach journald one by one in `write_lines`; a batch here holds the
+            // summary and drop-marker lines (audit entries too), and any line journald did not
+            // take, which then reaches the journal through stderr.
+            Writer::Journal(journal) => {
+                for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    let mut entry = Entry::new(Priority::Notice);
+                    entry.field("MESSAGE", line);
+                    entry.field("CREDAGENT_AUDIT", b"1");
+                    if journal.send(&entry).is_err() {
+                        write_stderr(&std::io::stderr(), &[line, b"\n"].concat())?;
+                    }
+                }
+                Ok(())
             }
         }
     }
+}
+
+fn write_stderr(stream: &std::io::Stderr, bytes: &[u8]) -> std::io::Result<()> {
+    let mut stream = stream.lock();
+    std::io::Write::write_all(&mut stream, bytes)?;
+    std::io::Write::flush(&mut stream)
+}
+
+/// Sends `event`, rendered into `line`, as one journal entry: `MESSAGE` is the JSON line, and
+/// `CREDAGENT_AUDIT=1`, `ACTION`, `DECISION`, `SECRET`, `UID`, `STATUS` and `REQUEST_ID` are
+/// fields to select by (`journalctl -u credagent CREDAGENT_AUDIT=1 DECISION=deny`). A denied
+/// request is `notice`, the rest `info`. Never a value: the fields are the line's own.
+fn send_entry(journal: &Journal, event: &AuditEvent, line: &[u8]) -> std::io::Result<()> {
+    let priority = if event.decision == "deny" {
+        Priority::Notice
+    } else {
+        Priority::Info
+    };
+    let mut entry = Entry::new(priority);
+    entry.field("MESSAGE", line);
+    entry.field("CREDAGENT_AUDIT", b"1");
+    entry.field("ACTION", event.action.as_bytes());
+    entry.field("DECISION", event.decision.as_bytes());
+    if let Some(secret) = &event.secret {
+        entry.field("SECRET", secret.as_bytes());
+    }
+    if let Some(reason) = event.reason {
+        entry.field("REASON", reason.as_bytes());
+    }
+    let mut number = itoa::Buffer::new();
+    entry.field("UID", number.format(event.peer.uid).as_bytes());
+    entry.field("STATUS", number.format(event.status).as_bytes());
+    entry.field("REQUEST_ID", event.request_id.to_string().as_bytes());
+    journal.send(&entry)
 }
 
 /// Removes the `written` bytes a failed batch left at the end of `file`.
@@ -630,7 +683,18 @@ fn write_lines(queue: &Queue, writer: Writer, metrics: &Metrics, limiter: &Audit
         queue.take(&mut taken);
         for queued in taken.drain(..) {
             match queued {
-                Queued::Line(event) => push_line(&mut batch, &event, &mut peers),
+                Queued::Line(event) => {
+                    let start = batch.len();
+                    push_line(&mut batch, &event, &mut peers);
+                    if batch.len() > start
+                        && let Writer::Journal(journal) = &sink.writer
+                        && let Some(line) = batch.get(start..batch.len().saturating_sub(1))
+                        && send_entry(journal, &event, line).is_ok()
+                    {
+                        // Sent: only lines journald refused stay in the batch, for stderr.
+                        batch.truncate(start);
+                    }
+                }
                 Queued::Flush(ack) => acks.push(ack),
             }
         }

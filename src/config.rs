@@ -88,6 +88,18 @@ pub struct RawConfig {
     /// `[prefetch]`: secrets fetched at start.
     #[serde(default)]
     pub prefetch: RawPrefetch,
+    /// `[log]`: where and how the agent's own log lines go.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[log]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `auto` (journald when stderr is the journal, else text), `text`, `json` or `journald`.
+    #[serde(default)]
+    pub format: crate::logging::LogFormat,
 }
 
 /// `[prefetch]` as written.
@@ -310,6 +322,15 @@ pub struct Config {
     pub credentials: BTreeMap<String, SecretName>,
     /// Secrets fetched at start.
     pub prefetch: PrefetchConfig,
+    /// `[log]`, validated.
+    pub log: LogConfig,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// The log sink's format.
+    pub format: crate::logging::LogFormat,
 }
 
 /// `[prefetch]`, validated.
@@ -555,6 +576,9 @@ impl RawConfig {
             rules,
             credentials,
             prefetch,
+            log: LogConfig {
+                format: self.log.format,
+            },
         })
     }
 }

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                     commands::render(rt, &socket, &template, &schemes, output.as_deref(), &attrs)
                 });
             }
-            init_logging();
+            credagent::logging::init(credagent::logging::LogFormat::Auto);
             let action = match (on_change, signal, pid_file) {
                 (Some(command), _, _) => Action::Command {
                     command,
@@ -99,7 +99,7 @@ fn main() -> ExitCode {
                     commands::exec(rt, &socket, &bindings, &schemes, &command)
                 });
             }
-            init_logging();
+            credagent::logging::init(credagent::logging::LogFormat::Auto);
             client_status(|rt| {
                 commands::exec_watch(
                     rt,
@@ -138,37 +138,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
-    let mut filter = tracing_subscriber::EnvFilter::try_from_env("CREDAGENT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // SECURITY: at debug/trace these libraries log request and response bodies (secret values,
-    // tokens, signed headers). Cap them whatever CREDAGENT_LOG asks for.
-    for target in [
-        "aws_smithy_runtime",
-        "aws_smithy_runtime_api",
-        "aws_smithy_http",
-        "aws_smithy_http_client",
-        "aws_sdk_secretsmanager",
-        "aws_sdk_sts",
-        "aws_config",
-        "aws_sigv4",
-        "hyper",
-        "hyper_util",
-        "h2",
-        "rustls",
-    ] {
-        if let Ok(directive) = format!("{target}=info").parse() {
-            filter = filter.add_directive(directive);
-        }
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
-}
-
 fn load(path: std::path::PathBuf, demo: bool) -> Result<config::Config, config::ConfigError> {
     if demo {
         config::demo()
@@ -203,8 +172,15 @@ fn check_config(path: std::path::PathBuf, demo: bool) -> ExitCode {
 }
 
 fn serve(path: std::path::PathBuf, demo: bool) -> ExitCode {
-    init_logging();
-    let cfg = match load(path, demo) {
+    let loaded = load(path, demo);
+    // The log format is the config's; a config that does not load is logged in the default one.
+    credagent::logging::init(
+        loaded
+            .as_ref()
+            .map(|cfg| cfg.log.format)
+            .unwrap_or_default(),
+    );
+    let cfg = match loaded {
         Ok(cfg) => cfg,
         Err(err) => {
             tracing::error!("invalid config: {err}");
