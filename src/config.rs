@@ -654,6 +654,15 @@ fn build_prefetch(
             .ok_or_else(|| ctx.invalid(&key, format!("no source named {:?}", name.source())))?;
         rule.check(name.id())
             .map_err(|why| ctx.invalid(&key, format!("{entry:?}: {why}")))?;
+        // A per-caller lease is issued at its caller's read; the agent's own read has none.
+        if let Some(SourceKind::VaultLease(lease)) = sources.get(name.source()).map(|s| &s.kind)
+            && lease.profiles.get(name.id()).is_some_and(|p| p.per_caller)
+        {
+            return Err(ctx.invalid(
+                &key,
+                format!("{entry:?} has per_caller = true: its leases are issued per caller"),
+            ));
+        }
         if secrets.contains(&name) {
             return Err(ctx.invalid(&key, format!("{entry:?} is listed twice")));
         }
@@ -1301,6 +1310,18 @@ mod tests {
             panic!("not a vault-lease source");
         };
         assert_eq!(built.vault, "bao");
+        // A per-caller profile cannot be prefetched; a shared one can.
+        let prefetch = format!("{text}[prefetch]\nsecrets = [\"db/app\"]\n");
+        assert!(check(&prefetch).is_ok());
+        let per_caller = prefetch.replace(
+            "path = \"database/creds/app\"",
+            "path = \"database/creds/app\"\nper_caller = true",
+        );
+        let err = check(&per_caller).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "prefetch.secrets[0]"),
+            "{err}"
+        );
         let bad = text.replace("path = \"database/creds/app\"", "path = \"a/../b\"");
         let err = check(&bad).unwrap_err();
         assert!(
