@@ -609,6 +609,15 @@ fn build_prefetch(
                 ),
             ));
         }
+        // A per-caller lease is issued at its caller's read; the agent's own read has none.
+        if let Some(SourceKind::VaultLease(lease)) = sources.get(name.source()).map(|s| &s.kind)
+            && lease.profiles.get(name.id()).is_some_and(|p| p.per_caller)
+        {
+            return Err(ctx.invalid(
+                &key,
+                format!("{entry:?} has per_caller = true: its leases are issued per caller"),
+            ));
+        }
         if secrets.contains(&name) {
             return Err(ctx.invalid(&key, format!("{entry:?} is listed twice")));
         }

@@ -5,7 +5,9 @@
 //! delete-and-recreate, creation after start and the ConfigMap `..data` symlink swap are all
 //! seen. Each change is read after a short debounce and applied when the event names the file
 //! or its content changed. Lines: `flush PATTERN` (glob over `{source}/{id}`), `#` comments; a
-//! file with no flush line flushes everything; a bad line is logged and skipped.
+//! file with no flush line flushes everything; a bad line is logged and skipped. A flush here
+//! is the flush API's: matching `vault-lease` profiles get a new lease, then the cache drops
+//! its copies.
 //!
 //! Only a regular file is read, opened `O_NONBLOCK|O_NOFOLLOW` and read with a hard byte bound:
 //! a FIFO, a device, a symlink as the final component, or a file over 1 MiB is one log line and
@@ -21,8 +23,8 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::cache::Cache;
 use crate::name::Glob;
+use crate::state::AppState;
 
 /// Coalesces the several inotify events one write produces.
 const DEBOUNCE: Duration = Duration::from_millis(50);
@@ -82,24 +84,30 @@ pub fn parse_control(text: &str) -> (Vec<ControlCommand>, Vec<BadLine>) {
     (commands, bad)
 }
 
-/// Applies commands to the cache; returns how many entries were flushed.
-pub fn apply(commands: &[ControlCommand], cache: &Cache) -> usize {
+/// Applies commands as a flush through the API does: the matching `vault-lease` profiles get
+/// a new lease at their next read, then the cache drops its copies. Returns how many cache
+/// entries were flushed.
+pub fn apply(commands: &[ControlCommand], state: &AppState) -> usize {
     commands
         .iter()
-        .map(|ControlCommand::Flush(pattern)| cache.flush(pattern.as_ref()))
+        .map(|ControlCommand::Flush(pattern)| {
+            // Marked before the cache flush wakes the waiters, so their re-read gets it.
+            crate::source::flush_leases(&state.runtime().sources, pattern.as_ref());
+            state.cache.flush(pattern.as_ref())
+        })
         .sum()
 }
 
-/// Watches `path` and flushes `cache` on each change, until the process ends.
-pub fn spawn_watcher(path: PathBuf, cache: Arc<Cache>) {
+/// Watches `path` and flushes on each change, until the process ends.
+pub fn spawn_watcher(path: PathBuf, state: Arc<AppState>) {
     tokio::spawn(async move {
-        if let Err(err) = watch(&path, cache).await {
+        if let Err(err) = watch(&path, state).await {
             tracing::error!(path = %path.display(), error = %err, "control file watcher stopped; flush through the API or SIGHUP instead");
         }
     });
 }
 
-async fn watch(path: &Path, cache: Arc<Cache>) -> Result<(), notify::Error> {
+async fn watch(path: &Path, state: Arc<AppState>) -> Result<(), notify::Error> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -165,7 +173,7 @@ async fn watch(path: &Path, cache: Arc<Cache>) -> Result<(), notify::Error> {
         for line in &bad {
             tracing::warn!(path = %path.display(), line = line.line, reason = line.reason, "skipping bad control line");
         }
-        let flushed = apply(&commands, &cache);
+        let flushed = apply(&commands, &state);
         tracing::info!(path = %path.display(), commands = commands.len(), flushed, "control file applied");
     }
     drop(watcher);

@@ -157,13 +157,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         (None, Some(path)) => Some(server::creds::bind(&config.server, path)?),
         (None, None) => None,
     };
-    if let Some(path) = &config.control {
-        control::spawn_watcher(path.clone(), cache.clone());
-    }
     let server_config = config.server.clone();
+    let control_file = config.control.clone();
     let runtime = Runtime::new(config, built.sources).with_starting(built.starting.keys());
     let generation = runtime.generation;
     let state = Arc::new(AppState::new(runtime, cache, metrics, audit));
+    if let Some(path) = control_file {
+        control::spawn_watcher(path, state.clone());
+    }
     startup::spawn_source_retries(&state, generation, built.starting, &built.others);
     startup::spawn_prefetch(&state, generation, &state.runtime().config.prefetch);
     let (stop_tx, stop_rx) = watch::channel(false);

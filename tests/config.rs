@@ -284,7 +284,7 @@ fn serve_or_exit(
     socket: &std::path::Path,
 ) -> Result<common::ChildGuard, Option<i32>> {
     let mut child = common::ChildGuard(
-        Command::new(common::bin())
+        common::command(common::bin())
             .args(["serve", "--config"])
             .arg(config)
             .stdin(std::process::Stdio::null())

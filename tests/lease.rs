@@ -3,7 +3,8 @@
 //! (checked with `openssl verify`). Renewal, replacement before `max_ttl`, revocation of the
 //! old login, one lease for 50 concurrent callers, revocation at SIGTERM, `render --watch`
 //! rewriting once per new credential, an OpenBao outage (served until the lease lapses, then
-//! `503`), and a uid without a rule (403, no lease).
+//! `503`), a uid without a rule (403, no lease), `per_caller` (two uids, two logins, both
+//! revoked at SIGTERM), and flushes through the API and the control file (a new login).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -166,13 +167,20 @@ fn start(dir: &TestDir, bao: &Bao, source_extra: &str, profiles: &str) -> Agent 
 }
 
 /// OpenBao with the database engine over a fresh PostgreSQL (role `app`, `ttl`/`max_ttl`
-/// seconds), an agent token, and the agent with the `app` profile and `source_extra`.
-fn database_world(ttl: u64, max_ttl: u64, source_extra: &str) -> (Bao, Postgres, TestDir, Agent) {
+/// seconds) and an agent token in a fresh directory.
+fn database_servers(ttl: u64, max_ttl: u64) -> (Bao, Postgres, TestDir) {
     let bao = Bao::start();
     let pg = Postgres::start();
     setup_database(&bao, &pg, ttl, max_ttl);
     let dir = TestDir::new();
     agent_token(&bao, &dir);
+    (bao, pg, dir)
+}
+
+/// OpenBao with the database engine over a fresh PostgreSQL (role `app`, `ttl`/`max_ttl`
+/// seconds), an agent token, and the agent with the `app` profile and `source_extra`.
+fn database_world(ttl: u64, max_ttl: u64, source_extra: &str) -> (Bao, Postgres, TestDir, Agent) {
+    let (bao, pg, dir) = database_servers(ttl, max_ttl);
     let agent = start(&dir, &bao, source_extra, APP_PROFILE);
     (bao, pg, dir, agent)
 }
@@ -334,25 +342,14 @@ fn sigterm_revokes_the_lease_and_the_database_role_is_gone() {
     assert!(agent.log_text().contains("lease revoked"));
 }
 
-#[test]
-fn a_flush_reissues_the_login_and_revokes_the_old_one_after_the_grace() {
-    let (bao, pg, _dir, agent) = database_world(300, 600, "revoke_grace_secs = 2");
-    let (user1, pass1, _) = credential(&agent);
-    // Another profile's pattern leaves it alone.
-    let flush = |pattern: &str| {
-        let body = json!({ "pattern": pattern }).to_string();
-        let resp = agent.request(
-            "POST",
-            "/v1/cache/flush",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        assert_eq!(resp.status, 200, "{}", resp.text());
-    };
+/// `flush(pattern)` of another profile leaves the login alone; of `db/app` it gives a new
+/// login at the next read, and the old one works through the grace, then is revoked.
+fn flushed_profile_gets_a_new_login(bao: &Bao, pg: &Postgres, agent: &Agent, flush: impl Fn(&str)) {
+    let (user1, pass1, _) = credential(agent);
     flush("db/other");
-    assert_eq!(credential(&agent).0, user1);
+    assert_eq!(credential(agent).0, user1);
     flush("db/app");
-    let (user2, pass2, _) = credential(&agent);
+    let (user2, pass2, _) = credential(agent);
     assert_ne!(user2, user1, "a flush re-issues");
     assert!(pg.login_works(&user2, &pass2));
     // Still working within the grace, revoked after it.
@@ -362,12 +359,27 @@ fn a_flush_reissues_the_login_and_revokes_the_old_one_after_the_grace() {
         "the old role outlived its grace; log:\n{}",
         agent.log_text()
     );
-    assert_eq!(leases(&bao, "database/creds/app").len(), 1);
+    assert_eq!(leases(bao, "database/creds/app").len(), 1);
     assert_eq!(
-        credential(&agent).0,
+        credential(agent).0,
         user2,
         "the read after the flush keeps the new one"
     );
+}
+
+#[test]
+fn a_flush_reissues_the_login_and_revokes_the_old_one_after_the_grace() {
+    let (bao, pg, _dir, agent) = database_world(300, 600, "revoke_grace_secs = 2");
+    flushed_profile_gets_a_new_login(&bao, &pg, &agent, |pattern| {
+        let body = json!({ "pattern": pattern }).to_string();
+        let resp = agent.request(
+            "POST",
+            "/v1/cache/flush",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    });
 }
 
 #[test]
@@ -553,11 +565,7 @@ fn credential_as(agent: &Agent, uid: u32) -> (String, String) {
 
 #[test]
 fn a_second_uid_reading_a_per_caller_profile_gets_its_own_login_never_the_first_callers() {
-    let bao = Bao::start();
-    let pg = Postgres::start();
-    setup_database(&bao, &pg, 300, 600);
-    let dir = TestDir::new();
-    agent_token(&bao, &dir);
+    let (bao, pg, dir) = database_servers(300, 600);
     let mut agent = start(&dir, &bao, "", PER_CALLER_PROFILE);
     // Concurrent first reads by both uids: one lease each (single flight per caller).
     let (roots, nobodies): (Vec<String>, Vec<String>) = std::thread::scope(|s| {
@@ -616,4 +624,26 @@ fn a_second_uid_reading_a_per_caller_profile_gets_its_own_login_never_the_first_
     );
     assert!(!pg.login_works(&nobody_user, &nobody_pass));
     assert!(leases(&bao, "database/creds/app").is_empty());
+}
+
+#[test]
+fn a_control_file_flush_reissues_the_login_like_an_api_flush() {
+    let (bao, pg, dir) = database_servers(300, 600);
+    let control = dir.path().join("control");
+    std::fs::write(&control, "# initial\n").unwrap();
+    let profiles = format!(
+        "{APP_PROFILE}\n[control]\nfile = \"{}\"\n",
+        control.display()
+    );
+    let agent = start(&dir, &bao, "revoke_grace_secs = 2", &profiles);
+    let applied = || agent.log_text().matches("control file applied").count();
+    flushed_profile_gets_a_new_login(&bao, &pg, &agent, |pattern| {
+        let before = applied();
+        std::fs::write(&control, format!("flush {pattern}\n")).unwrap();
+        assert!(
+            wait_until(Duration::from_secs(10), || applied() > before),
+            "{}",
+            agent.log_text()
+        );
+    });
 }

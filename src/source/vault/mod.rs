@@ -12,6 +12,7 @@ pub mod lease;
 pub mod lease_caller;
 pub mod lease_config;
 pub mod lease_metrics;
+mod lease_reply;
 mod renew;
 pub mod transit;
 
