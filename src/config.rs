@@ -1104,6 +1104,56 @@ mod tests {
     }
 
     #[test]
+    fn a_vault_lease_source_names_a_vault_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let lease = |vault: &str| {
+            format!(
+                "{}\n[sources.db]\ntype = \"vault-lease\"\nvault = \"{vault}\"\n[sources.db.profiles.app]\npath = \"database/creds/app\"\n",
+                base(dir.path())
+            )
+        };
+        for vault in ["files", "missing"] {
+            let err = check(&lease(vault)).unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::Invalid { key, .. } if key == "sources.db.vault"),
+                "{err}"
+            );
+        }
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t").unwrap();
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let text = format!(
+            "{}[sources.bao]\ntype = \"vault\"\naddress = \"http://127.0.0.1:8200\"\nauth = {{ method = \"token\", token_file = \"{}\" }}\n",
+            lease("bao"),
+            token.display()
+        );
+        let config = check(&text).unwrap();
+        let SourceKind::VaultLease(built) = &config.sources["db"].kind else {
+            panic!("not a vault-lease source");
+        };
+        assert_eq!(built.vault, "bao");
+        // A per-caller profile cannot be prefetched; a shared one can.
+        let prefetch = format!("{text}[prefetch]\nsecrets = [\"db/app\"]\n");
+        assert!(check(&prefetch).is_ok());
+        let per_caller = prefetch.replace(
+            "path = \"database/creds/app\"",
+            "path = \"database/creds/app\"\nper_caller = true",
+        );
+        let err = check(&per_caller).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "prefetch.secrets[0]"),
+            "{err}"
+        );
+        let bad = text.replace("path = \"database/creds/app\"", "path = \"a/../b\"");
+        let err = check(&bad).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Invalid { key, .. } if key == "sources.db.profiles.app.path"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_rule_naming_only_exe_is_warned_about() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(

@@ -213,6 +213,7 @@ fn the_source_key_table_names_exactly_the_types_that_take_each_key() {
             );
         }
     }
+}
 
 /// The code map: the first ```text block of docs/development.md.
 fn code_map() -> String {

@@ -164,10 +164,10 @@ fn field<'a>(entry: &'a BTreeMap<String, Vec<u8>>, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
-fn find<'a>(
-    entries: &'a [BTreeMap<String, Vec<u8>>],
+fn find(
+    entries: &[BTreeMap<String, Vec<u8>>],
     what: impl Fn(&BTreeMap<String, Vec<u8>>) -> bool,
-) -> Option<&'a BTreeMap<String, Vec<u8>>> {
+) -> Option<&BTreeMap<String, Vec<u8>>> {
     entries.iter().find(|e| what(e))
 }
 
@@ -306,5 +306,8 @@ fn a_log_format_outside_the_four_is_a_config_error() {
     let dir = TestDir::new();
     let (code, log) = common::start_fails(&dir, &file_config("[log]\nformat = \"syslog\"\n"));
     assert_eq!(code, Some(78), "{log}");
-    assert!(log.contains("`syslog`") && log.contains("`journald`"), "{log}");
+    assert!(
+        log.contains("`syslog`") && log.contains("`journald`"),
+        "{log}"
+    );
 }

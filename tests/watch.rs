@@ -698,7 +698,7 @@ fn an_app_user_writing_a_root_pid_into_its_pid_file_cannot_make_root_render_sign
     let pid_file = dir.path().join("app.pid");
     std::fs::write(&pid_file, "").unwrap();
     std::os::unix::fs::chown(&pid_file, Some(NOBODY), Some(NOBODY)).unwrap();
-    let mut writer = Command::new("/bin/sh");
+    let mut writer = common::command("/bin/sh");
     writer.arg("-c").arg(format!(
         "echo {} > {}",
         root_process.0.id(),

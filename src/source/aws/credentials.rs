@@ -19,13 +19,13 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use zeroize::Zeroize;
 
-use super::credentials_config::{CallerFields, CredentialsConfig, RoleProfile};
 use super::auth::{self as aws_auth, AuthError, NetSettings, map_sdk_error};
+use super::credentials_config::{CallerFields, CredentialsConfig, RoleProfile};
 use crate::jsonval::push_json_string;
 use crate::peer::PeerIdentity;
 use crate::secure_mem::{SecretBuf, SecretBytes};
-use crate::source::secret::{Fetched, Lifetime, Secret, SecretRequest, Selector};
 use crate::source::error::SourceError;
+use crate::source::secret::{Fetched, Lifetime, Secret, SecretRequest, Selector};
 use crate::timefmt::rfc3339;
 
 /// Separates the session name from the source identity in a session key (neither holds it).

@@ -25,12 +25,12 @@ use bytes::Bytes;
 use hyper::Method;
 use tokio::time::Instant;
 
+use super::auth::VaultSession;
 use super::lease_caller::{CallerKey, MAX_LEASES_PER_UID};
 use super::lease_config::{LeaseConfig, ProfileConfig};
 use super::lease_reply::{RenewReply, lease_body, parse_lease, query};
 use super::renew::{self, Times};
 use crate::secure_mem::SecretBytes;
-use super::auth::VaultSession;
 use crate::source::error::SourceError;
 use crate::source::secret::{Lifetime, Secret};
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use hyper::Method;
 use serde::Deserialize;
 
-use crate::name::validate_id;
 use super::config::check_mount;
+use crate::name::validate_id;
 // The one validation error with a relative key (`profiles.app.path`).
 use crate::source::section::Invalid;
 
