@@ -16,7 +16,11 @@
 //! ```
 //! `run` wires these together; `main` only parses the command line and maps errors to exit
 //! codes. Beside the server, `startup` retries sources with `startup_check = "retry"`, fetches
-//! `[prefetch]` secrets through the broker, and keeps the readiness `/v1/ready` reports.
+//! `[prefetch]` secrets through the broker, and keeps the readiness `/v1/ready` reports. With
+//! `server.aws_container_listen`, a loopback TCP listener (`server::aws_container`) serves
+//! aws-credentials profiles to the AWS SDKs' container provider (`exec --aws`): only a token the
+//! Unix socket issued, presented from a socket the kernel says is the token's uid's
+//! (`peer_tcp`), read through the broker as the token's caller.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
@@ -55,6 +59,7 @@ pub mod metrics;
 pub mod name;
 pub mod output;
 pub mod peer;
+pub mod peer_tcp;
 #[cfg(test)]
 mod properties;
 pub mod ratelimit;
@@ -137,6 +142,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         (None, Some(path)) => Some(server::creds::bind(&config.server, path)?),
         (None, None) => None,
     };
+    // issue 29: bound before READY, so a taken port fails the start.
+    let aws_container = config
+        .server
+        .aws_container_listen
+        .map(server::aws_container::bind)
+        .transpose()?;
     if let Some(path) = &config.control {
         control::spawn_watcher(path.clone(), cache.clone());
     }
@@ -156,6 +167,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     let creds_server = creds_listener.map(|listener| {
         tokio::spawn(server::creds::serve(
+            listener,
+            state.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let aws_container_server = aws_container.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            state.aws_tokens.set_listen(addr);
+        }
+        tokio::spawn(server::aws_container::serve(
             listener,
             state.clone(),
             stop_rx.clone(),
@@ -183,6 +204,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         && let Err(err) = creds_server.await
     {
         tracing::error!(error = %err, "credentials server task failed");
+    }
+    if let Some(task) = aws_container_server
+        && let Err(err) = task.await
+    {
+        tracing::error!(error = %err, "container-credentials server task failed");
     }
     // Every decision made before the stop reaches the audit sink before the process exits.
     state.audit.flush(std::time::Duration::from_secs(2)).await;

@@ -60,16 +60,26 @@ fn spawn(
     bindings: &Bindings,
     current: &[Current],
 ) -> Result<Child, ClientError> {
-    let (program, args) = watch
-        .command
+    let (mut cmd, program) = child_command(watch.command, bindings, current)?;
+    cmd.spawn()
+        .map_err(|e| ClientError::Usage(format!("cannot run {program}: {e}")))
+}
+
+/// The child `command` as a supervising `exec` starts it (killed if credagent's handle is
+/// dropped), the bindings' values in its environment; and the program's name.
+pub(super) fn child_command<'c>(
+    command: &'c [String],
+    bindings: &Bindings,
+    current: &[Current],
+) -> Result<(Command, &'c str), ClientError> {
+    let (program, args) = command
         .split_first()
         .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .kill_on_drop(true)
         .envs(bindings.env(current));
-    cmd.spawn()
-        .map_err(|e| ClientError::Usage(format!("cannot run {program}: {e}")))
+    Ok((cmd, program))
 }
 
 fn pid_of(child: &Child) -> Option<nix::unistd::Pid> {

@@ -634,3 +634,24 @@ pub fn hold_connections(socket: &Path, count: usize) -> Vec<UnixStream> {
         })
         .collect()
 }
+
+/// The venv's site-packages, which `/usr/bin/python3` (readable by any uid) is pointed at.
+pub fn site_packages() -> PathBuf {
+    let lib = venv_bin("aws")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("lib");
+    let python = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python3")
+        })
+        .unwrap();
+    python.join("site-packages")
+}
