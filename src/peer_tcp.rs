@@ -24,7 +24,7 @@ const IPPROTO_TCP: u8 = 6;
 /// nlmsghdr, then inet_diag_req_v2 (family, protocol, ext, pad, states, 48-byte sockid).
 const REQUEST_LEN: usize = 16 + 8 + 48;
 /// Offset of `idiag_uid` in the answer: nlmsghdr (16), then family, state, timer, retrans (4),
-/// the sockid (48), expires, rqueue, wqueue (12).
+/// the sockid (48), expires, rqueue, wqueue (12); `idiag_inode` follows it.
 const UID_OFFSET: usize = 16 + 4 + 48 + 12;
 
 /// Why the owner of a TCP peer could not be found.
@@ -39,6 +39,10 @@ pub enum PeerTcpError {
     /// Peer and local address are of different families.
     #[error("peer and local address differ in family")]
     MixedFamilies,
+    /// No process holds the peer's socket any more (inode 0): an orphan, or a time-wait
+    /// mini-socket whose uid (0) says nothing of who connected.
+    #[error("the peer has closed its socket")]
+    Closed,
     /// The answer was not an `inet_diag_msg`.
     #[error("unexpected sock_diag answer")]
     BadAnswer,
@@ -120,6 +124,12 @@ fn decode(answer: &[u8]) -> Result<u32, PeerTcpError> {
     if kind != SOCK_DIAG_BY_FAMILY {
         return Err(PeerTcpError::BadAnswer);
     }
+    // SECURITY: a client that closed its socket leaves an orphan or a time-wait mini-socket,
+    // which the kernel reports with uid 0; taking that for root would let any uid that closes
+    // fast enough pass as root. Only a socket some process still holds (an inode) counts.
+    if u32::from_ne_bytes(word(UID_OFFSET + 4)?) == 0 {
+        return Err(PeerTcpError::Closed);
+    }
     Ok(u32::from_ne_bytes(word(UID_OFFSET)?))
 }
 
@@ -136,6 +146,25 @@ mod tests {
         assert_eq!(peer, client.local_addr().unwrap());
         let uid = peer_uid(peer, accepted.local_addr().unwrap()).unwrap();
         assert_eq!(uid, nix::unistd::geteuid().as_raw());
+    }
+
+    /// A client that closed its end before the lookup: its socket is an orphan (FIN_WAIT2 as a
+    /// time-wait mini-socket, uid 0 in the kernel's answer), and is refused, not taken for root.
+    #[test]
+    fn a_peer_that_closed_its_socket_is_not_taken_for_uid_0() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, peer) = listener.accept().unwrap();
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let answer = peer_uid(peer, accepted.local_addr().unwrap());
+        assert!(
+            matches!(
+                answer,
+                Err(PeerTcpError::Closed | PeerTcpError::NoSocket(_))
+            ),
+            "{answer:?}"
+        );
     }
 
     #[test]

@@ -150,8 +150,7 @@ pub async fn run(exec: ExecAws<'_>) -> Result<u8, ClientError> {
     let mut child = cmd
         .spawn()
         .map_err(|e| ClientError::Usage(format!("cannot run {program}: {e}")))?;
-    let mut renew_in = (issued.lifetime / 2).max(MIN_RENEW);
-    let mut valid_for = issued.lifetime;
+    let mut schedule = Schedule::issued(issued.lifetime);
     drop(issued);
     loop {
         tokio::select! {
@@ -160,21 +159,15 @@ pub async fn run(exec: ExecAws<'_>) -> Result<u8, ClientError> {
                 return Ok(exit_code(status));
             }
             signal = signals.recv() => pass_on(&child, signal),
-            () = tokio::time::sleep(renew_in) => {
-                // The old token holds until it expires: a failed renewal is retried in the time
-                // that is left, and the child keeps working meanwhile.
+            () = tokio::time::sleep(schedule.renew_in) => {
                 match issue(exec.socket, exec.profile).await.and_then(|next| {
                     dir.write(&next.token)?;
                     Ok(next.lifetime)
                 }) {
-                    Ok(lifetime) => {
-                        valid_for = lifetime;
-                        renew_in = (lifetime / 2).max(MIN_RENEW);
-                    }
+                    Ok(lifetime) => schedule = Schedule::issued(lifetime),
                     Err(err) => {
-                        valid_for = valid_for.saturating_sub(renew_in);
-                        renew_in = (valid_for / 4).max(MIN_RENEW);
-                        eprintln!("credagent: cannot renew the AWS container token (retrying in {}s): {err}", renew_in.as_secs());
+                        schedule = schedule.failed();
+                        eprintln!("credagent: cannot renew the AWS container token (retrying in {}s): {err}", schedule.renew_in.as_secs());
                     }
                 }
             }
@@ -182,8 +175,65 @@ pub async fn run(exec: ExecAws<'_>) -> Result<u8, ClientError> {
     }
 }
 
+/// When the next renewal is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Schedule {
+    /// Until the next attempt.
+    renew_in: Duration,
+    /// How long the token in the file still holds.
+    valid_for: Duration,
+}
+
+impl Schedule {
+    /// A token that holds for `lifetime` was just written: renew at half of it.
+    fn issued(lifetime: Duration) -> Self {
+        Schedule {
+            renew_in: (lifetime / 2).max(MIN_RENEW),
+            valid_for: lifetime,
+        }
+    }
+
+    /// The attempt due now failed. The old token holds until it expires, so the next attempts
+    /// come at a quarter of the time it has left (at least [`MIN_RENEW`] apart), and the child
+    /// keeps working meanwhile.
+    fn failed(self) -> Self {
+        let valid_for = self.valid_for.saturating_sub(self.renew_in);
+        Schedule {
+            renew_in: (valid_for / 4).max(MIN_RENEW),
+            valid_for,
+        }
+    }
+}
+
 fn pass_on(child: &tokio::process::Child, signal: Signal) {
     if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_renewed_at_half_its_life_and_retried_ever_sooner_before_it_expires() {
+        let fresh = Schedule::issued(Duration::from_secs(900));
+        assert_eq!(fresh.renew_in, Duration::from_secs(450));
+        let once = fresh.failed();
+        assert_eq!(once.valid_for, Duration::from_secs(450));
+        assert_eq!(
+            once.renew_in,
+            Duration::from_secs(112) + Duration::from_millis(500)
+        );
+        let twice = once.failed();
+        assert!(twice.renew_in < once.renew_in);
+        // Near the end the retries keep coming, never faster than MIN_RENEW.
+        let mut late = twice;
+        for _ in 0..20 {
+            late = late.failed();
+        }
+        assert_eq!(late.renew_in, MIN_RENEW);
+        assert_eq!(late.valid_for, Duration::ZERO);
+        assert_eq!(Schedule::issued(Duration::from_secs(2)).renew_in, MIN_RENEW);
     }
 }

@@ -8,7 +8,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so tests can pause and advance it.
+use tokio::time::Instant;
 
 use crate::name::SecretName;
 use crate::peer::PeerIdentity;
@@ -203,6 +206,29 @@ mod tests {
             Err(TokenError::TooMany)
         ));
         assert!(tokens.issue(&owner(8), &name).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_expires_after_its_lifetime_and_a_throttle_after_its_window() {
+        let tokens = Tokens::default();
+        let name = SecretName::parse("aws/reader").unwrap();
+        let token = tokens.issue(&owner(7), &name).unwrap();
+        tokio::time::advance(TOKEN_TTL - Duration::from_secs(1)).await;
+        assert!(tokens.find(token.as_slice()).is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(tokens.find(token.as_slice()).is_none());
+        // An expired token is dropped at the next issue and no longer counts.
+        let fresh = tokens.issue(&owner(7), &name).unwrap();
+        assert_eq!(tokens.live.lock().unwrap().len(), 1);
+        assert!(tokens.find(fresh.as_slice()).is_some());
+        for _ in 0..MAX_BAD {
+            tokens.count_bad(7);
+        }
+        assert!(tokens.throttled(7));
+        tokio::time::advance(BAD_WINDOW).await;
+        assert!(!tokens.throttled(7));
+        tokens.count_bad(7);
+        assert!(!tokens.throttled(7));
     }
 
     #[test]
