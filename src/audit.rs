@@ -84,6 +84,9 @@ pub struct AuditEvent {
     pub status: u16,
     /// aws-credentials (issue 29): the STS session the caller was given; never a key.
     pub aws: Option<Box<AwsSession>>,
+    /// Container-credentials listener (issue 29): the uid owning the TCP socket that presented
+    /// the token of `peer`, when it is another uid's.
+    pub presented_by_uid: Option<u32>,
 }
 
 /// The role session of an aws-credentials read (the profile is the secret's id).
@@ -214,6 +217,10 @@ impl AuditEvent {
                 None => out.extend_from_slice(b"null"),
             }
         }
+        if let Some(uid) = self.presented_by_uid {
+            out.extend_from_slice(b",\"presented_by_uid\":");
+            out.extend_from_slice(itoa::Buffer::new().format(uid).as_bytes());
+        }
         out.push(b'}');
         Ok(())
     }
@@ -286,6 +293,7 @@ impl AuditEvent {
             cache: None,
             status: 0,
             aws: None,
+            presented_by_uid: None,
         }
     }
 }

@@ -251,6 +251,7 @@ fn another_uid_presenting_a_stolen_token_on_the_listener_is_refused() {
     assert_eq!(refused[0]["decision"], "deny");
     assert_eq!(refused[0]["reason"], "token_other_uid");
     assert_eq!(refused[0]["status"], 403);
+    assert_eq!(refused[0]["presented_by_uid"], OTHER);
     // The token itself is never logged.
     assert!(!log.contains(&token), "the token is in the log");
     assert_eq!(

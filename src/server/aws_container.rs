@@ -182,6 +182,7 @@ async fn container_reply(state: &AppState, uid: u32, req: &Request<hyper::body::
         let mut event = AuditEvent::new(state.next_request_id(), "aws-container", &owner);
         event.secret = Some(profile.joined());
         event.reason = Some("token_other_uid");
+        event.presented_by_uid = Some(uid);
         event.status = 403;
         state.audit.record(event);
         return refusal(
