@@ -34,6 +34,8 @@ use crate::state::AppState;
 pub(crate) const CONTAINER_PATH: &str = "/v1/aws-container-credentials";
 /// Connections the listener serves at once.
 const MAX_CONNECTIONS: usize = 64;
+/// Connections one uid may hold at once, so one local user cannot take every slot.
+const MAX_CONNECTIONS_PER_UID: usize = 8;
 /// A connection is closed this long after it was accepted (SDKs fetch and go).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -65,6 +67,7 @@ pub async fn serve(
         }
     };
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_uid = Arc::new(PerUid::default());
     loop {
         let permit = tokio::select! {
             permit = limit.clone().acquire_owned() => match permit {
@@ -85,6 +88,7 @@ pub async fn serve(
             () = super::signalled(&mut shutdown) => break,
         };
         let state = state.clone();
+        let per_uid = per_uid.clone();
         tokio::spawn(async move {
             let Ok(local) = stream.local_addr() else {
                 return;
@@ -98,6 +102,15 @@ pub async fn serve(
                     return;
                 }
             };
+            // SECURITY: one uid holds at most MAX_CONNECTIONS_PER_UID of the slots.
+            let Some(_held) = per_uid.admit(uid) else {
+                rate_limited!(
+                    info,
+                    uid,
+                    "too many container-credentials connections from this uid; closing"
+                );
+                return;
+            };
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(answer(&state, uid, &req).await) }
@@ -108,6 +121,40 @@ pub async fn serve(
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
             drop(permit);
         });
+    }
+}
+
+/// Connections held per uid.
+#[derive(Debug, Default)]
+struct PerUid(std::sync::Mutex<std::collections::HashMap<u32, usize>>);
+
+/// One connection's place in [`PerUid`]; given back on drop.
+struct Held<'a> {
+    counts: &'a PerUid,
+    uid: u32,
+}
+
+impl PerUid {
+    fn admit(&self, uid: u32) -> Option<Held<'_>> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let held = counts.entry(uid).or_insert(0);
+        if *held >= MAX_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *held += 1;
+        Some(Held { counts: self, uid })
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(held) = counts.get_mut(&self.uid) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                counts.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -389,6 +436,19 @@ mod tests {
         );
         assert!(container_body(b"plain secret").is_none());
         assert!(container_body(br#"{"AccessKeyId":"A"}"#).is_none());
+    }
+
+    #[test]
+    fn one_uid_holds_a_bounded_share_of_the_connections() {
+        let per_uid = PerUid::default();
+        let held: Vec<_> = (0..MAX_CONNECTIONS_PER_UID)
+            .map(|_| per_uid.admit(7).unwrap())
+            .collect();
+        assert!(per_uid.admit(7).is_none());
+        assert!(per_uid.admit(8).is_some());
+        drop(held);
+        assert!(per_uid.admit(7).is_some());
+        assert!(per_uid.0.lock().unwrap().is_empty());
     }
 
     #[test]
