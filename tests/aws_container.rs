@@ -196,6 +196,13 @@ print(json.dumps({{
     assert_eq!(seen["stale_key"], serde_json::Value::Null);
     // The token file is gone once the child exited.
     assert!(!Path::new(seen["file"].as_str().unwrap()).exists());
+    // A uid without the rule: exec gets no token, says why in one line, and never starts CMD.
+    let denied = exec_aws(&dir, &agent, OTHER, &script);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(denied.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("forbidden"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // The listener's reads are the caller's reads: audited under its uid, with its session.
     let reads = agent.audit_reads("roles/reader");
     assert!(
