@@ -94,6 +94,9 @@ pub struct AuditEvent {
     /// OAuth2 token), in seconds after `time` (4 bytes: every queued line carries the field,
     /// and it fits in the padding); the key `expires_at` is left out otherwise.
     pub expires_in: Option<std::num::NonZeroU32>,
+    /// Container-credentials listener (issue 29): the uid owning the TCP socket that presented
+    /// the token of `peer`, when it is another uid's.
+    pub presented_by_uid: Option<u32>,
 }
 
 /// The role session of an aws-credentials read (the profile is the secret's id).
@@ -246,6 +249,10 @@ impl AuditEvent {
                 .unwrap_or(self.time);
             push_word(out, &crate::timefmt::rfc3339(at));
         }
+        if let Some(uid) = self.presented_by_uid {
+            out.extend_from_slice(b",\"presented_by_uid\":");
+            out.extend_from_slice(itoa::Buffer::new().format(uid).as_bytes());
+        }
         out.push(b'}');
         Ok(())
     }
@@ -320,6 +327,7 @@ impl AuditEvent {
             status: 0,
             aws: None,
             expires_in: None,
+            presented_by_uid: None,
         }
     }
 }

@@ -121,8 +121,12 @@ pub enum Command {
     /// Run a command with secrets in its environment: `exec --env VAR=SOURCE/ID[#FIELD] -- CMD…`.
     Exec {
         /// `VAR=SOURCE/ID` or `VAR=SOURCE/ID#FIELD` (or `VAR=SCHEME://PATH[#FIELD]`); repeatable.
-        #[arg(long = "env", required = true)]
+        #[arg(long = "env", required_unless_present = "aws")]
         bindings: Vec<String>,
+        /// `SOURCE/PROFILE` of an aws-credentials profile: the child takes its credentials from
+        /// the agent's container-credentials listener (a token file credagent keeps renewed).
+        #[arg(long, value_name = "PROFILE_PATH", conflicts_with = "watch")]
+        aws: Option<String>,
         /// Stay the command's parent and follow the secrets: on a change, do --on-change.
         #[arg(long)]
         watch: bool,

@@ -138,6 +138,8 @@ pub struct RawServer {
     pub shutdown_timeout_secs: u64,
     /// Socket speaking systemd's `LoadCredential=ID:PATH` protocol (optional).
     pub creds_socket: Option<PathBuf>,
+    /// Loopback TCP address of the container-credentials listener (`exec --aws`); off when unset.
+    pub aws_container_listen: Option<String>,
 }
 
 fn default_socket_mode() -> String {
@@ -397,6 +399,8 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
     /// The systemd credentials socket, when configured.
     pub creds_socket: Option<PathBuf>,
+    /// The loopback container-credentials listener (`exec --aws`), when configured.
+    pub aws_container_listen: Option<std::net::SocketAddr>,
 }
 
 /// `[cache]`, validated.
@@ -705,8 +709,36 @@ impl RawServer {
             write_timeout,
             shutdown_timeout,
             creds_socket: self.creds_socket,
+            aws_container_listen: parse_loopback(ctx, self.aws_container_listen.as_deref())?,
         })
     }
+}
+
+/// `server.aws_container_listen`: an `IP:PORT` on loopback, or nothing.
+fn parse_loopback(
+    ctx: &Ctx<'_>,
+    raw: Option<&str>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let key = "server.aws_container_listen";
+    let addr: std::net::SocketAddr = raw.parse().map_err(|_| {
+        ctx.invalid(
+            key,
+            format!("{raw:?} is not IP:PORT (e.g. \"127.0.0.1:8099\")"),
+        )
+    })?;
+    // SECURITY: the listener answers by token and the kernel's owner of the peer socket, which
+    // means something only for connections made on this host.
+    if !addr.ip().is_loopback() {
+        return Err(ctx.invalid(
+            key,
+            format!("{addr} is not a loopback address (127.0.0.0/8 or ::1)"),
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(ctx.invalid(key, "needs a fixed port (the child is told it)"));
+    }
+    Ok(Some(addr))
 }
 
 /// `[credentials]`: each key is a systemd credential id (what a unit writes in
@@ -1393,6 +1425,39 @@ mod tests {
                 }
                 other => panic!("{needle}: expected Parse error, got {other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn aws_container_listen_is_loopback_with_a_port_or_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |value: &str| {
+            base(dir.path()).replace(
+                "socket = \"/tmp/x.sock\"\n",
+                &format!("socket = \"/tmp/x.sock\"\naws_container_listen = \"{value}\"\n"),
+            )
+        };
+        let config = check(&base(dir.path())).unwrap();
+        assert_eq!(config.server.aws_container_listen, None);
+        for ok in ["127.0.0.1:8099", "127.0.0.2:8099", "[::1]:8099"] {
+            let config = check(&with(ok)).unwrap();
+            assert_eq!(
+                config.server.aws_container_listen,
+                Some(ok.parse().unwrap())
+            );
+        }
+        for bad in [
+            "0.0.0.0:8099",
+            "10.0.0.1:8099",
+            "[::]:8099",
+            "127.0.0.1:0",
+            "localhost:8099",
+            "127.0.0.1",
+        ] {
+            assert!(
+                matches!(check(&with(bad)), Err(ConfigError::Invalid { key, .. }) if key == "server.aws_container_listen"),
+                "{bad}"
+            );
         }
     }
 

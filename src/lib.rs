@@ -26,6 +26,10 @@
 //! Leased secrets (`vault-lease`) are renewed and replaced by their source's own tasks; at
 //! SIGTERM, after the drain, `run` has the sources revoke them (bounded by
 //! `shutdown_timeout_secs`), and a reload retires the replaced sources' leases.
+//! With `server.aws_container_listen`, a loopback TCP listener (`server::aws_container`) serves
+//! aws-credentials profiles to the AWS SDKs' container provider (`exec --aws`): only a token the
+//! Unix socket issued, presented from a socket the kernel says is the token's uid's
+//! (`peer_tcp`), read through the broker as the token's caller.
 //!
 //! # Threat model
 //! - **Local callers are untrusted.** Every request is checked against `[[allow]]` rules using
@@ -74,6 +78,7 @@ pub(crate) mod metrics;
 pub mod name;
 pub mod output;
 pub mod peer;
+pub mod peer_tcp;
 #[cfg(test)]
 mod properties;
 pub mod ratelimit;
@@ -157,6 +162,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         (None, Some(path)) => Some(server::creds::bind(&config.server, path)?),
         (None, None) => None,
     };
+    // issue 29: bound before READY, so a taken port fails the start.
+    let aws_container = config
+        .server
+        .aws_container_listen
+        .map(server::aws_container::bind)
+        .transpose()?;
     let server_config = config.server.clone();
     let control_file = config.control.clone();
     let runtime = Runtime::new(config, built.sources).with_starting(built.starting.keys());
@@ -177,6 +188,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     let creds_server = creds_listener.map(|listener| {
         tokio::spawn(server::creds::serve(
+            listener,
+            state.clone(),
+            stop_rx.clone(),
+        ))
+    });
+    let aws_container_server = aws_container.map(|listener| {
+        if let Ok(addr) = listener.local_addr() {
+            state.aws_tokens.set_listen(addr);
+        }
+        tokio::spawn(server::aws_container::serve(
             listener,
             state.clone(),
             stop_rx.clone(),
@@ -204,6 +225,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         && let Err(err) = creds_server.await
     {
         tracing::error!(error = %err, "credentials server task failed");
+    }
+    if let Some(task) = aws_container_server
+        && let Err(err) = task.await
+    {
+        tracing::error!(error = %err, "container-credentials server task failed");
     }
     // vault-lease: revoke the agent's leases (revoke_on_shutdown), bounded like the drain.
     source::shutdown_leases(&state.runtime().sources, server_config.shutdown_timeout).await;

@@ -87,6 +87,7 @@ fn main() -> ExitCode {
         }
         Command::Exec {
             bindings,
+            aws,
             watch,
             on_change,
             grace,
@@ -94,6 +95,11 @@ fn main() -> ExitCode {
             socket,
             command,
         } => {
+            if let Some(profile) = aws {
+                return client_status(|rt| {
+                    commands::exec_aws(rt, &socket, &profile, &bindings, &schemes, &command)
+                });
+            }
             if !watch {
                 return client_main(|rt| {
                     commands::exec(rt, &socket, &bindings, &schemes, &command)

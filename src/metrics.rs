@@ -93,6 +93,9 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     /// Connections closed because a write made no progress within `write_timeout_secs`.
     pub write_timeouts: AtomicU64,
+    /// Container-credentials requests with a missing, unknown or expired token, or one presented
+    /// from another uid's socket (`exec --aws`).
+    pub aws_container_bad_tokens: AtomicU64,
     rejections: [AtomicU64; Rejection::ALL.len()],
     sources: Mutex<BTreeMap<String, Arc<SourceMetrics>>>,
 }
@@ -189,6 +192,11 @@ impl Metrics {
                 "credagent_write_timeouts_total",
                 "Connections closed because a write made no progress in time.",
                 &self.write_timeouts,
+            ),
+            (
+                "credagent_aws_container_bad_tokens_total",
+                "Container-credentials requests refused for their token (missing, unknown, expired, other uid).",
+                &self.aws_container_bad_tokens,
             ),
         ];
         for (name, help, counter) in counters {

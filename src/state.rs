@@ -119,6 +119,8 @@ pub struct AppState {
     pub audit: Audit,
     /// What `/v1/ready` reports.
     pub readiness: Readiness,
+    /// Container-credentials tokens (`exec --aws`, issue 29).
+    pub aws_tokens: crate::server::aws_token::Tokens,
     shutting_down: AtomicBool,
     shutdown: tokio::sync::watch::Sender<bool>,
     next_request: AtomicU64,
@@ -135,6 +137,7 @@ impl AppState {
             metrics,
             audit,
             readiness: Readiness::default(),
+            aws_tokens: crate::server::aws_token::Tokens::default(),
             shutting_down: AtomicBool::new(false),
             shutdown: tokio::sync::watch::channel(false).0,
             next_request: AtomicU64::new(1),

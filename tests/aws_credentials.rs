@@ -10,12 +10,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::moto::{ACCOUNT_A, Moto};
-use common::{Agent, TestDir, bin, request_as, start_fails, venv_bin};
+use common::{Agent, TestDir, bin, request_as, site_packages, start_fails, venv_bin};
 
 const CALLER: u32 = 65534;
 const OTHER: u32 = 65533;
@@ -45,27 +44,6 @@ external_id = "ext-29"
 
 fn allow(uid: u32) -> String {
     format!("[[allow]]\npeer = {{ uid = {uid} }}\nsecrets = [\"roles/reader\"]\n")
-}
-
-/// The venv's site-packages, which `/usr/bin/python3` (readable by any uid) is pointed at.
-fn site_packages() -> PathBuf {
-    let lib = venv_bin("aws")
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("lib");
-    let python = std::fs::read_dir(&lib)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("python3")
-        })
-        .unwrap();
-    python.join("site-packages")
 }
 
 /// Runs the AWS CLI as `uid` with a `~/.aws/config` whose default profile takes its

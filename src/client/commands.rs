@@ -117,6 +117,25 @@ pub fn exec_watch(
     }))
 }
 
+/// `credagent exec --aws PROFILE_PATH [--env …] -- CMD`: the child's exit code.
+pub fn exec_aws(
+    rt: &Runtime,
+    socket: &Path,
+    profile: &str,
+    bindings: &[String],
+    schemes: &[String],
+    command: &[String],
+) -> Result<u8, ClientError> {
+    let schemes = schemes_of(schemes)?;
+    rt.block_on(super::aws::run(super::aws::ExecAws {
+        socket,
+        profile,
+        bindings,
+        schemes: &schemes,
+        command,
+    }))
+}
+
 /// `credagent exec --env VAR=SOURCE/ID … -- CMD`: replaces this process with CMD, the secrets in
 /// its environment. Returns only on failure.
 pub fn exec(

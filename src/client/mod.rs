@@ -3,9 +3,11 @@
 //! anything is sent), and the commands built on it — `get`, `flush`, `render`, `exec`, `health` — in
 //! [`commands`]; the long-running `render --watch` and `exec --watch` in [`rerender`] and
 //! [`supervise`], on the change waiters of [`watch`]; both kinds of `render` read their template
-//! through [`template_file`], both kinds of `exec` their `--env` bindings through [`bindings`].
+//! through [`template_file`], both kinds of `exec` their `--env` bindings through [`bindings`];
+//! `exec --aws` (container credentials with a renewed token) is [`aws`].
 //! `main` only maps their errors to exit codes.
 
+pub mod aws;
 pub mod bindings;
 pub mod commands;
 pub mod rerender;

@@ -60,8 +60,19 @@ fn spawn(
     bindings: &Bindings,
     current: &[Current],
 ) -> Result<Child, ClientError> {
-    let (program, args) = watch
-        .command
+    let (mut cmd, program) = child_command(watch.command, bindings, current)?;
+    cmd.spawn()
+        .map_err(|e| ClientError::Usage(format!("cannot run {program}: {e}")))
+}
+
+/// The child `command` as a supervising `exec` starts it (killed if credagent's handle is
+/// dropped), the bindings' values in its environment; and the program's name.
+pub(super) fn child_command<'c>(
+    command: &'c [String],
+    bindings: &Bindings,
+    current: &[Current],
+) -> Result<(Command, &'c str), ClientError> {
+    let (program, args) = command
         .split_first()
         .ok_or_else(|| ClientError::Usage("no command given".to_owned()))?;
     let mut cmd = Command::new(program);
@@ -70,8 +81,7 @@ fn spawn(
         .envs(bindings.env(current));
     // SECURITY: the child gets its standard streams and nothing else of ours.
     crate::secure_mem::close_other_fds_on_exec(cmd.as_std_mut());
-    cmd.spawn()
-        .map_err(|e| ClientError::Usage(format!("cannot run {program}: {e}")))
+    Ok((cmd, program))
 }
 
 fn pid_of(child: &Child) -> Option<nix::unistd::Pid> {

@@ -154,6 +154,10 @@ async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
                 }
             }
         },
+        // issue 29: a container-credentials token (boxed: its read would size every future).
+        Ok(Route::AwsToken(profile)) => {
+            Box::pin(super::aws_container::issue(state, caller(taint), profile)).await
+        }
         Ok(Route::Metrics) => match broker::metrics(state, caller(taint)) {
             Ok(text) => {
                 let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -172,7 +176,7 @@ async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
 
 /// The error response for a broker error; a connection that carried another process's bytes is
 /// closed after it.
-fn broker_error(err: BrokerError) -> Resp {
+pub(super) fn broker_error(err: BrokerError) -> Resp {
     let close = matches!(err, BrokerError::PeerChanged);
     let mut response = ApiError::from(err).response();
     if close {

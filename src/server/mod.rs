@@ -11,6 +11,8 @@
 //! an operator can always reach health, flush and metrics. Writes are bounded by
 //! `write_timeout` (`write_timeout`).
 
+pub mod aws_container;
+pub mod aws_token;
 mod bind;
 pub mod creds;
 pub mod error;
@@ -95,6 +97,14 @@ pub enum ServerError {
     Permissions {
         /// Path.
         path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The container-credentials TCP listener could not be bound.
+    #[error("cannot bind server.aws_container_listen {addr}: {source}")]
+    BindTcp {
+        /// Address.
+        addr: std::net::SocketAddr,
         /// Cause.
         source: std::io::Error,
     },

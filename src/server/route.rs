@@ -32,6 +32,8 @@ pub enum Route {
     Flush,
     /// `GET /v1/metrics`.
     Metrics,
+    /// `POST /v1/aws-token/{source}/{profile}`: a container-credentials token (`exec --aws`).
+    AwsToken(SecretName),
 }
 
 impl Route {
@@ -48,6 +50,18 @@ impl Route {
                 return Err(ApiError::MethodNotAllowed(READ_METHODS));
             }
             return parse_secret(rest, query, headers);
+        }
+        if let Some(rest) = path.strip_prefix("/v1/aws-token/") {
+            if method != Method::POST {
+                return Err(ApiError::MethodNotAllowed("POST"));
+            }
+            if query.is_some_and(|q| !q.is_empty()) {
+                return Err(ApiError::BadParameter(
+                    "this endpoint takes no query parameters",
+                ));
+            }
+            let name = SecretName::parse(&percent_decode(rest)?).map_err(ApiError::InvalidName)?;
+            return Ok(Route::AwsToken(name));
         }
         let route = match path {
             "/v1/health" => Route::Health,
@@ -306,6 +320,23 @@ mod tests {
                 )),
             ),
             (Method::GET, "/v1/metrics", Ok(Route::Metrics)),
+            (
+                Method::POST,
+                "/v1/aws-token/aws/reader",
+                Ok(Route::AwsToken(SecretName::parse("aws/reader").unwrap())),
+            ),
+            (
+                Method::GET,
+                "/v1/aws-token/aws/reader",
+                Err(ApiError::MethodNotAllowed("POST")),
+            ),
+            (
+                Method::POST,
+                "/v1/aws-token/aws/reader?x=1",
+                Err(ApiError::BadParameter(
+                    "this endpoint takes no query parameters",
+                )),
+            ),
             (Method::POST, "/v1/cache/flush", Ok(Route::Flush)),
             (
                 Method::GET,

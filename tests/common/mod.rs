@@ -716,3 +716,24 @@ pub fn first_line(child: &mut Child) -> String {
     .unwrap();
     line.trim().to_owned()
 }
+
+/// The venv's site-packages, which `/usr/bin/python3` (readable by any uid) is pointed at.
+pub fn site_packages() -> PathBuf {
+    let lib = venv_bin("aws")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("lib");
+    let python = std::fs::read_dir(&lib)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("python3")
+        })
+        .unwrap();
+    python.join("site-packages")
+}
