@@ -184,9 +184,10 @@ fn the_source_key_table_names_exactly_the_types_that_take_each_key() {
             _ => "\"APP_\"",
         };
         for ty in SOURCE_TYPES {
-            // A required key that would be reported before any other (the AWS types' region).
+            // Required keys that would be reported before any other (the AWS types' region and
+            // base identity).
             let prelude = if ty.starts_with("aws-") {
-                "region = \"eu-west-1\"\n"
+                "region = \"eu-west-1\"\nauth = \"instance-profile\"\n"
             } else {
                 ""
             };
