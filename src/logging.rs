@@ -4,7 +4,7 @@
 //! shippers.
 //!
 //! It owns the filter (`CREDAGENT_LOG`, capped for the libraries that would log bodies) and the
-//! journald layer. It does not own the audit trail ([`crate::audit`] writes it, and sends it to
+//! journald layer. It does not own the audit trail (the audit module writes it, and sends it to
 //! journald as entries of their own when this module chose journald).
 
 use std::fmt::Write as _;

@@ -105,6 +105,9 @@ file = "{dir}/audit.log"
 [sources.files]
 type = "file"
 dir = "{dir}/secrets"
+# The load generator is one uid: it may use every fetch slot and the whole queue (8 + 4 x 8),
+# as any caller could before per-uid shares.
+max_fetches_per_uid = 40
 
 [[allow]]
 peer = {{ uid = {uid} }}
