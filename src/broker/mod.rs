@@ -412,7 +412,10 @@ pub fn health(state: &AppState, caller: Caller<'_>) -> Result<(), BrokerError> {
 
 /// `GET /v1/ready`: any caller, no decision to audit (as [`health`]); counts only. A draining
 /// agent takes no more work, so it is not ready (while [`health`] still says it is alive).
-pub fn ready(state: &AppState, caller: Caller<'_>) -> Result<crate::startup::Report, BrokerError> {
+pub fn ready(
+    state: &AppState,
+    caller: Caller<'_>,
+) -> Result<crate::readiness::Report, BrokerError> {
     health(state, caller)?;
     if state.shutting_down() {
         return Err(BrokerError::ShuttingDown);
