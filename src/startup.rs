@@ -17,9 +17,6 @@ use crate::source::SharedSources;
 use crate::source::build::BuildError;
 use crate::state::AppState;
 
-/// `GET /v1/ready`'s answer, where it was defined before it moved to its leaf file.
-pub use crate::readiness::Report;
-
 /// The first wait of a retry loop.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 /// The longest wait of a retry loop.

@@ -18,367 +18,38 @@
 //!   sources (`revoked` when its rule is gone), and the cache stores only fetches of the
 //!   generation in force.
 //!
+//! The pieces it composes have files of their own: `request.rs` (what front ends ask),
+//! `error.rs` ([`BrokerError`]), `audited.rs` (the one audit record), `fetch.rs` (the cached
+//! fetch), `reply.rs` (render and ETag), `wait.rs` (the change wait).
+//!
 //! It knows nothing of HTTP: the only protocol numbers here are the statuses the audit trail
 //! records ([`BrokerError::status`]), which every front end's audit lines share.
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+mod audited;
+mod error;
+mod fetch;
+mod reply;
+mod request;
+mod wait;
 
-use bytes::Bytes;
+use std::sync::Arc;
 
 use crate::acl;
-use crate::audit::{AuditEvent, RequestId};
-use crate::cache::{Refresh, Served, later};
-use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
+use crate::audit::RequestId;
 use crate::name::{Glob, SecretName};
 use crate::peer::PeerIdentity;
 use crate::rate_limited;
-use crate::secure_mem::{MemError, SecretBuf, SecretBytes, locked_bytes, mapped_bytes};
-use crate::source::oauth2::OAuthError;
+use crate::secure_mem::{locked_bytes, mapped_bytes};
 use crate::source::vault::lease_caller;
-use crate::source::{Secret, SecretRequest, Selector, Source, SourceEntry, SourceError};
+use crate::source::{SecretRequest, Selector, Source, SourceEntry};
 use crate::state::{AppState, Runtime};
-use crate::timefmt::rfc3339;
-
-/// The shape of a secret in a reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// The raw value bytes.
-    Raw,
-    /// `{"name","source","value","version","fetched_at"}`.
-    Json,
-}
-
-/// A read, as any front end asks for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadRequest {
-    /// The name (its syntax already valid: [`SecretName`] cannot hold anything else) and the
-    /// version selectors: the cache's key.
-    pub secret: SecretRequest,
-    /// One top-level field of a JSON-object value.
-    pub field: Option<String>,
-    /// Raw or JSON.
-    pub format: Format,
-    /// The ETag the caller holds (`If-None-Match`): the same bytes are answered `NotModified`.
-    pub if_none_match: Option<String>,
-    /// Hold the read up to this long while the served bytes would still match
-    /// `if_none_match`.
-    pub wait: Option<Duration>,
-    /// Re-fetch now, once per `cache.min_refresh_interval` (`?refresh=true`).
-    pub refresh: bool,
-}
-
-impl ReadRequest {
-    /// A plain read of `name`: raw value, no selector, no field, no condition.
-    pub fn plain(name: SecretName) -> Self {
-        ReadRequest {
-            secret: SecretRequest {
-                name,
-                selector: Selector::default(),
-            },
-            field: None,
-            format: Format::Raw,
-            if_none_match: None,
-            wait: None,
-            refresh: false,
-        }
-    }
-}
-
-/// The least time between two reads of one waiting request, so a backend that keeps failing
-/// or changing is not asked in a loop.
-const MIN_RECHECK: Duration = Duration::from_secs(1);
-
-/// Who is asking, as the front end established it.
-#[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
-    /// The connecting process, as the kernel described it.
-    pub peer: &'a Arc<PeerIdentity>,
-    /// Whether every byte of the request was written by that process (`server::sender`).
-    pub sender_is_connector: bool,
-}
-
-/// What a reply's bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplyKind {
-    /// A raw value that is valid UTF-8.
-    Text,
-    /// A raw value that is not.
-    Binary,
-    /// The JSON document of [`Format::Json`].
-    Json,
-}
-
-/// A value to send, still backed by secure memory.
-#[derive(Debug)]
-pub struct Reply {
-    /// The bytes (borrowing the cached secret or owning a locked buffer); empty when
-    /// `not_modified`.
-    pub body: Bytes,
-    /// What they are.
-    pub kind: ReplyKind,
-    /// The served bytes' tag (reads carry one; credential replies do not).
-    pub etag: Option<Bytes>,
-    /// The caller's `If-None-Match` is still current: no body.
-    pub not_modified: bool,
-    /// What a `?refresh=true` did.
-    pub refresh: Option<Refresh>,
-    /// When the served value stops working, for a value with a lifetime (audited for AWS
-    /// role sessions).
-    pub expires_at: Option<std::time::SystemTime>,
-}
-
-impl Reply {
-    fn new(body: Bytes, kind: ReplyKind) -> Self {
-        Reply {
-            body,
-            kind,
-            etag: None,
-            not_modified: false,
-            refresh: None,
-            expires_at: None,
-        }
-    }
-}
-
-/// SECURITY: the keys of every ETag, drawn from the OS per process: a tag says whether bytes
-/// changed and nothing else; it cannot be matched against a guessed value, nor across restarts.
-///
-/// Keyed SipHash (std's `RandomState`), twice for 128 bits, not HMAC-SHA-256: a tag is computed
-/// for every 200, and the HMAC (with per-byte hex formatting) cost the cached read about half
-/// again its CPU in the bench; change detection under a secret key needs a keyed PRF, not a
-/// collision-resistant hash.
-static ETAG_KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
-
-/// `"<32 hex>"`: two keyed hashes of `body` under [`ETAG_KEYS`].
-fn etag(body: &[u8]) -> Bytes {
-    let (a, b) = ETAG_KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
-    Bytes::from(format!(
-        "\"{:016x}{:016x}\"",
-        a.hash_one(body),
-        b.hash_one(body)
-    ))
-}
-
-/// Whether `If-None-Match` (one tag or a comma-separated list) names `etag`.
-fn etag_matches(if_none_match: Option<&str>, etag: Option<&[u8]>) -> bool {
-    let (Some(held), Some(etag)) = (if_none_match, etag) else {
-        return false;
-    };
-    held.split(',')
-        .map(|t| t.trim().trim_start_matches("W/"))
-        .any(|t| t.as_bytes() == etag)
-}
-
-/// Why the broker refused or failed a request. Messages never contain a value.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BrokerError {
-    /// A version selector the source does not support.
-    #[error("unsupported version selector: {0}")]
-    BadSelector(&'static str),
-    /// An id the source could never serve.
-    #[error("invalid id for this source: {0}")]
-    InvalidId(&'static str),
-    /// A flush pattern that is not a valid glob (or a malformed body).
-    #[error("bad flush request: {0}")]
-    BadFlush(&'static str),
-    /// A flush body larger than the front end accepts.
-    #[error("the flush request's body is too large")]
-    FlushBodyTooLarge,
-    /// A flush body that did not arrive within the front end's bound.
-    #[error("the flush request's body did not arrive in time")]
-    FlushBodyTimeout,
-    /// `field` on a value that is not a JSON object.
-    #[error("the value is not a JSON object")]
-    NotJson,
-    /// No rule admits this caller.
-    #[error("no rule admits this caller")]
-    Forbidden,
-    /// A rule admitted this caller when its (waiting) read arrived, and the config in force when
-    /// the answer was due no longer does.
-    #[error("access was revoked while the read waited")]
-    Revoked,
-    /// Part of the request was written by another process than the connector.
-    #[error("the request was written by another process than the connector")]
-    PeerChanged,
-    /// A credentials-socket peer that is not uid 0.
-    #[error("only PID 1 (uid 0) may load credentials")]
-    NotRoot,
-    /// A credentials-socket peer that is not in the unit its address names.
-    #[error("the connecting process is not in the unit its address names")]
-    UnitMismatch,
-    /// No such secret (or version, or source, or credential id).
-    #[error("no such secret")]
-    NotFound,
-    /// The JSON value has no such field.
-    #[error("no such field")]
-    FieldNotFound,
-    /// The agent is draining.
-    #[error("the agent is shutting down")]
-    ShuttingDown,
-    /// The backend refused the agent's own identity.
-    #[error("the backend denied the agent")]
-    UpstreamDenied,
-    /// The backend failed or could not be reached.
-    #[error("the backend is unavailable")]
-    UpstreamUnavailable,
-    /// The backend did not answer in time.
-    #[error("the backend did not answer in time")]
-    UpstreamTimeout,
-    /// The backend answered with something unusable.
-    #[error("the backend's reply is unusable")]
-    UpstreamBadReply,
-    /// Secure memory could not hold the value.
-    #[error("no secure memory for the value")]
-    MemoryUnavailable,
-    /// The locked-memory budget (`cache.max_locked_bytes`) is spent, even after evictions.
-    #[error("the locked-memory budget is spent")]
-    MemoryBudget,
-    /// The source's concurrent fetches and their queue are full.
-    #[error("the source is busy")]
-    SourceBusy,
-    /// An OAuth2 token endpoint refused the agent's token request, with this code.
-    #[error("the token endpoint refused the request: {0}")]
-    TokenRefused(OAuthError),
-    /// The source has `startup_check = "retry"` and has not passed its check yet.
-    #[error("the source is still starting")]
-    SourceStarting,
-    /// A `vault-lease` profile's lease lapsed (or none was ever obtained) and Vault gave no new one.
-    #[error("no valid lease")]
-    LeaseUnavailable,
-}
-
-impl BrokerError {
-    /// The status the audit line records (HTTP's numbers; the HTTP front end answers with the
-    /// same). Exhaustive on purpose: a new variant needs a status to compile.
-    pub fn status(&self) -> u16 {
-        match self {
-            BrokerError::BadSelector(_)
-            | BrokerError::InvalidId(_)
-            | BrokerError::BadFlush(_)
-            | BrokerError::NotJson => 400,
-            BrokerError::FlushBodyTimeout => 408,
-            BrokerError::FlushBodyTooLarge => 413,
-            BrokerError::Forbidden
-            | BrokerError::Revoked
-            | BrokerError::PeerChanged
-            | BrokerError::NotRoot
-            | BrokerError::UnitMismatch => 403,
-            BrokerError::NotFound | BrokerError::FieldNotFound => 404,
-            BrokerError::ShuttingDown
-            | BrokerError::MemoryUnavailable
-            | BrokerError::MemoryBudget
-            | BrokerError::SourceBusy
-            | BrokerError::SourceStarting
-            | BrokerError::LeaseUnavailable => 503,
-            BrokerError::UpstreamDenied
-            | BrokerError::UpstreamUnavailable
-            | BrokerError::UpstreamBadReply
-            | BrokerError::TokenRefused(_) => 502,
-            BrokerError::UpstreamTimeout => 504,
-        }
-    }
-
-    /// Why a request was refused before any rule was asked, for the audit line.
-    fn reason(&self) -> Option<&'static str> {
-        match self {
-            BrokerError::PeerChanged => Some("peer_changed"),
-            BrokerError::Revoked => Some("revoked"),
-            BrokerError::NotRoot => Some("not_root"),
-            BrokerError::UnitMismatch => Some("unit_mismatch"),
-            _ => None,
-        }
-    }
-}
-
-impl From<&SourceError> for BrokerError {
-    fn from(err: &SourceError) -> Self {
-        match err {
-            SourceError::NotFound => BrokerError::NotFound,
-            SourceError::Denied { .. } => BrokerError::UpstreamDenied,
-            SourceError::Unavailable { .. } => BrokerError::UpstreamUnavailable,
-            SourceError::Timeout(_) => BrokerError::UpstreamTimeout,
-            SourceError::BadReply { .. } => BrokerError::UpstreamBadReply,
-            // The broker checked the id before the cache: what is left is the agent's own
-            // request to the backend failing to build, which no caller can fix.
-            SourceError::Invalid(_) => BrokerError::UpstreamBadReply,
-            SourceError::Memory(_) => BrokerError::MemoryUnavailable,
-            SourceError::MemoryBudget(_) => BrokerError::MemoryBudget,
-            SourceError::Busy => BrokerError::SourceBusy,
-            SourceError::TokenRefused(code) => BrokerError::TokenRefused(*code),
-            SourceError::LeaseUnavailable { .. } => BrokerError::LeaseUnavailable,
-        }
-    }
-}
-
-impl From<MemError> for BrokerError {
-    fn from(err: MemError) -> Self {
-        match err {
-            MemError::Budget { .. } => BrokerError::MemoryBudget,
-            _ => BrokerError::MemoryUnavailable,
-        }
-    }
-}
-
-/// An answer sent this long after its request arrived records the arrival as a second time.
-const ANSWERED_LATER: Duration = Duration::from_secs(1);
-
-/// One decision's audit line: built when the request arrives, recorded exactly once by
-/// [`Audited::finish`].
-struct Audited<'a> {
-    state: &'a AppState,
-    event: AuditEvent,
-}
-
-impl<'a> Audited<'a> {
-    fn new(state: &'a AppState, peer: &Arc<PeerIdentity>, action: &'static str) -> Self {
-        Audited {
-            state,
-            event: AuditEvent::new(state.next_request_id(), action, peer),
-        }
-    }
-
-    fn request_id(&self) -> RequestId {
-        self.event.request_id
-    }
-
-    /// Records the outcome and hands it back.
-    fn finish<T>(self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
-        self.finish_status(result, |_| 200)
-    }
-
-    /// As [`Audited::finish`], with the status of a success taken from it.
-    fn finish_status<T>(
-        mut self,
-        result: Result<T, BrokerError>,
-        status: impl FnOnce(&T) -> u16,
-    ) -> Result<T, BrokerError> {
-        // The line records when the answer was sent; a read that waited keeps its arrival too.
-        let now = std::time::SystemTime::now();
-        if let Ok(waited) = now.duration_since(self.event.time)
-            && waited >= ANSWERED_LATER
-        {
-            self.event.waited_ms = u32::try_from(waited.as_millis()).unwrap_or(u32::MAX);
-        }
-        self.event.time = now;
-        match &result {
-            Ok(value) => {
-                debug_assert_eq!(self.event.decision, "allow");
-                self.event.status = status(value);
-            }
-            // `decision` stays "deny" unless a rule admitted the caller before the failure.
-            Err(err) => {
-                self.event.status = err.status();
-                self.event.reason = err.reason();
-            }
-        }
-        self.state.audit.record(self.event);
-        result
-    }
-}
+use audited::Audited;
+pub use error::BrokerError;
+use fetch::{Target, cached_fetch, caller_session};
+pub use reply::{Reply, ReplyKind};
+use reply::{View, current, text_kind};
+pub use request::{Caller, CredentialRequest, Format, ReadRequest};
 
 /// SECURITY: bytes of the request came from a process other than the one whose identity the
 /// connection carries: refuse before anything else, whatever was asked.
@@ -412,7 +83,10 @@ pub fn health(state: &AppState, caller: Caller<'_>) -> Result<(), BrokerError> {
 
 /// `GET /v1/ready`: any caller, no decision to audit (as [`health`]); counts only. A draining
 /// agent takes no more work, so it is not ready (while [`health`] still says it is alive).
-pub fn ready(state: &AppState, caller: Caller<'_>) -> Result<crate::startup::Report, BrokerError> {
+pub fn ready(
+    state: &AppState,
+    caller: Caller<'_>,
+) -> Result<crate::readiness::Report, BrokerError> {
     health(state, caller)?;
     if state.shutting_down() {
         return Err(BrokerError::ShuttingDown);
@@ -471,17 +145,7 @@ pub async fn read(
         // The common read: no clock, no subscription, and a small future.
         None => read_now(state, caller, request, &view, &mut audited).await,
         // Boxed: its timers and subscription would otherwise size every read's future.
-        Some(wait) => {
-            Box::pin(wait_for_change(
-                state,
-                caller,
-                request,
-                &view,
-                wait,
-                &mut audited,
-            ))
-            .await
-        }
+        Some(wait) => Box::pin(wait_read(state, caller, request, &view, wait, &mut audited)).await,
     };
     if let (Ok(reply), Some(aws)) = (&result, audited.event.aws.as_mut()) {
         aws.expires_at = reply.expires_at;
@@ -515,6 +179,37 @@ async fn read_now(
             .run(request.refresh, audited, &mut admitted_before)
             .await?
         {
+            return Ok(reply);
+        }
+    }
+}
+
+/// A `?wait=` read (re-fetched first when `request.refresh`): the value once the served bytes
+/// differ from the caller's tag, else `not_modified` at the deadline (or at shutdown) ([`wait`]); each
+/// wake taking the runtime in force and admitting the read again ([`admit_again`]).
+async fn wait_read(
+    state: &AppState,
+    caller: Caller<'_>,
+    request: &ReadRequest,
+    view: &View<'_>,
+    wait: std::time::Duration,
+    audited: &mut Audited<'_>,
+) -> Result<Reply, BrokerError> {
+    let secret = &request.secret;
+    let mut waiter = wait::Waiter::new(state, secret, wait, request.refresh);
+    let mut admitted_before = false;
+    loop {
+        let force = waiter.start_read();
+        let read = ReadOnce {
+            state,
+            caller,
+            secret,
+            view,
+        };
+        let Some(reply) = read.run(force, audited, &mut admitted_before).await? else {
+            continue;
+        };
+        if !reply.not_modified || !waiter.sleep().await {
             return Ok(reply);
         }
     }
@@ -605,23 +300,6 @@ fn admit_again<'r>(
     })
 }
 
-/// aws-credentials (issue 29): `request` bound to `peer`'s session of the profile (its session
-/// name from the kernel's identity of the caller), so the cache's single flight is per
-/// (profile, session name) and no caller is served another's session. `None` for other sources.
-fn caller_session(
-    entry: &SourceEntry,
-    request: &SecretRequest,
-    peer: &PeerIdentity,
-) -> Option<SecretRequest> {
-    let Source::AwsCredentials(creds) = &entry.source else {
-        return None;
-    };
-    let key = creds.session_key(request.name.id(), peer)?;
-    let mut bound = request.clone();
-    bound.selector.aws_session = Some(Arc::new(key));
-    Some(bound)
-}
-
 /// The checks of a read before the cache, in order: the sender, the drain, the access
 /// decision (`audited` says `allow` from here), the name against its source, and a transit
 /// read's ciphertext location (a denial there is audited as `deny`). Returns the source.
@@ -654,123 +332,6 @@ fn admit_read<'r>(
         return Err(denied);
     }
     Ok(entry)
-}
-
-/// Which value a read looks up, for whom.
-#[derive(Clone, Copy)]
-struct Target<'a> {
-    state: &'a AppState,
-    request_id: RequestId,
-    /// Whose share of the source's fetches a miss takes.
-    uid: u32,
-    entry: &'a Arc<SourceEntry>,
-    /// The config generation `entry` belongs to.
-    generation: u64,
-    request: &'a SecretRequest,
-}
-
-/// How a read wants the value shown, and the tag it already holds.
-struct View<'a> {
-    field: Option<&'a str>,
-    format: Format,
-    if_none_match: Option<&'a str>,
-}
-
-/// The value as `view` shows it now (re-fetched first when `force`), or `not_modified` when it
-/// still matches the caller's tag; and how the cache served it.
-async fn current(
-    target: &Target<'_>,
-    view: &View<'_>,
-    force: bool,
-) -> (Result<Reply, BrokerError>, Served) {
-    let request = target.request;
-    let (secret, served, refresh) = cached_fetch(target, force).await;
-    let reply = (|| {
-        let secret = secret?;
-        // A read of the whole value answers with the tag kept beside it in the cache.
-        let whole = (view.field.is_none() && view.format == Format::Raw).then(|| secret.tag(etag));
-        let expires_at = secret.lifetime.map(|l| l.expires_at);
-        let mut reply = render(&request.name, secret, view.field, view.format)?;
-        reply.expires_at = expires_at;
-        reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
-        reply.refresh = force.then_some(refresh);
-        reply.expires_at = expires_at;
-        if !etag_matches(view.if_none_match, reply.etag.as_deref()) {
-            return Ok(reply);
-        }
-        Ok(Reply {
-            body: Bytes::new(),
-            not_modified: true,
-            ..reply
-        })
-    })();
-    (reply, served)
-}
-
-/// A `?wait=` read (re-fetched first when `request.refresh`): the value once the served bytes
-/// differ from the caller's tag, else `not_modified` at the deadline (or at shutdown). Each
-/// wake takes the runtime in force and admits the read again ([`admit_again`]).
-async fn wait_for_change(
-    state: &AppState,
-    caller: Caller<'_>,
-    request: &ReadRequest,
-    view: &View<'_>,
-    wait: Duration,
-    audited: &mut Audited<'_>,
-) -> Result<Reply, BrokerError> {
-    let secret = &request.secret;
-    // Subscribed before the first read, so a change between it and the wait is not lost (a
-    // reload empties the cache, which wakes every waiter).
-    let mut changes = state.cache.subscribe(secret);
-    let deadline = later(tokio::time::Instant::now(), wait);
-    let mut force = request.refresh;
-    let mut admitted_before = false;
-    loop {
-        let read_at = tokio::time::Instant::now();
-        let read = ReadOnce {
-            state,
-            caller,
-            secret,
-            view,
-        };
-        let Some(reply) = read.run(force, audited, &mut admitted_before).await? else {
-            continue;
-        };
-        force = false;
-        if !reply.not_modified {
-            return Ok(reply);
-        }
-        // Wake on news of the key, when its value is due for refresh (so a value nobody else
-        // reads still follows its TTL), at the deadline, or at shutdown.
-        let recheck = state.cache.next_refresh(secret).map_or(deadline, |d| {
-            later(tokio::time::Instant::now(), d.max(MIN_RECHECK))
-        });
-        let wake = recheck.min(deadline);
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    tokio::time::sleep_until(wake).await;
-                }
-            }
-            () = tokio::time::sleep_until(wake) => {}
-            () = state.shutdown_signal() => return Ok(reply),
-        }
-        // At most one re-read per MIN_RECHECK: news that keeps coming (a TTL shorter than the
-        // refresh-ahead window, a flush loop) cannot make waiters hammer the backend.
-        tokio::time::sleep_until(later(read_at, MIN_RECHECK).min(deadline)).await;
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(reply);
-        }
-    }
-}
-
-/// What PID 1 asks the credentials socket for, from its socket address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CredentialRequest {
-    /// The unit being started, e.g. `web.service`.
-    pub unit: String,
-    /// The credential id from `LoadCredential=ID:…`.
-    pub id: String,
 }
 
 /// Loads credential `request.id` for the unit PID 1 is starting.
@@ -1027,150 +588,21 @@ fn check_ciphertext_location(
     }
 }
 
-/// Looks `request` up in the cache, fetching it from its source on a miss, or now when `force`
-/// (single-flight, bounded by the source's fetch timeout and `uid`'s share of its fetches,
-/// counted, logged at one rate-limited site).
-async fn cached_fetch(
-    target: &Target<'_>,
-    force: bool,
-) -> (Result<Arc<Secret>, BrokerError>, Served, Refresh) {
-    let Target {
-        state,
-        request_id,
-        uid,
-        entry,
-        generation,
-        request,
-    } = *target;
-    let ttl = entry.ttl;
-    // Made, and run, only on a miss or refresh: a hit does not touch these `Arc`s' counts.
-    let fetch = || {
-        let metrics = state.metrics.clone();
-        let entry = entry.clone();
-        move |fetch_request: SecretRequest, previous: Option<Arc<Secret>>| async move {
-            let source_metrics = metrics.source(fetch_request.name.source());
-            source_metrics
-                .fetches
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let started = Instant::now();
-            let result = match tokio::time::timeout(
-                entry.fetch_timeout,
-                entry.fetch_limited(uid, &fetch_request, previous.as_deref(), &metrics),
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(SourceError::Timeout(entry.fetch_timeout)),
-            };
-            source_metrics.observe(started.elapsed(), result.is_ok());
-            match &result {
-                // The detail never holds a value (SourceError's contract).
-                Err(SourceError::NotFound) => {
-                    tracing::debug!(secret = %fetch_request.name, "fetch: no such secret")
-                }
-                // A client can provoke these (many names while a backend is down): rate-limited at
-                // a site of their own, so request floods cannot hide them.
-                Err(err) => {
-                    rate_limited!(warn, secret = %fetch_request.name, error = %err, "fetch failed")
-                }
-                Ok(_) => tracing::debug!(secret = %fetch_request.name, "fetched"),
-            }
-            result
-        }
-    };
-    let (result, served, refresh) = if force {
-        state
-            .cache
-            .refresh_with(request, ttl, generation, fetch)
-            .await
-    } else {
-        let (result, served) = state.cache.get_with(request, ttl, generation, fetch).await;
-        (result, served, Refresh::Done)
-    };
-    let result = result.map_err(|err| {
-        rate_limited!(info, %request_id, secret = %request.name, error = %err, "request failed");
-        BrokerError::from(&err)
-    });
-    (result, served, refresh)
-}
-
-fn text_kind(text: bool) -> ReplyKind {
-    if text {
-        ReplyKind::Text
-    } else {
-        ReplyKind::Binary
-    }
-}
-
-fn render(
-    name: &SecretName,
-    secret: Arc<Secret>,
-    field: Option<&str>,
-    format: Format,
-) -> Result<Reply, BrokerError> {
-    let (value, text): (Bytes, bool) = match field {
-        None => (secret.value.shared(), secret.is_text()),
-        Some(field) => match extract_field(secret.value.as_slice(), field) {
-            Ok(bytes) => {
-                let text = std::str::from_utf8(bytes.as_slice()).is_ok();
-                (Bytes::from_owner(bytes), text)
-            }
-            Err(FieldError::Missing) => return Err(BrokerError::FieldNotFound),
-            Err(FieldError::NotObject) => return Err(BrokerError::NotJson),
-            Err(FieldError::Memory(err)) => return Err(BrokerError::from(err)),
-        },
-    };
-    match format {
-        Format::Raw => Ok(Reply::new(value, text_kind(text))),
-        Format::Json => Ok(Reply::new(
-            Bytes::from_owner(render_json(name, &secret, &value)?),
-            ReplyKind::Json,
-        )),
-    }
-}
-
-/// `{"name","source","value","version","fetched_at"}` built in secure memory (plus
-/// `"expires_at"` for a value with a lifetime of its own, an OAuth2 token); a value that is not
-/// UTF-8 is base64 with `"encoding":"base64"`.
-fn render_json(name: &SecretName, secret: &Secret, value: &[u8]) -> Result<SecretBytes, MemError> {
-    let mut out = SecretBuf::with_capacity(value.len().saturating_add(160))?;
-    out.extend_from_slice(b"{\"name\":")?;
-    push_json_string(&mut out, name.id())?;
-    out.extend_from_slice(b",\"source\":")?;
-    push_json_string(&mut out, name.source())?;
-    out.extend_from_slice(b",\"value\":")?;
-    match std::str::from_utf8(value) {
-        Ok(text) => push_json_string(&mut out, text)?,
-        Err(_) => {
-            out.extend_from_slice(b"\"")?;
-            push_base64(&mut out, value)?;
-            out.extend_from_slice(b"\",\"encoding\":\"base64\"")?;
-        }
-    }
-    out.extend_from_slice(b",\"version\":")?;
-    match &secret.version {
-        Some(v) => push_json_string(&mut out, v)?,
-        None => out.extend_from_slice(b"null")?,
-    }
-    out.extend_from_slice(b",\"fetched_at\":")?;
-    push_json_string(&mut out, &rfc3339(secret.fetched_at))?;
-    if let Some(lifetime) = &secret.lifetime {
-        out.extend_from_slice(b",\"expires_at\":")?;
-        push_json_string(&mut out, &rfc3339(lifetime.expires_at))?;
-    }
-    out.extend_from_slice(b"}")?;
-    out.finish()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::reply::{etag, render};
     use super::*;
     use crate::audit::Audit;
+    use crate::audit::AuditEvent;
     use crate::cache::Cache;
+    use crate::cache::Refresh;
     use crate::metrics::Metrics;
+    use crate::secure_mem::SecretBytes;
     use crate::source::Sources;
+    use crate::source::{Secret, SourceError};
     use crate::testutil::FakeSource;
     use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     const RULES: &str = r#"
 [[allow]]

@@ -1,0 +1,83 @@
+//! The change wait of a `?wait=` read: read, and while the served bytes still match the caller's
+//! tag, sleep until news of the key, its next refresh, the deadline or shutdown, then read again
+//! (at most once per [`MIN_RECHECK`]). Each read is the caller's: it admits the read again under
+//! the runtime in force (`broker/mod.rs`); this file only decides when to read.
+
+use std::time::Duration;
+
+use crate::cache::later;
+use crate::source::SecretRequest;
+use crate::state::AppState;
+
+/// The least time between two reads of one waiting request, so a backend that keeps failing
+/// or changing is not asked in a loop.
+const MIN_RECHECK: Duration = Duration::from_secs(1);
+
+/// The clock and subscription of one waiting read. The caller's loop reads (forced the first
+/// time when `refresh`) and, while the reply is `not_modified`, calls [`Waiter::sleep`].
+pub(super) struct Waiter<'a> {
+    state: &'a AppState,
+    secret: &'a SecretRequest,
+    changes: tokio::sync::watch::Receiver<u64>,
+    deadline: tokio::time::Instant,
+    force: bool,
+    read_at: tokio::time::Instant,
+}
+
+impl<'a> Waiter<'a> {
+    /// Subscribed before the first read, so a change between it and the wait is not lost (a
+    /// reload empties the cache, which wakes every waiter).
+    pub(super) fn new(
+        state: &'a AppState,
+        secret: &'a SecretRequest,
+        wait: Duration,
+        refresh: bool,
+    ) -> Self {
+        let changes = state.cache.subscribe(secret);
+        let now = tokio::time::Instant::now();
+        Waiter {
+            state,
+            secret,
+            changes,
+            deadline: later(now, wait),
+            force: refresh,
+            read_at: now,
+        }
+    }
+
+    /// A read starts now; whether it re-fetches first.
+    pub(super) fn start_read(&mut self) -> bool {
+        self.read_at = tokio::time::Instant::now();
+        self.force
+    }
+
+    /// After a read that still matched the caller's tag: sleeps until news of the key, its next
+    /// refresh, the deadline or shutdown; `false` when the wait is over (answer `not_modified`).
+    pub(super) async fn sleep(&mut self) -> bool {
+        self.force = false;
+        let deadline = self.deadline;
+        // Wake on news of the key, when its value is due for refresh (so a value nobody else
+        // reads still follows its TTL), at the deadline, or at shutdown.
+        let recheck = self
+            .state
+            .cache
+            .next_refresh(self.secret)
+            .map_or(deadline, |d| {
+                later(tokio::time::Instant::now(), d.max(MIN_RECHECK))
+            });
+        let wake = recheck.min(deadline);
+        tokio::select! {
+            changed = self.changes.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep_until(wake).await;
+                }
+            }
+            () = tokio::time::sleep_until(wake) => {}
+            () = self.state.shutdown_signal() => return false,
+        }
+        // At most one re-read per MIN_RECHECK: news that keeps coming (a TTL shorter than the
+        // refresh-ahead window, a flush loop) cannot make waiters hammer the backend.
+        tokio::time::sleep_until(later(self.read_at, MIN_RECHECK).min(deadline)).await;
+        tokio::time::Instant::now() < deadline
+    }
+}
