@@ -88,12 +88,17 @@ impl Default for CacheSettings {
 /// The config: as deployed (ACL for this uid only, audit lines to a file, memory locked where
 /// allowed), plus `extra` TOML (more sources).
 pub fn config(dir: &Path, cache: CacheSettings, extra: &str) -> String {
+    config_with_server(dir, cache, "", extra)
+}
+
+/// As [`config`], with `server` TOML lines added to `[server]`.
+pub fn config_with_server(dir: &Path, cache: CacheSettings, server: &str, extra: &str) -> String {
     let uid = nix::unistd::geteuid().as_raw();
     format!(
         r#"[server]
 socket = "{dir}/agent.sock"
 socket_mode = "0600"
-
+{server}
 [cache]
 ttl_secs = {ttl}
 refresh_ahead_secs = {ahead}

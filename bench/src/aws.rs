@@ -1,6 +1,8 @@
 //! The miss burst against the AWS Secrets Manager source, served by moto from the pinned test
-//! venv; moto's request recorder counts the GetSecretValue calls that reached it. Skipped, with
-//! the reason in the report, when moto is not installed or this agent build has no AWS source.
+//! venv; moto's request recorder counts the GetSecretValue calls that reached it. Then, on the
+//! same agent, a cached `aws-credentials` read (one AssumeRole at moto, then served from the
+//! cache) against a cached file-source secret read, interleaved. Skipped, with the reason in the
+//! report, when moto is not installed or this agent build has no AWS source.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -13,6 +15,7 @@ use crate::checks;
 use crate::error::BenchError;
 use crate::procfs::ChildGuard;
 use crate::report::AwsMisses;
+use crate::{floor, load};
 
 /// The source section; `{port}` is moto's port. Kept in one place so it follows the AWS
 /// source's documented keys.
@@ -22,10 +25,23 @@ region = "us-east-1"
 endpoint_url = "http://127.0.0.1:{port}"
 auth = "default-chain"
 
+[sources.roles]
+type = "aws-credentials"
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:{port}"
+auth = "default-chain"
+
+[sources.roles.roles.reader]
+role_arn = "arn:aws:iam::123456789012:role/reader"
+session_name = "bench"
+
 [[allow]]
 peer = { uid = {uid} }
-secrets = ["aws/*"]
+secrets = ["aws/*", "roles/reader"]
 "#;
+
+/// The cached credentials read.
+pub const CREDENTIALS_PATH: &str = "/v1/secrets/roles/reader";
 
 const ENV: [(&str, &str); 4] = [
     ("AWS_ACCESS_KEY_ID", "testing"),
@@ -44,7 +60,11 @@ fn venv_bin(name: &str) -> PathBuf {
 }
 
 /// Runs the burst, or says why it could not.
-pub async fn misses(bin: &Path, core: Option<usize>) -> Result<AwsMisses, BenchError> {
+pub async fn misses(
+    bin: &Path,
+    core: Option<usize>,
+    timing: load::Timing,
+) -> Result<AwsMisses, BenchError> {
     let moto = venv_bin("moto_server");
     if !moto.exists() {
         return Ok(AwsMisses::Skipped(format!(
@@ -53,6 +73,7 @@ pub async fn misses(bin: &Path, core: Option<usize>) -> Result<AwsMisses, BenchE
         )));
     }
     let scratch = Scratch::new("aws")?;
+    scratch.secret("bench", floor::BODY)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(BenchError::io("pick a free port"))?
@@ -116,10 +137,77 @@ pub async fn misses(bin: &Path, core: Option<usize>) -> Result<AwsMisses, BenchE
         .lines()
         .filter(|l| l.contains("GetSecretValue"))
         .count() as u64;
+    let credentials = credentials(&agent, timing).await?;
     Ok(AwsMisses::Measured {
         misses: burst,
         calls,
+        credentials,
     })
+}
+
+/// Cached credentials reads against cached secret reads on one agent, interleaved per round
+/// at each of [`CREDENTIAL_CONNS`].
+async fn credentials(agent: &Agent, timing: load::Timing) -> Result<Vec<Compare>, BenchError> {
+    let (status, body) = load::get_once(agent.socket(), CREDENTIALS_PATH)
+        .await
+        .map_err(BenchError::io("first credentials read"))?;
+    if status != 200 || !body.starts_with(br#"{"Version":1"#) {
+        return Err(BenchError::Server(format!(
+            "{CREDENTIALS_PATH} answered {status}; log:\n{}",
+            agent.log_text()
+        )));
+    }
+    let mut out = Vec::new();
+    for round in 1..=timing.rounds {
+        for &conns in &CREDENTIAL_CONNS {
+            let spec = |path| load::Spec {
+                socket: agent.socket(),
+                path,
+                conns,
+                warmup: timing.warmup,
+                measure: timing.measure,
+                server_pid: agent.pid(),
+            };
+            let secret = load::run(&spec(floor::SECRET_PATH)).await?;
+            let credentials = load::run(&spec(CREDENTIALS_PATH)).await?;
+            out.push(Compare {
+                round,
+                conns,
+                secret,
+                credentials,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Connection counts of the credentials comparison.
+pub const CREDENTIAL_CONNS: [usize; 2] = [1, 16];
+
+/// One round of the credentials comparison.
+#[derive(Debug, Clone)]
+pub struct Compare {
+    /// Round.
+    pub round: usize,
+    /// Connections.
+    pub conns: usize,
+    /// Cached file-source secret reads.
+    pub secret: load::Outcome,
+    /// Cached `aws-credentials` reads.
+    pub credentials: load::Outcome,
+}
+
+impl Compare {
+    /// Credentials CPU per request ÷ the secret's.
+    pub fn cpu_ratio(&self) -> f64 {
+        self.credentials.server_us_per_req()
+            / self.secret.server_us_per_req().max(f64::MIN_POSITIVE)
+    }
+
+    /// Credentials req/s ÷ the secret's.
+    pub fn rps_ratio(&self) -> f64 {
+        self.credentials.rps() / self.secret.rps().max(f64::MIN_POSITIVE)
+    }
 }
 
 fn start_moto(moto: &Path, port: u16, dir: &Path) -> Result<ChildGuard, BenchError> {

@@ -44,6 +44,7 @@ pub struct Timing {
 pub struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    head: usize,
     body: std::ops::Range<usize>,
 }
 
@@ -53,6 +54,7 @@ impl Conn {
         Ok(Conn {
             stream: UnixStream::connect(socket).await?,
             buf: Vec::with_capacity(4096),
+            head: 0,
             body: 0..0,
         })
     }
@@ -79,8 +81,28 @@ impl Conn {
         while self.buf.len() < total {
             self.read_more().await?;
         }
+        self.head = head_end;
         self.body = head_end + 4..total;
         Ok(status)
+    }
+
+    /// Sends `request` without reading the response (see [`Conn::response`]).
+    pub async fn send(&mut self, request: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(request).await
+    }
+
+    /// Reads the response to a request sent with [`Conn::send`]; returns its status.
+    pub async fn response(&mut self) -> std::io::Result<u16> {
+        self.request(&[]).await
+    }
+
+    /// The value of header `name` in the last response.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let head = std::str::from_utf8(&self.buf[..self.head]).ok()?;
+        head.split("\r\n").skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.eq_ignore_ascii_case(name).then(|| value.trim())
+        })
     }
 
     /// The body of the last response.

@@ -7,11 +7,13 @@
 //! credagent-bench all [--quick] [--rounds N] [--secs S] [--out PATH] [--agent PATH]
 //! credagent-bench quick                      # = all --quick
 //! credagent-bench load agent|floor [--conns N] [--secs S]   # one long run, to profile (prints the pid)
+//! credagent-bench burst [--conns N] [--secs S] [--agent PATH] # only the `?wait=` burst (S: settle)
 //! credagent-bench floor --socket PATH        # the floor server (started by `all`)
 //! ```
 
 mod agent;
 mod aws;
+mod burst;
 mod checks;
 mod error;
 mod floor;
@@ -46,6 +48,11 @@ enum Mode {
         agent: Option<PathBuf>,
     },
     Floor(PathBuf),
+    Burst {
+        conns: usize,
+        settle: Duration,
+        agent: Option<PathBuf>,
+    },
 }
 
 fn parse_args(args: &[String]) -> Result<Mode, BenchError> {
@@ -93,6 +100,18 @@ fn parse_args(args: &[String]) -> Result<Mode, BenchError> {
                 .as_deref()
                 .map_or(Ok(20.0), str::parse)
                 .map_err(|_| BenchError::Usage("--secs: need seconds".to_owned()))?,
+            agent,
+        }),
+        Some("burst") => Ok(Mode::Burst {
+            conns: conns
+                .as_deref()
+                .map_or(Ok(4000), str::parse)
+                .map_err(|_| BenchError::Usage("--conns: need a number".to_owned()))?,
+            settle: Duration::from_secs_f64(
+                secs.as_deref()
+                    .map_or(Ok(10.0), str::parse)
+                    .map_err(|_| BenchError::Usage("--secs: need seconds".to_owned()))?,
+            ),
             agent,
         }),
         Some("all" | "quick") => {
@@ -143,6 +162,11 @@ fn main() -> ExitCode {
             secs,
             agent,
         } => run_load(floor, conns, secs, agent),
+        Mode::Burst {
+            conns,
+            settle,
+            agent,
+        } => run_burst(conns, settle, agent),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,6 +204,18 @@ fn run_all(options: &Options) -> Result<(), BenchError> {
         "credagent-bench: report written to {}",
         options.out.display()
     );
+    Ok(())
+}
+
+/// Only the `?wait=` burst, printed as the report's rows.
+fn run_burst(conns: usize, settle: Duration, agent: Option<PathBuf>) -> Result<(), BenchError> {
+    let bin = agent::locate(agent)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BenchError::io("start the load generator's runtime"))?;
+    let burst = runtime.block_on(burst::run(&bin, conns, settle, 120))?;
+    print!("{}", report::burst_markdown(&burst));
     Ok(())
 }
 
@@ -280,12 +316,30 @@ async fn measure(
             (report::OhaSeries::Measured(cells), dropped)
         }
     };
+    // As deployed: the agent with a worker (and a malloc arena) per CPU.
+    eprintln!("credagent-bench: ?wait= burst");
+    let burst = burst::run(
+        bin,
+        if quick { 200 } else { 4000 },
+        Duration::from_secs(if quick { 1 } else { 10 }),
+        120,
+    )
+    .await?;
     procfs::pin_current_thread(split.client)?;
     let audit_dropped = audit_dropped + unpinned_dropped + oha_dropped;
 
     eprintln!("credagent-bench: misses");
     let misses = checks::file_misses(bin, split.server).await?;
-    let aws = aws::misses(bin, split.server).await?;
+    let aws = aws::misses(
+        bin,
+        split.server,
+        load::Timing {
+            rounds: options.rounds,
+            warmup: Duration::from_millis(if quick { 50 } else { 300 }),
+            measure: options.measure,
+        },
+    )
+    .await?;
     eprintln!("credagent-bench: expiry");
     let expiry = checks::expiry(
         bin,
@@ -309,6 +363,7 @@ async fn measure(
         expiry,
         memory,
         start,
+        burst,
     })
 }
 
