@@ -10,7 +10,9 @@
 //! - the one raw-fd adoption the agent needs (a socket inherited from systemd), because turning an
 //!   inherited descriptor number into an owned fd is `unsafe` and unsafe code stays here;
 //! - the one `pre_exec` hook (`close_other_fds_on_exec`): a child the agent or a client starts
-//!   gets fds 0, 1 and 2 only.
+//!   gets fds 0, 1 and 2 only;
+//! - the one call into the C allocator (`release_free_heap`): glibc's `malloc_trim`, which hands
+//!   the heap's free pages back to the kernel after a burst of connections.
 //!
 //! A budget (`cache.max_locked_bytes`) bounds the secret memory mapped in all: a mapping that
 //! would pass it first asks the registered reclaimer (the cache, evicting least recently used
@@ -180,6 +182,26 @@ pub fn locked_bytes() -> usize {
 /// Bytes of secret memory currently mapped by this module (locked or not).
 pub fn mapped_bytes() -> usize {
     MAPPED_BYTES.load(Ordering::Relaxed)
+}
+
+/// Returns the free memory of every malloc arena to the kernel (glibc's `malloc_trim(0)`): after
+/// a burst of connections their buffers and tasks are freed, but glibc keeps the pages of free
+/// chunks that sit below live ones, so without this the agent's RSS stays at its high-water mark.
+/// Whether memory was released; `false` where the C library is not glibc. It walks every
+/// arena under that arena's lock, so it is called only when few connections are open
+/// (`server/idle.rs`), never on a request.
+pub fn release_free_heap() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim takes no pointer and only changes the allocator's own state, under
+        // the allocator's own locks; glibc documents it as safe to call from any thread at any
+        // time (MT-Safe).
+        unsafe { libc::malloc_trim(0) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
 }
 
 /// A free slot pointer. Raw pointers are not `Send`; the slab owns the memory they point at.

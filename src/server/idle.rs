@@ -8,6 +8,12 @@
 //! `epoll_wait`), and a connection's idle timer is pending all its life — measured as a few
 //! hundred instructions per request. One thread that looks at every connection once per
 //! [`TICK`] costs nothing per request: a request only bumps its connection's counters.
+//!
+//! The same thread gives memory back after a burst: once at least [`BURST`] connections were
+//! open and no more than a quarter of that peak are left, it asks the allocator to return its
+//! free pages to the kernel (`secure_mem::release_free_heap`). Without it the buffers and
+//! tasks of thousands of `?wait=` connections stay resident after they close (figures in
+//! docs/performance.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +28,9 @@ use tokio::sync::oneshot;
 pub const IDLE_LIMIT: Duration = Duration::from_secs(10);
 /// How often the thread looks at the connections.
 pub const TICK: Duration = Duration::from_secs(1);
+/// A peak of at least this many open connections is a burst whose memory is given back once
+/// it is over (a few MiB of buffers and tasks).
+pub const BURST: usize = 256;
 
 /// Requests started and finished on one connection.
 #[derive(Debug, Default)]
@@ -69,6 +78,27 @@ struct Registry {
     next_key: u64,
     watched: HashMap<u64, Watched>,
     stopping: bool,
+    peak: Peak,
+}
+
+/// The most connections open since memory was last given back.
+#[derive(Debug, Default)]
+struct Peak {
+    high: usize,
+}
+
+impl Peak {
+    /// Records that `open` connections are open; whether a burst just ended (at least
+    /// [`BURST`] at its peak, at most a quarter of that left), which starts the count again.
+    fn over(&mut self, open: usize) -> bool {
+        self.high = self.high.max(open);
+        if self.high >= BURST && open <= self.high / 4 {
+            self.high = open;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -116,7 +146,23 @@ impl IdleWatch {
                     let Some(registry) = weak.upgrade() else {
                         return;
                     };
-                    sweep(&mut lock(&registry), Instant::now(), limit);
+                    let release = {
+                        let mut registry = lock(&registry);
+                        sweep(&mut registry, Instant::now(), limit);
+                        let open = registry.watched.len();
+                        let release = registry.peak.over(open);
+                        if release {
+                            registry.watched.shrink_to_fit();
+                        }
+                        release
+                    };
+                    drop(registry);
+                    // Outside the registry's lock: the trim walks the whole heap.
+                    if release && crate::secure_mem::release_free_heap() {
+                        tracing::debug!(
+                            "returned free heap memory to the kernel after a burst of connections"
+                        );
+                    }
                 }
             })?;
         Ok(IdleWatch { registry })
@@ -251,6 +297,26 @@ mod tests {
         sweep(&mut registry, t0 + Duration::from_secs(101), limit);
         sweep(&mut registry, t0 + Duration::from_secs(111), limit);
         assert_eq!(stopped.try_recv().unwrap(), Stop::Idle);
+    }
+
+    #[test]
+    fn memory_is_given_back_once_a_burst_is_over_and_only_then() {
+        let mut peak = Peak::default();
+        // Below BURST at its peak: never.
+        assert!(!peak.over(BURST - 1));
+        assert!(!peak.over(0));
+        // A burst: not while a third of it is still open, once a quarter is left.
+        assert!(!peak.over(4 * BURST));
+        assert!(!peak.over(2 * BURST));
+        assert!(!peak.over(BURST + 1));
+        assert!(peak.over(BURST));
+        // The count starts again from what was left: BURST more closing is a burst again.
+        assert!(!peak.over(BURST / 2));
+        assert!(peak.over(0));
+        assert!(!peak.over(0));
+        // The next burst is measured from there.
+        assert!(!peak.over(BURST * 2));
+        assert!(peak.over(3));
     }
 
     #[test]
