@@ -92,14 +92,20 @@ pub struct CheckedStream {
     taint: Taint,
     /// Room for one `SCM_CREDENTIALS` message, reused by every read.
     cmsg: Vec<u8>,
-    /// Initialised once and reused: `recvmsg` needs initialised memory, and zeroing the
-    /// caller's whole unfilled buffer (8–16 KiB from hyper) on every read cost more than copying
-    /// the few hundred bytes a request has.
-    scratch: Box<[u8]>,
 }
 
 /// Bytes one read takes at most (a request head fits many times over; more is read next time).
 const SCRATCH: usize = 4096;
+
+thread_local! {
+    /// Where `recvmsg` writes, one per thread, initialised once: `recvmsg` needs initialised
+    /// memory, and zeroing the caller's whole unfilled buffer (8–16 KiB from hyper) on every
+    /// read cost more than copying the few hundred bytes a request has. Per thread, not per
+    /// connection: a read never awaits between `recvmsg` and the copy, and 4 KiB per open
+    /// connection was a quarter of what a waiting connection held (docs/performance.md).
+    static SCRATCH_BUF: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
 
 impl CheckedStream {
     /// Wraps `stream`, whose listener had [`pass_credentials`], for `connector`.
@@ -110,7 +116,6 @@ impl CheckedStream {
             connector,
             taint: taint.clone(),
             cmsg: nix::cmsg_space!(UnixCredentials),
-            scratch: vec![0; SCRATCH].into_boxed_slice(),
         };
         (checked, taint)
     }
@@ -147,13 +152,19 @@ impl AsyncRead for CheckedStream {
         let fd = this.stream.as_raw_fd();
         loop {
             ready!(this.stream.poll_read_ready(cx))?;
-            let room = buf.remaining().min(this.scratch.len());
-            let dst = &mut this.scratch[..room];
+            let room = buf.remaining().min(SCRATCH);
             let cmsg = &mut this.cmsg;
-            match this
-                .stream
-                .try_io(Interest::READABLE, || recv_with_sender(fd, dst, cmsg))
-            {
+            let stream = &this.stream;
+            let received = SCRATCH_BUF.with_borrow_mut(|scratch| {
+                let dst = &mut scratch[..room];
+                let received =
+                    stream.try_io(Interest::READABLE, || recv_with_sender(fd, dst, cmsg));
+                if let Ok((n, _)) = &received {
+                    buf.put_slice(&dst[..*n]);
+                }
+                received
+            });
+            match received {
                 Ok((n, sender)) => {
                     if n > 0 && !this.connector.wrote(sender.as_ref()) {
                         this.taint.set();
@@ -167,7 +178,6 @@ impl AsyncRead for CheckedStream {
                             Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
                         });
                     }
-                    buf.put_slice(&this.scratch[..n]);
                     return Poll::Ready(Ok(()));
                 }
                 // Readiness was stale; `try_io` cleared it, so the next poll waits.
