@@ -67,6 +67,9 @@ pub struct Fanout {
     pub max: Duration,
     /// The client's CPU time (this thread) from the flush to the last response.
     pub client_cpu: Duration,
+    /// The agent's CPU time (all threads) over the same span: the flush, every waiter's answer
+    /// and the closes that follow (each client closes once answered).
+    pub agent_cpu: Duration,
 }
 
 /// `conns` connections wait on one secret; the secret changes and an admin flushes the cache;
@@ -135,6 +138,7 @@ pub async fn run(
     // The rotation: the value changes, then an admin flushes the cache (docs/api.md).
     scratch.secret("watched", &NEW)?;
     let cpu0 = thread_cpu();
+    let agent_cpu0 = procfs::cpu_time(pid)?;
     let flushed_at = Instant::now();
     let (status, body) = flush(agent.socket()).await?;
     if status != 200 {
@@ -158,6 +162,7 @@ pub async fn run(
         }
     }
     let client_cpu = thread_cpu().saturating_sub(cpu0);
+    let agent_cpu = procfs::cpu_time(pid)?.saturating_sub(agent_cpu0);
     let max = Duration::from_nanos(latencies.iter().copied().max().unwrap_or(0));
     let ok = latencies.len();
     // Every connection is closed now (each task dropped its own).
@@ -177,6 +182,7 @@ pub async fn run(
             latency: Percentiles::from_nanos(latencies),
             max,
             client_cpu,
+            agent_cpu,
         },
     })
 }
