@@ -193,10 +193,15 @@ pub fn mapped_bytes() -> usize {
 pub fn release_free_heap() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: malloc_trim takes no pointer and only changes the allocator's own state, under
-        // the allocator's own locks; glibc documents it as safe to call from any thread at any
-        // time (MT-Safe).
-        unsafe { libc::malloc_trim(0) == 1 }
+        // Declared here rather than taken from the `libc` crate: a new direct dependency changes
+        // every symbol hash of the crate, and with them link/symbol-order.txt's names.
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim(3) takes no pointer and only changes the allocator's own state,
+        // under the allocator's own locks; glibc documents it MT-Safe, callable from any thread
+        // at any time. The declaration matches glibc's `int malloc_trim(size_t pad)`.
+        unsafe { malloc_trim(0) == 1 }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {
