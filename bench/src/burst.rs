@@ -126,6 +126,9 @@ pub async fn run(
         }));
     }
     quiesce(pid).await?;
+    // A waiter re-reads at most once a second (`broker/wait.rs`, MIN_RECHECK): a rotation
+    // comes long after the waits began, not within a second of them.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let rss_waiting = procfs::status_bytes(pid, "VmRSS")?;
     let early = tasks.iter().filter(|t| t.is_finished()).count();
     if early > 0 {
