@@ -32,7 +32,7 @@ pub struct Burst {
     pub rss_idle: u64,
     /// VmRSS while every connection waits.
     pub rss_waiting: u64,
-    /// VmRSS right after the last connection closed.
+    /// VmRSS 100 ms after the last connection closed.
     pub rss_closed: u64,
     /// VmRSS `settle` after that.
     pub rss_after: u64,
@@ -67,8 +67,8 @@ pub struct Fanout {
     pub max: Duration,
     /// The client's CPU time (this thread) from the flush to the last response.
     pub client_cpu: Duration,
-    /// The agent's CPU time (all threads) over the same span: the flush, every waiter's answer
-    /// and the closes that follow (each client closes once answered).
+    /// The agent's CPU time (all threads) over the same span: the flush and every waiter's
+    /// answer (the connections stay open until the last one is answered).
     pub agent_cpu: Duration,
 }
 
@@ -121,8 +121,8 @@ pub async fn run(
             let status = conn.response().await;
             let done = Instant::now();
             let new = conn.body() == NEW;
-            drop(conn);
-            (matches!(status, Ok(200)) && new, done)
+            // Kept open until every waiter is answered, as a watcher that waits again would.
+            (matches!(status, Ok(200)) && new, done, conn)
         }));
     }
     quiesce(pid).await?;
@@ -152,8 +152,9 @@ pub async fn run(
     }
     let mut latencies = Vec::with_capacity(conns);
     let mut wrong = 0;
+    let mut open = Vec::with_capacity(conns);
     for task in tasks {
-        let (ok, done) = task
+        let (ok, done, conn) = task
             .await
             .map_err(|e| BenchError::Load(format!("wait task failed: {e}")))?;
         if ok {
@@ -163,12 +164,15 @@ pub async fn run(
         } else {
             wrong += 1;
         }
+        open.push(conn);
     }
     let client_cpu = thread_cpu().saturating_sub(cpu0);
     let agent_cpu = procfs::cpu_time(pid)?.saturating_sub(agent_cpu0);
     let max = Duration::from_nanos(latencies.iter().copied().max().unwrap_or(0));
     let ok = latencies.len();
-    // Every connection is closed now (each task dropped its own).
+    drop(open);
+    // Give the agent a moment to see every close.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let rss_closed = procfs::status_bytes(pid, "VmRSS")?;
     tokio::time::sleep(settle).await;
     let rss_after = procfs::status_bytes(pid, "VmRSS")?;

@@ -125,7 +125,7 @@ pub fn burst_markdown(b: &Burst) -> String {
     let f = &b.fanout;
     let _ = writeln!(
         s,
-        "| `?wait=` burst ({} connections on one secret, agent unpinned) | RSS idle {:.1} MiB, while they wait {:.1} MiB ({:.1} KiB per connection), right after they close {:.1} MiB, {:.0} s later {:.1} MiB |",
+        "| `?wait=` burst ({} connections on one secret, agent unpinned) | RSS idle {:.1} MiB, while they wait {:.1} MiB ({:.1} KiB per connection), 100 ms after they close {:.1} MiB, {:.0} s later {:.1} MiB |",
         b.conns,
         b.rss_idle as f64 / MIB,
         b.rss_waiting as f64 / MIB,
@@ -136,7 +136,7 @@ pub fn burst_markdown(b: &Burst) -> String {
     );
     let _ = writeln!(
         s,
-        "| fan-out (same run: the secret changes, then `POST /v1/cache/flush`) | {} waiters answered the new value, {} otherwise; flush → complete response p50 {:.1} / p99 {:.1} / max {:.1} ms; meanwhile the agent's CPU {:.1} ms ({:.1} µs per waiter, the closes included), the client's {:.1} ms |",
+        "| fan-out (same run: the secret changes, then `POST /v1/cache/flush`) | {} waiters answered the new value, {} otherwise; flush → complete response p50 {:.1} / p99 {:.1} / max {:.1} ms; meanwhile the agent's CPU {:.1} ms ({:.1} µs per waiter), the client's {:.1} ms |",
         f.ok,
         f.wrong,
         f.latency.p50.as_secs_f64() * 1e3,
