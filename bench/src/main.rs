@@ -10,6 +10,10 @@
 //! credagent-bench burst [--conns N] [--secs S] [--agent PATH] # only the `?wait=` burst (S: settle)
 //! credagent-bench floor --socket PATH        # the floor server (started by `all`)
 //! ```
+//!
+//! `--agent PATH` names the credagent binary to measure (default: `credagent` next to this
+//! executable). There is no option to run the AWS Secrets Manager Agent beside it: the issue's
+//! comparisons with it were made by hand, and this bench does not start it.
 
 mod agent;
 mod aws;
