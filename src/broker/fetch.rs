@@ -9,9 +9,8 @@ use std::time::Instant;
 use super::error::BrokerError;
 use crate::audit::RequestId;
 use crate::cache::{Refresh, Served};
-use crate::peer::PeerIdentity;
 use crate::rate_limited;
-use crate::source::{Secret, SecretRequest, Source, SourceEntry, SourceError};
+use crate::source::{Secret, SecretRequest, SourceEntry, SourceError};
 use crate::state::AppState;
 
 /// Which value a read looks up, for whom.
@@ -92,21 +91,4 @@ pub(super) async fn cached_fetch(
         BrokerError::from(&err)
     });
     (result, served, refresh)
-}
-
-/// aws-credentials (issue 29): `request` bound to `peer`'s session of the profile (its session
-/// name from the kernel's identity of the caller), so the cache's single flight is per
-/// (profile, session name) and no caller is served another's session. `None` for other sources.
-pub(super) fn caller_session(
-    entry: &SourceEntry,
-    request: &SecretRequest,
-    peer: &PeerIdentity,
-) -> Option<SecretRequest> {
-    let Source::AwsCredentials(creds) = &entry.source else {
-        return None;
-    };
-    let key = creds.session_key(request.name.id(), peer)?;
-    let mut bound = request.clone();
-    bound.selector.aws_session = Some(Arc::new(key));
-    Some(bound)
 }

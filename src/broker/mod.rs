@@ -41,12 +41,11 @@ use crate::name::{Glob, SecretName};
 use crate::peer::PeerIdentity;
 use crate::rate_limited;
 use crate::secure_mem::{locked_bytes, mapped_bytes};
-use crate::source::vault::lease_caller;
-use crate::source::{SecretRequest, Selector, Source, SourceEntry};
+use crate::source::{CallerScope, SecretRequest, Selector, Source, SourceEntry};
 use crate::state::{AppState, Runtime};
 use audited::Audited;
 pub use error::BrokerError;
-use fetch::{Target, cached_fetch, caller_session};
+use fetch::{Target, cached_fetch};
 pub use reply::{Reply, ReplyKind};
 use reply::{View, current, text_kind};
 pub use request::{Caller, CredentialRequest, Format, ReadRequest};
@@ -245,27 +244,28 @@ impl ReadOnce<'_> {
             *admitted_before,
         )?;
         *admitted_before = true;
-        // aws-credentials: the caller's own session joins the cache key (under this runtime's
-        // source: a reload may have changed the profile).
-        // A `per_caller` lease profile: the caller's own credential, cached under its identity.
-        let keyed = lease_caller::keyed_request(entry, self.secret, self.caller.peer);
-        let secret = keyed.as_ref().unwrap_or(self.secret);
-        let bound = caller_session(entry, secret, self.caller.peer);
-        audited.event.aws = bound.as_ref().and_then(|bound| {
-            bound.selector.aws_session.as_deref().map(|key| {
-                Box::new(crate::audit::AwsSession {
-                    name: crate::source::aws::credentials::session_name_of(key).into(),
-                    expires_at: None,
-                })
-            })
-        });
+        // aws-credentials, a `per_caller` lease profile: the caller's own session or lease
+        // joins the cache key (under this runtime's source: a reload may have changed it).
+        let bound = entry.source.scoped(self.secret, self.caller.peer);
+        audited.event.aws =
+            bound
+                .as_ref()
+                .and_then(|bound| match bound.selector.caller.as_deref() {
+                    Some(CallerScope::AwsSession(key)) => {
+                        Some(Box::new(crate::audit::AwsSession {
+                            name: crate::source::aws::credentials::session_name_of(key).into(),
+                            expires_at: None,
+                        }))
+                    }
+                    _ => None,
+                });
         let target = Target {
             state,
             request_id: audited.request_id(),
             uid: self.caller.peer.uid,
             entry,
             generation: runtime.generation,
-            request: bound.as_ref().unwrap_or(secret),
+            request: bound.as_ref().unwrap_or(self.secret),
         };
         let (reply, served) = current(&target, self.view, force).await;
         audited.event.cache = Some(served.as_str());
@@ -404,9 +404,10 @@ async fn credential_once(
     }
     let secret_request = SecretRequest { name, selector };
     // aws-credentials: the connecting unit's own session.
-    let secret_request = caller_session(entry, &secret_request, peer).unwrap_or(secret_request);
-    let secret_request =
-        lease_caller::keyed_request(entry, &secret_request, peer).unwrap_or(secret_request);
+    let secret_request = entry
+        .source
+        .scoped(&secret_request, peer)
+        .unwrap_or(secret_request);
     let target = Target {
         state,
         request_id,

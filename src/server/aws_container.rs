@@ -20,9 +20,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use super::ServerError;
 use super::aws_token::{Holder, TOKEN_TTL, TokenError};
+use super::bind::ServerError;
 use super::error::ApiError;
+use super::idle::signalled;
 use crate::audit::AuditEvent;
 use crate::broker::{self, Caller, ReadRequest};
 use crate::name::SecretName;
@@ -74,7 +75,7 @@ pub async fn serve(
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            () = super::signalled(&mut shutdown) => break,
+            () = signalled(&mut shutdown) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -85,7 +86,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = super::signalled(&mut shutdown) => break,
+            () = signalled(&mut shutdown) => break,
         };
         let state = state.clone();
         let per_uid = per_uid.clone();
@@ -338,7 +339,7 @@ pub(super) async fn issue(state: &AppState, caller: Caller<'_>, profile: &Secret
     let peer = caller.peer;
     let reply = match broker::read(state, caller, &ReadRequest::plain(profile.clone())).await {
         Ok(reply) => reply,
-        Err(err) => return super::handler::broker_error(err),
+        Err(err) => return super::error::broker_error(err),
     };
     if container_body(&reply.body).is_none() {
         return api_refusal(

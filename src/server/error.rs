@@ -230,6 +230,20 @@ impl From<BrokerError> for ApiError {
     }
 }
 
+/// The error response for a broker error; a connection that carried another process's bytes is
+/// closed after it.
+pub(super) fn broker_error(err: BrokerError) -> Response<Full<Bytes>> {
+    let close = matches!(err, BrokerError::PeerChanged);
+    let mut response = ApiError::from(err).response();
+    if close {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
-use super::error::ApiError;
+use super::error::{ApiError, broker_error};
 use super::route::{Route, parse_flush_body};
 use super::sender::Taint;
 use crate::broker::{self, BrokerError, Caller, Reply, ReplyKind};
@@ -171,20 +171,6 @@ async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
         },
     };
     state.metrics.count_request(response.status().as_u16());
-    response
-}
-
-/// The error response for a broker error; a connection that carried another process's bytes is
-/// closed after it.
-pub(super) fn broker_error(err: BrokerError) -> Resp {
-    let close = matches!(err, BrokerError::PeerChanged);
-    let mut response = ApiError::from(err).response();
-    if close {
-        response.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-    }
     response
 }
 

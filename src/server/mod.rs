@@ -23,7 +23,9 @@ pub mod runtime;
 pub mod sender;
 pub mod write_timeout;
 
+pub use bind::ServerError;
 use handler::Connection;
+use idle::signalled;
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;
@@ -57,66 +59,6 @@ const REFUSED_DRAIN: usize = 16 * 1024;
 /// At most this many refused connections linger at once; past that they are answered and
 /// closed at once.
 const MAX_LINGERING: usize = 64;
-
-/// Failures to set up the socket.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The thread that closes idle connections could not be started.
-    #[error("cannot start the idle-connection thread: {0}")]
-    IdleThread(std::io::Error),
-    /// Could not create the socket's directory.
-    #[error("cannot create socket directory {path}: {source}")]
-    SocketDir {
-        /// Directory.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// Another process answers on the socket.
-    #[error("{path} is in use: another agent is answering on it")]
-    InUse {
-        /// Socket path.
-        path: PathBuf,
-    },
-    /// The path exists and is not a socket.
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket {
-        /// Path.
-        path: PathBuf,
-    },
-    /// bind(2) failed.
-    #[error("cannot bind {path}: {source}")]
-    BindSocket {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// chmod/chown of the socket failed.
-    #[error("cannot set owner or mode of {path}: {source}")]
-    Permissions {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The container-credentials TCP listener could not be bound.
-    #[error("cannot bind server.aws_container_listen {addr}: {source}")]
-    BindTcp {
-        /// Address.
-        addr: std::net::SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// `SO_PASSCRED` could not be set, so the writer of each request could not be checked.
-    #[error("cannot enable SO_PASSCRED on {path}: {source}")]
-    PassCredentials {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
 
 /// A listening socket, and the path to remove at shutdown when the agent created it.
 #[derive(Debug)]
@@ -205,11 +147,6 @@ fn remove_stale(path: &Path) -> Result<(), ServerError> {
             source,
         }),
     }
-}
-
-/// Resolves when `rx` says `true` (or its sender is gone).
-pub async fn signalled(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Serves until `shutdown` turns true, then drains in-flight requests (bounded by

@@ -31,13 +31,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::name::SecretName;
+use crate::peer::PeerIdentity;
 use crate::secure_mem::SecretBytes;
 
 pub use error::SourceError;
 /// The cache's tests name it from here.
 #[cfg(test)]
 pub use secret::Lifetime;
-pub use secret::{Fetched, Secret, SecretRequest, Selector};
+pub use secret::{CallerScope, Fetched, Secret, SecretRequest, Selector};
 
 use config::{SourceConfig, SourceKind};
 pub use limit::FetchLimit;
@@ -251,7 +252,10 @@ impl Source {
             Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
             Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
             Source::VaultLease(s) => {
-                let caller = request.selector.caller.as_deref();
+                let caller = match request.selector.caller.as_deref() {
+                    Some(CallerScope::Identity(caller)) => Some(caller),
+                    _ => None,
+                };
                 Box::pin(s.fetch(request.name.id(), caller))
                     .await
                     .map(Fetched::New)
@@ -313,6 +317,26 @@ pub type SharedSources = Arc<RwLock<Sources>>;
 /// The transit and OAuth2 sources read what they need (ciphertexts, client credentials)
 /// straight from the sources built beside them: no cache, no caller's ACL. A source that is
 /// not there is `NotFound`.
+impl Source {
+    /// `request` as `peer` reads it, for the kinds that keep one value per caller: with whom it
+    /// is for ([`CallerScope`]) in its selector, so the cache keeps callers apart and its single
+    /// flight is per caller scope. `None` (the request as it is) for every other kind. Called by
+    /// the broker after the access decision, under the runtime's source (a reload may have
+    /// changed a profile).
+    pub fn scoped(&self, request: &SecretRequest, peer: &PeerIdentity) -> Option<SecretRequest> {
+        let scope = match self {
+            Source::AwsCredentials(creds) => {
+                CallerScope::AwsSession(creds.session_key(request.name.id(), peer)?)
+            }
+            Source::VaultLease(lease) => lease.caller_scope(request.name.id(), peer)?,
+            _ => return None,
+        };
+        let mut scoped = request.clone();
+        scoped.selector.caller = Some(Arc::new(scope));
+        Some(scoped)
+    }
+}
+
 /// vault-lease after a flush through the API: the matching profiles get a new lease at their
 /// next read.
 pub fn flush_leases(sources: &Sources, pattern: Option<&crate::name::Glob>) {

@@ -25,7 +25,7 @@ use crate::jsonval::push_json_string;
 use crate::peer::PeerIdentity;
 use crate::secure_mem::{SecretBuf, SecretBytes};
 use crate::source::error::SourceError;
-use crate::source::secret::{Fetched, Lifetime, Secret, SecretRequest, Selector};
+use crate::source::secret::{CallerScope, Fetched, Lifetime, Secret, SecretRequest, Selector};
 use crate::timefmt::rfc3339;
 
 /// Separates the session name from the source identity in a session key (neither holds it).
@@ -148,8 +148,8 @@ impl CredentialsSource {
         }
     }
 
-    /// The session `peer` gets of profile `id`: its session name (and source identity) as the
-    /// cache key's `aws_session`; `None` for an unknown profile.
+    /// The session `peer` gets of profile `id`: its session name (and source identity), the
+    /// request's [`CallerScope::AwsSession`]; `None` for an unknown profile.
     pub fn session_key(&self, id: &str, peer: &PeerIdentity) -> Option<String> {
         let profile = self.profiles.get(id)?;
         // The user name is looked up only when a template asks for it.
@@ -176,14 +176,14 @@ impl CredentialsSource {
             .profiles
             .get(request.name.id())
             .ok_or_else(|| SourceError::Invalid("no such role profile".to_owned()))?;
-        let Some(key) = request.selector.aws_session.as_deref().map(String::as_str) else {
+        let Some(CallerScope::AwsSession(key)) = request.selector.caller.as_deref() else {
             return Err(SourceError::Invalid(
                 "role credentials are vended to a caller only".to_owned(),
             ));
         };
         let (name, identity) = match key.split_once(KEY_SEPARATOR) {
             Some((name, identity)) => (name, Some(identity)),
-            None => (key, None),
+            None => (key.as_str(), None),
         };
         let started = SystemTime::now();
         let session = self.assume(profile, name, identity).await?;

@@ -232,7 +232,6 @@ mod tests {
             version,
             label: None,
             caller: None,
-            aws_session: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
         assert!(check_selector(&sel(None, Some("AWSPREVIOUS"), None)).is_ok());

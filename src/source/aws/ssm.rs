@@ -230,7 +230,6 @@ mod tests {
             label: label.map(str::to_owned),
             version_stage: stage.map(str::to_owned),
             version_id: None,
-            aws_session: None,
             caller: None,
         };
         assert!(check_selector(&sel(None, None, None)).is_ok());
