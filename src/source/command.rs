@@ -49,14 +49,6 @@ pub struct RawCommandSource {
     /// Exit statuses meaning "no such secret" (404).
     #[serde(default)]
     pub not_found_exit_codes: Vec<i32>,
-    /// Per-source TTL override.
-    pub ttl_secs: Option<u64>,
-    /// Fetches in flight at once (further misses queue, then `503 source_busy`).
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
-    /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
-    pub startup_check: Option<String>,
 }
 
 /// A validated `command` source.
