@@ -44,15 +44,17 @@ impl<'de> Deserialize<'de> for RawSource {
             .and_then(toml::Value::as_str)
             .map_or(&[][..], common_keys_of);
         let common = split_common(&mut table, takes).map_err(D::Error::custom)?;
-        let kind = toml::Value::Table(table).try_into::<RawKind>().map_err(|e| {
-            let message = e.message().trim_end();
-            if message.starts_with("unknown field") && !takes.is_empty() {
-                // serde lists the kind's own keys; the common ones it takes are keys too.
-                D::Error::custom(format!("{message}, or one of `{}`", takes.join("`, `")))
-            } else {
-                D::Error::custom(message.to_owned())
-            }
-        })?;
+        let kind = toml::Value::Table(table)
+            .try_into::<RawKind>()
+            .map_err(|e| {
+                let message = e.message().trim_end();
+                if message.starts_with("unknown field") && !takes.is_empty() {
+                    // serde lists the kind's own keys; the common ones it takes are keys too.
+                    D::Error::custom(format!("{message}, or one of `{}`", takes.join("`, `")))
+                } else {
+                    D::Error::custom(message.to_owned())
+                }
+            })?;
         Ok(RawSource { common, kind })
     }
 }
