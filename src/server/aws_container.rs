@@ -285,6 +285,8 @@ struct ProcessJson<'a> {
     session_token: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     expiration: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    account_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(serde::Serialize)]
@@ -294,9 +296,12 @@ struct ContainerJson<'a> {
     secret_access_key: &'a str,
     token: &'a str,
     expiration: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<&'a str>,
 }
 
-/// `{"AccessKeyId","SecretAccessKey","Token","Expiration"}` in locked memory; `None` when the
+/// `{"AccessKeyId","SecretAccessKey","Token","Expiration","AccountId"}` in locked memory (no
+/// `AccountId` when the profile's JSON has none); `None` when the
 /// value is not credential_process JSON.
 fn container_body(process: &[u8]) -> Option<SecretBytes> {
     let parsed: ProcessJson<'_> = serde_json::from_slice(process).ok()?;
@@ -305,6 +310,7 @@ fn container_body(process: &[u8]) -> Option<SecretBytes> {
         secret_access_key: &parsed.secret_access_key,
         token: &parsed.session_token,
         expiration: &parsed.expiration,
+        account_id: parsed.account_id.as_deref(),
     };
     let mut out = SecretBuf::with_capacity(process.len().saturating_add(64)).ok()?;
     serde_json::to_writer(&mut Writer(&mut out), &body).ok()?;
@@ -428,13 +434,17 @@ mod tests {
 
     #[test]
     fn credential_process_json_becomes_the_container_shape() {
-        let process = br#"{"Version":1,"AccessKeyId":"AKIA1","SecretAccessKey":"s\/k","SessionToken":"tok","Expiration":"2026-12-04T20:00:00Z"}"#;
+        let process = br#"{"Version":1,"AccessKeyId":"AKIA1","SecretAccessKey":"s\/k","SessionToken":"tok","Expiration":"2026-12-04T20:00:00Z","AccountId":"210987654321"}"#;
         let body = container_body(process).unwrap();
         let parsed: serde_json::Value = serde_json::from_slice(body.as_slice()).unwrap();
         assert_eq!(
             parsed,
-            serde_json::json!({"AccessKeyId":"AKIA1","SecretAccessKey":"s/k","Token":"tok","Expiration":"2026-12-04T20:00:00Z"})
+            serde_json::json!({"AccessKeyId":"AKIA1","SecretAccessKey":"s/k","Token":"tok","Expiration":"2026-12-04T20:00:00Z","AccountId":"210987654321"})
         );
+        let process = br#"{"Version":1,"AccessKeyId":"AKIA1","SecretAccessKey":"s","SessionToken":"tok","Expiration":"2026-12-04T20:00:00Z"}"#;
+        let parsed: serde_json::Value =
+            serde_json::from_slice(container_body(process).unwrap().as_slice()).unwrap();
+        assert!(parsed.get("AccountId").is_none(), "{parsed}");
         assert!(container_body(b"plain secret").is_none());
         assert!(container_body(br#"{"AccessKeyId":"A"}"#).is_none());
     }
