@@ -151,6 +151,7 @@ pub async fn read(
         aws.expires_at = reply.expires_at;
     }
     if let Ok(reply) = &result {
+        audited.event.refresh = reply.refresh;
         audited.event.expires_in = reply.expires_at.and_then(|at| {
             let left = at.duration_since(audited.event.time).ok()?;
             std::num::NonZeroU32::new(u32::try_from(left.as_secs()).unwrap_or(u32::MAX))
