@@ -177,6 +177,8 @@ pub struct RawCache {
     /// Budget on secret memory: cached values and in-flight responses.
     #[serde(default = "default_max_locked_bytes")]
     pub max_locked_bytes: u64,
+    /// Of that, what one uid's in-flight responses may hold (default: a quarter).
+    pub max_locked_bytes_per_uid: Option<u64>,
     /// A reader's `?refresh=true` re-fetches a secret at most once per this many seconds.
     #[serde(default = "default_min_refresh_interval")]
     pub min_refresh_interval_secs: u64,
@@ -224,6 +226,7 @@ impl Default for RawCache {
             stale_if_error_secs: default_stale_if_error(),
             lock_memory: default_lock_memory(),
             max_locked_bytes: default_max_locked_bytes(),
+            max_locked_bytes_per_uid: None,
             min_refresh_interval_secs: default_min_refresh_interval(),
             jitter_percent: default_jitter_percent(),
             negative_ttl_secs: 0,
@@ -418,7 +421,9 @@ pub struct CacheConfig {
     pub lock_memory: LockPolicy,
     /// Budget on secret memory mapped (cached values and in-flight responses), in bytes.
     pub max_locked_bytes: usize,
-    /// Least time between two reader-forced re-fetches of one secret.
+    /// Of that, what one uid's in-flight responses (`?field=`, JSON renders) may hold.
+    pub max_locked_bytes_per_uid: usize,
+    /// Least time between two reader-forced re-fetches of one secret, per uid.
     pub min_refresh_interval: Duration,
     /// TTL expiry and refresh-ahead spread, in percent (0–50).
     pub jitter_percent: u8,
@@ -435,6 +440,7 @@ impl Default for CacheConfig {
             stale_if_error: Duration::from_secs(default_stale_if_error()),
             lock_memory: LockPolicy::Required,
             max_locked_bytes: 64 << 20,
+            max_locked_bytes_per_uid: 16 << 20,
             min_refresh_interval: Duration::from_secs(default_min_refresh_interval()),
             jitter_percent: default_jitter_percent(),
             negative_ttl: Duration::ZERO,
@@ -843,6 +849,18 @@ impl RawCache {
                     format!("must be at least {MIN_LOCKED_BYTES} (1 MiB)"),
                 )
             })?;
+        let max_locked_bytes_per_uid = match self.max_locked_bytes_per_uid {
+            None => max_locked_bytes / 4,
+            Some(bytes) => usize::try_from(bytes)
+                .ok()
+                .filter(|b| (1..=max_locked_bytes).contains(b))
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        "cache.max_locked_bytes_per_uid",
+                        "must be between 1 and cache.max_locked_bytes",
+                    )
+                })?,
+        };
         let min_refresh_interval = secs(
             ctx,
             "cache.min_refresh_interval_secs",
@@ -870,6 +888,7 @@ impl RawCache {
             stale_if_error,
             lock_memory,
             max_locked_bytes,
+            max_locked_bytes_per_uid,
             min_refresh_interval,
             jitter_percent: self.jitter_percent,
             negative_ttl,
@@ -1341,6 +1360,16 @@ mod tests {
                 "[server]",
                 "[cache]\nmin_refresh_interval_secs = 0\n[server]",
                 "cache.min_refresh_interval_secs",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes_per_uid = 0\n[server]",
+                "cache.max_locked_bytes_per_uid",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes = 1048576\nmax_locked_bytes_per_uid = 1048577\n[server]",
+                "cache.max_locked_bytes_per_uid",
             ),
             ("\"files/*\"", "\"files*\"", "allow[0].secrets[0]"),
             ("\"files/*\"", "\"f?les/x\"", "allow[0].secrets[0]"),

@@ -165,7 +165,32 @@ pub fn set_reclaimer(reclaim: impl Fn(usize) -> usize + Send + Sync + 'static) {
     *RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(reclaim));
 }
 
+thread_local! {
+    /// Set while a response is rendered on this thread ([`without_reclaim`]).
+    static NO_RECLAIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (synchronous) with reclaiming off on this thread: an allocation at the budget fails
+/// with [`MemError::Budget`] instead of asking the reclaimer for room.
+///
+/// SECURITY: a response render runs so: one caller's in-flight responses never evict the
+/// values other callers read from the cache.
+pub fn without_reclaim<T>(f: impl FnOnce() -> T) -> T {
+    /// Restores the flag even if `f` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_RECLAIM.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_RECLAIM.with(|c| c.replace(true)));
+    f()
+}
+
 fn reclaim(len: usize) -> usize {
+    if NO_RECLAIM.with(std::cell::Cell::get) {
+        return 0;
+    }
     match RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         Some(reclaim) => reclaim(len),
         None => 0,

@@ -29,6 +29,7 @@
 mod audited;
 mod error;
 mod fetch;
+pub(crate) mod held;
 mod reply;
 mod request;
 mod wait;
@@ -1256,8 +1257,17 @@ gone = "fake/missing"
                 .unwrap();
             Arc::new(secret)
         };
+        let metrics = crate::metrics::Metrics::default();
+        let holder = reply::Holder {
+            uid: 0,
+            metrics: &metrics,
+        };
         let tag = |secs: u64, format: Format| {
-            etag(&render(&name, fetched(secs), None, format).unwrap().body)
+            etag(
+                &render(&name, fetched(secs), None, format, &holder)
+                    .unwrap()
+                    .body,
+            )
         };
         assert_eq!(tag(1_000, Format::Raw), tag(2_000, Format::Raw));
         assert_ne!(tag(1_000, Format::Json), tag(2_000, Format::Json));

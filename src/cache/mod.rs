@@ -397,6 +397,7 @@ mod tests {
             stale_if_error: Duration::from_secs(stale),
             lock_memory: crate::secure_mem::LockPolicy::BestEffort,
             max_locked_bytes: 64 << 20,
+            max_locked_bytes_per_uid: 16 << 20,
             min_refresh_interval: Duration::from_secs(10),
             jitter_percent: 0,
             negative_ttl: Duration::ZERO,
