@@ -3,7 +3,8 @@
 //! value each time with `X-Credagent-Refresh: fresh`, the token endpoint (the command) runs once,
 //! root's `render --watch` of that value rewrites nothing and runs no `--on-change`, and the
 //! audit line says `"refresh":"fresh"` without the value. A command without `minted` is
-//! refreshed as before (the control).
+//! refreshed as before (the control), and the attacker's forced refreshes neither use up nor
+//! reset root's (the throttle is per secret and per uid).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -224,4 +225,32 @@ fn a_command_without_minted_is_still_refreshed_on_demand() {
             .iter()
             .all(|l| l["refresh"] == "refreshed")
     );
+}
+
+#[test]
+fn an_attackers_forced_refreshes_neither_use_up_nor_reset_another_uids_throttle() {
+    let dir = TestDir::new();
+    let (sources, count) = minting_command(&dir, "");
+    let agent = Agent::start(
+        &dir,
+        &config_allowing_all("min_refresh_interval_secs = 60", &sources),
+    );
+    assert_eq!(agent.secret("mint/api").text(), "token-1");
+    let path = "/v1/secrets/mint/api?refresh=true";
+    let seen = |resp: common::Response| {
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        let header = resp.header("x-credagent-refresh").unwrap_or("").to_owned();
+        (resp.text(), header)
+    };
+    let attacker = || seen(request_as(ATTACKER, &agent.socket, "GET", path));
+    let root = || seen(agent.request("GET", path, &[], b""));
+    let pair = |value: &str, header: &str| (value.to_owned(), header.to_owned());
+    assert_eq!(attacker(), pair("token-2", "refreshed"));
+    assert_eq!(attacker(), pair("token-2", "throttled"));
+    // Root's refresh is its own: not used up by the attacker's.
+    assert_eq!(root(), pair("token-3", "refreshed"));
+    assert_eq!(root(), pair("token-3", "throttled"));
+    // Nor did root's reset the attacker's interval into a fresh one.
+    assert_eq!(attacker(), pair("token-3", "throttled"));
+    assert_eq!(read(&count).trim(), "3");
 }
