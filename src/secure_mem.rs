@@ -14,7 +14,8 @@
 //!
 //! A budget (`cache.max_locked_bytes`) bounds the secret memory mapped in all: a mapping that
 //! would pass it first asks the registered reclaimer (the cache, evicting least recently used
-//! values) for room, then fails with [`MemError::Budget`] — never an OOM, never a panic.
+//! values) for room, then fails with [`MemError::Budget`] — never an OOM, never a panic. Inside
+//! [`without_reclaim`] (a response render) it fails at once instead of asking.
 //!
 //! It deliberately does not decide *what* is secret or how long it lives: the cache does.
 

@@ -1,6 +1,6 @@
 //! Each uid's share of the locked-memory budget, attack first: uid 65534 stalls 16 `?field=` and
 //! JSON reads of its own large secret (small receive buffer, never reads). It holds at most
-//! `cache.max_locked_bytes_per_uid` in those responses and then gets `503 memory_budget_uid`
+//! `cache.max_locked_bytes_per_uid` (one of those responses) and then gets `503 memory_budget_uid`
 //! (counted in `credagent_rejections_total{reason="memory_budget_uid"}`); no cached value of root
 //! or of another uid is evicted meanwhile (their next reads are cache hits, the eviction counter
 //! stays 0), and the other uid still gets its own `?field=` reads.
@@ -70,10 +70,15 @@ fn an_attacker_stalling_large_field_and_json_reads_evicts_no_other_uids_cached_v
         "socket_mode = \"0666\"\n",
         "socket_mode = \"0666\"\nmax_connections_per_uid = 64\nwrite_timeout_secs = 60\n",
     )
-    // 4 MiB in all: 1 MiB per uid for responses by default.
+    // 4 MiB in all; each uid's responses may hold one 512 KiB field, not two (nor a JSON
+    // document of one, which is rendered from the field).
     .replace(
         "[cache]\n",
-        &format!("[cache]\nmax_locked_bytes = {}\n", 4 * MIB),
+        &format!(
+            "[cache]\nmax_locked_bytes = {}\nmax_locked_bytes_per_uid = {}\n",
+            4 * MIB,
+            MIB / 2 + 64 * 1024
+        ),
     );
     let agent = Agent::start(&dir, &config);
     // The victims' values are cached first.

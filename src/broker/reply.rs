@@ -1,5 +1,6 @@
 //! The reply: a value as the read wants it shown (raw, one field, or the JSON document), its
-//! ETag, and `NotModified` for a caller that holds the current tag; built in secure memory.
+//! ETag, and `NotModified` for a caller that holds the current tag; built in secure memory, a
+//! rendered field or document charged to the caller's share ([`held`](super::held)).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
