@@ -1155,6 +1155,16 @@ mod tests {
     }
 
     #[test]
+    fn each_uids_share_of_locked_memory_defaults_to_a_quarter_of_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |cache: &str| check(&format!("[cache]\n{cache}\n{}", base(dir.path())));
+        let default = with("max_locked_bytes = 4194304").unwrap();
+        assert_eq!(default.cache.max_locked_bytes_per_uid, 1 << 20);
+        let set = with("max_locked_bytes = 4194304\nmax_locked_bytes_per_uid = 4194304").unwrap();
+        assert_eq!(set.cache.max_locked_bytes_per_uid, 4 << 20);
+    }
+
+    #[test]
     fn a_vault_lease_source_names_a_vault_source() {
         let dir = tempfile::tempdir().unwrap();
         let lease = |vault: &str| {

@@ -16,6 +16,8 @@ use common::{Agent, TestDir, file_config, first_line, python_as, request_as, wai
 const ATTACKER: u32 = 65534;
 const HONEST: u32 = 65533;
 const MIB: usize = 1024 * 1024;
+/// The attacker's field: more than half of its share, so one response fills it.
+const FIELD: usize = 576 * 1024;
 
 /// Opens `argv[2]` connections with a 4 KiB receive buffer; on each sends a GET of `argv[3]`
 /// (every second one with `Accept: application/json`) and never reads. Prints `sent` and holds
@@ -57,7 +59,7 @@ fn second_read_served(agent: &Agent, secret: &str, uid: u32) -> String {
 fn an_attacker_stalling_large_field_and_json_reads_evicts_no_other_uids_cached_value() {
     let dir = TestDir::new();
     let mut big = b"{\"k\":\"".to_vec();
-    big.extend(std::iter::repeat_n(b'a', MIB / 2));
+    big.extend(std::iter::repeat_n(b'a', FIELD));
     big.extend_from_slice(b"\"}");
     dir.secret("big", &big);
     dir.secret("root-app", b"root-value");
@@ -70,15 +72,11 @@ fn an_attacker_stalling_large_field_and_json_reads_evicts_no_other_uids_cached_v
         "socket_mode = \"0666\"\n",
         "socket_mode = \"0666\"\nmax_connections_per_uid = 64\nwrite_timeout_secs = 60\n",
     )
-    // 4 MiB in all; each uid's responses may hold one 512 KiB field, not two (nor a JSON
-    // document of one, which is rendered from the field).
+    // 4 MiB in all: by default a quarter, 1 MiB, for each uid's responses: one 576 KiB field,
+    // not two (nor a JSON document of one, which is rendered from the field).
     .replace(
         "[cache]\n",
-        &format!(
-            "[cache]\nmax_locked_bytes = {}\nmax_locked_bytes_per_uid = {}\n",
-            4 * MIB,
-            MIB / 2 + 64 * 1024
-        ),
+        &format!("[cache]\nmax_locked_bytes = {}\n", 4 * MIB),
     );
     let agent = Agent::start(&dir, &config);
     // The victims' values are cached first.
@@ -88,7 +86,7 @@ fn an_attacker_stalling_large_field_and_json_reads_evicts_no_other_uids_cached_v
     let evictions = || agent.metric("credagent_cache_evictions_total ");
     assert_eq!(evictions(), 0.0);
 
-    // Each stalled response is a fresh locked buffer of at least 512 KiB.
+    // Each stalled response is a fresh locked buffer of at least 576 KiB.
     let socket = agent.socket.display().to_string();
     let mut attacker = python_as(
         ATTACKER,
