@@ -177,6 +177,8 @@ pub struct RawCache {
     /// Budget on secret memory: cached values and in-flight responses.
     #[serde(default = "default_max_locked_bytes")]
     pub max_locked_bytes: u64,
+    /// Of that, what one uid's in-flight responses may hold (default: a quarter).
+    pub max_locked_bytes_per_uid: Option<u64>,
     /// A reader's `?refresh=true` re-fetches a secret at most once per this many seconds.
     #[serde(default = "default_min_refresh_interval")]
     pub min_refresh_interval_secs: u64,
@@ -224,6 +226,7 @@ impl Default for RawCache {
             stale_if_error_secs: default_stale_if_error(),
             lock_memory: default_lock_memory(),
             max_locked_bytes: default_max_locked_bytes(),
+            max_locked_bytes_per_uid: None,
             min_refresh_interval_secs: default_min_refresh_interval(),
             jitter_percent: default_jitter_percent(),
             negative_ttl_secs: 0,
@@ -418,12 +421,22 @@ pub struct CacheConfig {
     pub lock_memory: LockPolicy,
     /// Budget on secret memory mapped (cached values and in-flight responses), in bytes.
     pub max_locked_bytes: usize,
-    /// Least time between two reader-forced re-fetches of one secret.
+    /// Of that, what one uid's in-flight responses (`?field=`, JSON renders) may hold.
+    pub max_locked_bytes_per_uid: usize,
+    /// Least time between two reader-forced re-fetches of one secret, per uid.
     pub min_refresh_interval: Duration,
     /// TTL expiry and refresh-ahead spread, in percent (0–50).
     pub jitter_percent: u8,
     /// How long a source's "no such secret" is remembered (zero: not at all).
     pub negative_ttl: Duration,
+}
+
+impl CacheConfig {
+    /// What of `max_locked_bytes` only response renders may map: one uid's share, at most half
+    /// of the budget (cached values keep the rest).
+    pub fn render_reserve(&self) -> usize {
+        self.max_locked_bytes_per_uid.min(self.max_locked_bytes / 2)
+    }
 }
 
 impl Default for CacheConfig {
@@ -435,6 +448,7 @@ impl Default for CacheConfig {
             stale_if_error: Duration::from_secs(default_stale_if_error()),
             lock_memory: LockPolicy::Required,
             max_locked_bytes: 64 << 20,
+            max_locked_bytes_per_uid: 16 << 20,
             min_refresh_interval: Duration::from_secs(default_min_refresh_interval()),
             jitter_percent: default_jitter_percent(),
             negative_ttl: Duration::ZERO,
@@ -843,6 +857,18 @@ impl RawCache {
                     format!("must be at least {MIN_LOCKED_BYTES} (1 MiB)"),
                 )
             })?;
+        let max_locked_bytes_per_uid = match self.max_locked_bytes_per_uid {
+            None => max_locked_bytes / 4,
+            Some(bytes) => usize::try_from(bytes)
+                .ok()
+                .filter(|b| (1..=max_locked_bytes).contains(b))
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        "cache.max_locked_bytes_per_uid",
+                        "must be between 1 and cache.max_locked_bytes",
+                    )
+                })?,
+        };
         let min_refresh_interval = secs(
             ctx,
             "cache.min_refresh_interval_secs",
@@ -870,6 +896,7 @@ impl RawCache {
             stale_if_error,
             lock_memory,
             max_locked_bytes,
+            max_locked_bytes_per_uid,
             min_refresh_interval,
             jitter_percent: self.jitter_percent,
             negative_ttl,
@@ -1136,6 +1163,16 @@ mod tests {
     }
 
     #[test]
+    fn each_uids_share_of_locked_memory_defaults_to_a_quarter_of_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |cache: &str| check(&format!("[cache]\n{cache}\n{}", base(dir.path())));
+        let default = with("max_locked_bytes = 4194304").unwrap();
+        assert_eq!(default.cache.max_locked_bytes_per_uid, 1 << 20);
+        let set = with("max_locked_bytes = 4194304\nmax_locked_bytes_per_uid = 4194304").unwrap();
+        assert_eq!(set.cache.max_locked_bytes_per_uid, 4 << 20);
+    }
+
+    #[test]
     fn a_vault_lease_source_names_a_vault_source() {
         let dir = tempfile::tempdir().unwrap();
         let lease = |vault: &str| {
@@ -1341,6 +1378,16 @@ mod tests {
                 "[server]",
                 "[cache]\nmin_refresh_interval_secs = 0\n[server]",
                 "cache.min_refresh_interval_secs",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes_per_uid = 0\n[server]",
+                "cache.max_locked_bytes_per_uid",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes = 1048576\nmax_locked_bytes_per_uid = 1048577\n[server]",
+                "cache.max_locked_bytes_per_uid",
             ),
             ("\"files/*\"", "\"files*\"", "allow[0].secrets[0]"),
             ("\"files/*\"", "\"f?les/x\"", "allow[0].secrets[0]"),

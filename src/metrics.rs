@@ -23,16 +23,23 @@ pub enum Rejection {
     SourceBusy,
     /// The caller's uid held its `max_fetches_per_uid` share of the source's fetches (`503`).
     SourceBusyUid,
+    /// The caller's uid's in-flight responses held its `cache.max_locked_bytes_per_uid` (`503`).
+    MemoryBudgetUid,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 2] = [Rejection::SourceBusy, Rejection::SourceBusyUid];
+    const ALL: [Rejection; 3] = [
+        Rejection::SourceBusy,
+        Rejection::SourceBusyUid,
+        Rejection::MemoryBudgetUid,
+    ];
 
     /// The metric's `reason` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::SourceBusy => "source_busy",
             Rejection::SourceBusyUid => "source_busy_uid",
+            Rejection::MemoryBudgetUid => "memory_budget_uid",
         }
     }
 }

@@ -69,6 +69,9 @@ pub enum BrokerError {
     /// The locked-memory budget (`cache.max_locked_bytes`) is spent, even after evictions.
     #[error("the locked-memory budget is spent")]
     MemoryBudget,
+    /// The caller's uid's in-flight responses hold its `cache.max_locked_bytes_per_uid`.
+    #[error("the caller's share of the locked-memory budget is spent")]
+    MemoryBudgetUid,
     /// The source's concurrent fetches and their queue are full.
     #[error("the source is busy")]
     SourceBusy,
@@ -103,6 +106,7 @@ impl BrokerError {
             BrokerError::ShuttingDown
             | BrokerError::MemoryUnavailable
             | BrokerError::MemoryBudget
+            | BrokerError::MemoryBudgetUid
             | BrokerError::SourceBusy
             | BrokerError::SourceStarting
             | BrokerError::LeaseUnavailable => 503,

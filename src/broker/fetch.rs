@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::error::BrokerError;
 use crate::audit::RequestId;
-use crate::cache::{Refresh, Served};
+use crate::cache::{Force, Refresh, Served};
 use crate::rate_limited;
 use crate::source::{Secret, SecretRequest, SourceEntry, SourceError};
 use crate::state::AppState;
@@ -78,9 +78,13 @@ pub(super) async fn cached_fetch(
         }
     };
     let (result, served, refresh) = if force {
+        let force = Force {
+            uid,
+            minted: entry.source.mints(),
+        };
         state
             .cache
-            .refresh_with(request, ttl, generation, fetch)
+            .refresh_with(request, ttl, generation, force, fetch)
             .await
     } else {
         let (result, served) = state.cache.get_with(request, ttl, generation, fetch).await;

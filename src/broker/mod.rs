@@ -29,6 +29,7 @@
 mod audited;
 mod error;
 mod fetch;
+pub(crate) mod held;
 mod reply;
 mod request;
 mod wait;
@@ -150,6 +151,7 @@ pub async fn read(
         aws.expires_at = reply.expires_at;
     }
     if let Ok(reply) = &result {
+        audited.event.refresh = reply.refresh;
         audited.event.expires_in = reply.expires_at.and_then(|at| {
             let left = at.duration_since(audited.event.time).ok()?;
             std::num::NonZeroU32::new(u32::try_from(left.as_secs()).unwrap_or(u32::MAX))
@@ -1256,8 +1258,17 @@ gone = "fake/missing"
                 .unwrap();
             Arc::new(secret)
         };
+        let metrics = crate::metrics::Metrics::default();
+        let holder = reply::Holder {
+            uid: 0,
+            metrics: &metrics,
+        };
         let tag = |secs: u64, format: Format| {
-            etag(&render(&name, fetched(secs), None, format).unwrap().body)
+            etag(
+                &render(&name, fetched(secs), None, format, &holder)
+                    .unwrap()
+                    .body,
+            )
         };
         assert_eq!(tag(1_000, Format::Raw), tag(2_000, Format::Raw));
         assert_ne!(tag(1_000, Format::Json), tag(2_000, Format::Json));

@@ -52,6 +52,8 @@ pub enum ApiError {
     TooManyConnections,
     /// Holding the response would exceed `cache.max_locked_bytes`.
     MemoryBudget,
+    /// The caller's uid's in-flight responses hold its `cache.max_locked_bytes_per_uid`.
+    MemoryBudgetUid,
     /// The source has `max_concurrent_fetches` running and its queue is full or timed out.
     SourceBusy,
     /// An OAuth2 token endpoint refused the agent's token request, with this code.
@@ -83,6 +85,7 @@ impl ApiError {
             ApiError::ShuttingDown
             | ApiError::MemoryUnavailable
             | ApiError::MemoryBudget
+            | ApiError::MemoryBudgetUid
             | ApiError::SourceBusy
             | ApiError::SourceStarting
             | ApiError::LeaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -118,6 +121,7 @@ impl ApiError {
             ApiError::MemoryUnavailable => "memory_unavailable",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::MemoryBudget => "memory_budget",
+            ApiError::MemoryBudgetUid => "memory_budget_uid",
             ApiError::SourceBusy => "source_busy",
             ApiError::TokenRefused(_) => "token_refused",
             ApiError::SourceStarting => "source_starting",
@@ -156,6 +160,11 @@ impl ApiError {
             }
             ApiError::MemoryBudget => {
                 "the agent's locked-memory budget is exhausted; retry later".to_owned()
+            }
+            ApiError::MemoryBudgetUid => {
+                "this user's responses in flight hold its share of the agent's locked memory; \
+                 read them, then retry"
+                    .to_owned()
             }
             ApiError::SourceBusy => {
                 "too many fetches from this source are in flight; retry later".to_owned()
@@ -222,6 +231,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::UpstreamBadReply => ApiError::UpstreamBadReply,
             BrokerError::MemoryUnavailable => ApiError::MemoryUnavailable,
             BrokerError::MemoryBudget => ApiError::MemoryBudget,
+            BrokerError::MemoryBudgetUid => ApiError::MemoryBudgetUid,
             BrokerError::SourceBusy => ApiError::SourceBusy,
             BrokerError::TokenRefused(code) => ApiError::TokenRefused(code),
             BrokerError::SourceStarting => ApiError::SourceStarting,
@@ -279,6 +289,7 @@ mod tests {
             (ApiError::UpstreamBadReply, 502, "upstream_bad_reply"),
             (ApiError::TooManyConnections, 429, "too_many_connections"),
             (ApiError::MemoryBudget, 503, "memory_budget"),
+            (ApiError::MemoryBudgetUid, 503, "memory_budget_uid"),
             (ApiError::SourceBusy, 503, "source_busy"),
             (
                 ApiError::TokenRefused(OAuthError::InvalidClient),
@@ -318,6 +329,7 @@ mod tests {
             BrokerError::UpstreamBadReply,
             BrokerError::MemoryUnavailable,
             BrokerError::MemoryBudget,
+            BrokerError::MemoryBudgetUid,
             BrokerError::SourceBusy,
             BrokerError::TokenRefused(OAuthError::InvalidGrant),
             BrokerError::SourceStarting,

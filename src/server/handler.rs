@@ -35,7 +35,7 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Resp = Response<Full<Bytes>>;
 
-/// What a `?refresh=true` did: `refreshed` or `throttled`.
+/// What a `?refresh=true` did: `refreshed`, `throttled`, or `fresh` (a minted value left alone).
 const REFRESH_HEADER: header::HeaderName = header::HeaderName::from_static("x-credagent-refresh");
 
 /// A request reduced to what serving it takes: its route, and the request itself only for a
@@ -205,6 +205,7 @@ fn secret_response(reply: Reply, spare: header::HeaderMap) -> Resp {
         let value = match refresh {
             Refresh::Done => const { header::HeaderValue::from_static("refreshed") },
             Refresh::Throttled => const { header::HeaderValue::from_static("throttled") },
+            Refresh::Fresh => const { header::HeaderValue::from_static("fresh") },
         };
         headers.insert(REFRESH_HEADER, value);
     }

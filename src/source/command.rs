@@ -49,6 +49,10 @@ pub struct RawCommandSource {
     /// Exit statuses meaning "no such secret" (404).
     #[serde(default)]
     pub not_found_exit_codes: Vec<i32>,
+    /// Every run prints a new value (a token minter): a forced refresh of a fresh one is
+    /// answered from the cache; default false.
+    #[serde(default)]
+    pub minted: bool,
 }
 
 /// A validated `command` source.
@@ -64,6 +68,8 @@ pub struct CommandConfig {
     pub env_passthrough: Vec<String>,
     /// Exit statuses meaning 404.
     pub not_found_exit_codes: Vec<i32>,
+    /// Every run prints a new value.
+    pub minted: bool,
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> Invalid {
@@ -145,6 +151,7 @@ impl RawCommandSource {
             trim_newline: self.trim_newline.unwrap_or(true),
             env_passthrough: self.env_passthrough.clone(),
             not_found_exit_codes: self.not_found_exit_codes.clone(),
+            minted: self.minted,
         })
     }
 }
@@ -185,6 +192,11 @@ pub struct CommandSource {
 }
 
 impl CommandSource {
+    /// Whether every run prints a new value (`minted = true`).
+    pub fn minted(&self) -> bool {
+        self.config.minted
+    }
+
     /// Resolves the program (a bare name through the agent's `PATH`, once, at start).
     pub fn build(config: &CommandConfig) -> Result<CommandSource, ProgramNotFound> {
         let name = config.argv.first().map(String::as_str).unwrap_or_default();

@@ -94,6 +94,16 @@ impl Source {
         }
     }
 
+    /// Whether every fetch mints a new value (an OAuth2 token, a `minted = true` command), so a
+    /// forced refresh of a fresh one is answered from the cache.
+    pub fn mints(&self) -> bool {
+        match self {
+            Source::OAuth2(_) => true,
+            Source::Command(command) => command.minted(),
+            _ => false,
+        }
+    }
+
     /// Rejects selectors this source does not understand, before any fetch.
     pub fn check_selector(&self, selector: &Selector) -> Result<(), &'static str> {
         match self {
