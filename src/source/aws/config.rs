@@ -41,6 +41,9 @@ pub struct RawAwsSource {
     pub max_fetches_per_uid: Option<usize>,
     /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
     pub startup_check: Option<String>,
+    /// Batch concurrent plain reads into `BatchGetSecretValue` / `GetParameters` calls
+    /// (default true; `aws-secretsmanager` and `aws-ssm` only).
+    pub batch: Option<bool>,
 }
 
 /// `[sources.NAME.assume_role]` as written.
@@ -72,6 +75,8 @@ pub struct AwsConfig {
     pub auth: AuthConfig,
     /// `http://` to a host other than loopback was allowed (for tests only).
     pub allow_plain_http: bool,
+    /// Concurrent plain reads are batched (`batch`).
+    pub batch: bool,
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
@@ -152,7 +157,19 @@ impl RawAwsSource {
                 endpoint_url: self.endpoint_url.clone(),
             },
             allow_plain_http: self.allow_plain_http,
+            batch: self.batch.unwrap_or(true),
         })
+    }
+
+    /// `batch` is refused where there is no batch call (`aws-s3`, `aws-credentials`).
+    pub fn refuse_batch(&self, key: &str) -> Result<(), Invalid> {
+        match self.batch {
+            None => Ok(()),
+            Some(_) => Err(invalid(
+                format!("{key}.batch"),
+                "only aws-secretsmanager and aws-ssm sources batch their reads",
+            )),
+        }
     }
 }
 

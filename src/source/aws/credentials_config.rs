@@ -308,6 +308,7 @@ impl RawCredentialsSource {
     /// to the config file's directory.
     pub fn validate(&self, key: &str, config_path: &Path) -> Result<CredentialsConfig, InvalidKey> {
         let aws = self.aws.validate(key, config_path)?;
+        self.aws.refuse_batch(key)?;
         if self.aws.ttl_secs.is_some() {
             return Err(invalid(
                 format!("{key}.ttl_secs"),

@@ -65,6 +65,7 @@ impl RawS3Source {
     /// Validates the section at `key` (`sources.NAME`).
     pub fn validate(&self, key: &str, config_path: &Path) -> Result<S3Config, Invalid> {
         let aws = self.aws.validate(key, config_path)?;
+        self.aws.refuse_batch(key)?;
         let bucket = self.bucket.clone().unwrap_or_default();
         let ok = (3..=63).contains(&bucket.len())
             && bucket
