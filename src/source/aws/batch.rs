@@ -1,7 +1,8 @@
-//! The batcher of the AWS sources' plain reads: distinct misses of one source that arrive within
-//! [`BATCH_WINDOW`] of the first are sent as one backend call (`BatchGetSecretValue`,
-//! `GetParameters`), at most [`BatchCall::MAX`] ids per call, and each waiter gets its own id's
-//! result. It owns the window, the split into calls and the pause after a denied batch call.
+//! The batcher of the AWS sources' plain reads: distinct misses of one source that arrive close
+//! together are sent as one backend call (`BatchGetSecretValue`, `GetParameters`), at most
+//! [`BatchCall::MAX`] ids per call, and each waiter gets its own id's result. A batch goes when
+//! it is full, when no id joined it for the source's window (`batch_window_ms`, default
+//! [`BATCH_WINDOW`]), or [`MAX_WAIT_WINDOWS`] windows after it opened, whichever comes first. It owns the window, the split into calls and the pause after a denied batch call.
 //!
 //! It does not own admission: every waiter has taken its uid's share and its fetch slot
 //! (`SourceEntry::fetch_limited`) before it joins, so a batch never holds more ids than the
@@ -21,8 +22,14 @@ use crate::secure_mem::SecretBytes;
 use crate::source::error::SourceError;
 use crate::source::secret::Secret;
 
-/// How long a batch stays open after its first id arrives (docs/aws.md, "Batched reads").
-pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// The default window: a batch goes once no id joined it for this long (docs/aws.md, "Batched
+/// reads").
+#[cfg(test)]
+const BATCH_WINDOW: Duration = Duration::from_millis(super::config::DEFAULT_BATCH_WINDOW_MS);
+
+/// A batch goes at the latest this many windows after its first id arrived, however many keep
+/// joining.
+pub(crate) const MAX_WAIT_WINDOWS: u32 = 5;
 
 /// After the backend denied a batch call (no `secretsmanager:BatchGetSecretValue` or
 /// `ssm:GetParameters`, or a denial that covers the whole call), reads go one by one for this
@@ -58,14 +65,16 @@ type Waiter = oneshot::Sender<Batched>;
 /// The batch being collected.
 struct Open {
     serial: u64,
+    /// When the last id joined.
+    joined: Instant,
     /// Waiters by id (several readers of one id share its answer).
     waiters: HashMap<String, Vec<Waiter>>,
 }
 
 struct Inner<C> {
     call: C,
-    /// `batch = false`: every read goes alone.
-    enabled: bool,
+    /// `batch_window_ms`; zero: every read goes alone.
+    window: Duration,
     open: Mutex<Option<Open>>,
     next_serial: AtomicU64,
     /// Until when reads go alone after a denied batch call.
@@ -84,12 +93,13 @@ impl<C> std::fmt::Debug for Batcher<C> {
 }
 
 impl<C: BatchCall> Batcher<C> {
-    /// A batcher sending its batches through `call`; when not `enabled`, every read goes alone.
-    pub(crate) fn new(call: C, enabled: bool) -> Self {
+    /// A batcher sending its batches through `call` after `window` (zero: every read goes
+    /// alone).
+    pub(crate) fn new(call: C, window: Duration) -> Self {
         Batcher {
             inner: Arc::new(Inner {
                 call,
-                enabled,
+                window,
                 open: Mutex::new(None),
                 next_serial: AtomicU64::new(0),
                 paused_until: Mutex::new(None),
@@ -99,7 +109,7 @@ impl<C: BatchCall> Batcher<C> {
 
     /// Whether reads go alone now (a batch call was denied less than [`BATCH_PAUSE`] ago).
     fn paused(&self) -> bool {
-        if !self.inner.enabled {
+        if !self.enabled() {
             return true;
         }
         let mut until = lock(&self.inner.paused_until);
@@ -113,9 +123,9 @@ impl<C: BatchCall> Batcher<C> {
         }
     }
 
-    /// Whether reads are batched at all (`batch`).
+    /// Whether reads are batched at all (`batch_window_ms` above 0).
     pub(crate) fn enabled(&self) -> bool {
-        self.inner.enabled
+        !self.inner.window.is_zero()
     }
 
     /// `ids`' answers from batch calls sent at once (no window), at most [`BatchCall::MAX`]
@@ -145,13 +155,15 @@ impl<C: BatchCall> Batcher<C> {
                 None => {
                     let serial = self.inner.next_serial.fetch_add(1, Ordering::Relaxed);
                     let inner = self.inner.clone();
-                    tokio::spawn(async move { inner.send_after_window(serial).await });
+                    tokio::spawn(async move { inner.send_when_due(serial).await });
                     open.insert(Open {
                         serial,
+                        joined: Instant::now(),
                         waiters: HashMap::new(),
                     })
                 }
             };
+            batch.joined = Instant::now();
             batch.waiters.entry(id.to_owned()).or_default().push(tx);
             // A full batch goes at once; the next id opens a new one.
             if batch.waiters.len() >= C::MAX {
@@ -171,9 +183,25 @@ impl<C: BatchCall> Batcher<C> {
 }
 
 impl<C: BatchCall> Inner<C> {
-    /// Sends batch `serial` when its window ends, unless it was sent already (full).
-    async fn send_after_window(self: Arc<Self>, serial: u64) {
-        tokio::time::sleep(BATCH_WINDOW).await;
+    /// Sends batch `serial` once no id joined it for the window or [`MAX_WAIT_WINDOWS`]
+    /// windows after it opened, unless it went already (full).
+    async fn send_when_due(self: Arc<Self>, serial: u64) {
+        let opened = Instant::now();
+        let max_wait = self.window.saturating_mul(MAX_WAIT_WINDOWS);
+        let latest = opened.checked_add(max_wait).unwrap_or(opened);
+        loop {
+            let due = match lock(&self.open).as_ref() {
+                Some(batch) if batch.serial == serial => {
+                    let idle = batch.joined.checked_add(self.window).unwrap_or(latest);
+                    idle.min(latest)
+                }
+                _ => return,
+            };
+            if Instant::now() >= due {
+                break;
+            }
+            tokio::time::sleep_until(due).await;
+        }
         let taken = {
             let mut open = lock(&self.open);
             match open.as_ref() {
@@ -270,13 +298,13 @@ mod tests {
     /// Answers each id with its own name as the value, "missing" ids with NotFound, "unnamed"
     /// ids with no answer; counts its calls and the ids in each; denies every call when `deny`.
     #[derive(Default)]
-    struct Fake {
+    struct Fake<const MAX: usize = 3> {
         calls: Mutex<Vec<usize>>,
         deny: bool,
     }
 
-    impl BatchCall for Arc<Fake> {
-        const MAX: usize = 3;
+    impl<const M: usize> BatchCall for Arc<Fake<M>> {
+        const MAX: usize = M;
         const OPERATION: &'static str = "FakeBatch";
         async fn call(&self, ids: &[String]) -> Result<Answers, SourceError> {
             self.calls.lock().unwrap().push(ids.len());
@@ -323,8 +351,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reads_within_the_window_share_calls_of_at_most_max_ids_and_keep_their_own_answers() {
-        let fake = Arc::new(Fake::default());
-        let batcher = Arc::new(Batcher::new(fake.clone(), true));
+        let fake = Arc::new(Fake::<3>::default());
+        let batcher = Arc::new(Batcher::new(fake.clone(), BATCH_WINDOW));
         let ids = ["a", "a", "b", "missing", "c", "unnamed", "d"];
         let answers = read_all(&batcher, &ids).await;
         // Six distinct ids, three per call.
@@ -344,8 +372,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_read_after_the_window_opens_a_new_batch_and_a_lone_read_goes_alone() {
-        let fake = Arc::new(Fake::default());
-        let batcher = Arc::new(Batcher::new(fake.clone(), true));
+        let fake = Arc::new(Fake::<3>::default());
+        let batcher = Arc::new(Batcher::new(fake.clone(), BATCH_WINDOW));
         read_all(&batcher, &["a", "b"]).await;
         tokio::time::advance(BATCH_WINDOW).await;
         read_all(&batcher, &["c", "d"]).await;
@@ -356,9 +384,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_id_joining_within_the_window_keeps_the_batch_open_up_to_the_longest_wait() {
+        let fake = Arc::new(Fake::<3>::default());
+        let batcher = Arc::new(Batcher::new(fake.clone(), BATCH_WINDOW));
+        let step = BATCH_WINDOW.mul_f64(0.8);
+        let reader = |id: &'static str| {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.get(id).await })
+        };
+        // "b" joins 4 ms after "a": one call.
+        let a = reader("a");
+        tokio::time::advance(step).await;
+        let b = reader("b");
+        assert!(value(&a.await.unwrap()).is_some() && value(&b.await.unwrap()).is_some());
+        assert_eq!(*fake.calls.lock().unwrap(), vec![2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ids_joining_every_4_ms_keep_a_batch_open_no_longer_than_the_longest_wait() {
+        let fake = Arc::new(Fake::<10>::default());
+        let batcher = Arc::new(Batcher::new(fake.clone(), BATCH_WINDOW));
+        let step = BATCH_WINDOW.mul_f64(0.8);
+        let mut tasks = Vec::new();
+        // 0, 4, ... 24 ms: seven ids join; the eighth, at 28 ms, comes after the batch went.
+        for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            let batcher = batcher.clone();
+            tasks.push(tokio::spawn(async move { batcher.get(id).await }));
+            tokio::time::advance(step).await;
+        }
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        assert_eq!(*fake.calls.lock().unwrap(), vec![7]);
+        assert!(matches!(answers[7], Batched::Alone));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn ids_known_together_go_at_once_in_calls_of_at_most_max() {
-        let fake = Arc::new(Fake::default());
-        let batcher = Batcher::new(fake.clone(), true);
+        let fake = Arc::new(Fake::<3>::default());
+        let batcher = Batcher::new(fake.clone(), BATCH_WINDOW);
         let ids: Vec<String> = ["a", "b", "c", "missing", "e"].map(String::from).into();
         let answers = batcher.get_now(&ids).await;
         assert_eq!(*fake.calls.lock().unwrap(), vec![3, 2]);
@@ -371,11 +436,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_denied_batch_call_sends_its_reads_alone_and_pauses_batching() {
-        let fake = Arc::new(Fake {
+        let fake = Arc::new(Fake::<3> {
             deny: true,
             ..Fake::default()
         });
-        let batcher = Arc::new(Batcher::new(fake.clone(), true));
+        let batcher = Arc::new(Batcher::new(fake.clone(), BATCH_WINDOW));
         let answers = read_all(&batcher, &["a", "b"]).await;
         assert!(answers.iter().all(|a| matches!(a, Batched::Alone)));
         // Paused: no batch call at all.
@@ -389,8 +454,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batcher_turned_off_sends_every_read_alone() {
-        let fake = Arc::new(Fake::default());
-        let batcher = Arc::new(Batcher::new(fake.clone(), false));
+        let fake = Arc::new(Fake::<3>::default());
+        let batcher = Arc::new(Batcher::new(fake.clone(), Duration::ZERO));
         let answers = read_all(&batcher, &["a", "b", "c"]).await;
         assert!(answers.iter().all(|a| matches!(a, Batched::Alone)));
         let ids: Vec<String> = ["a", "b"].map(String::from).into();

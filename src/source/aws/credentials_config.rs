@@ -46,7 +46,7 @@ pub struct RawCredentialsSource {
 impl<'de> Deserialize<'de> for RawCredentialsSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
-        let (own, aws) = super::config::split_aws_section(
+        let (own, aws) = super::config::split_unbatched_aws_section(
             deserializer,
             &["roles", "refresh_at_percent", "min_remaining_secs"],
         )?;
@@ -308,7 +308,6 @@ impl RawCredentialsSource {
     /// to the config file's directory.
     pub fn validate(&self, key: &str, config_path: &Path) -> Result<CredentialsConfig, InvalidKey> {
         let aws = self.aws.validate(key, config_path)?;
-        self.aws.refuse_batch(key)?;
         if self.aws.ttl_secs.is_some() {
             return Err(invalid(
                 format!("{key}.ttl_secs"),

@@ -227,7 +227,7 @@ impl AwsSource {
                     operation_timeout: fetch_timeout,
                     calls: calls.clone(),
                 },
-                config.batch,
+                config.batch_window,
             ),
             calls,
             client,
@@ -280,7 +280,7 @@ impl AwsSource {
         Ok(Fetched::New(Secret::new(value, out.version_id.take())))
     }
 
-    /// How many ids one batch call takes; `None` with `batch = false`.
+    /// How many ids one batch call takes; `None` with `batch_window_ms = 0`.
     pub(crate) fn batch_size(&self) -> Option<usize> {
         self.batcher.enabled().then_some(BATCH_MAX)
     }

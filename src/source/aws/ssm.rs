@@ -233,7 +233,7 @@ impl SsmSource {
                     operation_timeout: fetch_timeout,
                     calls: calls.clone(),
                 },
-                config.aws.batch,
+                config.aws.batch_window,
             ),
             calls,
             client,
@@ -242,7 +242,7 @@ impl SsmSource {
         })
     }
 
-    /// How many ids one batch call takes; `None` with `batch = false`.
+    /// How many ids one batch call takes; `None` with `batch_window_ms = 0`.
     pub(crate) fn batch_size(&self) -> Option<usize> {
         self.batcher.enabled().then_some(BATCH_MAX)
     }
@@ -304,6 +304,9 @@ mod tests {
         assert_eq!(cfg.aws.region, "eu-west-1");
         assert_eq!(parse("prefix = \"/prod/\"").unwrap().prefix, "/prod/");
         assert_eq!(parse("prefix = \"\"").unwrap().prefix, "");
+        assert_eq!(cfg.aws.batch_window, Duration::from_millis(5));
+        let off = parse("batch_window_ms = 0").unwrap();
+        assert_eq!(off.aws.batch_window, Duration::ZERO);
         let role = "[assume_role]\nrole_arn = \"arn:aws:iam::210987654321:role/r\"\n";
         assert!(parse(role).unwrap().aws.auth.assume_role.is_some());
         for (extra, key) in [
@@ -313,6 +316,8 @@ mod tests {
             ("bucket = \"x\"", "parse"),
             ("region2 = \"x\"", "parse"),
             ("endpoint_url = \"ftp://x\"", "sources.ssm.endpoint_url"),
+            ("batch_window_ms = 101", "sources.ssm.batch_window_ms"),
+            ("batch_window_ms = -1", "parse"),
         ] {
             assert_eq!(parse(extra).unwrap_err().key, key, "{extra}");
         }
