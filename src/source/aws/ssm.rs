@@ -166,29 +166,37 @@ impl BatchCall for BatchGet {
             .send()
             .await
             .map_err(|e| map_sdk_error("GetParameters", e, self.operation_timeout))?;
-        let mut parameters = out.parameters.unwrap_or_default();
-        let invalid = out.invalid_parameters.unwrap_or_default();
-        let answers = names
-            .iter()
-            .map(|name| {
-                // SECURITY: a parameter answers the name it carries exactly.
-                if let Some(at) = parameters
-                    .iter()
-                    .position(|p| p.name() == Some(name.as_str()))
-                {
-                    return Some(secret_of("GetParameters", parameters.swap_remove(at)));
-                }
-                // The names GetParameters could not find: GetParameter's ParameterNotFound.
-                invalid.contains(name).then_some(Err(SourceError::NotFound))
-            })
-            .collect();
-        for mut parameter in parameters {
-            if let Some(mut text) = parameter.value.take() {
-                zeroize::Zeroize::zeroize(&mut text);
-            }
-        }
-        Ok(answers)
+        Ok(answers(&names, out))
     }
+}
+
+/// Each name's answer in a `GetParameters` reply: the parameter carrying it, `NotFound` for the
+/// names the reply lists as invalid (as `GetParameter`'s `ParameterNotFound`), or `None`.
+fn answers(
+    names: &[String],
+    out: aws_sdk_ssm::operation::get_parameters::GetParametersOutput,
+) -> Answers {
+    let mut parameters = out.parameters.unwrap_or_default();
+    let invalid = out.invalid_parameters.unwrap_or_default();
+    let answers = names
+        .iter()
+        .map(|name| {
+            // SECURITY: a parameter answers the name it carries exactly.
+            if let Some(at) = parameters
+                .iter()
+                .position(|p| p.name() == Some(name.as_str()))
+            {
+                return Some(secret_of("GetParameters", parameters.swap_remove(at)));
+            }
+            invalid.contains(name).then_some(Err(SourceError::NotFound))
+        })
+        .collect();
+    for mut parameter in parameters {
+        if let Some(mut text) = parameter.value.take() {
+            zeroize::Zeroize::zeroize(&mut text);
+        }
+    }
+    answers
 }
 
 /// A parameter's value in secure memory (the SDK's buffer wiped), its version number as the
@@ -321,6 +329,48 @@ mod tests {
         ] {
             assert_eq!(parse(extra).unwrap_err().key, key, "{extra}");
         }
+    }
+
+    #[test]
+    fn a_get_parameters_reply_answers_each_name_with_its_own_value_or_not_found() {
+        use aws_sdk_ssm::operation::get_parameters::GetParametersOutput;
+        use aws_sdk_ssm::types::Parameter;
+        let out = GetParametersOutput::builder()
+            .parameters(
+                Parameter::builder()
+                    .name("/b")
+                    .value("vb")
+                    .version(3)
+                    .build(),
+            )
+            .parameters(
+                Parameter::builder()
+                    .name("/a")
+                    .value("va")
+                    .version(1)
+                    .build(),
+            )
+            .parameters(Parameter::builder().name("/novalue").build())
+            .parameters(Parameter::builder().name("/not-asked").value("x").build())
+            .invalid_parameters("/missing")
+            .build();
+        let names: Vec<String> = ["/a", "/b", "/missing", "/novalue", "/unnamed"]
+            .map(String::from)
+            .into();
+        let got = answers(&names, out);
+        let a = got[0].as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(
+            (a.value.as_slice(), a.version.as_deref()),
+            (&b"va"[..], Some("1"))
+        );
+        let b = got[1].as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(
+            (b.value.as_slice(), b.version.as_deref()),
+            (&b"vb"[..], Some("3"))
+        );
+        assert!(matches!(got[2], Some(Err(SourceError::NotFound))));
+        assert!(matches!(got[3], Some(Err(SourceError::BadReply { .. }))));
+        assert!(got[4].is_none());
     }
 
     #[test]
