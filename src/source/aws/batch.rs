@@ -2,7 +2,9 @@
 //! together are sent as one backend call (`BatchGetSecretValue`, `GetParameters`), at most
 //! [`BatchCall::MAX`] ids per call, and each waiter gets its own id's result. A batch goes when
 //! it is full, when no id joined it for the source's window (`batch_window_ms`, default
-//! [`BATCH_WINDOW`]), or [`MAX_WAIT_WINDOWS`] windows after it opened, whichever comes first. It owns the window, the split into calls and the pause after a denied batch call.
+//! [`super::config::DEFAULT_BATCH_WINDOW_MS`]), or [`MAX_WAIT_WINDOWS`] windows after it opened,
+//! whichever comes first. It owns the window, the split into calls and the pause after a denied
+//! batch call.
 //!
 //! It does not own admission: every waiter has taken its uid's share and its fetch slot
 //! (`SourceEntry::fetch_limited`) before it joins, so a batch never holds more ids than the
@@ -22,8 +24,7 @@ use crate::secure_mem::SecretBytes;
 use crate::source::error::SourceError;
 use crate::source::secret::Secret;
 
-/// The default window: a batch goes once no id joined it for this long (docs/aws.md, "Batched
-/// reads").
+/// The default window, for the tests.
 #[cfg(test)]
 const BATCH_WINDOW: Duration = Duration::from_millis(super::config::DEFAULT_BATCH_WINDOW_MS);
 
