@@ -119,6 +119,65 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
     secret.map(|_| ())
 }
 
+/// Fetches several `[prefetch]` secrets of one source that batches into the cache with one batch
+/// call (`SourceEntry::prefetch_batch`), each stored through the cache's single-flight path as
+/// [`prefetch`] would (no decision, no audit line). Returns the names it did not fetch (its
+/// source is not up or does not batch, or the batch answered no value for them): the caller
+/// prefetches those one by one.
+pub async fn prefetch_batch(state: &AppState, names: &[SecretName]) -> Vec<SecretName> {
+    if state.shutting_down() {
+        return names.to_vec();
+    }
+    let runtime = state.current_runtime();
+    let (mut batched, mut rest) = (Vec::new(), Vec::new());
+    let mut entry: Option<&Arc<SourceEntry>> = None;
+    for name in names {
+        match validate(&runtime, name, &Selector::default()) {
+            Ok(e) if entry.is_none_or(|first| Arc::ptr_eq(first, e)) => {
+                entry = Some(e);
+                batched.push(name);
+            }
+            _ => rest.push(name.clone()),
+        }
+    }
+    let Some(entry) = entry else {
+        return rest;
+    };
+    let ids: Vec<String> = batched.iter().map(|n| n.id().to_owned()).collect();
+    let Some(answers) = entry.prefetch_batch(&ids, &state.metrics).await else {
+        rest.extend(batched.into_iter().cloned());
+        return rest;
+    };
+    if let Some(first) = batched.first() {
+        let fetches = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        state
+            .metrics
+            .source(first.source())
+            .fetches
+            .fetch_add(fetches, std::sync::atomic::Ordering::Relaxed);
+    }
+    for (name, answer) in batched.into_iter().zip(answers) {
+        let Some(secret) = answer else {
+            rest.push(name.clone());
+            continue;
+        };
+        let request = SecretRequest {
+            name: name.clone(),
+            selector: Selector::default(),
+        };
+        // A value cached or being fetched meanwhile wins; this one is then dropped (wiped).
+        let fill = move || move |_, _| async move { Ok(crate::source::Fetched::New(secret)) };
+        let (stored, _) = state
+            .cache
+            .get_with(&request, entry.ttl, runtime.generation, fill)
+            .await;
+        if stored.is_err() {
+            rest.push(name.clone());
+        }
+    }
+    rest
+}
+
 /// Reads a secret for `caller`: at once, or — with `wait` and an `if_none_match` that is still
 /// current — once the served bytes differ, else `not_modified` at the deadline. One audit line
 /// whatever the wait (`"action":"refresh"` for a forced re-fetch).
@@ -545,6 +604,7 @@ pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerErr
             .render(state.cache.len(), locked_bytes(), mapped_bytes());
         // vault-lease: counters and seconds left per profile.
         crate::source::vault::lease_metrics::render(&state.runtime().sources, &mut text);
+        crate::source::aws::calls::render(&state.runtime().sources, &mut text);
         Ok(text)
     })();
     audited.finish(result)

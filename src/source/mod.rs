@@ -277,6 +277,18 @@ impl Source {
     }
 }
 
+impl Source {
+    /// How many ids one batch call of this source takes; `None` for a source that does not
+    /// batch (docs/aws.md, "Batched reads").
+    pub fn batch_size(&self) -> Option<usize> {
+        match self {
+            Source::Aws(s) => s.batch_size(),
+            Source::AwsSsm(s) => s.batch_size(),
+            _ => None,
+        }
+    }
+}
+
 /// A source with the settings the cache and server apply to it.
 #[derive(Debug)]
 pub struct SourceEntry {
@@ -314,6 +326,44 @@ impl SourceEntry {
             .await
             .inspect_err(|_| metrics.reject(crate::metrics::Rejection::SourceBusy))?;
         self.source.fetch(request, previous).await
+    }
+}
+
+impl SourceEntry {
+    /// `[prefetch]` of `ids` (at most [`Source::batch_size`]) in one batch call, under one fetch
+    /// slot and the fetch timeout (the agent's own fetches take no uid's share): each id's value,
+    /// or `None` to prefetch it alone (its own error, no answer, a denied or failed call).
+    /// `None` when the source does not batch.
+    pub(crate) async fn prefetch_batch(
+        &self,
+        ids: &[String],
+        metrics: &crate::metrics::Metrics,
+    ) -> Option<Vec<Option<Secret>>> {
+        let batch: std::pin::Pin<Box<dyn Future<Output = Vec<aws::batch::Batched>> + Send + '_>> =
+            match &self.source {
+                Source::Aws(s) => Box::pin(s.fetch_batch(ids)),
+                Source::AwsSsm(s) => Box::pin(s.fetch_batch(ids)),
+                _ => return None,
+            };
+        let queue_wait = self.fetch_timeout.checked_div(2).unwrap_or_default();
+        let answers = match self.limit.acquire(queue_wait).await {
+            Ok(_permit) => tokio::time::timeout(self.fetch_timeout, batch)
+                .await
+                .unwrap_or_default(),
+            Err(_) => {
+                metrics.reject(crate::metrics::Rejection::SourceBusy);
+                Vec::new()
+            }
+        };
+        let mut answers = answers.into_iter();
+        Some(
+            ids.iter()
+                .map(|_| match answers.next() {
+                    Some(aws::batch::Batched::Done(Ok(secret))) => Some(secret),
+                    _ => None,
+                })
+                .collect(),
+        )
     }
 }
 

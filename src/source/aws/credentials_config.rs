@@ -46,7 +46,7 @@ pub struct RawCredentialsSource {
 impl<'de> Deserialize<'de> for RawCredentialsSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
-        let (own, aws) = super::config::split_aws_section(
+        let (own, aws) = super::config::split_unbatched_aws_section(
             deserializer,
             &["roles", "refresh_at_percent", "min_remaining_secs"],
         )?;
