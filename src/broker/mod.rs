@@ -50,6 +50,7 @@ use fetch::{Target, cached_fetch, caller_session};
 pub use reply::{Reply, ReplyKind};
 use reply::{View, current, text_kind};
 pub use request::{Caller, CredentialRequest, Format, ReadRequest};
+pub use wait::Hangup;
 
 /// SECURITY: bytes of the request came from a process other than the one whose identity the
 /// connection carries: refuse before anything else, whatever was asked.
@@ -131,6 +132,17 @@ pub async fn read(
     caller: Caller<'_>,
     request: &ReadRequest,
 ) -> Result<Reply, BrokerError> {
+    read_watched(state, caller, request, &wait::NeverHangsUp).await
+}
+
+/// [`read`], whose wait (with `?wait=`) also ends when `hangup` says the client is gone:
+/// [`BrokerError::ClientGone`], audited, counted in `credagent_waits_abandoned_total`.
+pub async fn read_watched(
+    state: &AppState,
+    caller: Caller<'_>,
+    request: &ReadRequest,
+    hangup: &dyn Hangup,
+) -> Result<Reply, BrokerError> {
     // Every local that lives across the await is stored in this future, which hyper moves on
     // every request: the request is borrowed, and the checks are a plain function.
     let action = if request.refresh { "refresh" } else { "read" };
@@ -145,7 +157,15 @@ pub async fn read(
         // The common read: no clock, no subscription, and a small future.
         None => read_now(state, caller, request, &view, &mut audited).await,
         // Boxed: its timers and subscription would otherwise size every read's future.
-        Some(wait) => Box::pin(wait_read(state, caller, request, &view, wait, &mut audited)).await,
+        Some(wait) => {
+            let waiting = WaitRead {
+                request,
+                view: &view,
+                wait,
+                hangup,
+            };
+            Box::pin(wait_read(state, caller, waiting, &mut audited)).await
+        }
     };
     if let (Ok(reply), Some(aws)) = (&result, audited.event.aws.as_mut()) {
         aws.expires_at = reply.expires_at;
@@ -190,13 +210,17 @@ async fn read_now(
 async fn wait_read(
     state: &AppState,
     caller: Caller<'_>,
-    request: &ReadRequest,
-    view: &View<'_>,
-    wait: std::time::Duration,
+    waiting: WaitRead<'_>,
     audited: &mut Audited<'_>,
 ) -> Result<Reply, BrokerError> {
+    let WaitRead {
+        request,
+        view,
+        wait,
+        hangup,
+    } = waiting;
     let secret = &request.secret;
-    let mut waiter = wait::Waiter::new(state, secret, wait, request.refresh);
+    let mut waiter = wait::Waiter::new(state, secret, wait, request.refresh, hangup);
     let mut admitted_before = false;
     loop {
         let force = waiter.start_read();
@@ -209,10 +233,29 @@ async fn wait_read(
         let Some(reply) = read.run(force, audited, &mut admitted_before).await? else {
             continue;
         };
-        if !reply.not_modified || !waiter.sleep().await {
+        if !reply.not_modified {
             return Ok(reply);
         }
+        match waiter.sleep().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(reply),
+            Err(gone) => {
+                state
+                    .metrics
+                    .waits_abandoned
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(gone);
+            }
+        }
     }
+}
+
+/// What a `?wait=` read waits with.
+struct WaitRead<'a> {
+    request: &'a ReadRequest,
+    view: &'a View<'a>,
+    wait: std::time::Duration,
+    hangup: &'a dyn Hangup,
 }
 
 /// One look-up of a read under the runtime in force.

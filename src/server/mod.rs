@@ -17,6 +17,7 @@ mod bind;
 pub mod creds;
 pub mod error;
 pub mod handler;
+mod hangup;
 pub mod idle;
 pub mod route;
 pub mod runtime;
@@ -511,6 +512,7 @@ async fn serve_connection(
         refuse(stream, write_timeout, &admission.lingering).await;
         return;
     };
+    let hangup = hangup::PeerWatch::new(&stream);
     let (stream, taint) = sender::CheckedStream::new(stream, sender::Connector::of(&identity));
     let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
     let metrics = state.metrics.clone();
@@ -520,6 +522,7 @@ async fn serve_connection(
         identity,
         taint,
         activity: Arc::new(idle::Activity::default()),
+        hangup,
     });
     let service = {
         let connection = connection.clone();

@@ -1,0 +1,118 @@
+//! Whether a connection's client has hung up, told to the broker while a `?wait=` read waits
+//! (`broker::Hangup`), so the wait ends and the uid's connection slot is freed at once.
+//!
+//! hyper reads nothing while a response is pending (and with `half_close` a client's shutdown of
+//! its write side is no hang-up), so the socket is watched on its own: a copy of its descriptor
+//! (made at accept), copied again and registered with the runtime only while a read waits, with
+//! readiness of its own (the connection's is left alone). The kernel raises `EPOLLHUP` on a Unix stream socket once the
+//! peer has closed it altogether (both directions); a half-close or bytes of a next request wake
+//! the watch, which finds no hang-up and waits for the next event.
+
+use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+
+use crate::broker::Hangup;
+
+/// The watch of one connection: a copy of its descriptor (never read from or written to).
+#[derive(Debug)]
+pub(super) struct PeerWatch {
+    /// `None` when the copy could not be made: waits then run to their deadline.
+    fd: Option<OwnedFd>,
+}
+
+impl PeerWatch {
+    /// Watches `stream`'s peer.
+    pub(super) fn new(stream: &UnixStream) -> Self {
+        let fd = match stream.as_fd().try_clone_to_owned() {
+            Ok(fd) => Some(fd),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot copy a connection's descriptor; its waits will not see a hang-up");
+                None
+            }
+        };
+        PeerWatch { fd }
+    }
+
+    /// Resolves once the peer has closed the connection; never when that cannot be watched.
+    async fn closed(&self) {
+        let Some(watch) = self.register() else {
+            return std::future::pending().await;
+        };
+        loop {
+            // Writable readiness, not readable: tokio reports `EPOLLHUP` as write-closed, and
+            // keeps a half-close's read-closed for good, so a readable wait would return at once
+            // ever after. A next request's bytes still wake this once (epoll reports the whole
+            // mask), which finds no hang-up and waits for the next event.
+            let Ok(ready) = watch.ready(Interest::WRITABLE).await else {
+                return std::future::pending().await;
+            };
+            if ready.is_write_closed() {
+                return;
+            }
+            // Clears this copy's writable readiness (its own; the connection's is untouched) so
+            // the next wait is for a new event. Readiness that came after this one is kept.
+            let _ = watch.try_io(Interest::WRITABLE, || {
+                Err::<(), _>(std::io::Error::from(std::io::ErrorKind::WouldBlock))
+            });
+        }
+    }
+
+    /// A new copy of the descriptor, registered with the runtime for as long as one wait
+    /// lasts; `None` when it cannot be made.
+    fn register(&self) -> Option<UnixStream> {
+        let fd = self.fd.as_ref()?.try_clone().ok()?;
+        // The copy shares the connection's open file, which is non-blocking already.
+        UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)).ok()
+    }
+}
+
+impl Hangup for PeerWatch {
+    fn hung_up(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(self.closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    async fn hangs_up_within(watch: &PeerWatch, limit: Duration) -> bool {
+        tokio::time::timeout(limit, watch.hung_up()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_closed_peer_is_seen_and_a_half_closed_or_talking_one_is_not() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        let watch = PeerWatch::new(&server);
+        assert!(!hangs_up_within(&watch, Duration::from_millis(100)).await);
+        // Bytes of a next request, then a shutdown of the client's write side: still there.
+        client
+            .write_all(b"GET /next HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(!hangs_up_within(&watch, Duration::from_millis(100)).await);
+        client.shutdown().await.unwrap();
+        assert!(!hangs_up_within(&watch, Duration::from_millis(100)).await);
+        // A watch that is waiting sees the close when it happens.
+        let waiting =
+            tokio::spawn(async move { hangs_up_within(&watch, Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(client);
+        assert!(waiting.await.unwrap());
+        drop(server);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closed_before_the_watch_began_is_seen() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let watch = PeerWatch::new(&server);
+        drop(client);
+        assert!(hangs_up_within(&watch, Duration::from_secs(1)).await);
+    }
+}
