@@ -180,3 +180,101 @@ fn a_stopped_render_watch_frees_its_slot_within_a_second() {
     );
     assert_eq!(agent.metric("credagent_waits_abandoned_total "), 1.0);
 }
+
+/// Opens `argv[2]` connections, each sending a health request it never reads the answer of,
+/// prints `held`, and keeps them open until stdin closes.
+const HOLD_MANY: &str = r#"
+import socket, sys, time
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect(sys.argv[1])
+        s.send(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    except OSError:
+        pass
+    held.append(s)
+time.sleep(0.5)
+print("held", flush=True)
+sys.stdin.read()
+"#;
+
+/// One `argv[2]` request for `argv[3]` on a fresh connection; prints its status, or `timeout`
+/// when none came within 5 s (the connection waited in the backlog).
+const ONE_REQUEST: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(("%s %s HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % (sys.argv[2], sys.argv[3])).encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    print(data.split(b" ")[1].decode(), flush=True)
+except socket.timeout:
+    print("timeout", flush=True)
+"#;
+
+/// The status `uid` gets for `method path`, or `timeout`.
+fn status_as(uid: u32, agent: &Agent, method: &str, path: &str) -> String {
+    let socket = agent.socket.to_str().unwrap();
+    let mut client = python_as(uid, ONE_REQUEST, &[socket, method, path]);
+    let status = first_line(&mut client);
+    assert!(client.wait().unwrap().success());
+    status
+}
+
+const SLOTS: &str =
+    "max_connections = 8\nmax_connections_per_uid = 4\nmax_operator_connections = 4";
+
+#[test]
+fn root_opening_many_connections_does_not_stop_another_uids_read() {
+    let dir = TestDir::new();
+    dir.secret("x", b"value-x");
+    let agent = Agent::start(&dir, &config(SLOTS));
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    let mut flood = python_as(0, HOLD_MANY, &[&socket, "30"]);
+    assert_eq!(first_line(&mut flood), "held");
+    // The other uid's read is served.
+    assert_eq!(
+        status_as(ATTACKER, &agent, "GET", "/v1/secrets/files/x"),
+        "200"
+    );
+    // The operator's own slots are full: its next connection is refused like anyone's.
+    assert_eq!(status_as(0, &agent, "GET", "/v1/health"), "429");
+    let lines = agent.audit_reads("files/x");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["uid"] == ATTACKER && l["status"] == 200),
+        "{lines:?}"
+    );
+    drop(flood.stdin.take());
+    assert!(flood.wait().unwrap().success());
+}
+
+#[test]
+fn an_attacker_flooding_connections_does_not_stop_an_operators_metrics_and_flush() {
+    let dir = TestDir::new();
+    dir.secret("x", b"value-x");
+    let agent = Agent::start(&dir, &config(SLOTS));
+    let socket = agent.socket.to_str().unwrap().to_owned();
+    let mut flood = python_as(ATTACKER, HOLD_MANY, &[&socket, "30"]);
+    assert_eq!(first_line(&mut flood), "held");
+    // The attacker holds its share and is refused past it.
+    assert_eq!(
+        status_as(ATTACKER, &agent, "GET", "/v1/secrets/files/x"),
+        "429"
+    );
+    // The operator is served.
+    assert_eq!(status_as(0, &agent, "GET", "/v1/metrics"), "200");
+    assert_eq!(status_as(0, &agent, "POST", "/v1/cache/flush"), "200");
+    assert!(agent.metric("credagent_connections_rejected_total ") > 0.0);
+    drop(flood.stdin.take());
+    assert!(flood.wait().unwrap().success());
+}
