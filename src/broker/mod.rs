@@ -1064,6 +1064,60 @@ gone = "fake/missing"
         );
     }
 
+    /// A client that hangs up at this instant (and stays gone).
+    struct HangsUpAt(tokio::time::Instant);
+
+    impl Hangup for HangsUpAt {
+        fn hung_up(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(tokio::time::sleep_until(self.0))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_whose_client_hangs_up_ends_then_audited_client_gone() {
+        let mut fx = Fixture::new();
+        let peer = peer(1000, None);
+        let caller = Caller {
+            peer: &peer,
+            sender_is_connector: true,
+        };
+        let plain = read_request("fake/ok/a", Selector::default(), None);
+        let first = read(&fx.state, caller, &plain).await.unwrap();
+        let etag = String::from_utf8(first.etag.clone().unwrap().to_vec()).unwrap();
+        let waiting = ReadRequest {
+            if_none_match: Some(etag),
+            wait: Some(Duration::from_secs(300)),
+            ..plain
+        };
+        let started = tokio::time::Instant::now();
+        let got = read_watched(
+            &fx.state,
+            caller,
+            &waiting,
+            &HangsUpAt(started + Duration::from_secs(2)),
+        )
+        .await;
+        assert_eq!(got.unwrap_err(), BrokerError::ClientGone);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        let lines = fx.lines();
+        let line = &lines[1];
+        assert_eq!(
+            (line.status, line.reason, line.decision),
+            (499, Some("client_gone"), "allow")
+        );
+        assert_eq!(
+            fx.state
+                .metrics
+                .waits_abandoned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
     #[tokio::test]
     async fn credential_table() {
         // uid, unit, unit claimed, credential id, answer, audit reason
