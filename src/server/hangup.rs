@@ -82,8 +82,19 @@ mod tests {
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
 
+    /// Whether the watch resolves within `limit`; panics if it was polled more than a few times
+    /// meanwhile (a watch that spins on readiness that stays set yields to the runtime's budget
+    /// again and again, and is polled thousands of times).
     async fn hangs_up_within(watch: &PeerWatch, limit: Duration) -> bool {
-        tokio::time::timeout(limit, watch.hung_up()).await.is_ok()
+        let mut polls = 0u32;
+        let mut gone = watch.hung_up();
+        let counted = std::future::poll_fn(|cx| {
+            polls += 1;
+            gone.as_mut().poll(cx)
+        });
+        let seen = tokio::time::timeout(limit, counted).await.is_ok();
+        assert!(polls <= 5, "the watch was polled {polls} times");
+        seen
     }
 
     #[tokio::test]
