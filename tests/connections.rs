@@ -88,9 +88,16 @@ fn an_attacker_filling_its_slots_with_waits_and_hanging_up_gets_its_slots_back_w
     let etag = agent.secret("files/x").header("etag").unwrap().to_owned();
     let socket = agent.socket.to_str().unwrap().to_owned();
     let mut client = python_as(ATTACKER, WAIT_AND_LEAVE, &[&socket, &etag, "4"]);
+    // One reader for both lines: a second `first_line` would lose what the first read ahead.
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        line.trim().to_owned()
+    };
     // While the four waits hold the uid's four slots, its next read is refused.
-    assert_eq!(first_line(&mut client), "full 429");
-    let after = first_line(&mut client);
+    assert_eq!(line(), "full 429");
+    let after = line();
     assert!(client.wait().unwrap().success());
     let (status, waited) = after
         .strip_prefix("after ")

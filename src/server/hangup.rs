@@ -2,39 +2,33 @@
 //! (`broker::Hangup`), so the wait ends and the uid's connection slot is freed at once.
 //!
 //! hyper reads nothing while a response is pending (and with `half_close` a client's shutdown of
-//! its write side is no hang-up), so the socket is watched on its own: a copy of its descriptor
-//! (made at accept), copied again and registered with the runtime only while a read waits, with
-//! readiness of its own (the connection's is left alone). The kernel raises `EPOLLHUP` on a Unix stream socket once the
+//! its write side is no hang-up), so the socket is watched on its own: a copy of its descriptor,
+//! made and registered with the runtime only while a read waits, with readiness of its own (the
+//! connection's is left alone). The kernel raises `EPOLLHUP` on a Unix stream socket once the
 //! peer has closed it altogether (both directions); a half-close or bytes of a next request wake
 //! the watch, which finds no hang-up and waits for the next event.
 
 use std::future::Future;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 use crate::broker::Hangup;
 
-/// The watch of one connection: a copy of its descriptor (never read from or written to).
+/// The watch of one connection: its socket, shared with the connection's stream (never read
+/// from or written to here).
 #[derive(Debug)]
 pub(super) struct PeerWatch {
-    /// `None` when the copy could not be made: waits then run to their deadline.
-    fd: Option<OwnedFd>,
+    socket: Arc<UnixStream>,
 }
 
 impl PeerWatch {
-    /// Watches `stream`'s peer.
-    pub(super) fn new(stream: &UnixStream) -> Self {
-        let fd = match stream.as_fd().try_clone_to_owned() {
-            Ok(fd) => Some(fd),
-            Err(err) => {
-                tracing::debug!(error = %err, "cannot copy a connection's descriptor; its waits will not see a hang-up");
-                None
-            }
-        };
-        PeerWatch { fd }
+    /// Watches the peer of `socket`.
+    pub(super) fn new(socket: Arc<UnixStream>) -> Self {
+        PeerWatch { socket }
     }
 
     /// Resolves once the peer has closed the connection; never when that cannot be watched.
@@ -61,10 +55,16 @@ impl PeerWatch {
         }
     }
 
-    /// A new copy of the descriptor, registered with the runtime for as long as one wait
-    /// lasts; `None` when it cannot be made.
+    /// A copy of the socket's descriptor, registered with the runtime for as long as one wait
+    /// lasts (so an idle connection costs no second descriptor); `None` when it cannot be made.
     fn register(&self) -> Option<UnixStream> {
-        let fd = self.fd.as_ref()?.try_clone().ok()?;
+        let fd = match self.socket.as_fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot copy a connection's descriptor; its wait will not see a hang-up");
+                return None;
+            }
+        };
         // The copy shares the connection's open file, which is non-blocking already.
         UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)).ok()
     }
@@ -100,7 +100,8 @@ mod tests {
     #[tokio::test]
     async fn a_closed_peer_is_seen_and_a_half_closed_or_talking_one_is_not() {
         let (mut client, server) = UnixStream::pair().unwrap();
-        let watch = PeerWatch::new(&server);
+        let server = Arc::new(server);
+        let watch = PeerWatch::new(server.clone());
         assert!(!hangs_up_within(&watch, Duration::from_millis(100)).await);
         // Bytes of a next request, then a shutdown of the client's write side: still there.
         client
@@ -122,7 +123,8 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_closed_before_the_watch_began_is_seen() {
         let (client, server) = UnixStream::pair().unwrap();
-        let watch = PeerWatch::new(&server);
+        let server = Arc::new(server);
+        let watch = PeerWatch::new(server.clone());
         drop(client);
         assert!(hangs_up_within(&watch, Duration::from_secs(1)).await);
     }

@@ -438,8 +438,8 @@ async fn serve_connection(
         refuse(stream, write_timeout, admission.lingering()).await;
         return;
     };
-    let hangup = hangup::PeerWatch::new(&stream);
     let (stream, taint) = sender::CheckedStream::new(stream, sender::Connector::of(&identity));
+    let hangup = hangup::PeerWatch::new(stream.socket());
     let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
     let metrics = state.metrics.clone();
     // One shared context per connection: a request clones one `Arc`, not four.
