@@ -4,7 +4,7 @@
 //! connections, counted apart; every other caller holds at most `max_connections_per_uid` per
 //! uid and all of them together at most `max_connections`. Neither pool can take the other's
 //! slots: a root process flooding the socket leaves other users their reads, and a user
-//! flooding it leaves operators their reload, flush and metrics.
+//! flooding it leaves operators their health, flush and metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -8,7 +8,7 @@
 //! that a connection is answered `429 too_many_connections` (in reply to its request head, awaited
 //! for at most a second without holding a slot) and closed. uid 0 and admin peers have
 //! `max_operator_connections` slots of their own instead (`admission`), so an operator can always
-//! reach health, reload, flush and metrics, and cannot take the others' slots. A client that hangs
+//! reach health, flush and metrics, and cannot take the others' slots. A client that hangs
 //! up while its read waits frees its slot at once (`hangup`). Writes are bounded by
 //! `write_timeout` (`write_timeout`).
 
