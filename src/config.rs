@@ -130,6 +130,9 @@ pub struct RawServer {
     pub max_connections: usize,
     /// Connections one uid may hold (default: a quarter of `max_connections`).
     pub max_connections_per_uid: Option<usize>,
+    /// Connections uid 0 and admin peers may hold, apart from every other caller's.
+    #[serde(default = "default_max_operator_connections")]
+    pub max_operator_connections: usize,
     /// A write that makes no progress this long closes the connection.
     #[serde(default = "default_write_timeout")]
     pub write_timeout_secs: u64,
@@ -147,6 +150,9 @@ fn default_socket_mode() -> String {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_operator_connections() -> usize {
+    16
 }
 fn default_shutdown_timeout() -> u64 {
     10
@@ -396,6 +402,8 @@ pub struct ServerConfig {
     pub max_connections: NonZeroUsize,
     /// Connections one uid may hold (uid 0 and admin peers are not counted against it).
     pub max_connections_per_uid: NonZeroUsize,
+    /// Connections uid 0 and admin peers hold at most, counted apart from the others'.
+    pub max_operator_connections: NonZeroUsize,
     /// A write that makes no progress this long closes the connection.
     pub write_timeout: Duration,
     /// Drain bound on shutdown.
@@ -700,6 +708,14 @@ impl RawServer {
                     )
                 })?,
         };
+        let max_operator_connections = NonZeroUsize::new(self.max_operator_connections)
+            .filter(|n| n.get() <= 65_536)
+            .ok_or_else(|| {
+                ctx.invalid(
+                    "server.max_operator_connections",
+                    "must be between 1 and 65536",
+                )
+            })?;
         let write_timeout = secs(
             ctx,
             "server.write_timeout_secs",
@@ -720,6 +736,7 @@ impl RawServer {
             socket_group,
             max_connections,
             max_connections_per_uid,
+            max_operator_connections,
             write_timeout,
             shutdown_timeout,
             creds_socket: self.creds_socket,

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     /// Connections closed because a write made no progress within `write_timeout_secs`.
     pub write_timeouts: AtomicU64,
+    /// `?wait=` reads ended early because their client hung up.
+    pub waits_abandoned: AtomicU64,
     /// Container-credentials requests with a missing, unknown or expired token, or one presented
     /// from another uid's socket (`exec --aws`).
     pub aws_container_bad_tokens: AtomicU64,
@@ -199,6 +201,11 @@ impl Metrics {
                 "credagent_write_timeouts_total",
                 "Connections closed because a write made no progress in time.",
                 &self.write_timeouts,
+            ),
+            (
+                "credagent_waits_abandoned_total",
+                "Waiting reads ended early because their client hung up.",
+                &self.waits_abandoned,
             ),
             (
                 "credagent_aws_container_bad_tokens_total",

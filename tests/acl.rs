@@ -157,9 +157,10 @@ fn a_caller_that_exits_before_it_is_served_gets_no_exe_identity() {
     );
     let agent = Agent::start(&dir, &config);
 
-    // Occupy every connection slot (answered, so accepted): the only general one and the
-    // operator reserve, so the next caller waits in the backlog.
-    let holder = common::hold_connections(&agent.socket, 1 + common::OPERATOR_RESERVE);
+    // Occupy every connection slot (answered, so accepted): the operators' (as root) and the
+    // only general one (as another uid), so the next caller waits in the backlog.
+    let holder = common::hold_connections(&agent.socket, common::MAX_OPERATOR_CONNECTIONS);
+    let mut general = common::hold_connection_as(65533, &agent.socket);
     // A caller that has connected and sent its request says so, then waits to be killed.
     let script = r#"
 import socket, sys, time
@@ -186,6 +187,8 @@ time.sleep(600)
     assert_eq!(line.trim(), "connected");
     caller.kill().unwrap();
     caller.wait().unwrap();
+    // The general slot is freed, so the caller, accepted now, is served in it.
+    common::kill_group(&mut general);
     drop(holder);
 
     assert!(common::wait_until(

@@ -84,6 +84,9 @@ pub enum BrokerError {
     /// A `vault-lease` profile's lease lapsed (or none was ever obtained) and Vault gave no new one.
     #[error("no valid lease")]
     LeaseUnavailable,
+    /// The client of a waiting read hung up before its answer was due.
+    #[error("the client hung up while its read waited")]
+    ClientGone,
 }
 
 impl BrokerError {
@@ -115,6 +118,8 @@ impl BrokerError {
             | BrokerError::UpstreamBadReply
             | BrokerError::TokenRefused(_) => 502,
             BrokerError::UpstreamTimeout => 504,
+            // Nobody reads it: the number the audit trail (and nginx) give a closed request.
+            BrokerError::ClientGone => 499,
         }
     }
 
@@ -125,6 +130,7 @@ impl BrokerError {
             BrokerError::Revoked => Some("revoked"),
             BrokerError::NotRoot => Some("not_root"),
             BrokerError::UnitMismatch => Some("unit_mismatch"),
+            BrokerError::ClientGone => Some("client_gone"),
             _ => None,
         }
     }

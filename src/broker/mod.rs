@@ -50,6 +50,7 @@ use fetch::{Target, cached_fetch};
 pub use reply::{Reply, ReplyKind};
 use reply::{View, current, text_kind};
 pub use request::{Caller, CredentialRequest, Format, ReadRequest};
+pub use wait::Hangup;
 
 /// SECURITY: bytes of the request came from a process other than the one whose identity the
 /// connection carries: refuse before anything else, whatever was asked.
@@ -190,6 +191,17 @@ pub async fn read(
     caller: Caller<'_>,
     request: &ReadRequest,
 ) -> Result<Reply, BrokerError> {
+    read_watched(state, caller, request, &wait::NeverHangsUp).await
+}
+
+/// [`read`], whose wait (with `?wait=`) also ends when `hangup` says the client is gone:
+/// [`BrokerError::ClientGone`], audited, counted in `credagent_waits_abandoned_total`.
+pub async fn read_watched(
+    state: &AppState,
+    caller: Caller<'_>,
+    request: &ReadRequest,
+    hangup: &dyn Hangup,
+) -> Result<Reply, BrokerError> {
     // Every local that lives across the await is stored in this future, which hyper moves on
     // every request: the request is borrowed, and the checks are a plain function.
     let action = if request.refresh { "refresh" } else { "read" };
@@ -204,7 +216,15 @@ pub async fn read(
         // The common read: no clock, no subscription, and a small future.
         None => read_now(state, caller, request, &view, &mut audited).await,
         // Boxed: its timers and subscription would otherwise size every read's future.
-        Some(wait) => Box::pin(wait_read(state, caller, request, &view, wait, &mut audited)).await,
+        Some(wait) => {
+            let waiting = WaitRead {
+                request,
+                view: &view,
+                wait,
+                hangup,
+            };
+            Box::pin(wait_read(state, caller, waiting, &mut audited)).await
+        }
     };
     if let (Ok(reply), Some(aws)) = (&result, audited.event.aws.as_mut()) {
         aws.expires_at = reply.expires_at;
@@ -250,13 +270,17 @@ async fn read_now(
 async fn wait_read(
     state: &AppState,
     caller: Caller<'_>,
-    request: &ReadRequest,
-    view: &View<'_>,
-    wait: std::time::Duration,
+    waiting: WaitRead<'_>,
     audited: &mut Audited<'_>,
 ) -> Result<Reply, BrokerError> {
+    let WaitRead {
+        request,
+        view,
+        wait,
+        hangup,
+    } = waiting;
     let secret = &request.secret;
-    let mut waiter = wait::Waiter::new(state, secret, wait, request.refresh);
+    let mut waiter = wait::Waiter::new(state, secret, wait, request.refresh, hangup);
     let mut admitted_before = false;
     loop {
         let force = waiter.start_read();
@@ -269,10 +293,29 @@ async fn wait_read(
         let Some(reply) = read.run(force, audited, &mut admitted_before).await? else {
             continue;
         };
-        if !reply.not_modified || !waiter.sleep().await {
+        if !reply.not_modified {
             return Ok(reply);
         }
+        match waiter.sleep().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(reply),
+            Err(gone) => {
+                state
+                    .metrics
+                    .waits_abandoned
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(gone);
+            }
+        }
     }
+}
+
+/// What a `?wait=` read waits with.
+struct WaitRead<'a> {
+    request: &'a ReadRequest,
+    view: &'a View<'a>,
+    wait: std::time::Duration,
+    hangup: &'a dyn Hangup,
 }
 
 /// One look-up of a read under the runtime in force.
@@ -604,7 +647,11 @@ pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerErr
             .render(state.cache.len(), locked_bytes(), mapped_bytes());
         // vault-lease: counters and seconds left per profile.
         crate::source::vault::lease_metrics::render(&state.runtime().sources, &mut text);
-        crate::source::aws::calls::render(&state.runtime().sources, &mut text);
+        let sources = &state.runtime().sources;
+        let counted = sources
+            .iter()
+            .filter_map(|(name, entry)| Some((name.as_str(), entry.source.call_counts()?)));
+        crate::source::aws::calls::render(counted, &mut text);
         Ok(text)
     })();
     audited.finish(result)
@@ -1081,6 +1128,60 @@ gone = "fake/missing"
                 ("refresh", 200),
                 ("refresh", 200)
             ]
+        );
+    }
+
+    /// A client that hangs up at this instant (and stays gone).
+    struct HangsUpAt(tokio::time::Instant);
+
+    impl Hangup for HangsUpAt {
+        fn hung_up(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(tokio::time::sleep_until(self.0))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_whose_client_hangs_up_ends_then_audited_client_gone() {
+        let mut fx = Fixture::new();
+        let peer = peer(1000, None);
+        let caller = Caller {
+            peer: &peer,
+            sender_is_connector: true,
+        };
+        let plain = read_request("fake/ok/a", Selector::default(), None);
+        let first = read(&fx.state, caller, &plain).await.unwrap();
+        let etag = String::from_utf8(first.etag.clone().unwrap().to_vec()).unwrap();
+        let waiting = ReadRequest {
+            if_none_match: Some(etag),
+            wait: Some(Duration::from_secs(300)),
+            ..plain
+        };
+        let started = tokio::time::Instant::now();
+        let got = read_watched(
+            &fx.state,
+            caller,
+            &waiting,
+            &HangsUpAt(started + Duration::from_secs(2)),
+        )
+        .await;
+        assert_eq!(got.unwrap_err(), BrokerError::ClientGone);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        let lines = fx.lines();
+        let line = &lines[1];
+        assert_eq!(
+            (line.status, line.reason, line.decision),
+            (499, Some("client_gone"), "allow")
+        );
+        assert_eq!(
+            fx.state
+                .metrics
+                .waits_abandoned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
         );
     }
 

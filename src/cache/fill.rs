@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Cache;
+use super::forced::Refresh;
 use super::forced::{Force, Forced, leave_fresh};
 use super::lru::evict_lru;
 use super::slot::*;

@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::slot::{Refresh, later};
-
 /// A reader's forced re-fetch: whose, and whether the source mints a new value per fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Force {
@@ -36,7 +34,9 @@ impl Forced {
         let Some(Force { uid, .. }) = force else {
             return (false, Refresh::Done);
         };
-        self.0.retain(|(_, at)| now < later(*at, interval));
+        // A time past the clock's end is never reached: the entry stays.
+        self.0
+            .retain(|(_, at)| at.checked_add(interval).is_none_or(|until| now < until));
         if self.0.iter().any(|(who, _)| *who == uid) {
             return (false, Refresh::Throttled);
         }
@@ -66,6 +66,28 @@ impl Forced {
 /// would re-render or restart for it; any uid allowed the key could churn it on demand.
 pub(super) fn leave_fresh(force: Option<Force>, now: Instant, refresh_at: Instant) -> bool {
     force.is_some_and(|f| f.minted) && now < refresh_at
+}
+
+/// Whether a reader's forced re-fetch ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refresh {
+    /// The value was fetched (or a fetch already in flight was joined).
+    Done,
+    /// Within `min_refresh_interval` of the caller's last one: served as a plain read.
+    Throttled,
+    /// A minted value still before its refresh point: served from the cache, nothing fetched.
+    Fresh,
+}
+
+impl Refresh {
+    /// Name used in the `X-Credagent-Refresh` header and audit lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refresh::Done => "refreshed",
+            Refresh::Throttled => "throttled",
+            Refresh::Fresh => "fresh",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,11 +42,11 @@ use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::name::Glob;
 use crate::source::{Fetched, Secret, SecretRequest, SourceError};
-pub use forced::Force;
+pub use forced::{Force, Refresh};
 use lru::take_lru;
+pub use slot::Served;
 pub(crate) use slot::later;
 use slot::{Inner, Slot, Step, wait};
-pub use slot::{Refresh, Served};
 
 /// The cache.
 pub struct Cache {

@@ -90,28 +90,6 @@ impl Entry {
     }
 }
 
-/// Whether a reader's forced re-fetch ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refresh {
-    /// The value was fetched (or a fetch already in flight was joined).
-    Done,
-    /// Within `min_refresh_interval` of the caller's last one: served as a plain read.
-    Throttled,
-    /// A minted value still before its refresh point: served from the cache, nothing fetched.
-    Fresh,
-}
-
-impl Refresh {
-    /// Name used in the `X-Credagent-Refresh` header and audit lines.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Refresh::Done => "refreshed",
-            Refresh::Throttled => "throttled",
-            Refresh::Fresh => "fresh",
-        }
-    }
-}
-
 /// What `get` does after the lookup under the lock.
 pub(super) enum Step {
     Done(Arc<Secret>, Served),

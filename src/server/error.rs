@@ -64,6 +64,8 @@ pub enum ApiError {
     BodyTimeout,
     /// A `vault-lease` profile has no valid lease right now.
     LeaseUnavailable,
+    /// The client of a waiting read hung up (the response is written to nobody).
+    ClientGone,
 }
 
 impl ApiError {
@@ -95,6 +97,8 @@ impl ApiError {
             | ApiError::UpstreamBadReply
             | ApiError::TokenRefused(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            // nginx's "client closed request": written to nobody, counted as "other".
+            ApiError::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -126,6 +130,7 @@ impl ApiError {
             ApiError::TokenRefused(_) => "token_refused",
             ApiError::SourceStarting => "source_starting",
             ApiError::LeaseUnavailable => "lease_unavailable",
+            ApiError::ClientGone => "client_gone",
         }
     }
 
@@ -179,6 +184,7 @@ impl ApiError {
                 "no valid lease for this secret and the backend gave no new one; retry later"
                     .to_owned()
             }
+            ApiError::ClientGone => "the client hung up while its read waited".to_owned(),
         }
     }
 
@@ -236,6 +242,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::TokenRefused(code) => ApiError::TokenRefused(code),
             BrokerError::SourceStarting => ApiError::SourceStarting,
             BrokerError::LeaseUnavailable => ApiError::LeaseUnavailable,
+            BrokerError::ClientGone => ApiError::ClientGone,
         }
     }
 }
@@ -298,6 +305,7 @@ mod tests {
             ),
             (ApiError::SourceStarting, 503, "source_starting"),
             (ApiError::LeaseUnavailable, 503, "lease_unavailable"),
+            (ApiError::ClientGone, 499, "client_gone"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -334,6 +342,7 @@ mod tests {
             BrokerError::TokenRefused(OAuthError::InvalidGrant),
             BrokerError::SourceStarting,
             BrokerError::LeaseUnavailable,
+            BrokerError::ClientGone,
         ];
         for err in all {
             let status = err.status();

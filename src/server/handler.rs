@@ -26,6 +26,8 @@ pub(super) struct Connection {
     pub(super) identity: Arc<PeerIdentity>,
     pub(super) taint: Taint,
     pub(super) activity: Arc<super::idle::Activity>,
+    /// Tells a waiting read that the client hung up.
+    pub(super) hangup: super::hangup::PeerWatch,
 }
 
 /// Largest accepted request body (only `POST /v1/cache/flush` has one).
@@ -119,10 +121,12 @@ async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
             Ok(report) => ready_response(report),
             Err(err) => broker_error(err),
         },
-        Ok(Route::Secret(request)) => match broker::read(state, caller(taint), request).await {
-            Ok(reply) => secret_response(reply, std::mem::take(&mut routed.spare)),
-            Err(err) => broker_error(err),
-        },
+        Ok(Route::Secret(request)) => {
+            match broker::read_watched(state, caller(taint), request, &connection.hangup).await {
+                Ok(reply) => secret_response(reply, std::mem::take(&mut routed.spare)),
+                Err(err) => broker_error(err),
+            }
+        }
         // SECURITY: admitted before the body is read (a caller that may not flush never makes
         // the agent wait for one), and the body is read within BODY_TIMEOUT.
         Ok(Route::Flush) => match (

@@ -378,6 +378,15 @@ pub type SharedSources = Arc<RwLock<Sources>>;
 /// straight from the sources built beside them: no cache, no caller's ACL. A source that is
 /// not there is `NotFound`.
 impl Source {
+    /// The backend calls it counts by operation (the AWS secret sources).
+    pub(crate) fn call_counts(&self) -> Option<&aws::calls::CallCounts> {
+        match self {
+            Source::Aws(s) => Some(s.calls()),
+            Source::AwsSsm(s) => Some(s.calls()),
+            _ => None,
+        }
+    }
+
     /// `request` as `peer` reads it, for the kinds that keep one value per caller: with whom it
     /// is for ([`CallerScope`]) in its selector, so the cache keeps callers apart and its single
     /// flight is per caller scope. `None` (the request as it is) for every other kind. Called by

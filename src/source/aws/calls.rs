@@ -8,8 +8,6 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::source::{Source, Sources};
-
 /// One source's calls, by operation.
 #[derive(Debug)]
 pub(crate) struct CallCounts {
@@ -35,18 +33,16 @@ impl CallCounts {
     }
 }
 
-/// Appends `credagent_backend_calls_total` for every source that counts its calls.
-pub(crate) fn render(sources: &Sources, out: &mut String) {
+/// Appends `credagent_backend_calls_total` for every source that counts its calls (by name).
+pub(crate) fn render<'a>(
+    sources: impl Iterator<Item = (&'a str, &'a CallCounts)>,
+    out: &mut String,
+) {
     out.push_str(
         "# HELP credagent_backend_calls_total Backend calls of each AWS secret source, by \
          operation.\n# TYPE credagent_backend_calls_total counter\n",
     );
-    for (name, entry) in sources {
-        let counts = match &entry.source {
-            Source::Aws(s) => s.calls(),
-            Source::AwsSsm(s) => s.calls(),
-            _ => continue,
-        };
+    for (name, counts) in sources {
         for (call, n) in &counts.calls {
             let _ = writeln!(
                 out,
