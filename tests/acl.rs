@@ -187,18 +187,21 @@ time.sleep(600)
     assert_eq!(line.trim(), "connected");
     caller.kill().unwrap();
     caller.wait().unwrap();
-    // The general slot is freed, so the caller, accepted now, is served in it.
+    // The general slot is freed, so the caller, accepted now, is served in it. The operators'
+    // slots stay held until then: freed first, they would let the caller be accepted while the
+    // general slot is still counted, and refused with 429.
     common::kill_group(&mut general);
-    drop(holder);
 
-    assert!(common::wait_until(
-        std::time::Duration::from_secs(10),
-        || {
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || {
             std::fs::read_to_string(&audit)
                 .unwrap_or_default()
                 .contains("\"uid\":65534")
-        }
-    ));
+        }),
+        "{}",
+        agent.log_text()
+    );
+    drop(holder);
     let lines = std::fs::read_to_string(&audit).unwrap();
     let line = lines.lines().find(|l| l.contains("\"uid\":65534")).unwrap();
     assert!(line.contains("\"decision\":\"deny\""), "{line}");
