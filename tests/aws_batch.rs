@@ -134,7 +134,14 @@ fn a_hundred_concurrent_distinct_misses_make_at_most_10_calls_and_each_id_keeps_
             "batch_window_ms = 0\n"
         )
     );
-    let agent = Agent::start(&dir, &config("", &sources));
+    // 100 connections of root, an operator: past the operators' 16 connection slots.
+    let agent = Agent::start(
+        &dir,
+        &config("", &sources).replace(
+            "socket_mode = \"0666\"\n",
+            "socket_mode = \"0666\"\nmax_operator_connections = 128\n",
+        ),
+    );
     let mut ids: Vec<String> = (0..98).map(|i| format!("many/{i}")).collect();
     ids.push("many/missing".into());
     ids.push("many/deleted".into());
@@ -286,7 +293,14 @@ fn ssm_concurrent_distinct_misses_share_get_parameters_calls_and_keep_their_answ
     // As for Secrets Manager: slots for every id, the longest window.
     let extra = "max_concurrent_fetches = 100\nmax_fetches_per_uid = 100\nbatch_window_ms = 100\n";
     let sources = moto.source_section(dir.path(), "ssm", "aws-ssm", "ssm_batcher", extra);
-    let agent = Agent::start(&dir, &config("", &sources));
+    // 100 connections of root, an operator: past the operators' 16 connection slots.
+    let agent = Agent::start(
+        &dir,
+        &config("", &sources).replace(
+            "socket_mode = \"0666\"\n",
+            "socket_mode = \"0666\"\nmax_operator_connections = 128\n",
+        ),
+    );
     let mut paths: Vec<String> = (0..99)
         .map(|i| format!("/v1/secrets/ssm/many/p{i}"))
         .collect();
