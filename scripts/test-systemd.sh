@@ -4,8 +4,8 @@
 # target/systemd-test/), booted with systemd-nspawn, `apt-get install ./credagent.deb` inside
 # (apt resolves the dependencies), then checked as a user would, one counted check each:
 # the documented credential-file steps (docs/deploy.md), socket activation, a user outside the ACL, reload,
-# LoadCredential=, the watchdog, drain on stop, the journal, systemd-analyze security, remove and
-# purge.
+# LoadCredential=, the watchdog, the journal (also after a flood of 20,000 denied requests), drain
+# on stop, systemd-analyze security, remove and purge.
 # Nothing is installed on this machine but the tools (scripts/install-packaging-deps.sh).
 # Skipped, with the reason printed, only where systemd-nspawn cannot boot the rootfs.
 # Needs root.
@@ -264,6 +264,56 @@ check "CREDAGENT_AUDIT=1 selects audit lines only (every MESSAGE has an action a
      [ -z "$(journalctl -u credagent -b CREDAGENT_AUDIT=1 -o cat | awk "!/\"action\":/ || !/\"decision\":/")" ]'
 check "no log line is an audit entry (the ready line has no CREDAGENT_AUDIT)" inside \
     '! journalctl -u credagent -b CREDAGENT_AUDIT=1 -o cat | grep -q "credagent ready"'
+
+echo "== the journal after a flood of denied requests"
+# uid 65534 (nobody, made a client for this) sends 20,000 denied requests on one keep-alive
+# connection (curl's URL globbing), fast: the agent writes the first of that uid's denied lines
+# and counts the rest in "suppressed" summaries, and journald (LogRateLimitIntervalSec=0) drops
+# none of the agent's entries, so the allowed read of another uid right after it is in the journal.
+inside 'adduser --quiet nobody credagent-clients'
+cursor=$(inside 'journalctl -u credagent -n 0 --show-cursor -o cat' | sed -n 's/^-- cursor: //p')
+check "the journal gives a cursor to count from" test -n "$cursor"
+# The agent's audit lines (MESSAGE) since the cursor, inside the container.
+since_audit="journalctl -u credagent -b --after-cursor='$cursor' CREDAGENT_AUDIT=1 -o cat"
+flood_started=$(date +%s)
+denied=$(inside "runuser -u nobody -- curl -s --unix-socket /run/credagent/agent.sock -w '\n@%{http_code}\n' \
+    'http://localhost/v1/secrets/files/web/flood-[1-20000]'" | grep -c '^@403$' || true)
+echo "20,000 denied requests in $(($(date +%s) - flood_started)) s"
+check "uid 65534's 20,000 requests were all answered 403" test "$denied" = 20000
+out=$(get outsider /v1/secrets/files/web/db-password)
+check "another uid's allowed read right after the flood is answered" test "$out" = "200 $CANARY"
+outsider_uid=$(inside 'id -u outsider')
+allowed_logged() {
+    for _ in $(seq 1 50); do
+        inside "$since_audit | grep '\"uid\":$outsider_uid,' | grep '\"secret\":\"files/web/db-password\"' |
+            grep -q '\"decision\":\"allow\"'" &&
+            return 0
+        sleep 0.1
+    done
+    inside "$since_audit | grep -v '\"uid\":65534,' | tail -n 5"
+    false
+}
+check "the allowed read's audit entry is in the journal" allowed_logged
+# Each denied request is written or counted in a summary; the summaries come out as each
+# uid's 10 s window ends.
+accounted() {
+    for _ in $(seq 1 150); do
+        written=$(inside "$since_audit | grep '\"uid\":65534,' | grep -c '\"secret\":\"files/web/flood-'" || true)
+        counted=$(inside "$since_audit | grep '\"action\":\"suppressed\",\"uid\":65534,' |
+            sed -n 's/.*\"count\":\([0-9]*\).*/\1/p' | awk '{ n += \$1 } END { print n + 0 }'")
+        [ $((written + counted)) = 20000 ] && [ "$counted" -gt 0 ] && return 0
+        sleep 0.1
+    done
+    echo "written: $written, counted in summaries: $counted"
+    false
+}
+check "a suppressed summary counts uid 65534's lines left out: written + counted = 20,000" accounted
+echo "uid 65534: $written denied lines written, $counted counted in summaries"
+check "at most 100 of them were written per 10 s window" test "$written" -le $((100 * ($(date +%s) - flood_started + 10) / 10 + 100))
+check "journald suppressed none of the agent's messages (LogRateLimitIntervalSec=0)" inside \
+    '! journalctl -b _COMM=systemd-journald -o cat | grep -q "Suppressed .* credagent"'
+check "and the agent dropped none (no dropped marker)" inside \
+    "! $since_audit | grep -q '\"action\":\"dropped\"'"
 
 echo "== stop drains"
 # A connection open when the stop arrives: the client sends half its request, pauses, then ends

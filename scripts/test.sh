@@ -105,6 +105,8 @@ fatal_step "installing packaging tools (lintian, buildah, systemd tools, cargo-d
 
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets -- -D warnings
+step "no import cycle between files (src, bench, packaging/gen)" \
+    python3 scripts/import-cycles.py src bench/src packaging/gen/src
 # Crate sources for every platform first, so the licence check itself needs no network.
 step "cargo deny check bans licenses sources (deny.toml)" \
     sh -c 'cargo fetch --locked --quiet && cargo deny --offline check bans licenses sources'

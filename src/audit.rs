@@ -86,6 +86,9 @@ pub struct AuditEvent {
     /// `hit`, `miss`, `stale`, or `negative` (a remembered "no such secret") when a value was
     /// looked up.
     pub cache: Option<&'static str>,
+    /// What a `?refresh=true` did (`refreshed`, `throttled`, or `fresh`: a minted value left
+    /// alone); the key `refresh` is left out for other requests.
+    pub refresh: Option<crate::cache::Refresh>,
     /// HTTP status returned.
     pub status: u16,
     /// aws-credentials (issue 29): the STS session the caller was given; never a key.
@@ -225,6 +228,10 @@ impl AuditEvent {
         push_opt_word(out, self.cache);
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        if let Some(refresh) = self.refresh {
+            out.extend_from_slice(b",\"refresh\":");
+            push_word(out, refresh.as_str());
+        }
         if let Some(session) = self.aws.as_deref() {
             let profile = self
                 .secret
@@ -324,6 +331,7 @@ impl AuditEvent {
             decision: "deny",
             reason: None,
             cache: None,
+            refresh: None,
             status: 0,
             aws: None,
             expires_in: None,

@@ -130,6 +130,9 @@ pub struct RawServer {
     pub max_connections: usize,
     /// Connections one uid may hold (default: a quarter of `max_connections`).
     pub max_connections_per_uid: Option<usize>,
+    /// Connections uid 0 and admin peers may hold, apart from every other caller's.
+    #[serde(default = "default_max_operator_connections")]
+    pub max_operator_connections: usize,
     /// A write that makes no progress this long closes the connection.
     #[serde(default = "default_write_timeout")]
     pub write_timeout_secs: u64,
@@ -147,6 +150,9 @@ fn default_socket_mode() -> String {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_operator_connections() -> usize {
+    16
 }
 fn default_shutdown_timeout() -> u64 {
     10
@@ -177,6 +183,8 @@ pub struct RawCache {
     /// Budget on secret memory: cached values and in-flight responses.
     #[serde(default = "default_max_locked_bytes")]
     pub max_locked_bytes: u64,
+    /// Of that, what one uid's in-flight responses may hold (default: a quarter).
+    pub max_locked_bytes_per_uid: Option<u64>,
     /// A reader's `?refresh=true` re-fetches a secret at most once per this many seconds.
     #[serde(default = "default_min_refresh_interval")]
     pub min_refresh_interval_secs: u64,
@@ -224,6 +232,7 @@ impl Default for RawCache {
             stale_if_error_secs: default_stale_if_error(),
             lock_memory: default_lock_memory(),
             max_locked_bytes: default_max_locked_bytes(),
+            max_locked_bytes_per_uid: None,
             min_refresh_interval_secs: default_min_refresh_interval(),
             jitter_percent: default_jitter_percent(),
             negative_ttl_secs: 0,
@@ -393,6 +402,8 @@ pub struct ServerConfig {
     pub max_connections: NonZeroUsize,
     /// Connections one uid may hold (uid 0 and admin peers are not counted against it).
     pub max_connections_per_uid: NonZeroUsize,
+    /// Connections uid 0 and admin peers hold at most, counted apart from the others'.
+    pub max_operator_connections: NonZeroUsize,
     /// A write that makes no progress this long closes the connection.
     pub write_timeout: Duration,
     /// Drain bound on shutdown.
@@ -418,12 +429,22 @@ pub struct CacheConfig {
     pub lock_memory: LockPolicy,
     /// Budget on secret memory mapped (cached values and in-flight responses), in bytes.
     pub max_locked_bytes: usize,
-    /// Least time between two reader-forced re-fetches of one secret.
+    /// Of that, what one uid's in-flight responses (`?field=`, JSON renders) may hold.
+    pub max_locked_bytes_per_uid: usize,
+    /// Least time between two reader-forced re-fetches of one secret, per uid.
     pub min_refresh_interval: Duration,
     /// TTL expiry and refresh-ahead spread, in percent (0–50).
     pub jitter_percent: u8,
     /// How long a source's "no such secret" is remembered (zero: not at all).
     pub negative_ttl: Duration,
+}
+
+impl CacheConfig {
+    /// What of `max_locked_bytes` only response renders may map: one uid's share, at most half
+    /// of the budget (cached values keep the rest).
+    pub fn render_reserve(&self) -> usize {
+        self.max_locked_bytes_per_uid.min(self.max_locked_bytes / 2)
+    }
 }
 
 impl Default for CacheConfig {
@@ -435,6 +456,7 @@ impl Default for CacheConfig {
             stale_if_error: Duration::from_secs(default_stale_if_error()),
             lock_memory: LockPolicy::Required,
             max_locked_bytes: 64 << 20,
+            max_locked_bytes_per_uid: 16 << 20,
             min_refresh_interval: Duration::from_secs(default_min_refresh_interval()),
             jitter_percent: default_jitter_percent(),
             negative_ttl: Duration::ZERO,
@@ -686,6 +708,14 @@ impl RawServer {
                     )
                 })?,
         };
+        let max_operator_connections = NonZeroUsize::new(self.max_operator_connections)
+            .filter(|n| n.get() <= 65_536)
+            .ok_or_else(|| {
+                ctx.invalid(
+                    "server.max_operator_connections",
+                    "must be between 1 and 65536",
+                )
+            })?;
         let write_timeout = secs(
             ctx,
             "server.write_timeout_secs",
@@ -706,6 +736,7 @@ impl RawServer {
             socket_group,
             max_connections,
             max_connections_per_uid,
+            max_operator_connections,
             write_timeout,
             shutdown_timeout,
             creds_socket: self.creds_socket,
@@ -843,6 +874,18 @@ impl RawCache {
                     format!("must be at least {MIN_LOCKED_BYTES} (1 MiB)"),
                 )
             })?;
+        let max_locked_bytes_per_uid = match self.max_locked_bytes_per_uid {
+            None => max_locked_bytes / 4,
+            Some(bytes) => usize::try_from(bytes)
+                .ok()
+                .filter(|b| (1..=max_locked_bytes).contains(b))
+                .ok_or_else(|| {
+                    ctx.invalid(
+                        "cache.max_locked_bytes_per_uid",
+                        "must be between 1 and cache.max_locked_bytes",
+                    )
+                })?,
+        };
         let min_refresh_interval = secs(
             ctx,
             "cache.min_refresh_interval_secs",
@@ -870,6 +913,7 @@ impl RawCache {
             stale_if_error,
             lock_memory,
             max_locked_bytes,
+            max_locked_bytes_per_uid,
             min_refresh_interval,
             jitter_percent: self.jitter_percent,
             negative_ttl,
@@ -1136,6 +1180,16 @@ mod tests {
     }
 
     #[test]
+    fn each_uids_share_of_locked_memory_defaults_to_a_quarter_of_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let with = |cache: &str| check(&format!("[cache]\n{cache}\n{}", base(dir.path())));
+        let default = with("max_locked_bytes = 4194304").unwrap();
+        assert_eq!(default.cache.max_locked_bytes_per_uid, 1 << 20);
+        let set = with("max_locked_bytes = 4194304\nmax_locked_bytes_per_uid = 4194304").unwrap();
+        assert_eq!(set.cache.max_locked_bytes_per_uid, 4 << 20);
+    }
+
+    #[test]
     fn a_vault_lease_source_names_a_vault_source() {
         let dir = tempfile::tempdir().unwrap();
         let lease = |vault: &str| {
@@ -1341,6 +1395,16 @@ mod tests {
                 "[server]",
                 "[cache]\nmin_refresh_interval_secs = 0\n[server]",
                 "cache.min_refresh_interval_secs",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes_per_uid = 0\n[server]",
+                "cache.max_locked_bytes_per_uid",
+            ),
+            (
+                "[server]",
+                "[cache]\nmax_locked_bytes = 1048576\nmax_locked_bytes_per_uid = 1048577\n[server]",
+                "cache.max_locked_bytes_per_uid",
             ),
             ("\"files/*\"", "\"files*\"", "allow[0].secrets[0]"),
             ("\"files/*\"", "\"f?les/x\"", "allow[0].secrets[0]"),

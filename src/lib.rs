@@ -136,6 +136,8 @@ pub enum RunError {
 /// tell systemd READY, serve.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     secure_mem::set_budget(config.cache.max_locked_bytes);
+    secure_mem::set_render_reserve(config.cache.render_reserve());
+    broker::held::SHARES.set_limit(config.cache.max_locked_bytes_per_uid);
     secure_mem::init(config.cache.lock_memory)?;
     // Before anything is bound or spawned: a failure here leaves no socket file behind.
     let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signal)?;
@@ -264,6 +266,8 @@ async fn reload(state: &Arc<AppState>) {
                 }
                 secure_mem::set_policy(new.cache.lock_memory);
                 secure_mem::set_budget(new.cache.max_locked_bytes);
+                secure_mem::set_render_reserve(new.cache.render_reserve());
+                broker::held::SHARES.set_limit(new.cache.max_locked_bytes_per_uid);
                 state.cache.set_settings(new.cache);
                 let runtime = Runtime::new(new, built.sources).with_starting(built.starting.keys());
                 let generation = runtime.generation;

@@ -23,16 +23,23 @@ pub enum Rejection {
     SourceBusy,
     /// The caller's uid held its `max_fetches_per_uid` share of the source's fetches (`503`).
     SourceBusyUid,
+    /// The caller's uid's in-flight responses held its `cache.max_locked_bytes_per_uid` (`503`).
+    MemoryBudgetUid,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 2] = [Rejection::SourceBusy, Rejection::SourceBusyUid];
+    const ALL: [Rejection; 3] = [
+        Rejection::SourceBusy,
+        Rejection::SourceBusyUid,
+        Rejection::MemoryBudgetUid,
+    ];
 
     /// The metric's `reason` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Rejection::SourceBusy => "source_busy",
             Rejection::SourceBusyUid => "source_busy_uid",
+            Rejection::MemoryBudgetUid => "memory_budget_uid",
         }
     }
 }
@@ -93,6 +100,8 @@ pub struct Metrics {
     pub connections_rejected: AtomicU64,
     /// Connections closed because a write made no progress within `write_timeout_secs`.
     pub write_timeouts: AtomicU64,
+    /// `?wait=` reads ended early because their client hung up.
+    pub waits_abandoned: AtomicU64,
     /// Container-credentials requests with a missing, unknown or expired token, or one presented
     /// from another uid's socket (`exec --aws`).
     pub aws_container_bad_tokens: AtomicU64,
@@ -192,6 +201,11 @@ impl Metrics {
                 "credagent_write_timeouts_total",
                 "Connections closed because a write made no progress in time.",
                 &self.write_timeouts,
+            ),
+            (
+                "credagent_waits_abandoned_total",
+                "Waiting reads ended early because their client hung up.",
+                &self.waits_abandoned,
             ),
             (
                 "credagent_aws_container_bad_tokens_total",

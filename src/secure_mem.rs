@@ -16,7 +16,9 @@
 //!
 //! A budget (`cache.max_locked_bytes`) bounds the secret memory mapped in all: a mapping that
 //! would pass it first asks the registered reclaimer (the cache, evicting least recently used
-//! values) for room, then fails with [`MemError::Budget`] — never an OOM, never a panic.
+//! values) for room, then fails with [`MemError::Budget`] — never an OOM, never a panic. Inside
+//! [`without_reclaim`] (a response render) it fails at once instead of asking; a part of the
+//! budget is kept for renders alone ([`set_render_reserve`]).
 //!
 //! It deliberately does not decide *what* is secret or how long it lives: the cache does.
 
@@ -108,6 +110,8 @@ static WARNED: AtomicBool = AtomicBool::new(false);
 static LOCKED_BYTES: AtomicUsize = AtomicUsize::new(0);
 static MAPPED_BYTES: AtomicUsize = AtomicUsize::new(0);
 static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Of the budget, what only a response render may map ([`without_reclaim`]).
+static RENDER_RESERVE: AtomicUsize = AtomicUsize::new(0);
 /// Frees room when the budget is reached: asked for `len` bytes, returns how many values it
 /// dropped (0: nothing left to drop).
 type Reclaimer = Box<dyn Fn(usize) -> usize + Send + Sync>;
@@ -161,13 +165,46 @@ pub fn set_budget(bytes: usize) {
     BUDGET.store(bytes, Ordering::SeqCst);
 }
 
+/// Keeps `bytes` of the budget for response renders (`cache.max_locked_bytes_per_uid`, one
+/// uid's share): every other allocation (a fetched value, the cache's copies) maps at most the
+/// budget less this, and at that point asks the reclaimer. So a full cache still leaves one
+/// uid's renders room, and renders, which never reclaim, do not fail for want of an eviction.
+pub fn set_render_reserve(bytes: usize) {
+    RENDER_RESERVE.store(bytes, Ordering::SeqCst);
+}
+
 /// Registers what frees room when the budget is reached (the cache's LRU eviction). It is
 /// called with no lock of this module held.
 pub fn set_reclaimer(reclaim: impl Fn(usize) -> usize + Send + Sync + 'static) {
     *RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(reclaim));
 }
 
+thread_local! {
+    /// Set while a response is rendered on this thread ([`without_reclaim`]).
+    static NO_RECLAIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (synchronous) with reclaiming off on this thread: an allocation at the budget fails
+/// with [`MemError::Budget`] instead of asking the reclaimer for room.
+///
+/// SECURITY: a response render runs so: one caller's in-flight responses never evict the
+/// values other callers read from the cache.
+pub fn without_reclaim<T>(f: impl FnOnce() -> T) -> T {
+    /// Restores the flag even if `f` unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            NO_RECLAIM.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(NO_RECLAIM.with(|c| c.replace(true)));
+    f()
+}
+
 fn reclaim(len: usize) -> usize {
+    if NO_RECLAIM.with(std::cell::Cell::get) {
+        return 0;
+    }
     match RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
         Some(reclaim) => reclaim(len),
         None => 0,
@@ -233,7 +270,13 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
     let size = std::num::NonZeroUsize::new(len).ok_or(MemError::TooLarge { len, max: 0 })?;
     // SECURITY: reserve against the budget before mapping, so concurrent requests cannot all
     // pass the check and together exceed it.
-    let budget = BUDGET.load(Ordering::SeqCst);
+    let budget = if NO_RECLAIM.with(std::cell::Cell::get) {
+        BUDGET.load(Ordering::SeqCst)
+    } else {
+        BUDGET
+            .load(Ordering::SeqCst)
+            .saturating_sub(RENDER_RESERVE.load(Ordering::SeqCst))
+    };
     MAPPED_BYTES
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |mapped| {
             mapped.checked_add(len).filter(|total| *total <= budget)

@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::backoff::{Backoff, random_fraction};
 use crate::broker::{self, BrokerError};
 use crate::config::PrefetchConfig;
+use crate::name::SecretName;
 use crate::source::SharedSources;
 use crate::source::build::BuildError;
 use crate::state::AppState;
@@ -95,13 +96,66 @@ fn log_starting(name: &str, err: &BuildError) {
 /// within `prefetch.jitter`, retrying with [`Backoff`] until it succeeds. A secret whose source
 /// is still starting waits for it instead (tried again when the runtime changes). Logs the
 /// first failure and the recovery of each, once.
+///
+/// The secrets of a source that batches (Secrets Manager, Parameter Store) go in groups of its
+/// batch size, each group at one random moment as one batch call (`broker::prefetch_batch`);
+/// a secret its batch did not fetch goes on alone, as above.
 pub fn spawn_prefetch(state: &Arc<AppState>, generation: u64, prefetch: &PrefetchConfig) {
     state
         .readiness
         .begin_prefetch(generation, &prefetch.secrets);
+    let runtime = state.runtime();
+    let mut groups: std::collections::BTreeMap<&str, (usize, Vec<SecretName>)> =
+        std::collections::BTreeMap::new();
     for name in &prefetch.secrets {
-        let delay = prefetch.jitter.mul_f64(random_fraction());
-        let (state, name) = (state.clone(), name.clone());
+        let batch_size = runtime
+            .sources
+            .get(name.source())
+            .and_then(|entry| entry.source.batch_size());
+        match batch_size {
+            Some(size) => groups
+                .entry(name.source())
+                .or_insert_with(|| (size, Vec::new()))
+                .1
+                .push(name.clone()),
+            None => spawn_one_prefetch(
+                state,
+                generation,
+                name.clone(),
+                prefetch.jitter.mul_f64(random_fraction()),
+            ),
+        }
+    }
+    for (size, names) in groups.into_values() {
+        for chunk in names.chunks(size) {
+            let delay = prefetch.jitter.mul_f64(random_fraction());
+            let (state, chunk) = (state.clone(), chunk.to_vec());
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = state.shutdown_signal() => return,
+                }
+                if state.runtime().generation != generation || state.shutting_down() {
+                    return;
+                }
+                let rest = broker::prefetch_batch(&state, &chunk).await;
+                for name in chunk.iter().filter(|n| !rest.contains(n)) {
+                    tracing::debug!(secret = %name, "prefetched");
+                    state.readiness.prefetched(generation, name);
+                }
+                state.readiness.report(&state.runtime());
+                for name in rest {
+                    spawn_one_prefetch(&state, generation, name, Duration::ZERO);
+                }
+            });
+        }
+    }
+}
+
+/// Prefetches `name` after `delay`, retrying with backoff (see [`spawn_prefetch`]).
+fn spawn_one_prefetch(state: &Arc<AppState>, generation: u64, name: SecretName, delay: Duration) {
+    {
+        let state = state.clone();
         tokio::spawn(async move {
             let mut changes = state.readiness.subscribe();
             tokio::select! {

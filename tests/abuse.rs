@@ -335,7 +335,7 @@ fn an_attacker_stalling_reads_of_a_large_field_cannot_pin_more_than_the_memory_b
     assert!(
         wait_until(Duration::from_secs(5), || {
             last = status_of(ATTACKER);
-            last == "503 memory_budget"
+            last == "503 memory_budget_uid"
         }),
         "last: {last}, memory {}",
         memory()
@@ -345,7 +345,7 @@ fn an_attacker_stalling_reads_of_a_large_field_cannot_pin_more_than_the_memory_b
         "secret memory {} passed the budget",
         memory()
     );
-    assert_eq!(status_of(ATTACKER), "503 memory_budget");
+    assert_eq!(status_of(ATTACKER), "503 memory_budget_uid");
     // The stalled responses are dropped at the write timeout; the memory comes back, and an
     // honest caller of another uid is served again.
     assert!(wait_until(Duration::from_secs(10), || status_of(HONEST) == "200"));

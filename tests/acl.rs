@@ -157,9 +157,10 @@ fn a_caller_that_exits_before_it_is_served_gets_no_exe_identity() {
     );
     let agent = Agent::start(&dir, &config);
 
-    // Occupy every connection slot (answered, so accepted): the only general one and the
-    // operator reserve, so the next caller waits in the backlog.
-    let holder = common::hold_connections(&agent.socket, 1 + common::OPERATOR_RESERVE);
+    // Occupy every connection slot (answered, so accepted): the operators' (as root) and the
+    // only general one (as another uid), so the next caller waits in the backlog.
+    let holder = common::hold_connections(&agent.socket, common::MAX_OPERATOR_CONNECTIONS);
+    let mut general = common::hold_connection_as(65533, &agent.socket);
     // A caller that has connected and sent its request says so, then waits to be killed.
     let script = r#"
 import socket, sys, time
@@ -186,16 +187,21 @@ time.sleep(600)
     assert_eq!(line.trim(), "connected");
     caller.kill().unwrap();
     caller.wait().unwrap();
-    drop(holder);
+    // The general slot is freed, so the caller, accepted now, is served in it. The operators'
+    // slots stay held until then: freed first, they would let the caller be accepted while the
+    // general slot is still counted, and refused with 429.
+    common::kill_group(&mut general);
 
-    assert!(common::wait_until(
-        std::time::Duration::from_secs(10),
-        || {
+    assert!(
+        common::wait_until(std::time::Duration::from_secs(10), || {
             std::fs::read_to_string(&audit)
                 .unwrap_or_default()
                 .contains("\"uid\":65534")
-        }
-    ));
+        }),
+        "{}",
+        agent.log_text()
+    );
+    drop(holder);
     let lines = std::fs::read_to_string(&audit).unwrap();
     let line = lines.lines().find(|l| l.contains("\"uid\":65534")).unwrap();
     assert!(line.contains("\"decision\":\"deny\""), "{line}");

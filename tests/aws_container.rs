@@ -239,6 +239,8 @@ fn another_uid_presenting_a_stolen_token_on_the_listener_is_refused() {
             honest.body
         );
     }
+    // The role's account, which the SDKs use for account-based endpoints.
+    assert_eq!(honest.body["AccountId"], ACCOUNT_A, "{}", honest.body);
     assert!(
         honest.body["AccessKeyId"]
             .as_str()

@@ -167,6 +167,7 @@ fn a_uid_with_the_rule_gets_its_own_role_session_and_a_uid_without_gets_the_reas
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["Version"], 1);
     assert!(json["AccessKeyId"].as_str().unwrap().starts_with("ASIA"));
+    assert_eq!(json["AccountId"], ACCOUNT_A, "the role's account");
 
     // The audit: profile, session name, expiration for the allowed reads; a deny for the
     // other uid; never a key, in the audit or anywhere in the log.

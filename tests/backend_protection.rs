@@ -141,9 +141,10 @@ fn a_burst_of_thirty_distinct_misses_puts_at_most_two_calls_in_flight_and_the_ov
     // Each call to moto takes 800 ms: 2 run, 8 queue (4 per allowed fetch), 20 are refused.
     let proxy = DelayProxy::start(moto.port, Duration::from_millis(800));
     // One uid may hold every slot and queue place here: this test is about the source-wide bound
-    // (the per-uid share is tests/fairness.rs's).
+    // (the per-uid share is tests/fairness.rs's), and each miss is its own call (batched reads
+    // are tests/aws_batch.rs's).
     let extra = format!(
-        "max_concurrent_fetches = {LIMIT}\nmax_fetches_per_uid = {}\nfetch_timeout_secs = 30\n",
+        "max_concurrent_fetches = {LIMIT}\nmax_fetches_per_uid = {}\nfetch_timeout_secs = 30\nbatch_window_ms = 0\n",
         LIMIT * 5
     );
     let sources =

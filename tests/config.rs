@@ -93,6 +93,14 @@ fn bad_configs_are_refused_by_check_config_and_serve_naming_the_key() {
             "cache.lock_memory",
         ),
         (
+            "no operator connections",
+            GOOD.replace(
+                "socket_mode = \"0660\"",
+                "socket_mode = \"0660\"\nmax_operator_connections = 0",
+            ),
+            "server.max_operator_connections",
+        ),
+        (
             "zero ttl",
             GOOD.replace("[cache]", "[cache]\nttl_secs = 0"),
             "cache.ttl_secs",

@@ -168,6 +168,7 @@ fn the_source_key_table_names_exactly_the_types_that_take_each_key() {
         "fetch_timeout_secs",
         "startup_check",
         "max_concurrent_fetches",
+        "minted",
     ] {
         assert!(
             keys.contains(&key),
@@ -179,7 +180,7 @@ fn the_source_key_table_names_exactly_the_types_that_take_each_key() {
     for (key, types) in rows.iter().filter(|(k, _)| k != "type") {
         let value = match key.as_str() {
             k if k.ends_with("_secs") || k.ends_with("_fetches") => "5",
-            "allow_plain_http" => "true",
+            "allow_plain_http" | "minted" => "true",
             "startup_check" => "\"retry\"",
             _ => "\"APP_\"",
         };

@@ -121,7 +121,7 @@ const EXEC_AFTER_CONNECT: &str = r#"
 path, out, allowed = sys.argv[1], sys.argv[2], sys.argv[3]
 
 # Take the agent's last connection slot (max_connections = 1; the test holds the operator
-# reserve), and see that it was accepted.
+# slots), and see that it was accepted.
 holder = socket.socket(socket.AF_UNIX)
 holder.connect(path)
 holder.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -161,8 +161,8 @@ fn helper_forked_before_the_connector_execs_an_allowed_binary_gets_403_peer_chan
             "socket_mode = \"0666\"\nmax_connections = 1",
         ),
     );
-    // The operator reserve is taken here, so the connector's holder takes the last slot.
-    let _reserve = common::hold_connections(&agent.socket, common::OPERATOR_RESERVE);
+    // The operator slots are taken here, so the connector's holder takes the last slot.
+    let _reserve = common::hold_connections(&agent.socket, common::MAX_OPERATOR_CONNECTIONS);
     let out = scratch(&dir).join("response");
     let mut connector = Command::new(PYTHON);
     connector.arg("-c").arg(script(EXEC_AFTER_CONNECT));
@@ -238,7 +238,7 @@ fn helper_in_its_own_pid_namespace_forging_scm_credentials_for_an_allowed_exe_is
             "socket_mode = \"0666\"\nmax_connections = 1",
         ),
     );
-    let _reserve = common::hold_connections(&agent.socket, common::OPERATOR_RESERVE);
+    let _reserve = common::hold_connections(&agent.socket, common::MAX_OPERATOR_CONNECTIONS);
     let scratch = scratch(&dir);
     for attempt in 0..20 {
         let out = scratch.join(format!("response-{attempt}"));

@@ -549,3 +549,82 @@ fn an_expired_kv_value_is_checked_by_its_metadata_and_refetched_only_when_change
     assert!(wait_until(Duration::from_secs(5), || read(&agent)
         == (200, "v2".to_owned())));
 }
+
+/// A deploy that left the directory of the agent's AppRole files to the application's user
+/// (uid 65534 here): after the agent started with private, root-owned files, that user renames
+/// a file of its own over `secret_id`. The agent reads the file again at its next login and
+/// refuses it on the descriptor it read (another owner), instead of taking an identity a local
+/// user chose; once a private file is back, it logs in again.
+#[test]
+fn a_user_owning_the_credential_directory_swaps_in_its_own_secret_id_and_the_relogin_refuses_it() {
+    use std::os::unix::fs::MetadataExt;
+    let bao = Bao::start();
+    bao.setup(3600, 7200, None);
+    bao.kv_put("app/a", json!({ "v": "a" }));
+    bao.kv_put("app/b", json!({ "v": "b" }));
+    let dir = TestDir::new();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    write_credential(&creds.join("role_id"), format!("{ROLE_ID}\n"));
+    write_credential(&creds.join("secret_id"), format!("{SECRET_ID}\n"));
+    nix::unistd::chown(&creds, Some(65534.into()), Some(65534.into())).unwrap();
+    let auth = r#"{ method = "approle", role_id_file = "{dir}/creds/role_id", secret_id_file = "{dir}/creds/secret_id" }"#;
+    let agent = Agent::start(&dir, &config(&bao, auth, "\n[audit]\nfile = \"-\"\n"));
+    assert_eq!(agent.secret("vault/app/a").status, 200);
+
+    // The attacker: a file of its own, private to it, with a secret id that works (the content
+    // is not what is checked), renamed over the agent's file.
+    let swap = "import os, sys\n\
+        d = sys.argv[1]\n\
+        fd = os.open(d + '/.new', os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)\n\
+        os.write(fd, (sys.argv[2] + '\\n').encode())\n\
+        os.close(fd)\n\
+        os.rename(d + '/.new', d + '/secret_id')\n\
+        print('swapped')\n";
+    let mut attacker = common::python_as(65534, swap, &[creds.to_str().unwrap(), SECRET_ID]);
+    assert_eq!(common::first_line(&mut attacker), "swapped");
+    attacker.wait().unwrap();
+    assert_eq!(
+        std::fs::metadata(creds.join("secret_id")).unwrap().uid(),
+        65534
+    );
+
+    // The agent's token goes; its next miss logs in again and reads the swapped file.
+    assert!(bao.revoke_login_tokens("approle") >= 1);
+    let resp = agent.get("/v1/secrets/vault/app/b?field=v");
+    assert_ne!(
+        resp.status, 200,
+        "served with a login from a file uid 65534 owns"
+    );
+    // The login is refused and retried with backoff (a fixed file is taken up without a
+    // restart), so the read waits out its fetch timeout.
+    assert_eq!(resp.error_code(), "upstream_unavailable", "{}", resp.text());
+    let log = agent.log_text();
+    assert!(
+        log.contains("Vault login failed")
+            && log.contains("creds/secret_id has mode 0600 and owner nobody"),
+        "the refusal names the file and its owner: {log}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !agent
+            .audit_reads("vault/app/b")
+            .is_empty()),
+        "the read is audited: {}",
+        agent.log_text()
+    );
+    let audit = agent.audit_reads("vault/app/b");
+    let last = audit.last().unwrap();
+    assert_eq!(last["status"], resp.status, "{last}");
+    assert_eq!(last["decision"], "allow", "{last}");
+
+    // The operator puts a private file back: the honest path works again.
+    std::fs::remove_file(creds.join("secret_id")).unwrap();
+    write_credential(&creds.join("secret_id"), format!("{SECRET_ID}\n"));
+    let resp = agent.get("/v1/secrets/vault/app/b?field=v");
+    assert_eq!(
+        (resp.status, resp.text().as_str()),
+        (200, "b"),
+        "{}",
+        agent.log_text()
+    );
+}

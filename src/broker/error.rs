@@ -69,6 +69,9 @@ pub enum BrokerError {
     /// The locked-memory budget (`cache.max_locked_bytes`) is spent, even after evictions.
     #[error("the locked-memory budget is spent")]
     MemoryBudget,
+    /// The caller's uid's in-flight responses hold its `cache.max_locked_bytes_per_uid`.
+    #[error("the caller's share of the locked-memory budget is spent")]
+    MemoryBudgetUid,
     /// The source's concurrent fetches and their queue are full.
     #[error("the source is busy")]
     SourceBusy,
@@ -81,6 +84,9 @@ pub enum BrokerError {
     /// A `vault-lease` profile's lease lapsed (or none was ever obtained) and Vault gave no new one.
     #[error("no valid lease")]
     LeaseUnavailable,
+    /// The client of a waiting read hung up before its answer was due.
+    #[error("the client hung up while its read waited")]
+    ClientGone,
 }
 
 impl BrokerError {
@@ -103,6 +109,7 @@ impl BrokerError {
             BrokerError::ShuttingDown
             | BrokerError::MemoryUnavailable
             | BrokerError::MemoryBudget
+            | BrokerError::MemoryBudgetUid
             | BrokerError::SourceBusy
             | BrokerError::SourceStarting
             | BrokerError::LeaseUnavailable => 503,
@@ -111,6 +118,8 @@ impl BrokerError {
             | BrokerError::UpstreamBadReply
             | BrokerError::TokenRefused(_) => 502,
             BrokerError::UpstreamTimeout => 504,
+            // Nobody reads it: the number the audit trail (and nginx) give a closed request.
+            BrokerError::ClientGone => 499,
         }
     }
 
@@ -121,6 +130,7 @@ impl BrokerError {
             BrokerError::Revoked => Some("revoked"),
             BrokerError::NotRoot => Some("not_root"),
             BrokerError::UnitMismatch => Some("unit_mismatch"),
+            BrokerError::ClientGone => Some("client_gone"),
             _ => None,
         }
     }

@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use super::error::BrokerError;
 use crate::audit::RequestId;
-use crate::cache::{Refresh, Served};
-use crate::peer::PeerIdentity;
+use crate::cache::{Force, Refresh, Served};
 use crate::rate_limited;
-use crate::source::{Secret, SecretRequest, Source, SourceEntry, SourceError};
+use crate::source::{Secret, SecretRequest, SourceEntry, SourceError};
 use crate::state::AppState;
 
 /// Which value a read looks up, for whom.
@@ -79,9 +78,13 @@ pub(super) async fn cached_fetch(
         }
     };
     let (result, served, refresh) = if force {
+        let force = Force {
+            uid,
+            minted: entry.source.mints(),
+        };
         state
             .cache
-            .refresh_with(request, ttl, generation, fetch)
+            .refresh_with(request, ttl, generation, force, fetch)
             .await
     } else {
         let (result, served) = state.cache.get_with(request, ttl, generation, fetch).await;
@@ -92,21 +95,4 @@ pub(super) async fn cached_fetch(
         BrokerError::from(&err)
     });
     (result, served, refresh)
-}
-
-/// aws-credentials (issue 29): `request` bound to `peer`'s session of the profile (its session
-/// name from the kernel's identity of the caller), so the cache's single flight is per
-/// (profile, session name) and no caller is served another's session. `None` for other sources.
-pub(super) fn caller_session(
-    entry: &SourceEntry,
-    request: &SecretRequest,
-    peer: &PeerIdentity,
-) -> Option<SecretRequest> {
-    let Source::AwsCredentials(creds) = &entry.source else {
-        return None;
-    };
-    let key = creds.session_key(request.name.id(), peer)?;
-    let mut bound = request.clone();
-    bound.selector.aws_session = Some(Arc::new(key));
-    Some(bound)
 }

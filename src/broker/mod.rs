@@ -29,6 +29,7 @@
 mod audited;
 mod error;
 mod fetch;
+pub(crate) mod held;
 mod reply;
 mod request;
 mod wait;
@@ -41,15 +42,15 @@ use crate::name::{Glob, SecretName};
 use crate::peer::PeerIdentity;
 use crate::rate_limited;
 use crate::secure_mem::{locked_bytes, mapped_bytes};
-use crate::source::vault::lease_caller;
-use crate::source::{SecretRequest, Selector, Source, SourceEntry};
+use crate::source::{CallerScope, SecretRequest, Selector, Source, SourceEntry};
 use crate::state::{AppState, Runtime};
 use audited::Audited;
 pub use error::BrokerError;
-use fetch::{Target, cached_fetch, caller_session};
+use fetch::{Target, cached_fetch};
 pub use reply::{Reply, ReplyKind};
 use reply::{View, current, text_kind};
 pub use request::{Caller, CredentialRequest, Format, ReadRequest};
+pub use wait::Hangup;
 
 /// SECURITY: bytes of the request came from a process other than the one whose identity the
 /// connection carries: refuse before anything else, whatever was asked.
@@ -119,6 +120,65 @@ pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerE
     secret.map(|_| ())
 }
 
+/// Fetches several `[prefetch]` secrets of one source that batches into the cache with one batch
+/// call (`SourceEntry::prefetch_batch`), each stored through the cache's single-flight path as
+/// [`prefetch`] would (no decision, no audit line). Returns the names it did not fetch (its
+/// source is not up or does not batch, or the batch answered no value for them): the caller
+/// prefetches those one by one.
+pub async fn prefetch_batch(state: &AppState, names: &[SecretName]) -> Vec<SecretName> {
+    if state.shutting_down() {
+        return names.to_vec();
+    }
+    let runtime = state.current_runtime();
+    let (mut batched, mut rest) = (Vec::new(), Vec::new());
+    let mut entry: Option<&Arc<SourceEntry>> = None;
+    for name in names {
+        match validate(&runtime, name, &Selector::default()) {
+            Ok(e) if entry.is_none_or(|first| Arc::ptr_eq(first, e)) => {
+                entry = Some(e);
+                batched.push(name);
+            }
+            _ => rest.push(name.clone()),
+        }
+    }
+    let Some(entry) = entry else {
+        return rest;
+    };
+    let ids: Vec<String> = batched.iter().map(|n| n.id().to_owned()).collect();
+    let Some(answers) = entry.prefetch_batch(&ids, &state.metrics).await else {
+        rest.extend(batched.into_iter().cloned());
+        return rest;
+    };
+    if let Some(first) = batched.first() {
+        let fetches = u64::try_from(ids.len()).unwrap_or(u64::MAX);
+        state
+            .metrics
+            .source(first.source())
+            .fetches
+            .fetch_add(fetches, std::sync::atomic::Ordering::Relaxed);
+    }
+    for (name, answer) in batched.into_iter().zip(answers) {
+        let Some(secret) = answer else {
+            rest.push(name.clone());
+            continue;
+        };
+        let request = SecretRequest {
+            name: name.clone(),
+            selector: Selector::default(),
+        };
+        // A value cached or being fetched meanwhile wins; this one is then dropped (wiped).
+        let fill = move || move |_, _| async move { Ok(crate::source::Fetched::New(secret)) };
+        let (stored, _) = state
+            .cache
+            .get_with(&request, entry.ttl, runtime.generation, fill)
+            .await;
+        if stored.is_err() {
+            rest.push(name.clone());
+        }
+    }
+    rest
+}
+
 /// Reads a secret for `caller`: at once, or — with `wait` and an `if_none_match` that is still
 /// current — once the served bytes differ, else `not_modified` at the deadline. One audit line
 /// whatever the wait (`"action":"refresh"` for a forced re-fetch).
@@ -130,6 +190,17 @@ pub async fn read(
     state: &AppState,
     caller: Caller<'_>,
     request: &ReadRequest,
+) -> Result<Reply, BrokerError> {
+    read_watched(state, caller, request, &wait::NeverHangsUp).await
+}
+
+/// [`read`], whose wait (with `?wait=`) also ends when `hangup` says the client is gone:
+/// [`BrokerError::ClientGone`], audited, counted in `credagent_waits_abandoned_total`.
+pub async fn read_watched(
+    state: &AppState,
+    caller: Caller<'_>,
+    request: &ReadRequest,
+    hangup: &dyn Hangup,
 ) -> Result<Reply, BrokerError> {
     // Every local that lives across the await is stored in this future, which hyper moves on
     // every request: the request is borrowed, and the checks are a plain function.
@@ -145,12 +216,21 @@ pub async fn read(
         // The common read: no clock, no subscription, and a small future.
         None => read_now(state, caller, request, &view, &mut audited).await,
         // Boxed: its timers and subscription would otherwise size every read's future.
-        Some(wait) => Box::pin(wait_read(state, caller, request, &view, wait, &mut audited)).await,
+        Some(wait) => {
+            let waiting = WaitRead {
+                request,
+                view: &view,
+                wait,
+                hangup,
+            };
+            Box::pin(wait_read(state, caller, waiting, &mut audited)).await
+        }
     };
     if let (Ok(reply), Some(aws)) = (&result, audited.event.aws.as_mut()) {
         aws.expires_at = reply.expires_at;
     }
     if let Ok(reply) = &result {
+        audited.event.refresh = reply.refresh;
         audited.event.expires_in = reply.expires_at.and_then(|at| {
             let left = at.duration_since(audited.event.time).ok()?;
             std::num::NonZeroU32::new(u32::try_from(left.as_secs()).unwrap_or(u32::MAX))
@@ -190,13 +270,17 @@ async fn read_now(
 async fn wait_read(
     state: &AppState,
     caller: Caller<'_>,
-    request: &ReadRequest,
-    view: &View<'_>,
-    wait: std::time::Duration,
+    waiting: WaitRead<'_>,
     audited: &mut Audited<'_>,
 ) -> Result<Reply, BrokerError> {
+    let WaitRead {
+        request,
+        view,
+        wait,
+        hangup,
+    } = waiting;
     let secret = &request.secret;
-    let mut waiter = wait::Waiter::new(state, secret, wait, request.refresh);
+    let mut waiter = wait::Waiter::new(state, secret, wait, request.refresh, hangup);
     let mut admitted_before = false;
     loop {
         let force = waiter.start_read();
@@ -209,10 +293,29 @@ async fn wait_read(
         let Some(reply) = read.run(force, audited, &mut admitted_before).await? else {
             continue;
         };
-        if !reply.not_modified || !waiter.sleep().await {
+        if !reply.not_modified {
             return Ok(reply);
         }
+        match waiter.sleep().await {
+            Ok(true) => {}
+            Ok(false) => return Ok(reply),
+            Err(gone) => {
+                state
+                    .metrics
+                    .waits_abandoned
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(gone);
+            }
+        }
     }
+}
+
+/// What a `?wait=` read waits with.
+struct WaitRead<'a> {
+    request: &'a ReadRequest,
+    view: &'a View<'a>,
+    wait: std::time::Duration,
+    hangup: &'a dyn Hangup,
 }
 
 /// One look-up of a read under the runtime in force.
@@ -245,27 +348,28 @@ impl ReadOnce<'_> {
             *admitted_before,
         )?;
         *admitted_before = true;
-        // aws-credentials: the caller's own session joins the cache key (under this runtime's
-        // source: a reload may have changed the profile).
-        // A `per_caller` lease profile: the caller's own credential, cached under its identity.
-        let keyed = lease_caller::keyed_request(entry, self.secret, self.caller.peer);
-        let secret = keyed.as_ref().unwrap_or(self.secret);
-        let bound = caller_session(entry, secret, self.caller.peer);
-        audited.event.aws = bound.as_ref().and_then(|bound| {
-            bound.selector.aws_session.as_deref().map(|key| {
-                Box::new(crate::audit::AwsSession {
-                    name: crate::source::aws::credentials::session_name_of(key).into(),
-                    expires_at: None,
-                })
-            })
-        });
+        // aws-credentials, a `per_caller` lease profile: the caller's own session or lease
+        // joins the cache key (under this runtime's source: a reload may have changed it).
+        let bound = entry.source.scoped(self.secret, self.caller.peer);
+        audited.event.aws =
+            bound
+                .as_ref()
+                .and_then(|bound| match bound.selector.caller.as_deref() {
+                    Some(CallerScope::AwsSession(key)) => {
+                        Some(Box::new(crate::audit::AwsSession {
+                            name: crate::source::aws::credentials::session_name_of(key).into(),
+                            expires_at: None,
+                        }))
+                    }
+                    _ => None,
+                });
         let target = Target {
             state,
             request_id: audited.request_id(),
             uid: self.caller.peer.uid,
             entry,
             generation: runtime.generation,
-            request: bound.as_ref().unwrap_or(secret),
+            request: bound.as_ref().unwrap_or(self.secret),
         };
         let (reply, served) = current(&target, self.view, force).await;
         audited.event.cache = Some(served.as_str());
@@ -404,9 +508,10 @@ async fn credential_once(
     }
     let secret_request = SecretRequest { name, selector };
     // aws-credentials: the connecting unit's own session.
-    let secret_request = caller_session(entry, &secret_request, peer).unwrap_or(secret_request);
-    let secret_request =
-        lease_caller::keyed_request(entry, &secret_request, peer).unwrap_or(secret_request);
+    let secret_request = entry
+        .source
+        .scoped(&secret_request, peer)
+        .unwrap_or(secret_request);
     let target = Target {
         state,
         request_id,
@@ -542,6 +647,11 @@ pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerErr
             .render(state.cache.len(), locked_bytes(), mapped_bytes());
         // vault-lease: counters and seconds left per profile.
         crate::source::vault::lease_metrics::render(&state.runtime().sources, &mut text);
+        let sources = &state.runtime().sources;
+        let counted = sources
+            .iter()
+            .filter_map(|(name, entry)| Some((name.as_str(), entry.source.call_counts()?)));
+        crate::source::aws::calls::render(counted, &mut text);
         Ok(text)
     })();
     audited.finish(result)
@@ -1021,6 +1131,60 @@ gone = "fake/missing"
         );
     }
 
+    /// A client that hangs up at this instant (and stays gone).
+    struct HangsUpAt(tokio::time::Instant);
+
+    impl Hangup for HangsUpAt {
+        fn hung_up(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+            Box::pin(tokio::time::sleep_until(self.0))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_whose_client_hangs_up_ends_then_audited_client_gone() {
+        let mut fx = Fixture::new();
+        let peer = peer(1000, None);
+        let caller = Caller {
+            peer: &peer,
+            sender_is_connector: true,
+        };
+        let plain = read_request("fake/ok/a", Selector::default(), None);
+        let first = read(&fx.state, caller, &plain).await.unwrap();
+        let etag = String::from_utf8(first.etag.clone().unwrap().to_vec()).unwrap();
+        let waiting = ReadRequest {
+            if_none_match: Some(etag),
+            wait: Some(Duration::from_secs(300)),
+            ..plain
+        };
+        let started = tokio::time::Instant::now();
+        let got = read_watched(
+            &fx.state,
+            caller,
+            &waiting,
+            &HangsUpAt(started + Duration::from_secs(2)),
+        )
+        .await;
+        assert_eq!(got.unwrap_err(), BrokerError::ClientGone);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        let lines = fx.lines();
+        let line = &lines[1];
+        assert_eq!(
+            (line.status, line.reason, line.decision),
+            (499, Some("client_gone"), "allow")
+        );
+        assert_eq!(
+            fx.state
+                .metrics
+                .waits_abandoned
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
     #[tokio::test]
     async fn credential_table() {
         // uid, unit, unit claimed, credential id, answer, audit reason
@@ -1255,8 +1419,17 @@ gone = "fake/missing"
                 .unwrap();
             Arc::new(secret)
         };
+        let metrics = crate::metrics::Metrics::default();
+        let holder = reply::Holder {
+            uid: 0,
+            metrics: &metrics,
+        };
         let tag = |secs: u64, format: Format| {
-            etag(&render(&name, fetched(secs), None, format).unwrap().body)
+            etag(
+                &render(&name, fetched(secs), None, format, &holder)
+                    .unwrap()
+                    .body,
+            )
         };
         assert_eq!(tag(1_000, Format::Raw), tag(2_000, Format::Raw));
         assert_ne!(tag(1_000, Format::Json), tag(2_000, Format::Json));

@@ -1,5 +1,6 @@
 //! The reply: a value as the read wants it shown (raw, one field, or the JSON document), its
-//! ETag, and `NotModified` for a caller that holds the current tag; built in secure memory.
+//! ETag, and `NotModified` for a caller that holds the current tag; built in secure memory, a
+//! rendered field or document charged to the caller's share ([`held`](super::held)).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -9,11 +10,13 @@ use bytes::Bytes;
 
 use super::error::BrokerError;
 use super::fetch::{Target, cached_fetch};
+use super::held::SHARES;
 use super::request::Format;
 use crate::cache::{Refresh, Served};
 use crate::jsonval::{FieldError, extract_field, push_base64, push_json_string};
+use crate::metrics::Metrics;
 use crate::name::SecretName;
-use crate::secure_mem::{MemError, SecretBuf, SecretBytes};
+use crate::secure_mem::{MemError, SecretBuf, SecretBytes, without_reclaim};
 use crate::source::Secret;
 use crate::timefmt::rfc3339;
 
@@ -110,7 +113,11 @@ pub(super) async fn current(
         // A read of the whole value answers with the tag kept beside it in the cache.
         let whole = (view.field.is_none() && view.format == Format::Raw).then(|| secret.tag(etag));
         let expires_at = secret.lifetime.map(|l| l.expires_at);
-        let mut reply = render(&request.name, secret, view.field, view.format)?;
+        let holder = Holder {
+            uid: target.uid,
+            metrics: &target.state.metrics,
+        };
+        let mut reply = render(&request.name, secret, view.field, view.format, &holder)?;
         reply.expires_at = expires_at;
         reply.etag = Some(whole.unwrap_or_else(|| etag(&reply.body)));
         reply.refresh = force.then_some(refresh);
@@ -135,31 +142,59 @@ pub(super) fn text_kind(text: bool) -> ReplyKind {
     }
 }
 
+/// Whose share of the locked memory a rendered response takes ([`held`](super::held)).
+pub(super) struct Holder<'a> {
+    pub(super) uid: u32,
+    pub(super) metrics: &'a Metrics,
+}
+
+impl Holder<'_> {
+    fn hold(&self, bytes: SecretBytes) -> Result<Bytes, BrokerError> {
+        Ok(Bytes::from_owner(SHARES.hold(
+            self.uid,
+            bytes,
+            self.metrics,
+        )?))
+    }
+}
+
+/// The value as `field` and `format` show it. A whole raw value shares the cached bytes; a field
+/// or a JSON document is a locked buffer of its own, charged to `holder`'s uid while the
+/// response lives.
+///
+/// SECURITY: rendered without reclaiming: at the budget the render fails (`memory_budget`)
+/// rather than evict values other callers read from the cache.
 pub(super) fn render(
     name: &SecretName,
     secret: Arc<Secret>,
     field: Option<&str>,
     format: Format,
+    holder: &Holder<'_>,
 ) -> Result<Reply, BrokerError> {
-    let (value, text): (Bytes, bool) = match field {
-        None => (secret.value.shared(), secret.is_text()),
-        Some(field) => match extract_field(secret.value.as_slice(), field) {
-            Ok(bytes) => {
-                let text = std::str::from_utf8(bytes.as_slice()).is_ok();
-                (Bytes::from_owner(bytes), text)
-            }
-            Err(FieldError::Missing) => return Err(BrokerError::FieldNotFound),
-            Err(FieldError::NotObject) => return Err(BrokerError::NotJson),
-            Err(FieldError::Memory(err)) => return Err(BrokerError::from(err)),
-        },
-    };
-    match format {
-        Format::Raw => Ok(Reply::new(value, text_kind(text))),
-        Format::Json => Ok(Reply::new(
-            Bytes::from_owner(render_json(name, &secret, &value)?),
-            ReplyKind::Json,
-        )),
+    if field.is_some() || format == Format::Json {
+        SHARES.check(holder.uid, holder.metrics)?;
     }
+    without_reclaim(|| {
+        let (value, text): (Bytes, bool) = match field {
+            None => (secret.value.shared(), secret.is_text()),
+            Some(field) => match extract_field(secret.value.as_slice(), field) {
+                Ok(bytes) => {
+                    let text = std::str::from_utf8(bytes.as_slice()).is_ok();
+                    (holder.hold(bytes)?, text)
+                }
+                Err(FieldError::Missing) => return Err(BrokerError::FieldNotFound),
+                Err(FieldError::NotObject) => return Err(BrokerError::NotJson),
+                Err(FieldError::Memory(err)) => return Err(BrokerError::from(err)),
+            },
+        };
+        match format {
+            Format::Raw => Ok(Reply::new(value, text_kind(text))),
+            Format::Json => Ok(Reply::new(
+                holder.hold(render_json(name, &secret, &value)?)?,
+                ReplyKind::Json,
+            )),
+        }
+    })
 }
 
 /// `{"name","source","value","version","fetched_at"}` built in secure memory (plus

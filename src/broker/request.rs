@@ -33,7 +33,8 @@ pub struct ReadRequest {
     /// Hold the read up to this long while the served bytes would still match
     /// `if_none_match`.
     pub wait: Option<Duration>,
-    /// Re-fetch now, once per `cache.min_refresh_interval` (`?refresh=true`).
+    /// Re-fetch now, once per `cache.min_refresh_interval` per uid, unless a minted value is
+    /// still fresh (`?refresh=true`).
     pub refresh: bool,
 }
 

@@ -11,6 +11,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Cache;
+use super::forced::Refresh;
+use super::forced::{Force, Forced, leave_fresh};
 use super::lru::evict_lru;
 use super::slot::*;
 use crate::source::{Fetched, Secret, SecretRequest, SourceError};
@@ -22,7 +24,7 @@ impl Cache {
         request: &SecretRequest,
         ttl: Duration,
         generation: u64,
-        force: bool,
+        force: Option<Force>,
         make: M,
     ) -> (Step, Refresh)
     where
@@ -50,13 +52,19 @@ impl Cache {
         let step = match inner.map.get_mut(request) {
             Some(Slot::Ready(entry)) => {
                 entry.last_used = clock;
+                if leave_fresh(force, now, entry.refresh_at.min(entry.expires)) {
+                    self.metrics.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return (
+                        Step::Done(entry.secret.clone(), Served::Hit),
+                        Refresh::Fresh,
+                    );
+                }
                 // A reader's forced re-fetch goes the way of an expired value: join the fetch in
                 // flight or start one, and wait for it.
                 let (forced, refresh) =
-                    force_decision(force, entry.forced_at, now, settings.min_refresh_interval);
-                if forced {
-                    entry.forced_at = Some(now);
-                }
+                    entry
+                        .forced
+                        .decide(force, now, settings.min_refresh_interval);
                 let backing_off = entry.retry_after.is_some_and(|t| now < t);
                 if !forced && now < entry.expires {
                     let refresh_due = now >= entry.refresh_at;
@@ -112,14 +120,18 @@ impl Cache {
                 );
             }
             Some(Slot::Loading { rx, forced, .. }) => {
-                *forced |= force;
+                if let Some(force) = force {
+                    forced.note(force.uid);
+                }
                 Step::WaitMiss(rx.clone())
             }
             Some(Slot::Absent(absent)) => {
                 absent.last_used = clock;
                 // ?refresh=true may look again, as for a value: once per interval.
                 let (forced, refresh) =
-                    force_decision(force, absent.forced_at, now, settings.min_refresh_interval);
+                    absent
+                        .forced
+                        .decide(force, now, settings.min_refresh_interval);
                 if !forced && now < absent.expires {
                     self.metrics
                         .cache_negative_hits
@@ -127,6 +139,7 @@ impl Cache {
                     return (Step::Absent, refresh);
                 }
                 // Expired (or forced): a miss in the slot the absence held.
+                let forced = force.filter(|_| forced);
                 let rx = self.start_miss(inner, request, next_id, ttl, forced, make());
                 return (Step::WaitMiss(rx), refresh);
             }
@@ -147,7 +160,7 @@ impl Cache {
         request: &SecretRequest,
         id: u64,
         ttl: Duration,
-        forced: bool,
+        force: Option<Force>,
         fetch: F,
     ) -> Waiter
     where
@@ -157,6 +170,10 @@ impl Cache {
         inner.next_id = id;
         let generation = inner.generation;
         let rx = self.spawn_fetch(request.clone(), id, generation, ttl, None, fetch);
+        let mut forced = Forced::default();
+        if let Some(force) = force {
+            forced.note(force.uid);
+        }
         let slot = Slot::Loading {
             id,
             rx: rx.clone(),
@@ -244,12 +261,12 @@ impl Cache {
                 ..
             } if *slot_id == id => match outcome {
                 Ok(secret) => {
-                    let forced_at = forced.then_some(now);
+                    let forced = std::mem::take(forced).stamp(now);
                     *slot = Slot::Ready(Entry {
                         secret: secret.clone(),
                         expires,
                         refresh_at,
-                        forced_at,
+                        forced,
                         ttl,
                         last_used: inner.clock,
                         refresh: None,
@@ -261,10 +278,10 @@ impl Cache {
                     false
                 }
                 Err(SourceError::NotFound) if !settings.negative_ttl.is_zero() => {
-                    let forced_at = forced.then_some(now);
+                    let forced = std::mem::take(forced).stamp(now);
                     *slot = Slot::Absent(Absent {
                         expires: later(now, settings.negative_ttl),
-                        forced_at,
+                        forced,
                         last_used: inner.clock,
                     });
                     false

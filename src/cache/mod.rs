@@ -10,8 +10,9 @@
 //!
 //! It also tells who waits for a key ([`Cache::subscribe`]) when that key may have changed: a
 //! fetch stored a value, or a flush dropped it. Waiters re-read and compare what they serve; the
-//! cache never compares values. A reader may force one re-fetch per key per
-//! `min_refresh_interval` ([`Cache::refresh_with`]). Each stored value's expiry and refresh-ahead
+//! cache never compares values. A reader may force one re-fetch per key per uid per
+//! `min_refresh_interval` ([`Cache::refresh_with`]); a minted value (each fetch a new one) is
+//! left alone while it is fresh. Each stored value's expiry and refresh-ahead
 //! start are spread by up to `jitter_percent`, so agents started together do not refresh
 //! together.
 //!
@@ -24,6 +25,7 @@
 #![deny(clippy::arithmetic_side_effects)]
 
 mod fill;
+mod forced;
 mod lru;
 mod slot;
 
@@ -40,10 +42,11 @@ use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::name::Glob;
 use crate::source::{Fetched, Secret, SecretRequest, SourceError};
+pub use forced::{Force, Refresh};
 use lru::take_lru;
+pub use slot::Served;
 pub(crate) use slot::later;
 use slot::{Inner, Slot, Step, wait};
-pub use slot::{Refresh, Served};
 
 /// The cache.
 pub struct Cache {
@@ -119,20 +122,22 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let (step, _) = self.lookup(request, ttl, generation, false, make);
+        let (step, _) = self.lookup(request, ttl, generation, None, make);
         self.serve(step).await
     }
 
     /// As [`Cache::get_with`], but a reader asks for a re-fetch now (after a login failed with
-    /// the cached value, say): one single-flighted fetch, at most once per key per
+    /// the cached value, say): one single-flighted fetch, at most once per key per uid per
     /// `min_refresh_interval`; within it, a plain read answered [`Refresh::Throttled`]. A
-    /// transient failure of the re-fetch serves the cached value within the stale-if-error
-    /// bound.
+    /// minted value ([`Force::minted`]) before its refresh point is served as it is, answered
+    /// [`Refresh::Fresh`]. A transient failure of the re-fetch serves the cached value within
+    /// the stale-if-error bound.
     pub async fn refresh_with<M, F, Fut>(
         self: &Arc<Self>,
         request: &SecretRequest,
         ttl: Duration,
         generation: u64,
+        force: Force,
         make: M,
     ) -> (Result<Arc<Secret>, SourceError>, Served, Refresh)
     where
@@ -140,7 +145,7 @@ impl Cache {
         F: FnOnce(SecretRequest, Option<Arc<Secret>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Fetched, SourceError>> + Send + 'static,
     {
-        let (step, refresh) = self.lookup(request, ttl, generation, true, make);
+        let (step, refresh) = self.lookup(request, ttl, generation, Some(force), make);
         let (result, served) = self.serve(step).await;
         (result, served, refresh)
     }
@@ -318,6 +323,12 @@ mod tests {
     use std::num::NonZeroUsize;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// A forced refresh by uid 0 of a value that is not minted.
+    const BY_ROOT: Force = Force {
+        uid: 0,
+        minted: false,
+    };
+
     type FakeFetch = std::pin::Pin<Box<dyn Future<Output = Result<Fetched, SourceError>> + Send>>;
 
     /// A fake source: counts fetches, answers after `delay` with `value` (or the scripted error).
@@ -386,6 +397,7 @@ mod tests {
             stale_if_error: Duration::from_secs(stale),
             lock_memory: crate::secure_mem::LockPolicy::BestEffort,
             max_locked_bytes: 64 << 20,
+            max_locked_bytes_per_uid: 16 << 20,
             min_refresh_interval: Duration::from_secs(10),
             jitter_percent: 0,
             negative_ttl: Duration::ZERO,
@@ -691,7 +703,7 @@ mod tests {
         let fake = Fake::new("v1", Duration::from_millis(10));
         // On a miss the fetch itself counts as the refresh.
         let (v, _, r) = cache
-            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .refresh_with(&req("a"), TTL, 0, BY_ROOT, || fake.fetcher())
             .await;
         assert_eq!(
             (v.unwrap().value.as_slice(), r),
@@ -699,7 +711,7 @@ mod tests {
         );
         fake.set(Ok("v2"));
         let (v, served, r) = cache
-            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .refresh_with(&req("a"), TTL, 0, BY_ROOT, || fake.fetcher())
             .await;
         assert_eq!(v.unwrap().value.as_slice(), b"v1");
         assert_eq!((served, r), (Served::Hit, Refresh::Throttled));
@@ -708,14 +720,64 @@ mod tests {
         // Concurrent forced refreshes share one fetch.
         let key = req("a");
         let (x, y) = tokio::join!(
-            cache.refresh_with(&key, TTL, 0, || fake.fetcher()),
-            cache.refresh_with(&key, TTL, 0, || fake.fetcher())
+            cache.refresh_with(&key, TTL, 0, BY_ROOT, || fake.fetcher()),
+            cache.refresh_with(&key, TTL, 0, BY_ROOT, || fake.fetcher())
         );
         assert_eq!(x.0.unwrap().value.as_slice(), b"v2");
         assert_eq!(x.2, Refresh::Done);
         assert_eq!(y.2, Refresh::Throttled);
         assert_eq!(fake.count(), 2);
         assert_eq!(read(&cache, &fake, "a").await.0.unwrap(), "v2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fresh_minted_value_is_left_alone_and_the_throttle_is_per_uid() {
+        // TTL 100 s, refresh-ahead from 90 s.
+        let cache = Cache::new(settings(10, 0, 100), Arc::default());
+        let fake = Fake::new("t1", Duration::from_millis(10));
+        let by = |uid, minted| Force { uid, minted };
+        let key = req("a");
+        read(&cache, &fake, "a").await.0.unwrap();
+        fake.set(Ok("t2"));
+        for uid in [0, 65534, 65534] {
+            let (v, served, r) = cache
+                .refresh_with(&key, TTL, 0, by(uid, true), || fake.fetcher())
+                .await;
+            assert_eq!(v.unwrap().value.as_slice(), b"t1");
+            assert_eq!((served, r), (Served::Hit, Refresh::Fresh));
+        }
+        assert_eq!(fake.count(), 1, "a fresh minted value is not fetched again");
+        // Not minted: refreshed, once per interval per uid; another uid's is its own.
+        let (v, _, r) = cache
+            .refresh_with(&key, TTL, 0, by(65534, false), || fake.fetcher())
+            .await;
+        assert_eq!(
+            (v.unwrap().value.as_slice(), r),
+            (&b"t2"[..], Refresh::Done)
+        );
+        let (_, _, r) = cache
+            .refresh_with(&key, TTL, 0, by(65534, false), || fake.fetcher())
+            .await;
+        assert_eq!(r, Refresh::Throttled);
+        fake.set(Ok("t3"));
+        let (v, _, r) = cache
+            .refresh_with(&key, TTL, 0, by(0, false), || fake.fetcher())
+            .await;
+        assert_eq!(
+            (v.unwrap().value.as_slice(), r),
+            (&b"t3"[..], Refresh::Done)
+        );
+        assert_eq!(fake.count(), 3);
+        // Past its refresh point a minted value is refreshed on demand.
+        fake.set(Ok("t4"));
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        let (v, _, r) = cache
+            .refresh_with(&key, TTL, 0, by(65534, true), || fake.fetcher())
+            .await;
+        assert_eq!(
+            (v.unwrap().value.as_slice(), r),
+            (&b"t4"[..], Refresh::Done)
+        );
     }
 
     /// A fetch that answers `value` with a lifetime (serve 20 s, valid 30 s), or fails
@@ -905,21 +967,21 @@ mod tests {
     async fn forced_refresh_of_an_absence_looks_again_once_per_interval() {
         let (cache, fake) = absent("a").await;
         let (v, served, r) = cache
-            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .refresh_with(&req("a"), TTL, 0, BY_ROOT, || fake.fetcher())
             .await;
         assert_eq!(
             (v.unwrap_err(), served, r),
             (SourceError::NotFound, Served::Miss, Refresh::Done)
         );
         let (_, served, r) = cache
-            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .refresh_with(&req("a"), TTL, 0, BY_ROOT, || fake.fetcher())
             .await;
         assert_eq!((served, r), (Served::Negative, Refresh::Throttled));
         assert_eq!(fake.count(), 2);
         fake.set(Ok("created"));
         tokio::time::sleep(Duration::from_secs(10)).await;
         let (v, _, r) = cache
-            .refresh_with(&req("a"), TTL, 0, || fake.fetcher())
+            .refresh_with(&req("a"), TTL, 0, BY_ROOT, || fake.fetcher())
             .await;
         assert_eq!(
             (v.unwrap().value.as_slice(), r),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::forced::Forced;
 use crate::config::CacheConfig;
 use crate::source::{Secret, SecretRequest, SourceError};
 
@@ -48,8 +49,8 @@ pub(super) enum Slot {
     Loading {
         id: u64,
         rx: Waiter,
-        /// A reader forced this fetch: it counts as the key's last forced re-fetch.
-        forced: bool,
+        /// The uids whose forced re-fetch this is: it counts as their last one on the key.
+        forced: Forced,
     },
     Ready(Entry),
     /// The source answered "no such secret"; answered so again until `expires`.
@@ -58,8 +59,8 @@ pub(super) enum Slot {
 
 pub(super) struct Absent {
     pub(super) expires: Instant,
-    /// The last reader-forced re-fetch.
-    pub(super) forced_at: Option<Instant>,
+    /// The last reader-forced re-fetches, per uid.
+    pub(super) forced: Forced,
     pub(super) last_used: u64,
 }
 
@@ -68,8 +69,8 @@ pub(super) struct Entry {
     pub(super) expires: Instant,
     /// When refresh-ahead may start (expiry minus the jittered window).
     pub(super) refresh_at: Instant,
-    /// The last reader-forced re-fetch.
-    pub(super) forced_at: Option<Instant>,
+    /// The last reader-forced re-fetches, per uid.
+    pub(super) forced: Forced,
     pub(super) ttl: Duration,
     pub(super) last_used: u64,
     pub(super) refresh: Option<(u64, Waiter)>,
@@ -87,15 +88,6 @@ impl Entry {
         let bound = later(self.expires, stale_if_error);
         self.valid_until.map_or(bound, |v| bound.min(v))
     }
-}
-
-/// Whether a reader's forced re-fetch ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refresh {
-    /// The value was fetched (or a fetch already in flight was joined).
-    Done,
-    /// Within `min_refresh_interval` of the last one: served as a plain read.
-    Throttled,
 }
 
 /// What `get` does after the lookup under the lock.
@@ -149,23 +141,6 @@ pub(super) fn jittered(
     let window = max_window.map_or(window, |max| window.min(max));
     let refresh_at = expires.checked_sub(window).unwrap_or(now).max(now);
     (expires, refresh_at)
-}
-
-/// Whether a read that asks to `force` a re-fetch gets one (the key's last forced re-fetch, at
-/// `forced_at`, is at least `interval` ago), and what the reader is told.
-pub(super) fn force_decision(
-    force: bool,
-    forced_at: Option<Instant>,
-    now: Instant,
-    interval: Duration,
-) -> (bool, Refresh) {
-    let allowed = forced_at.is_none_or(|t| now >= later(t, interval));
-    let refresh = if force && !allowed {
-        Refresh::Throttled
-    } else {
-        Refresh::Done
-    };
-    (force && allowed, refresh)
 }
 
 /// `t + d`, or as late as the clock can say: durations come from configuration and backends, and

@@ -20,9 +20,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use super::ServerError;
 use super::aws_token::{Holder, TOKEN_TTL, TokenError};
+use super::bind::ServerError;
 use super::error::ApiError;
+use super::idle::signalled;
 use crate::audit::AuditEvent;
 use crate::broker::{self, Caller, ReadRequest};
 use crate::name::SecretName;
@@ -74,7 +75,7 @@ pub async fn serve(
                 Ok(permit) => permit,
                 Err(_) => break,
             },
-            () = super::signalled(&mut shutdown) => break,
+            () = signalled(&mut shutdown) => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -85,7 +86,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = super::signalled(&mut shutdown) => break,
+            () = signalled(&mut shutdown) => break,
         };
         let state = state.clone();
         let per_uid = per_uid.clone();
@@ -284,6 +285,8 @@ struct ProcessJson<'a> {
     session_token: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     expiration: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    account_id: Option<std::borrow::Cow<'a, str>>,
 }
 
 #[derive(serde::Serialize)]
@@ -293,9 +296,12 @@ struct ContainerJson<'a> {
     secret_access_key: &'a str,
     token: &'a str,
     expiration: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_id: Option<&'a str>,
 }
 
-/// `{"AccessKeyId","SecretAccessKey","Token","Expiration"}` in locked memory; `None` when the
+/// `{"AccessKeyId","SecretAccessKey","Token","Expiration","AccountId"}` in locked memory (no
+/// `AccountId` when the profile's JSON has none); `None` when the
 /// value is not credential_process JSON.
 fn container_body(process: &[u8]) -> Option<SecretBytes> {
     let parsed: ProcessJson<'_> = serde_json::from_slice(process).ok()?;
@@ -304,6 +310,7 @@ fn container_body(process: &[u8]) -> Option<SecretBytes> {
         secret_access_key: &parsed.secret_access_key,
         token: &parsed.session_token,
         expiration: &parsed.expiration,
+        account_id: parsed.account_id.as_deref(),
     };
     let mut out = SecretBuf::with_capacity(process.len().saturating_add(64)).ok()?;
     serde_json::to_writer(&mut Writer(&mut out), &body).ok()?;
@@ -338,7 +345,7 @@ pub(super) async fn issue(state: &AppState, caller: Caller<'_>, profile: &Secret
     let peer = caller.peer;
     let reply = match broker::read(state, caller, &ReadRequest::plain(profile.clone())).await {
         Ok(reply) => reply,
-        Err(err) => return super::handler::broker_error(err),
+        Err(err) => return super::error::broker_error(err),
     };
     if container_body(&reply.body).is_none() {
         return api_refusal(
@@ -427,13 +434,17 @@ mod tests {
 
     #[test]
     fn credential_process_json_becomes_the_container_shape() {
-        let process = br#"{"Version":1,"AccessKeyId":"AKIA1","SecretAccessKey":"s\/k","SessionToken":"tok","Expiration":"2026-12-04T20:00:00Z"}"#;
+        let process = br#"{"Version":1,"AccessKeyId":"AKIA1","SecretAccessKey":"s\/k","SessionToken":"tok","Expiration":"2026-12-04T20:00:00Z","AccountId":"210987654321"}"#;
         let body = container_body(process).unwrap();
         let parsed: serde_json::Value = serde_json::from_slice(body.as_slice()).unwrap();
         assert_eq!(
             parsed,
-            serde_json::json!({"AccessKeyId":"AKIA1","SecretAccessKey":"s/k","Token":"tok","Expiration":"2026-12-04T20:00:00Z"})
+            serde_json::json!({"AccessKeyId":"AKIA1","SecretAccessKey":"s/k","Token":"tok","Expiration":"2026-12-04T20:00:00Z","AccountId":"210987654321"})
         );
+        let process = br#"{"Version":1,"AccessKeyId":"AKIA1","SecretAccessKey":"s","SessionToken":"tok","Expiration":"2026-12-04T20:00:00Z"}"#;
+        let parsed: serde_json::Value =
+            serde_json::from_slice(container_body(process).unwrap().as_slice()).unwrap();
+        assert!(parsed.get("AccountId").is_none(), "{parsed}");
         assert!(container_body(b"plain secret").is_none());
         assert!(container_body(br#"{"AccessKeyId":"A"}"#).is_none());
     }

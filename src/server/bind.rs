@@ -4,14 +4,73 @@
 //! file grants no more than the configured owner, group and mode.
 //!
 //! It does not decide where the socket goes or what replaces a stale one (`server::bind`).
+//! [`ServerError`], every failure to set up a listening socket, is here.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{Mode, umask};
 
-use super::ServerError;
+/// Failures to set up the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The thread that closes idle connections could not be started.
+    #[error("cannot start the idle-connection thread: {0}")]
+    IdleThread(std::io::Error),
+    /// Could not create the socket's directory.
+    #[error("cannot create socket directory {path}: {source}")]
+    SocketDir {
+        /// Directory.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Another process answers on the socket.
+    #[error("{path} is in use: another agent is answering on it")]
+    InUse {
+        /// Socket path.
+        path: PathBuf,
+    },
+    /// The path exists and is not a socket.
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket {
+        /// Path.
+        path: PathBuf,
+    },
+    /// bind(2) failed.
+    #[error("cannot bind {path}: {source}")]
+    BindSocket {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// chmod/chown of the socket failed.
+    #[error("cannot set owner or mode of {path}: {source}")]
+    Permissions {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The container-credentials TCP listener could not be bound.
+    #[error("cannot bind server.aws_container_listen {addr}: {source}")]
+    BindTcp {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// `SO_PASSCRED` could not be set, so the writer of each request could not be checked.
+    #[error("cannot enable SO_PASSCRED on {path}: {source}")]
+    PassCredentials {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
 
 /// SECURITY: binds a listening socket at `path`, owner-only at first, then with group `gid` (if
 /// given), then with `mode`.

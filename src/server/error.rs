@@ -52,6 +52,8 @@ pub enum ApiError {
     TooManyConnections,
     /// Holding the response would exceed `cache.max_locked_bytes`.
     MemoryBudget,
+    /// The caller's uid's in-flight responses hold its `cache.max_locked_bytes_per_uid`.
+    MemoryBudgetUid,
     /// The source has `max_concurrent_fetches` running and its queue is full or timed out.
     SourceBusy,
     /// An OAuth2 token endpoint refused the agent's token request, with this code.
@@ -62,6 +64,8 @@ pub enum ApiError {
     BodyTimeout,
     /// A `vault-lease` profile has no valid lease right now.
     LeaseUnavailable,
+    /// The client of a waiting read hung up (the response is written to nobody).
+    ClientGone,
 }
 
 impl ApiError {
@@ -83,6 +87,7 @@ impl ApiError {
             ApiError::ShuttingDown
             | ApiError::MemoryUnavailable
             | ApiError::MemoryBudget
+            | ApiError::MemoryBudgetUid
             | ApiError::SourceBusy
             | ApiError::SourceStarting
             | ApiError::LeaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -92,6 +97,8 @@ impl ApiError {
             | ApiError::UpstreamBadReply
             | ApiError::TokenRefused(_) => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            // nginx's "client closed request": written to nobody, counted as "other".
+            ApiError::ClientGone => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         }
     }
 
@@ -118,10 +125,12 @@ impl ApiError {
             ApiError::MemoryUnavailable => "memory_unavailable",
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::MemoryBudget => "memory_budget",
+            ApiError::MemoryBudgetUid => "memory_budget_uid",
             ApiError::SourceBusy => "source_busy",
             ApiError::TokenRefused(_) => "token_refused",
             ApiError::SourceStarting => "source_starting",
             ApiError::LeaseUnavailable => "lease_unavailable",
+            ApiError::ClientGone => "client_gone",
         }
     }
 
@@ -157,6 +166,11 @@ impl ApiError {
             ApiError::MemoryBudget => {
                 "the agent's locked-memory budget is exhausted; retry later".to_owned()
             }
+            ApiError::MemoryBudgetUid => {
+                "this user's responses in flight hold its share of the agent's locked memory; \
+                 read them, then retry"
+                    .to_owned()
+            }
             ApiError::SourceBusy => {
                 "too many fetches from this source are in flight; retry later".to_owned()
             }
@@ -170,6 +184,7 @@ impl ApiError {
                 "no valid lease for this secret and the backend gave no new one; retry later"
                     .to_owned()
             }
+            ApiError::ClientGone => "the client hung up while its read waited".to_owned(),
         }
     }
 
@@ -222,12 +237,28 @@ impl From<BrokerError> for ApiError {
             BrokerError::UpstreamBadReply => ApiError::UpstreamBadReply,
             BrokerError::MemoryUnavailable => ApiError::MemoryUnavailable,
             BrokerError::MemoryBudget => ApiError::MemoryBudget,
+            BrokerError::MemoryBudgetUid => ApiError::MemoryBudgetUid,
             BrokerError::SourceBusy => ApiError::SourceBusy,
             BrokerError::TokenRefused(code) => ApiError::TokenRefused(code),
             BrokerError::SourceStarting => ApiError::SourceStarting,
             BrokerError::LeaseUnavailable => ApiError::LeaseUnavailable,
+            BrokerError::ClientGone => ApiError::ClientGone,
         }
     }
+}
+
+/// The error response for a broker error; a connection that carried another process's bytes is
+/// closed after it.
+pub(super) fn broker_error(err: BrokerError) -> Response<Full<Bytes>> {
+    let close = matches!(err, BrokerError::PeerChanged);
+    let mut response = ApiError::from(err).response();
+    if close {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 #[cfg(test)]
@@ -265,6 +296,7 @@ mod tests {
             (ApiError::UpstreamBadReply, 502, "upstream_bad_reply"),
             (ApiError::TooManyConnections, 429, "too_many_connections"),
             (ApiError::MemoryBudget, 503, "memory_budget"),
+            (ApiError::MemoryBudgetUid, 503, "memory_budget_uid"),
             (ApiError::SourceBusy, 503, "source_busy"),
             (
                 ApiError::TokenRefused(OAuthError::InvalidClient),
@@ -273,6 +305,7 @@ mod tests {
             ),
             (ApiError::SourceStarting, 503, "source_starting"),
             (ApiError::LeaseUnavailable, 503, "lease_unavailable"),
+            (ApiError::ClientGone, 499, "client_gone"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status, "{err:?}");
@@ -304,10 +337,12 @@ mod tests {
             BrokerError::UpstreamBadReply,
             BrokerError::MemoryUnavailable,
             BrokerError::MemoryBudget,
+            BrokerError::MemoryBudgetUid,
             BrokerError::SourceBusy,
             BrokerError::TokenRefused(OAuthError::InvalidGrant),
             BrokerError::SourceStarting,
             BrokerError::LeaseUnavailable,
+            BrokerError::ClientGone,
         ];
         for err in all {
             let status = err.status();

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode, header};
 
-use super::error::ApiError;
+use super::error::{ApiError, broker_error};
 use super::route::{Route, parse_flush_body};
 use super::sender::Taint;
 use crate::broker::{self, BrokerError, Caller, Reply, ReplyKind};
@@ -26,6 +26,8 @@ pub(super) struct Connection {
     pub(super) identity: Arc<PeerIdentity>,
     pub(super) taint: Taint,
     pub(super) activity: Arc<super::idle::Activity>,
+    /// Tells a waiting read that the client hung up.
+    pub(super) hangup: super::hangup::PeerWatch,
 }
 
 /// Largest accepted request body (only `POST /v1/cache/flush` has one).
@@ -35,7 +37,7 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 type Resp = Response<Full<Bytes>>;
 
-/// What a `?refresh=true` did: `refreshed` or `throttled`.
+/// What a `?refresh=true` did: `refreshed`, `throttled`, or `fresh` (a minted value left alone).
 const REFRESH_HEADER: header::HeaderName = header::HeaderName::from_static("x-credagent-refresh");
 
 /// A request reduced to what serving it takes: its route, and the request itself only for a
@@ -119,10 +121,12 @@ async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
             Ok(report) => ready_response(report),
             Err(err) => broker_error(err),
         },
-        Ok(Route::Secret(request)) => match broker::read(state, caller(taint), request).await {
-            Ok(reply) => secret_response(reply, std::mem::take(&mut routed.spare)),
-            Err(err) => broker_error(err),
-        },
+        Ok(Route::Secret(request)) => {
+            match broker::read_watched(state, caller(taint), request, &connection.hangup).await {
+                Ok(reply) => secret_response(reply, std::mem::take(&mut routed.spare)),
+                Err(err) => broker_error(err),
+            }
+        }
         // SECURITY: admitted before the body is read (a caller that may not flush never makes
         // the agent wait for one), and the body is read within BODY_TIMEOUT.
         Ok(Route::Flush) => match (
@@ -174,20 +178,6 @@ async fn respond(connection: &Connection, routed: &mut Routed) -> Resp {
     response
 }
 
-/// The error response for a broker error; a connection that carried another process's bytes is
-/// closed after it.
-pub(super) fn broker_error(err: BrokerError) -> Resp {
-    let close = matches!(err, BrokerError::PeerChanged);
-    let mut response = ApiError::from(err).response();
-    if close {
-        response.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-    }
-    response
-}
-
 /// The response carrying `reply`, its headers in `spare` (an empty map with room, from `route`:
 /// nothing of the request's headers is sent back).
 fn secret_response(reply: Reply, spare: header::HeaderMap) -> Resp {
@@ -219,6 +209,7 @@ fn secret_response(reply: Reply, spare: header::HeaderMap) -> Resp {
         let value = match refresh {
             Refresh::Done => const { header::HeaderValue::from_static("refreshed") },
             Refresh::Throttled => const { header::HeaderValue::from_static("throttled") },
+            Refresh::Fresh => const { header::HeaderValue::from_static("fresh") },
         };
         headers.insert(REFRESH_HEADER, value);
     }

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// A connection on which no request starts or ends for this long (none in flight) is closed:
 /// one that sends part of a request head and stalls, or none at all, is gone after
@@ -230,6 +230,11 @@ fn sweep(registry: &mut Registry, now: Instant, limit: Duration) {
         }
         false
     });
+}
+
+/// Resolves when `rx` says `true` (or its sender is gone).
+pub(super) async fn signalled(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 #[cfg(test)]

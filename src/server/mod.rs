@@ -6,30 +6,35 @@
 //! Fairness between local users is decided here, per connection: one uid holds at most
 //! `max_connections_per_uid` connections and all uids together at most `max_connections`; past
 //! that a connection is answered `429 too_many_connections` (in reply to its request head, awaited
-//! for at most a second without holding a slot) and closed. uid 0 and admin
-//! peers are not counted and have [`OPERATOR_RESERVE`] connections beyond `max_connections`, so
-//! an operator can always reach health, flush and metrics. Writes are bounded by
+//! for at most a second without holding a slot) and closed. uid 0 and admin peers have
+//! `max_operator_connections` slots of their own instead (`admission`), so an operator can always
+//! reach health, flush and metrics, and cannot take the others' slots. A client that hangs
+//! up while its read waits frees its slot at once (`hangup`). Writes are bounded by
 //! `write_timeout` (`write_timeout`).
 
+mod admission;
 pub mod aws_container;
 pub mod aws_token;
 mod bind;
 pub mod creds;
 pub mod error;
 pub mod handler;
+mod hangup;
 pub mod idle;
 pub mod route;
 pub mod runtime;
 pub mod sender;
 pub mod write_timeout;
 
+use admission::Admission;
+pub use bind::ServerError;
 use handler::Connection;
+use idle::signalled;
 
-use std::collections::HashMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -47,76 +52,11 @@ use crate::{acl, server::error::ApiError};
 
 /// Largest request head (request line plus headers); larger gets 431.
 const MAX_HEAD: usize = 16 * 1024;
-/// Connections beyond `max_connections` that only uid 0 and admin peers may use.
-pub const OPERATOR_RESERVE: usize = 8;
 /// A refused client's request head is awaited for up to this long before the 429, and what
 /// it sends after is read (and dropped) for up to this long again and this many bytes before
 /// closing, so its write does not fail with EPIPE before it reads the 429.
 const REFUSED_LINGER: Duration = Duration::from_secs(1);
 const REFUSED_DRAIN: usize = 16 * 1024;
-/// At most this many refused connections linger at once; past that they are answered and
-/// closed at once.
-const MAX_LINGERING: usize = 64;
-
-/// Failures to set up the socket.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// The thread that closes idle connections could not be started.
-    #[error("cannot start the idle-connection thread: {0}")]
-    IdleThread(std::io::Error),
-    /// Could not create the socket's directory.
-    #[error("cannot create socket directory {path}: {source}")]
-    SocketDir {
-        /// Directory.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// Another process answers on the socket.
-    #[error("{path} is in use: another agent is answering on it")]
-    InUse {
-        /// Socket path.
-        path: PathBuf,
-    },
-    /// The path exists and is not a socket.
-    #[error("{path} exists and is not a socket; refusing to replace it")]
-    NotASocket {
-        /// Path.
-        path: PathBuf,
-    },
-    /// bind(2) failed.
-    #[error("cannot bind {path}: {source}")]
-    BindSocket {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// chmod/chown of the socket failed.
-    #[error("cannot set owner or mode of {path}: {source}")]
-    Permissions {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The container-credentials TCP listener could not be bound.
-    #[error("cannot bind server.aws_container_listen {addr}: {source}")]
-    BindTcp {
-        /// Address.
-        addr: std::net::SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// `SO_PASSCRED` could not be set, so the writer of each request could not be checked.
-    #[error("cannot enable SO_PASSCRED on {path}: {source}")]
-    PassCredentials {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
 
 /// A listening socket, and the path to remove at shutdown when the agent created it.
 #[derive(Debug)]
@@ -207,11 +147,6 @@ fn remove_stale(path: &Path) -> Result<(), ServerError> {
     }
 }
 
-/// Resolves when `rx` says `true` (or its sender is gone).
-pub async fn signalled(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
-}
-
 /// Serves until `shutdown` turns true, then drains in-flight requests (bounded by
 /// `config.shutdown_timeout`) and removes the socket file it created.
 pub async fn serve(
@@ -222,8 +157,11 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let idle = Arc::new(idle);
-    let max = config.max_connections.get();
-    let all = max.saturating_add(OPERATOR_RESERVE);
+    // Every general and every operator slot: the accept loop never waits while either has room.
+    let all = config
+        .max_connections
+        .get()
+        .saturating_add(config.max_operator_connections.get());
     let limit = Arc::new(Semaphore::new(all));
     let admission = Arc::new(Admission::new(&config));
     let write_timeout = config.write_timeout;
@@ -255,81 +193,6 @@ pub async fn serve(
             timeout = ?config.shutdown_timeout,
             "shutdown timeout reached with connections still open"
         ),
-    }
-}
-
-/// Connection counts per uid, for fairness between local users.
-#[derive(Debug)]
-struct Admission {
-    max_general: usize,
-    per_uid: usize,
-    counts: Mutex<Counts>,
-    /// Refused connections draining their request, outside every connection slot.
-    lingering: Arc<Semaphore>,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    general: usize,
-    by_uid: HashMap<u32, usize>,
-}
-
-/// A connection's place in [`Admission`]; gives it back on drop.
-#[derive(Debug)]
-struct Admitted {
-    admission: Arc<Admission>,
-    /// `None` for an operator (not counted).
-    uid: Option<u32>,
-}
-
-impl Admission {
-    fn new(config: &ServerConfig) -> Self {
-        Admission {
-            max_general: config.max_connections.get(),
-            per_uid: config.max_connections_per_uid.get(),
-            counts: Mutex::new(Counts::default()),
-            lingering: Arc::new(Semaphore::new(MAX_LINGERING)),
-        }
-    }
-
-    /// Admits a connection from `uid`, or refuses it. Operators (uid 0, admin peers) are not
-    /// counted: the accept loop's cap leaves them [`OPERATOR_RESERVE`] slots beyond the rest.
-    fn admit(self: &Arc<Self>, uid: u32, operator: bool) -> Option<Admitted> {
-        if operator {
-            return Some(Admitted {
-                admission: self.clone(),
-                uid: None,
-            });
-        }
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let held = counts.by_uid.get(&uid).copied().unwrap_or(0);
-        if held >= self.per_uid || counts.general >= self.max_general {
-            return None;
-        }
-        counts.general = counts.general.saturating_add(1);
-        counts.by_uid.insert(uid, held.saturating_add(1));
-        Some(Admitted {
-            admission: self.clone(),
-            uid: Some(uid),
-        })
-    }
-}
-
-impl Drop for Admitted {
-    fn drop(&mut self) {
-        let Some(uid) = self.uid else { return };
-        let mut counts = self
-            .admission
-            .counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        counts.general = counts.general.saturating_sub(1);
-        if let Some(held) = counts.by_uid.get_mut(&uid) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                counts.by_uid.remove(&uid);
-            }
-        }
     }
 }
 
@@ -412,7 +275,7 @@ async fn drain(stream: &mut UnixStream, limit: usize) {
     }
 }
 
-/// Whether `peer` gets the operator's reserve and is not held to the per-uid cap.
+/// Whether `peer` takes an operator slot (`max_operator_connections`) instead of a general one.
 fn is_operator(state: &AppState, peer: &PeerIdentity) -> bool {
     peer.uid == 0 || acl::decide_admin(&state.runtime().rules, peer).allowed()
 }
@@ -500,7 +363,8 @@ async fn serve_connection(
         tracing::warn!(error = %err, "dropping connection: cannot enable SO_PASSCRED on it");
         return;
     }
-    // SECURITY: one local user cannot take every connection slot from the others.
+    // SECURITY: one local user cannot take every connection slot from the others, and operators
+    // and other callers cannot take each other's.
     let operator = is_operator(&state, &identity);
     let Some(_admitted) = admission.admit(identity.uid, operator) else {
         state
@@ -508,10 +372,11 @@ async fn serve_connection(
             .connections_rejected
             .fetch_add(1, Ordering::Relaxed);
         rate_limited!(info, uid = identity.uid, pid = ?identity.pid, "too many connections from this uid; refusing");
-        refuse(stream, write_timeout, &admission.lingering).await;
+        refuse(stream, write_timeout, admission.lingering()).await;
         return;
     };
     let (stream, taint) = sender::CheckedStream::new(stream, sender::Connector::of(&identity));
+    let hangup = hangup::PeerWatch::new(stream.socket());
     let stream = write_timeout::WriteTimeout::new(stream, write_timeout);
     let metrics = state.metrics.clone();
     // One shared context per connection: a request clones one `Arc`, not four.
@@ -520,6 +385,7 @@ async fn serve_connection(
         identity,
         taint,
         activity: Arc::new(idle::Activity::default()),
+        hangup,
     });
     let service = {
         let connection = connection.clone();

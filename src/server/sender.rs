@@ -87,7 +87,8 @@ impl Taint {
 /// A connected stream whose reads record whether they came from the connector.
 #[derive(Debug)]
 pub struct CheckedStream {
-    stream: UnixStream,
+    /// Shared with the connection's hang-up watch (`hangup`), which only looks at the socket.
+    stream: Arc<UnixStream>,
     connector: Connector,
     taint: Taint,
     /// Room for one `SCM_CREDENTIALS` message, reused by every read.
@@ -112,12 +113,17 @@ impl CheckedStream {
     pub fn new(stream: UnixStream, connector: Connector) -> (Self, Taint) {
         let taint = Taint::default();
         let checked = CheckedStream {
-            stream,
+            stream: Arc::new(stream),
             connector,
             taint: taint.clone(),
             cmsg: nix::cmsg_space!(UnixCredentials),
         };
         (checked, taint)
+    }
+
+    /// The socket, for watching it (never for reading or writing it).
+    pub(super) fn socket(&self) -> Arc<UnixStream> {
+        self.stream.clone()
     }
 }
 
@@ -188,13 +194,23 @@ impl AsyncRead for CheckedStream {
     }
 }
 
+// Written through `&UnixStream` (the socket is shared): what tokio's own `poll_write` does, with
+// its public `&self` calls.
 impl AsyncWrite for CheckedStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let stream = &self.get_mut().stream;
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write(buf) {
+                // `try_write` cleared the stale readiness: the next poll waits.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -202,19 +218,31 @@ impl AsyncWrite for CheckedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let stream = &self.get_mut().stream;
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write_vectored(bufs) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                written => return Poll::Ready(written),
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Writes go straight to the socket: nothing is buffered here.
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let fd = self.stream.as_raw_fd();
+        Poll::Ready(
+            nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write)
+                .map_err(io::Error::from),
+        )
     }
 }
 

@@ -49,14 +49,10 @@ pub struct RawCommandSource {
     /// Exit statuses meaning "no such secret" (404).
     #[serde(default)]
     pub not_found_exit_codes: Vec<i32>,
-    /// Per-source TTL override.
-    pub ttl_secs: Option<u64>,
-    /// Fetches in flight at once (further misses queue, then `503 source_busy`).
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
-    /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
-    pub startup_check: Option<String>,
+    /// Every run prints a new value (a token minter): a forced refresh of a fresh one is
+    /// answered from the cache; default false.
+    #[serde(default)]
+    pub minted: bool,
 }
 
 /// A validated `command` source.
@@ -72,6 +68,8 @@ pub struct CommandConfig {
     pub env_passthrough: Vec<String>,
     /// Exit statuses meaning 404.
     pub not_found_exit_codes: Vec<i32>,
+    /// Every run prints a new value.
+    pub minted: bool,
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> Invalid {
@@ -153,6 +151,7 @@ impl RawCommandSource {
             trim_newline: self.trim_newline.unwrap_or(true),
             env_passthrough: self.env_passthrough.clone(),
             not_found_exit_codes: self.not_found_exit_codes.clone(),
+            minted: self.minted,
         })
     }
 }
@@ -193,6 +192,11 @@ pub struct CommandSource {
 }
 
 impl CommandSource {
+    /// Whether every run prints a new value (`minted = true`).
+    pub fn minted(&self) -> bool {
+        self.config.minted
+    }
+
     /// Resolves the program (a bare name through the agent's `PATH`, once, at start).
     pub fn build(config: &CommandConfig) -> Result<CommandSource, ProgramNotFound> {
         let name = config.argv.first().map(String::as_str).unwrap_or_default();

@@ -18,15 +18,69 @@ use super::env::RawEnvSource;
 use super::file::RawFileSource;
 use super::oauth2::{OAuth2Config, RawOAuth2Source};
 use super::section::{
-    Defaults, Invalid, StartupCheck, check_ttl_exceeds_refresh_ahead, resolve_relative, secs,
+    Common, Defaults, FETCH_TIMEOUT, Invalid, MAX_FETCHES, PER_UID, STARTUP_CHECK, StartupCheck,
+    TTL, check_ttl_exceeds_refresh_ahead, resolve_relative, secs, split_common,
 };
 use super::vault::lease_config::{LeaseConfig, RawLeaseSource};
 use super::vault::{RawVaultSource, VaultConfig};
 
-/// `[sources.NAME]` as written; `type` selects the kind.
+/// `[sources.NAME]` as written: the common keys, and the kind's own section.
+#[derive(Debug)]
+pub struct RawSource {
+    /// The keys every kind may take (`ttl_secs`, `fetch_timeout_secs`, ...).
+    common: Common,
+    /// The kind's own keys; `type` selects the kind.
+    kind: RawKind,
+}
+
+impl<'de> Deserialize<'de> for RawSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let mut table = toml::Table::deserialize(deserializer)?;
+        // A common key the kind does not take stays in the table: the kind's own struct refuses
+        // it as an unknown field, as it refuses any other key it does not know.
+        let takes = table
+            .get("type")
+            .and_then(toml::Value::as_str)
+            .map_or(&[][..], common_keys_of);
+        let common = split_common(&mut table, takes).map_err(D::Error::custom)?;
+        let kind = toml::Value::Table(table)
+            .try_into::<RawKind>()
+            .map_err(|e| {
+                let message = e.message().trim_end();
+                if message.starts_with("unknown field") && !takes.is_empty() {
+                    // serde lists the kind's own keys; the common ones it takes are keys too.
+                    D::Error::custom(format!("{message}, or one of `{}`", takes.join("`, `")))
+                } else {
+                    D::Error::custom(message.to_owned())
+                }
+            })?;
+        Ok(RawSource { common, kind })
+    }
+}
+
+/// Which of the common keys a `type` takes. Only sources with a start-up check (a login, an
+/// identity check, a program lookup) take `startup_check`; sources whose values carry their own
+/// lifetime (tokens, leases, role sessions) take no `ttl_secs`; a command's own `timeout_secs`
+/// bounds its fetch. An oauth2 source's build contacts nothing: its token endpoint is first
+/// asked at a read.
+fn common_keys_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "file" | "env" => &[TTL, FETCH_TIMEOUT, MAX_FETCHES, PER_UID],
+        "vault" | "aws-secretsmanager" | "aws-ssm" | "aws-s3" => {
+            &[TTL, FETCH_TIMEOUT, MAX_FETCHES, PER_UID, STARTUP_CHECK]
+        }
+        "command" => &[TTL, MAX_FETCHES, PER_UID, STARTUP_CHECK],
+        "oauth2" => &[FETCH_TIMEOUT, MAX_FETCHES, PER_UID],
+        "aws-credentials" | "vault-lease" => &[FETCH_TIMEOUT, MAX_FETCHES, PER_UID, STARTUP_CHECK],
+        _ => &[],
+    }
+}
+
+/// A kind's own section as written; `type` selects the kind.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type")]
-pub enum RawSource {
+enum RawKind {
     /// `type = "file"`.
     #[serde(rename = "file")]
     File(RawFileSource),
@@ -116,55 +170,23 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 impl RawSource {
     /// Validates the section at `key` (`sources.NAME`); keys in errors are dotted from the root.
     pub fn build(self, key: &str, defaults: &Defaults<'_>) -> Result<SourceConfig, Invalid> {
-        let raw = self;
-        let (max_fetches, per_uid) = match &raw {
-            RawSource::File(f) => (f.max_concurrent_fetches, f.max_fetches_per_uid),
-            RawSource::Env(e) => (e.max_concurrent_fetches, e.max_fetches_per_uid),
-            RawSource::Vault(v) => (v.max_concurrent_fetches, v.max_fetches_per_uid),
-            RawSource::Aws(a) => (a.max_concurrent_fetches, a.max_fetches_per_uid),
-            RawSource::AwsSsm(s) => (s.aws.max_concurrent_fetches, s.aws.max_fetches_per_uid),
-            RawSource::AwsS3(s) => (s.aws.max_concurrent_fetches, s.aws.max_fetches_per_uid),
-            RawSource::Command(c) => (c.max_concurrent_fetches, c.max_fetches_per_uid),
-            RawSource::OAuth2(o) => (o.max_concurrent_fetches, o.max_fetches_per_uid),
-            RawSource::AwsCredentials(c) => {
-                (c.aws.max_concurrent_fetches, c.aws.max_fetches_per_uid)
-            }
-            RawSource::VaultLease(l) => (l.max_concurrent_fetches, l.max_fetches_per_uid),
-        };
-        let max_concurrent_fetches = NonZeroUsize::new(max_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
-            .filter(|n| n.get() <= 1024)
-            .ok_or_else(|| {
-                Invalid::new(
-                    format!("{key}.max_concurrent_fetches"),
-                    "must be between 1 and 1024",
-                )
-            })?;
-        let max_fetches_per_uid = match per_uid {
+        let RawSource { common, kind: raw } = self;
+        let max_concurrent_fetches =
+            NonZeroUsize::new(common.max_concurrent_fetches.unwrap_or(DEFAULT_MAX_FETCHES))
+                .filter(|n| n.get() <= 1024)
+                .ok_or_else(|| {
+                    Invalid::new(format!("{key}.{MAX_FETCHES}"), "must be between 1 and 1024")
+                })?;
+        let max_fetches_per_uid = match common.max_fetches_per_uid {
             None => crate::source::share::default_per_uid(max_concurrent_fetches),
             Some(n) => NonZeroUsize::new(n)
                 .filter(|n| n.get() <= 1024)
                 .ok_or_else(|| {
-                    Invalid::new(
-                        format!("{key}.max_fetches_per_uid"),
-                        "must be between 1 and 1024",
-                    )
+                    Invalid::new(format!("{key}.{PER_UID}"), "must be between 1 and 1024")
                 })?,
         };
-        // Only sources with a start-up check (a login, an identity check, a program lookup) have
-        // the key; a file or env source has nothing to retry.
-        let startup_check = match &raw {
-            // An oauth2 source's build contacts nothing: its token endpoint is first asked at a read.
-            RawSource::File(_) | RawSource::Env(_) | RawSource::OAuth2(_) => None,
-            RawSource::Vault(v) => v.startup_check.clone(),
-            RawSource::Aws(a) => a.startup_check.clone(),
-            RawSource::AwsSsm(s) => s.aws.startup_check.clone(),
-            RawSource::AwsS3(s) => s.aws.startup_check.clone(),
-            RawSource::Command(c) => c.startup_check.clone(),
-            RawSource::AwsCredentials(c) => c.aws.startup_check.clone(),
-            RawSource::VaultLease(l) => l.startup_check.clone(),
-        };
         let (kind, ttl_secs, timeout_secs) = match raw {
-            RawSource::File(f) => {
+            RawKind::File(f) => {
                 let dir = resolve_relative(defaults.config_path, &f.dir);
                 let meta = std::fs::metadata(&dir).map_err(|e| {
                     Invalid::new(format!("{key}.dir"), format!("{}: {e}", dir.display()))
@@ -178,9 +200,13 @@ impl RawSource {
                 let dir = dir.canonicalize().map_err(|e| {
                     Invalid::new(format!("{key}.dir"), format!("{}: {e}", dir.display()))
                 })?;
-                (SourceKind::File { dir }, f.ttl_secs, f.fetch_timeout_secs)
+                (
+                    SourceKind::File { dir },
+                    common.ttl_secs,
+                    common.fetch_timeout_secs,
+                )
             }
-            RawSource::Env(e) => {
+            RawKind::Env(e) => {
                 let prefix = e.prefix.unwrap_or_default();
                 if prefix.is_empty() {
                     return Err(Invalid::new(
@@ -207,42 +233,46 @@ impl RawSource {
                         ),
                     ));
                 }
-                (SourceKind::Env { prefix }, e.ttl_secs, e.fetch_timeout_secs)
+                (
+                    SourceKind::Env { prefix },
+                    common.ttl_secs,
+                    common.fetch_timeout_secs,
+                )
             }
-            RawSource::Vault(v) => {
+            RawKind::Vault(v) => {
                 let vault = v
                     .build(&|p| resolve_relative(defaults.config_path, p))
                     .map_err(|e| e.under(key))?;
                 (
                     SourceKind::Vault(Box::new(vault)),
-                    v.ttl_secs,
-                    v.fetch_timeout_secs,
+                    common.ttl_secs,
+                    common.fetch_timeout_secs,
                 )
             }
-            RawSource::Aws(a) => {
+            RawKind::Aws(a) => {
                 let aws = a.validate(key, defaults.config_path)?;
                 (
                     SourceKind::Aws(Box::new(aws)),
-                    a.ttl_secs,
-                    a.fetch_timeout_secs,
+                    common.ttl_secs,
+                    common.fetch_timeout_secs,
                 )
             }
-            RawSource::Command(c) => {
+            RawKind::Command(c) => {
                 let command = c.validate().map_err(|e| e.under(key))?;
                 // The command's own limit bounds the fetch; one second more lets it kill the
                 // command's process group before the broker gives up on the fetch.
                 let timeout_secs = Some(command.timeout.as_secs().saturating_add(1));
-                (SourceKind::Command(command), c.ttl_secs, timeout_secs)
+                (SourceKind::Command(command), common.ttl_secs, timeout_secs)
             }
-            RawSource::AwsS3(a) => {
+            RawKind::AwsS3(a) => {
                 let s3 = a.validate(key, defaults.config_path)?;
                 (
                     SourceKind::AwsS3(Box::new(s3)),
-                    a.aws.ttl_secs,
-                    a.aws.fetch_timeout_secs,
+                    common.ttl_secs,
+                    common.fetch_timeout_secs,
                 )
             }
-            RawSource::OAuth2(o) => {
+            RawKind::OAuth2(o) => {
                 let oauth = o
                     .validate(&|p| resolve_relative(defaults.config_path, p))
                     .map_err(|e| e.under(key))?;
@@ -250,33 +280,33 @@ impl RawSource {
                 (
                     SourceKind::OAuth2(Box::new(oauth)),
                     None,
-                    o.fetch_timeout_secs,
+                    common.fetch_timeout_secs,
                 )
             }
-            RawSource::VaultLease(l) => {
+            RawKind::VaultLease(l) => {
                 let lease = l.build().map_err(|e| e.under(key))?;
                 // A lease's own lifetime bounds how long the cache holds it.
                 (
                     SourceKind::VaultLease(Box::new(lease)),
                     None,
-                    l.fetch_timeout_secs,
+                    common.fetch_timeout_secs,
                 )
             }
             // Held for the session's life (its Lifetime), at most the longest STS session.
-            RawSource::AwsCredentials(c) => {
+            RawKind::AwsCredentials(c) => {
                 let creds = c.validate(key, defaults.config_path)?;
                 (
                     SourceKind::AwsCredentials(Box::new(creds)),
                     Some(43_200),
-                    c.aws.fetch_timeout_secs,
+                    common.fetch_timeout_secs,
                 )
             }
-            RawSource::AwsSsm(a) => {
+            RawKind::AwsSsm(a) => {
                 let ssm = a.validate(key, defaults.config_path)?;
                 (
                     SourceKind::AwsSsm(Box::new(ssm)),
-                    a.aws.ttl_secs,
-                    a.aws.fetch_timeout_secs,
+                    common.ttl_secs,
+                    common.fetch_timeout_secs,
                 )
             }
         };
@@ -289,7 +319,7 @@ impl RawSource {
             Some(v) => secs(&format!("{key}.fetch_timeout_secs"), v, 1, 600)?,
             None => DEFAULT_FETCH_TIMEOUT,
         };
-        let startup_check = match startup_check.as_deref() {
+        let startup_check = match common.startup_check.as_deref() {
             None | Some("required") => StartupCheck::Required,
             Some("retry") => StartupCheck::Retry,
             Some(other) => {

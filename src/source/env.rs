@@ -22,14 +22,6 @@ use crate::source::secret::Secret;
 pub struct RawEnvSource {
     /// Prefix prepended to the id to form the variable name (required, non-empty).
     pub prefix: Option<String>,
-    /// Per-source TTL override.
-    pub ttl_secs: Option<u64>,
-    /// Per-source fetch timeout.
-    pub fetch_timeout_secs: Option<u64>,
-    /// Fetches from this source in flight at once (default 8); further misses queue.
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
 }
 
 /// Serves `{prefix}{id}` variables.

@@ -30,14 +30,6 @@ use crate::source::secret::Secret;
 pub struct RawFileSource {
     /// Directory holding one file per secret.
     pub dir: PathBuf,
-    /// Per-source TTL override.
-    pub ttl_secs: Option<u64>,
-    /// Per-source fetch timeout.
-    pub fetch_timeout_secs: Option<u64>,
-    /// Fetches from this source in flight at once (default 8); further misses queue.
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
 }
 
 /// Serves files below `dir`.

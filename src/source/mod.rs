@@ -31,13 +31,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::name::SecretName;
+use crate::peer::PeerIdentity;
 use crate::secure_mem::SecretBytes;
 
 pub use error::SourceError;
 /// The cache's tests name it from here.
 #[cfg(test)]
 pub use secret::Lifetime;
-pub use secret::{Fetched, Secret, SecretRequest, Selector};
+pub use secret::{CallerScope, Fetched, Secret, SecretRequest, Selector};
 
 use config::{SourceConfig, SourceKind};
 pub use limit::FetchLimit;
@@ -90,6 +91,16 @@ impl Source {
             Source::VaultLease(_) => "vault-lease",
             #[cfg(test)]
             Source::Fake(_) => "fake",
+        }
+    }
+
+    /// Whether every fetch mints a new value (an OAuth2 token, a `minted = true` command), so a
+    /// forced refresh of a fresh one is answered from the cache.
+    pub fn mints(&self) -> bool {
+        match self {
+            Source::OAuth2(_) => true,
+            Source::Command(command) => command.minted(),
+            _ => false,
         }
     }
 
@@ -251,7 +262,10 @@ impl Source {
             Source::AwsS3(s) => Box::pin(s.fetch(request)).await,
             Source::OAuth2(s) => Box::pin(s.fetch(request)).await,
             Source::VaultLease(s) => {
-                let caller = request.selector.caller.as_deref();
+                let caller = match request.selector.caller.as_deref() {
+                    Some(CallerScope::Identity(caller)) => Some(caller),
+                    _ => None,
+                };
                 Box::pin(s.fetch(request.name.id(), caller))
                     .await
                     .map(Fetched::New)
@@ -259,6 +273,18 @@ impl Source {
             Source::AwsCredentials(s) => Box::pin(s.fetch(request)).await,
             #[cfg(test)]
             Source::Fake(s) => s.fetch(request.name.id()).map(Fetched::New),
+        }
+    }
+}
+
+impl Source {
+    /// How many ids one batch call of this source takes; `None` for a source that does not
+    /// batch (docs/aws.md, "Batched reads").
+    pub fn batch_size(&self) -> Option<usize> {
+        match self {
+            Source::Aws(s) => s.batch_size(),
+            Source::AwsSsm(s) => s.batch_size(),
+            _ => None,
         }
     }
 }
@@ -303,6 +329,44 @@ impl SourceEntry {
     }
 }
 
+impl SourceEntry {
+    /// `[prefetch]` of `ids` (at most [`Source::batch_size`]) in one batch call, under one fetch
+    /// slot and the fetch timeout (the agent's own fetches take no uid's share): each id's value,
+    /// or `None` to prefetch it alone (its own error, no answer, a denied or failed call).
+    /// `None` when the source does not batch.
+    pub(crate) async fn prefetch_batch(
+        &self,
+        ids: &[String],
+        metrics: &crate::metrics::Metrics,
+    ) -> Option<Vec<Option<Secret>>> {
+        let batch: std::pin::Pin<Box<dyn Future<Output = Vec<aws::batch::Batched>> + Send + '_>> =
+            match &self.source {
+                Source::Aws(s) => Box::pin(s.fetch_batch(ids)),
+                Source::AwsSsm(s) => Box::pin(s.fetch_batch(ids)),
+                _ => return None,
+            };
+        let queue_wait = self.fetch_timeout.checked_div(2).unwrap_or_default();
+        let answers = match self.limit.acquire(queue_wait).await {
+            Ok(_permit) => tokio::time::timeout(self.fetch_timeout, batch)
+                .await
+                .unwrap_or_default(),
+            Err(_) => {
+                metrics.reject(crate::metrics::Rejection::SourceBusy);
+                Vec::new()
+            }
+        };
+        let mut answers = answers.into_iter();
+        Some(
+            ids.iter()
+                .map(|_| match answers.next() {
+                    Some(aws::batch::Batched::Done(Ok(secret))) => Some(secret),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// All configured sources by name.
 pub type Sources = BTreeMap<String, Arc<SourceEntry>>;
 
@@ -313,6 +377,35 @@ pub type SharedSources = Arc<RwLock<Sources>>;
 /// The transit and OAuth2 sources read what they need (ciphertexts, client credentials)
 /// straight from the sources built beside them: no cache, no caller's ACL. A source that is
 /// not there is `NotFound`.
+impl Source {
+    /// The backend calls it counts by operation (the AWS secret sources).
+    pub(crate) fn call_counts(&self) -> Option<&aws::calls::CallCounts> {
+        match self {
+            Source::Aws(s) => Some(s.calls()),
+            Source::AwsSsm(s) => Some(s.calls()),
+            _ => None,
+        }
+    }
+
+    /// `request` as `peer` reads it, for the kinds that keep one value per caller: with whom it
+    /// is for ([`CallerScope`]) in its selector, so the cache keeps callers apart and its single
+    /// flight is per caller scope. `None` (the request as it is) for every other kind. Called by
+    /// the broker after the access decision, under the runtime's source (a reload may have
+    /// changed a profile).
+    pub fn scoped(&self, request: &SecretRequest, peer: &PeerIdentity) -> Option<SecretRequest> {
+        let scope = match self {
+            Source::AwsCredentials(creds) => {
+                CallerScope::AwsSession(creds.session_key(request.name.id(), peer)?)
+            }
+            Source::VaultLease(lease) => lease.caller_scope(request.name.id(), peer)?,
+            _ => return None,
+        };
+        let mut scoped = request.clone();
+        scoped.selector.caller = Some(Arc::new(scope));
+        Some(scoped)
+    }
+}
+
 /// vault-lease after a flush through the API: the matching profiles get a new lease at their
 /// next read.
 pub fn flush_leases(sources: &Sources, pattern: Option<&crate::name::Glob>) {

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use super::error::SourceError;
 use crate::name::SecretName;
+use crate::peer::PeerIdentity;
 use crate::secure_mem::{MemError, SecretBytes};
 
 /// Version selectors a request may carry. Which ones a source accepts is its own business.
@@ -19,13 +20,57 @@ pub struct Selector {
     pub version: Option<u64>,
     /// SSM parameter label.
     pub label: Option<String>,
-    /// aws-credentials: the caller's session (name, and source identity), set by the broker
-    /// from the peer's identity, never by a request. Behind one pointer: a read request is
-    /// moved on every request, and most have none.
-    pub aws_session: Option<std::sync::Arc<String>>,
-    /// The caller a `per_caller` lease profile's value is for; set by the broker, never by a
-    /// client (not a version selector: `is_empty` ignores it).
-    pub caller: Option<std::sync::Arc<super::vault::lease_caller::CallerKey>>,
+    /// Whom the value is for, when the kind keeps values per caller ([`CallerScope`]); set by
+    /// the broker from the kernel's identity of the peer, never by a client (not a version
+    /// selector: `is_empty` ignores it). Behind one pointer: a read request is moved on every
+    /// request, and most have none.
+    pub caller: Option<std::sync::Arc<CallerScope>>,
+}
+
+/// The part of a cache key that says whom a value is for, for the kinds that keep one value per
+/// caller. A kind decides it from the peer ([`super::Source::scoped`]) after the access decision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum CallerScope {
+    /// A `per_caller` vault-lease profile: one lease per caller identity.
+    Identity(CallerKey),
+    /// aws-credentials: the session (its name, and source identity) the profile's template
+    /// renders for the caller; callers whose session renders the same share it.
+    AwsSession(String),
+}
+
+/// One caller identity, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallerKey {
+    /// The caller's effective uid.
+    pub uid: u32,
+    /// Its system unit (`app.service`), when known.
+    pub unit: Option<String>,
+    /// Its unit inside a user manager, when known.
+    pub user_unit: Option<String>,
+}
+
+impl CallerKey {
+    /// The identity of `peer`.
+    pub fn of(peer: &PeerIdentity) -> Self {
+        CallerKey {
+            uid: peer.uid,
+            unit: peer.unit.clone(),
+            user_unit: peer.user_unit.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for CallerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "uid {}", self.uid)?;
+        if let Some(unit) = &self.unit {
+            write!(f, " unit {unit}")?;
+        }
+        if let Some(unit) = &self.user_unit {
+            write!(f, " user unit {unit}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Selector {
@@ -35,7 +80,6 @@ impl Selector {
             && self.version_stage.is_none()
             && self.version.is_none()
             && self.label.is_none()
-            && self.aws_session.is_none()
     }
 }
 

@@ -1,6 +1,7 @@
-//! What every source section shares: the common keys' rules ([`StartupCheck`], the bounds of
-//! `ttl_secs` and `fetch_timeout_secs`), the one validation error ([`Invalid`]), the plain-http
-//! rule, and relative paths. Every kind's config uses it; it uses no kind.
+//! What every source section shares: the common keys ([`Common`], split off a section's table
+//! by [`split_common`] before the kind's own keys are parsed) and their rules ([`StartupCheck`],
+//! the bounds of `ttl_secs` and `fetch_timeout_secs`), the one validation error ([`Invalid`]),
+//! the plain-http rule, and relative paths. Every kind's config uses it; it uses no kind.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +34,49 @@ impl Invalid {
             reason: self.reason,
         }
     }
+}
+
+/// The keys every kind may take (`source::config` says which of them each kind does: a key it
+/// does not take is refused as an unknown field, as the kind's own struct refuses any other).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Common {
+    /// Per-source TTL override.
+    pub ttl_secs: Option<u64>,
+    /// Per-source fetch timeout.
+    pub fetch_timeout_secs: Option<u64>,
+    /// Fetches from this source in flight at once (default 8); further misses queue.
+    pub max_concurrent_fetches: Option<usize>,
+    /// Of those, running or queued for one uid at once (default half, at least 1).
+    pub max_fetches_per_uid: Option<usize>,
+    /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
+    pub startup_check: Option<String>,
+}
+
+/// `ttl_secs`.
+pub const TTL: &str = "ttl_secs";
+/// `fetch_timeout_secs`.
+pub const FETCH_TIMEOUT: &str = "fetch_timeout_secs";
+/// `max_concurrent_fetches`.
+pub const MAX_FETCHES: &str = "max_concurrent_fetches";
+/// `max_fetches_per_uid`.
+pub const PER_UID: &str = "max_fetches_per_uid";
+/// `startup_check`.
+pub const STARTUP_CHECK: &str = "startup_check";
+
+/// Takes the common keys a kind `takes` off its section's `table` and parses them; the rest
+/// is the kind's own (serde's `flatten` cannot be combined with `deny_unknown_fields`, so the
+/// keys are split off the table instead). A common key of the wrong type is refused here.
+pub fn split_common(table: &mut toml::Table, takes: &[&str]) -> Result<Common, String> {
+    let mut common = toml::Table::new();
+    for key in takes {
+        if let Some(value) = table.remove(*key) {
+            common.insert((*key).to_owned(), value);
+        }
+    }
+    toml::Value::Table(common)
+        .try_into::<Common>()
+        .map_err(|e| e.message().trim_end().to_owned())
 }
 
 /// What a source section falls back on from the rest of the config.

@@ -666,11 +666,12 @@ pub fn pipelined(socket: &Path, request: &str, count: usize) -> Vec<u8> {
     out
 }
 
-/// Connections the agent keeps beyond `server.max_connections` for uid 0 and admin peers.
-pub const OPERATOR_RESERVE: usize = 8;
+/// Connections uid 0 and admin peers may hold, apart from the others' (the default of
+/// `server.max_operator_connections`).
+pub const MAX_OPERATOR_CONNECTIONS: usize = 16;
 
 /// Opens `count` keep-alive connections, each answered once (so the agent has accepted it), and
-/// returns them open: as root (an operator) this takes slots of the operator reserve first.
+/// returns them open: as root (an operator) this takes operator slots.
 pub fn hold_connections(socket: &Path, count: usize) -> Vec<UnixStream> {
     (0..count)
         .map(|_| {
@@ -688,6 +689,28 @@ pub fn hold_connections(socket: &Path, count: usize) -> Vec<UnixStream> {
             stream
         })
         .collect()
+}
+
+/// A process of `uid` holding one keep-alive connection, answered once (so the agent has
+/// accepted it); the connection closes when the returned child is killed.
+pub fn hold_connection_as(uid: u32, socket: &Path) -> Child {
+    const HOLD: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+data = b""
+while b'{"status":"ok"}' not in data:
+    chunk = s.recv(1024)
+    if not chunk:
+        sys.exit(1)
+    data += chunk
+print("held", flush=True)
+sys.stdin.read()
+"#;
+    let mut child = python_as(uid, HOLD, &[socket.to_str().unwrap()]);
+    assert_eq!(first_line(&mut child), "held");
+    child
 }
 
 /// Runs `/usr/bin/python3 -c SCRIPT ARGS` as `uid` (gid = uid) with piped stdin and stdout (a

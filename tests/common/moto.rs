@@ -181,6 +181,24 @@ impl Moto {
         self.script(&["create-many", &key, &secret, prefix, &count.to_string()]);
     }
 
+    /// Creates `count` SecureString parameters `{prefix}0`… whose values are their names.
+    pub fn create_params(&self, prefix: &str, count: usize) {
+        let (key, secret) = self.key("admin");
+        self.script(&[
+            "create-many-params",
+            &key,
+            &secret,
+            prefix,
+            &count.to_string(),
+        ]);
+    }
+
+    /// Schedules the deletion of secret `name` (a read then fails as for a deleted secret).
+    pub fn delete_secret(&self, name: &str) {
+        let (key, secret) = self.key("admin");
+        self.script(&["delete", &key, &secret, name]);
+    }
+
     /// Overwrites the SSM parameter `name` (SecureString, as the admin user); returns its version.
     pub fn put_param(&self, name: &str, value: &str) -> u64 {
         let (key, secret) = self.key("admin");

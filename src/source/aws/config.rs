@@ -31,16 +31,10 @@ pub struct RawAwsSource {
     /// (for tests only; logged at start).
     #[serde(default)]
     pub allow_plain_http: bool,
-    /// Per-source TTL override.
-    pub ttl_secs: Option<u64>,
-    /// Per-source fetch timeout.
-    pub fetch_timeout_secs: Option<u64>,
-    /// Fetches from this source in flight at once (default 8); further misses queue.
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
-    /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
-    pub startup_check: Option<String>,
+    /// Batch concurrent plain reads into `BatchGetSecretValue` / `GetParameters` calls: a
+    /// batch goes once no id joined it for this many ms (0–100, default 5; 0 turns batching
+    /// off; `aws-secretsmanager` and `aws-ssm` only).
+    pub batch_window_ms: Option<u64>,
 }
 
 /// `[sources.NAME.assume_role]` as written.
@@ -72,7 +66,12 @@ pub struct AwsConfig {
     pub auth: AuthConfig,
     /// `http://` to a host other than loopback was allowed (for tests only).
     pub allow_plain_http: bool,
+    /// `batch_window_ms`; zero when reads are not batched.
+    pub batch_window: Duration,
 }
+
+/// The default `batch_window_ms` (docs/aws.md, "Batched reads").
+pub const DEFAULT_BATCH_WINDOW_MS: u64 = 5;
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Invalid {
     Invalid::new(key, reason)
@@ -152,7 +151,19 @@ impl RawAwsSource {
                 endpoint_url: self.endpoint_url.clone(),
             },
             allow_plain_http: self.allow_plain_http,
+            batch_window: self.batch_window(key)?,
         })
+    }
+
+    /// `batch_window_ms`, 0–100 ms (default [`DEFAULT_BATCH_WINDOW_MS`]).
+    fn batch_window(&self, key: &str) -> Result<Duration, Invalid> {
+        match self.batch_window_ms.unwrap_or(DEFAULT_BATCH_WINDOW_MS) {
+            ms @ 0..=100 => Ok(Duration::from_millis(ms)),
+            ms => Err(invalid(
+                format!("{key}.batch_window_ms"),
+                format!("must be between 0 and 100 ms, got {ms}"),
+            )),
+        }
     }
 }
 
@@ -180,8 +191,37 @@ pub fn split_aws_section<'de, D>(
 where
     D: serde::Deserializer<'de>,
 {
+    split(deserializer, own_keys, true)
+}
+
+/// [`split_aws_section`] for the kinds without a batch call (`aws-s3`, `aws-credentials`): for
+/// them `batch_window_ms` is an unknown field.
+pub fn split_unbatched_aws_section<'de, D>(
+    deserializer: D,
+    own_keys: &[&str],
+) -> Result<(toml::Table, RawAwsSource), D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    split(deserializer, own_keys, false)
+}
+
+fn split<'de, D>(
+    deserializer: D,
+    own_keys: &[&str],
+    batched: bool,
+) -> Result<(toml::Table, RawAwsSource), D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
     use serde::de::Error as _;
     let mut table = toml::Table::deserialize(deserializer)?;
+    if !batched && table.contains_key("batch_window_ms") {
+        return Err(D::Error::custom(
+            "unknown field `batch_window_ms`: only aws-secretsmanager and aws-ssm sources batch \
+             their reads",
+        ));
+    }
     let mut own = toml::Table::new();
     for key in own_keys {
         if let Some(value) = table.remove(*key) {

@@ -25,7 +25,7 @@ use crate::jsonval::push_json_string;
 use crate::peer::PeerIdentity;
 use crate::secure_mem::{SecretBuf, SecretBytes};
 use crate::source::error::SourceError;
-use crate::source::secret::{Fetched, Lifetime, Secret, SecretRequest, Selector};
+use crate::source::secret::{CallerScope, Fetched, Lifetime, Secret, SecretRequest, Selector};
 use crate::timefmt::rfc3339;
 
 /// Separates the session name from the source identity in a session key (neither holds it).
@@ -148,8 +148,8 @@ impl CredentialsSource {
         }
     }
 
-    /// The session `peer` gets of profile `id`: its session name (and source identity) as the
-    /// cache key's `aws_session`; `None` for an unknown profile.
+    /// The session `peer` gets of profile `id`: its session name (and source identity), the
+    /// request's [`CallerScope::AwsSession`]; `None` for an unknown profile.
     pub fn session_key(&self, id: &str, peer: &PeerIdentity) -> Option<String> {
         let profile = self.profiles.get(id)?;
         // The user name is looked up only when a template asks for it.
@@ -176,14 +176,14 @@ impl CredentialsSource {
             .profiles
             .get(request.name.id())
             .ok_or_else(|| SourceError::Invalid("no such role profile".to_owned()))?;
-        let Some(key) = request.selector.aws_session.as_deref().map(String::as_str) else {
+        let Some(CallerScope::AwsSession(key)) = request.selector.caller.as_deref() else {
             return Err(SourceError::Invalid(
                 "role credentials are vended to a caller only".to_owned(),
             ));
         };
         let (name, identity) = match key.split_once(KEY_SEPARATOR) {
             Some((name, identity)) => (name, Some(identity)),
-            None => (key, None),
+            None => (key.as_str(), None),
         };
         let started = SystemTime::now();
         let session = self.assume(profile, name, identity).await?;
@@ -261,6 +261,7 @@ impl CredentialsSource {
                 &keys.secret_access_key,
                 &keys.session_token,
                 expiration,
+                account_of(&config.role_arn),
             )
             .map_err(SourceError::from)
             .map(|json| Session { json, expiration })
@@ -291,12 +292,23 @@ fn expand(profile: &RoleProfile, fields: &CallerFields<'_>) -> (String, Option<S
     )
 }
 
-/// `{"Version":1,"AccessKeyId","SecretAccessKey","SessionToken","Expiration"}` in locked memory.
+/// The account of a role ARN (`arn:aws:iam::ACCOUNT:role/NAME`), which the role's sessions
+/// belong to.
+fn account_of(role_arn: &str) -> Option<&str> {
+    role_arn
+        .split(':')
+        .nth(4)
+        .filter(|a| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `{"Version":1,"AccessKeyId","SecretAccessKey","SessionToken","Expiration","AccountId"}` in
+/// locked memory (`AccountId` when known: botocore and the Rust SDK read it).
 fn credential_process_json(
     access_key_id: &str,
     secret_access_key: &str,
     session_token: &str,
     expiration: SystemTime,
+    account_id: Option<&str>,
 ) -> Result<SecretBytes, crate::secure_mem::MemError> {
     let capacity = access_key_id
         .len()
@@ -312,6 +324,10 @@ fn credential_process_json(
     push_json_string(&mut out, session_token)?;
     out.extend_from_slice(b",\"Expiration\":")?;
     push_json_string(&mut out, &rfc3339(expiration))?;
+    if let Some(account_id) = account_id {
+        out.extend_from_slice(b",\"AccountId\":")?;
+        push_json_string(&mut out, account_id)?;
+    }
     out.extend_from_slice(b"}")?;
     out.finish()
 }
@@ -337,13 +353,22 @@ mod tests {
     #[test]
     fn credential_process_json_is_what_the_sdks_parse() {
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let json = credential_process_json("ASIAX", "se\"cret", "tok", at).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(json.as_slice()).unwrap();
+        let json = credential_process_json("ASIAX", "se\"cret", "tok", at, Some("210987654321"));
+        let v: serde_json::Value = serde_json::from_slice(json.unwrap().as_slice()).unwrap();
         assert_eq!(v["Version"], 1);
         assert_eq!(v["AccessKeyId"], "ASIAX");
         assert_eq!(v["SecretAccessKey"], "se\"cret");
         assert_eq!(v["SessionToken"], "tok");
         assert_eq!(v["Expiration"], "2027-01-15T08:00:00.000Z");
+        assert_eq!(v["AccountId"], "210987654321");
+        let json = credential_process_json("ASIAX", "s", "tok", at, None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(json.as_slice()).unwrap();
+        assert!(v.get("AccountId").is_none(), "{v}");
+        assert_eq!(
+            account_of("arn:aws:iam::210987654321:role/reader"),
+            Some("210987654321")
+        );
+        assert_eq!(account_of("arn:aws:iam::21098765432:role/short"), None);
     }
 
     #[test]

@@ -46,16 +46,10 @@ pub struct RawCredentialsSource {
 impl<'de> Deserialize<'de> for RawCredentialsSource {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
-        let (own, aws) = super::config::split_aws_section(
+        let (own, aws) = super::config::split_unbatched_aws_section(
             deserializer,
             &["roles", "refresh_at_percent", "min_remaining_secs"],
         )?;
-        // The common key this kind does not take: a session is held for its own life.
-        if aws.ttl_secs.is_some() {
-            return Err(D::Error::custom(
-                "unknown field `ttl_secs`: aws-credentials sessions are held for their life                  (set duration_secs, refresh_at_percent or min_remaining_secs instead)",
-            ));
-        }
         let number = |key: &str| match own.get(key) {
             None => Ok(None),
             Some(toml::Value::Integer(n)) => u64::try_from(*n)
@@ -308,13 +302,6 @@ impl RawCredentialsSource {
     /// to the config file's directory.
     pub fn validate(&self, key: &str, config_path: &Path) -> Result<CredentialsConfig, InvalidKey> {
         let aws = self.aws.validate(key, config_path)?;
-        if self.aws.ttl_secs.is_some() {
-            return Err(invalid(
-                format!("{key}.ttl_secs"),
-                "credentials are held for their session's life: set duration_secs, \
-                 refresh_at_percent or min_remaining_secs instead",
-            ));
-        }
         let percent = self.refresh_at_percent.unwrap_or(50);
         let refresh_at_percent = u8::try_from(percent)
             .ok()

@@ -4,6 +4,8 @@
 //! Each kind owns its calls and its error mapping; none of them caches or checks access.
 
 pub mod auth;
+pub(crate) mod batch;
+pub(crate) mod calls;
 pub mod config;
 // aws-credentials: the role profiles vended to local callers.
 pub mod credentials;

@@ -41,7 +41,8 @@ pub struct RawS3Source {
 
 impl<'de> Deserialize<'de> for RawS3Source {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (own, aws) = super::config::split_aws_section(deserializer, &["bucket", "prefix"])?;
+        let (own, aws) =
+            super::config::split_unbatched_aws_section(deserializer, &["bucket", "prefix"])?;
         Ok(RawS3Source {
             bucket: own_string(&own, "bucket")?,
             prefix: own_string(&own, "prefix")?,
@@ -226,6 +227,7 @@ mod tests {
             ("bucket = \"abc\"\nprefix = \"a\\nb\"", "sources.s3.prefix"),
             ("bucket = 3", "parse"),
             ("bucket = \"abc\"\nlabel = \"x\"", "parse"),
+            ("bucket = \"abc\"\nbatch_window_ms = 5", "parse"),
         ] {
             assert_eq!(parse(extra).unwrap_err().key, key, "{extra}");
         }

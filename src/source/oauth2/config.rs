@@ -43,12 +43,6 @@ pub struct RawOAuth2Source {
     /// Named token profiles: the id of `GET /v1/secrets/NAME/ID`.
     #[serde(default)]
     pub tokens: BTreeMap<String, RawTokenProfile>,
-    /// Per-source fetch timeout.
-    pub fetch_timeout_secs: Option<u64>,
-    /// Token requests in flight at once (default 8); further misses queue.
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
 }
 
 /// `[sources.NAME.tokens.ID]`, as written.
@@ -390,9 +384,6 @@ mod tests {
             ca_file: None,
             allow_plain_http: allow,
             tokens: BTreeMap::from([("a".to_owned(), RawTokenProfile::default())]),
-            fetch_timeout_secs: None,
-            max_concurrent_fetches: None,
-            max_fetches_per_uid: None,
         };
         let resolve = |p: &Path| p.to_path_buf();
         assert!(

@@ -33,16 +33,6 @@ pub struct RawVaultSource {
     /// Accept `http://` to a host other than loopback (for tests only; logged at start).
     #[serde(default)]
     pub allow_plain_http: bool,
-    /// Per-source TTL override.
-    pub ttl_secs: Option<u64>,
-    /// Per-source fetch timeout.
-    pub fetch_timeout_secs: Option<u64>,
-    /// Fetches from this source in flight at once (default 8); further misses queue.
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
-    /// `"required"` (default: the agent exits when the start-up check fails) or `"retry"`.
-    pub startup_check: Option<String>,
 }
 
 fn default_kv_mount() -> String {

@@ -9,7 +9,7 @@
 //! retire (revoke after `revoke_grace_secs`), and revoke everything at shutdown; the wire
 //! format (replies, call bodies, accessors) lives in `lease_reply`.
 //!
-//! A `per_caller` profile holds one such slot per caller identity (`lease_caller`), each with
+//! A `per_caller` profile holds one such slot per caller identity (`lease_slot`), each with
 //! its own lease, single flight and renewal task, created at the caller's first read.
 //!
 //! SECURITY: a lease id lets its holder renew or revoke the credential; it lives in
@@ -17,8 +17,8 @@
 //! short hash of the id). The credential itself is only in secure memory.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -26,13 +26,15 @@ use hyper::Method;
 use tokio::time::Instant;
 
 use super::auth::VaultSession;
-use super::lease_caller::{CallerKey, MAX_LEASES_PER_UID};
-use super::lease_config::{LeaseConfig, ProfileConfig};
+use super::lease_config::LeaseConfig;
 use super::lease_reply::{RenewReply, lease_body, parse_lease, query};
-use super::renew::{self, Times};
+use super::lease_slot::{Counts, Lease, Profile};
+use super::renew::{Step, plus};
+use crate::backoff::{Backoff, random_fraction};
+use crate::peer::PeerIdentity;
 use crate::secure_mem::SecretBytes;
 use crate::source::error::SourceError;
-use crate::source::secret::{Lifetime, Secret};
+use crate::source::secret::{CallerKey, CallerScope, Lifetime, Secret};
 
 /// Bound on one renew or revoke call.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,69 +58,6 @@ pub(super) struct Inner {
     closed: AtomicBool,
     /// Replaced leases waiting for their revoke.
     retiring: Mutex<Vec<Arc<Lease>>>,
-}
-
-/// Lease counters of one profile.
-#[derive(Debug, Default)]
-pub struct Counts {
-    /// Leases obtained.
-    pub issued: AtomicU64,
-    /// Successful renewals.
-    pub renewed: AtomicU64,
-    /// Successful revocations.
-    pub revoked: AtomicU64,
-}
-
-/// One profile and its current lease.
-#[derive(Debug)]
-pub(super) struct Profile {
-    pub(super) name: String,
-    pub(super) config: ProfileConfig,
-    current: Mutex<Option<Arc<Lease>>>,
-    /// Held while a lease is issued: the single flight.
-    issuing: tokio::sync::Mutex<()>,
-    /// Whether the renewal task runs.
-    pub(super) maintained: AtomicBool,
-    /// A flush asked for a new lease: the next read issues one.
-    flushed: AtomicBool,
-    /// Its lease issue/renew/revoke counters (shared with its leases).
-    counts: Arc<Counts>,
-    /// Whom this slot's lease is for (a `per_caller` profile's slot; `None`: shared).
-    pub(super) caller: Option<CallerKey>,
-    /// A `per_caller` profile's slots, one per caller identity (empty otherwise).
-    callers: Mutex<BTreeMap<CallerKey, Arc<Profile>>>,
-}
-
-/// One lease (or certificate) from Vault.
-pub(super) struct Lease {
-    /// Empty for a certificate issued without a lease.
-    pub(super) id: SecretBytes,
-    /// For logs: the engine path and a hash of the id.
-    pub(super) accessor: String,
-    /// The engine's `data` object as JSON text.
-    pub(super) data: SecretBytes,
-    /// When it was issued, how long it lived then, and the renewals since.
-    pub(super) times: Mutex<Times>,
-    /// Its profile's counters.
-    pub(super) counts: Arc<Counts>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease")
-            .field("accessor", &self.accessor)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Lease {
-    pub(super) fn times(&self) -> Times {
-        *self.times.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(super) fn has_id(&self) -> bool {
-        !self.id.is_empty()
-    }
 }
 
 impl LeaseSource {
@@ -161,12 +100,15 @@ impl LeaseSource {
         serve(profile, &lease)
     }
 
-    /// Whether profile `id` has `per_caller = true`.
-    pub fn is_per_caller(&self, id: &str) -> bool {
-        self.inner
+    /// Whom a read of profile `id` by `peer` is for: the caller's identity when the profile has
+    /// `per_caller = true` (one lease per identity), else `None` (one lease for every caller).
+    pub fn caller_scope(&self, id: &str, peer: &PeerIdentity) -> Option<CallerScope> {
+        let per_caller = self
+            .inner
             .profiles
             .get(id)
-            .is_some_and(|p| p.config.per_caller)
+            .is_some_and(|p| p.config.per_caller);
+        per_caller.then(|| CallerScope::Identity(CallerKey::of(peer)))
     }
 
     /// Each profile's counters and the seconds left of its lease (`None` without one).
@@ -240,95 +182,6 @@ impl LeaseSource {
             set.spawn(async move { inner.revoke(&lease).await });
         }
         while set.join_next().await.is_some() {}
-    }
-}
-
-impl Profile {
-    fn new(
-        name: &str,
-        config: ProfileConfig,
-        counts: Arc<Counts>,
-        caller: Option<CallerKey>,
-    ) -> Self {
-        Profile {
-            name: name.to_owned(),
-            config,
-            current: Mutex::new(None),
-            issuing: tokio::sync::Mutex::new(()),
-            maintained: AtomicBool::new(false),
-            flushed: AtomicBool::new(false),
-            counts,
-            caller,
-            callers: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    /// The slot a read by `caller` uses: the profile itself when shared; for `per_caller`, the
-    /// caller's own slot, created at its first read (at most [`MAX_LEASES_PER_UID`] per uid).
-    fn slot(self: &Arc<Self>, caller: Option<&CallerKey>) -> Result<Arc<Profile>, SourceError> {
-        if !self.config.per_caller {
-            return Ok(self.clone());
-        }
-        // SECURITY: a per-caller profile never falls back to a shared lease.
-        let caller = caller.ok_or_else(|| {
-            SourceError::Invalid(format!(
-                "profile {} has per_caller = true and is read only by a caller",
-                self.name
-            ))
-        })?;
-        let mut callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = callers.get(caller) {
-            return Ok(slot.clone());
-        }
-        let held = callers.keys().filter(|k| k.uid == caller.uid).count();
-        if held >= MAX_LEASES_PER_UID {
-            return Err(SourceError::LeaseUnavailable {
-                detail: format!(
-                    "uid {} already holds {MAX_LEASES_PER_UID} leases of profile {}",
-                    caller.uid, self.name
-                ),
-            });
-        }
-        let slot = Arc::new(Profile::new(
-            &self.name,
-            self.config.clone(),
-            self.counts.clone(),
-            Some(caller.clone()),
-        ));
-        callers.insert(caller.clone(), slot.clone());
-        Ok(slot)
-    }
-
-    /// Every slot that can hold a lease: the profile itself when shared, the callers' slots
-    /// when `per_caller`.
-    fn slots(self: &Arc<Self>) -> Vec<Arc<Profile>> {
-        if self.config.per_caller {
-            let callers = self.callers.lock().unwrap_or_else(|p| p.into_inner());
-            callers.values().cloned().collect()
-        } else {
-            vec![self.clone()]
-        }
-    }
-
-    pub(super) fn current(&self) -> Option<Arc<Lease>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn take(&self) -> Option<Arc<Lease>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    fn install(&self, lease: Arc<Lease>) -> Option<Arc<Lease>> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(lease)
     }
 }
 
@@ -449,10 +302,7 @@ impl Inner {
             self.retire(old);
         }
         if !profile.maintained.swap(true, Ordering::SeqCst) {
-            tokio::spawn(renew::maintain(
-                Arc::downgrade(self),
-                Arc::downgrade(profile),
-            ));
+            tokio::spawn(maintain(Arc::downgrade(self), Arc::downgrade(profile)));
         }
         Ok(())
     }
@@ -573,74 +423,88 @@ impl Inner {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The renewal task of one profile: renews and replaces its lease as [`Times::next`] says,
+/// until the source is dropped or the profile has no lease (shutdown).
+///
+/// Boxed with `Send` stated: `replace` spawns this task and this task calls `replace`, and
+/// the compiler needs the `Send` written down to break the cycle.
+pub(super) fn maintain(
+    inner: Weak<Inner>,
+    profile: Weak<Profile>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(maintain_loop(inner, profile))
+}
 
-    fn per_caller_profile() -> Arc<Profile> {
-        let config = ProfileConfig {
-            path: "database/creds/app".to_owned(),
-            method: Method::GET,
-            params: serde_json::Map::new(),
-            renew_at_percent: 67,
-            min_remaining: Duration::from_secs(5),
-            per_caller: true,
+async fn maintain_loop(inner: Weak<Inner>, profile: Weak<Profile>) {
+    let mut renew_retry: Option<Instant> = None;
+    let mut replace_retry: Option<Instant> = None;
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let (Some(strong), Some(prof)) = (inner.upgrade(), profile.upgrade()) else {
+            return;
         };
-        Arc::new(Profile::new("app", config, Arc::default(), None))
-    }
-
-    fn caller(uid: u32, unit: Option<&str>) -> CallerKey {
-        CallerKey {
-            uid,
-            unit: unit.map(str::to_owned),
-            user_unit: None,
-        }
-    }
-
-    #[test]
-    fn a_per_caller_profile_has_one_slot_per_identity_and_none_without_a_caller() {
-        let profile = per_caller_profile();
-        let root = profile.slot(Some(&caller(0, None))).unwrap();
-        let nobody = profile.slot(Some(&caller(65534, None))).unwrap();
-        let unit = profile.slot(Some(&caller(0, Some("app.service")))).unwrap();
-        assert!(!Arc::ptr_eq(&root, &nobody));
-        assert!(!Arc::ptr_eq(&root, &unit));
-        assert!(Arc::ptr_eq(
-            &root,
-            &profile.slot(Some(&caller(0, None))).unwrap()
-        ));
-        assert!(Arc::ptr_eq(&root.counts, &profile.counts));
-        assert_eq!(root.caller, Some(caller(0, None)));
-        assert_eq!(profile.slots().len(), 3);
-        // Never the shared lease.
-        assert!(matches!(profile.slot(None), Err(SourceError::Invalid(_))));
-    }
-
-    #[test]
-    fn one_uid_causes_at_most_the_cap_of_per_caller_leases() {
-        let profile = per_caller_profile();
-        let unit = |i: usize| format!("u{i}.service");
-        for i in 0..MAX_LEASES_PER_UID {
-            profile.slot(Some(&caller(1000, Some(&unit(i))))).unwrap();
-        }
-        let over = profile.slot(Some(&caller(1000, Some("one-more.service"))));
-        assert!(matches!(over, Err(SourceError::LeaseUnavailable { .. })));
-        // Its known identities still work, and another uid is not affected.
-        profile.slot(Some(&caller(1000, Some(&unit(0))))).unwrap();
-        profile.slot(Some(&caller(1001, None))).unwrap();
-        assert_eq!(profile.slots().len(), MAX_LEASES_PER_UID + 1);
-    }
-
-    #[test]
-    fn a_shared_profile_is_its_own_only_slot() {
-        let config = ProfileConfig {
-            per_caller: false,
-            ..per_caller_profile().config.clone()
+        let Some(lease) = prof.current() else {
+            prof.maintained.store(false, Ordering::SeqCst);
+            return;
         };
-        let profile = Arc::new(Profile::new("app", config, Arc::default(), None));
-        let slot = profile.slot(Some(&caller(0, None))).unwrap();
-        assert!(Arc::ptr_eq(&slot, &profile));
-        assert!(Arc::ptr_eq(&profile.slot(None).unwrap(), &profile));
-        assert_eq!(profile.slots().len(), 1);
+        let times = lease.times();
+        let switch = times.switch_at(&prof.config);
+        let (at, renew) = match times.next(&prof.config, random_fraction()) {
+            Step::Renew(at) => {
+                let at = renew_retry.map_or(at, |r| r.max(at));
+                if at < switch {
+                    (at, true)
+                } else {
+                    (switch, false)
+                }
+            }
+            Step::Replace(at) => (replace_retry.map_or(at, |r| r.max(at)), false),
+        };
+        drop((strong, prof));
+        tokio::time::sleep_until(at).await;
+        let (Some(strong), Some(prof)) = (inner.upgrade(), profile.upgrade()) else {
+            return;
+        };
+        if renew {
+            match strong.renew(&lease).await {
+                Ok(capped) => {
+                    renew_retry = None;
+                    backoff.reset();
+                    let left = lease
+                        .times()
+                        .expires()
+                        .saturating_duration_since(Instant::now());
+                    tracing::info!(
+                        source = %strong.name,
+                        profile = %prof.name,
+                        lease = %lease.accessor,
+                        ttl_secs = left.as_secs(),
+                        capped,
+                        "lease renewed"
+                    );
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        source = %strong.name,
+                        profile = %prof.name,
+                        lease = %lease.accessor,
+                        error = %err,
+                        "lease renewal failed; will retry, and replace it at its switch point"
+                    );
+                    renew_retry = Some(plus(Instant::now(), backoff.delay()));
+                }
+            }
+            continue;
+        }
+        // A failure is logged by `replace`; the old lease stays while it lives.
+        let _ = strong.replace(&prof).await;
+        let replaced = prof.current().is_none_or(|now| !Arc::ptr_eq(&now, &lease));
+        if replaced {
+            renew_retry = None;
+            replace_retry = None;
+            backoff.reset();
+        } else {
+            replace_retry = Some(plus(Instant::now(), backoff.delay()));
+        }
     }
 }

@@ -40,14 +40,6 @@ pub struct RawLeaseSource {
     pub revoke_on_shutdown: Option<bool>,
     /// How long a replaced lease keeps working before it is revoked (default 30).
     pub revoke_grace_secs: Option<u64>,
-    /// Per-source fetch timeout (one issue call).
-    pub fetch_timeout_secs: Option<u64>,
-    /// Fetches from this source in flight at once (default 8).
-    pub max_concurrent_fetches: Option<usize>,
-    /// Of those, running or queued for one uid at once (default half, at least 1).
-    pub max_fetches_per_uid: Option<usize>,
-    /// `"required"` (default) or `"retry"` (wait for the Vault source to come up).
-    pub startup_check: Option<String>,
 }
 
 /// `[sources.NAME.profiles.P]`, as written.

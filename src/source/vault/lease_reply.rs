@@ -12,10 +12,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::lease::{Counts, Lease};
+use super::lease_slot::{Counts, Lease};
 use super::renew::Times;
 use crate::secure_mem::SecretBytes;
-use crate::source::SourceError;
+use crate::source::error::SourceError;
 
 /// `{"lease_id","renewable","lease_duration","data"}` of an engine reply.
 #[derive(Deserialize)]

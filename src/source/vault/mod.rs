@@ -9,10 +9,10 @@ pub mod kv;
 // vault-lease: leased secrets (database credentials, certificates) over a Vault source's session.
 mod kv_check;
 pub mod lease;
-pub mod lease_caller;
 pub mod lease_config;
 pub mod lease_metrics;
 mod lease_reply;
+mod lease_slot;
 mod renew;
 pub mod transit;
 

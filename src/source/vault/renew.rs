@@ -13,15 +13,11 @@
 // SECURITY: durations here come from Vault's replies; arithmetic on them must not overflow.
 #![deny(clippy::arithmetic_side_effects)]
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lease::{Inner, Profile};
 use super::lease_config::ProfileConfig;
-use crate::backoff::{Backoff, random_fraction};
 
 /// Longest renewal jitter.
 const MAX_JITTER: Duration = Duration::from_secs(30);
@@ -45,7 +41,7 @@ pub(crate) struct Times {
 
 /// What is due next for a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Step {
+pub(super) enum Step {
     /// Renew it at this instant.
     Renew(Instant),
     /// Replace it at this instant.
@@ -59,7 +55,7 @@ fn percent(d: Duration, share: u8) -> Duration {
         .unwrap_or_default()
 }
 
-fn plus(at: Instant, d: Duration) -> Instant {
+pub(super) fn plus(at: Instant, d: Duration) -> Instant {
     // A lease "for ever" (u64::MAX seconds from Vault) is due in a century, not an overflow.
     at.checked_add(d)
         .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
@@ -124,92 +120,6 @@ impl Times {
             Step::Renew(renew_at)
         } else {
             Step::Replace(switch)
-        }
-    }
-}
-
-/// The renewal task of one profile: renews and replaces its lease as [`Times::next`] says,
-/// until the source is dropped or the profile has no lease (shutdown).
-///
-/// Boxed with `Send` stated: `replace` spawns this task and this task calls `replace`, and
-/// the compiler needs the `Send` written down to break the cycle.
-pub(super) fn maintain(
-    inner: Weak<Inner>,
-    profile: Weak<Profile>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
-    Box::pin(maintain_loop(inner, profile))
-}
-
-async fn maintain_loop(inner: Weak<Inner>, profile: Weak<Profile>) {
-    let mut renew_retry: Option<Instant> = None;
-    let mut replace_retry: Option<Instant> = None;
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        let (Some(strong), Some(prof)) = (inner.upgrade(), profile.upgrade()) else {
-            return;
-        };
-        let Some(lease) = prof.current() else {
-            prof.maintained.store(false, Ordering::SeqCst);
-            return;
-        };
-        let times = lease.times();
-        let switch = times.switch_at(&prof.config);
-        let (at, renew) = match times.next(&prof.config, random_fraction()) {
-            Step::Renew(at) => {
-                let at = renew_retry.map_or(at, |r| r.max(at));
-                if at < switch {
-                    (at, true)
-                } else {
-                    (switch, false)
-                }
-            }
-            Step::Replace(at) => (replace_retry.map_or(at, |r| r.max(at)), false),
-        };
-        drop((strong, prof));
-        tokio::time::sleep_until(at).await;
-        let (Some(strong), Some(prof)) = (inner.upgrade(), profile.upgrade()) else {
-            return;
-        };
-        if renew {
-            match strong.renew(&lease).await {
-                Ok(capped) => {
-                    renew_retry = None;
-                    backoff.reset();
-                    let left = lease
-                        .times()
-                        .expires()
-                        .saturating_duration_since(Instant::now());
-                    tracing::info!(
-                        source = %strong.name,
-                        profile = %prof.name,
-                        lease = %lease.accessor,
-                        ttl_secs = left.as_secs(),
-                        capped,
-                        "lease renewed"
-                    );
-                }
-                Err(err) => {
-                    tracing::warn!(
-                        source = %strong.name,
-                        profile = %prof.name,
-                        lease = %lease.accessor,
-                        error = %err,
-                        "lease renewal failed; will retry, and replace it at its switch point"
-                    );
-                    renew_retry = Some(plus(Instant::now(), backoff.delay()));
-                }
-            }
-            continue;
-        }
-        // A failure is logged by `replace`; the old lease stays while it lives.
-        let _ = strong.replace(&prof).await;
-        let replaced = prof.current().is_none_or(|now| !Arc::ptr_eq(&now, &lease));
-        if replaced {
-            renew_retry = None;
-            replace_retry = None;
-            backoff.reset();
-        } else {
-            replace_retry = Some(plus(Instant::now(), backoff.delay()));
         }
     }
 }
