@@ -14,7 +14,7 @@ use crate::agent::{self, Agent, CacheSettings, Scratch};
 use crate::checks;
 use crate::error::BenchError;
 use crate::procfs::ChildGuard;
-use crate::report::AwsMisses;
+use crate::report::{AwsMisses, Compare};
 use crate::{floor, load};
 
 /// The source section; `{port}` is moto's port. Kept in one place so it follows the AWS
@@ -183,32 +183,6 @@ async fn credentials(agent: &Agent, timing: load::Timing) -> Result<Vec<Compare>
 
 /// Connection counts of the credentials comparison.
 pub const CREDENTIAL_CONNS: [usize; 2] = [1, 16];
-
-/// One round of the credentials comparison.
-#[derive(Debug, Clone)]
-pub struct Compare {
-    /// Round.
-    pub round: usize,
-    /// Connections.
-    pub conns: usize,
-    /// Cached file-source secret reads.
-    pub secret: load::Outcome,
-    /// Cached `aws-credentials` reads.
-    pub credentials: load::Outcome,
-}
-
-impl Compare {
-    /// Credentials CPU per request ÷ the secret's.
-    pub fn cpu_ratio(&self) -> f64 {
-        self.credentials.server_us_per_req()
-            / self.secret.server_us_per_req().max(f64::MIN_POSITIVE)
-    }
-
-    /// Credentials req/s ÷ the secret's.
-    pub fn rps_ratio(&self) -> f64 {
-        self.credentials.rps() / self.secret.rps().max(f64::MIN_POSITIVE)
-    }
-}
 
 fn start_moto(moto: &Path, port: u16, dir: &Path) -> Result<ChildGuard, BenchError> {
     let mut command = Command::new(moto);

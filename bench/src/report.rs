@@ -19,10 +19,36 @@ pub enum AwsMisses {
         /// GetSecretValue calls moto recorded.
         calls: u64,
         /// Cached `aws-credentials` reads against cached secret reads, same agent.
-        credentials: Vec<crate::aws::Compare>,
+        credentials: Vec<Compare>,
     },
     /// Not measured, with the reason.
     Skipped(String),
+}
+
+/// One round of the credentials comparison.
+#[derive(Debug, Clone)]
+pub struct Compare {
+    /// Round.
+    pub round: usize,
+    /// Connections.
+    pub conns: usize,
+    /// Cached file-source secret reads.
+    pub secret: crate::load::Outcome,
+    /// Cached `aws-credentials` reads.
+    pub credentials: crate::load::Outcome,
+}
+
+impl Compare {
+    /// Credentials CPU per request ÷ the secret's.
+    pub fn cpu_ratio(&self) -> f64 {
+        self.credentials.server_us_per_req()
+            / self.secret.server_us_per_req().max(f64::MIN_POSITIVE)
+    }
+
+    /// Credentials req/s ÷ the secret's.
+    pub fn rps_ratio(&self) -> f64 {
+        self.credentials.rps() / self.secret.rps().max(f64::MIN_POSITIVE)
+    }
 }
 
 /// The side-by-side series driven by oha: measured, or why not.
@@ -228,12 +254,7 @@ impl Report {
                     format!("{calls} GetSecretValue call(s) seen by moto"),
                     Some(*calls == 1 && misses.ok == misses.requests),
                 ));
-                let cpu = median(
-                    credentials
-                        .iter()
-                        .map(crate::aws::Compare::cpu_ratio)
-                        .collect(),
-                );
+                let cpu = median(credentials.iter().map(Compare::cpu_ratio).collect());
                 out.push((
                     "a cached aws-credentials read costs no more than a cached secret read (CPU per request, ≤ 1.1× for the noise)".to_owned(),
                     format!("{cpu:.2}× (median over rounds and 1, 16 connections)"),
