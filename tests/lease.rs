@@ -86,6 +86,8 @@ fn config(bao: &Bao, source_extra: &str, profiles: &str) -> String {
 socket = "{{socket}}"
 socket_mode = "0666"
 shutdown_timeout_secs = 10
+# The callers are root, an operator: 50 at once need more than the operators' default 16.
+max_operator_connections = 64
 
 [cache]
 lock_memory = "best-effort"

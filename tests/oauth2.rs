@@ -181,7 +181,11 @@ fn fifty_concurrent_callers_cause_exactly_one_token_request() {
     let server = OidcServer::start(dir.path(), 600);
     let agent = Agent::start(
         &dir,
-        &agent_config("", &client_credentials(&server, &dir, 60)),
+        // 50 connections of root, an operator: past the operators' 16 connection slots.
+        &agent_config("", &client_credentials(&server, &dir, 60)).replace(
+            "socket_mode = \"0666\"\n",
+            "socket_mode = \"0666\"\nmax_operator_connections = 64\n",
+        ),
     );
     let socket = agent.socket.clone();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
