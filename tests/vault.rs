@@ -617,13 +617,15 @@ fn a_user_owning_the_credential_directory_swaps_in_its_own_secret_id_and_the_rel
     assert_eq!(last["status"], resp.status, "{last}");
     assert_eq!(last["decision"], "allow", "{last}");
 
-    // The operator puts a private file back: the honest path works again.
+    // The operator puts a private file back: the honest path works again, at the login's next
+    // retry (its backoff has grown meanwhile, so a read may time out before it).
     std::fs::remove_file(creds.join("secret_id")).unwrap();
     write_credential(&creds.join("secret_id"), format!("{SECRET_ID}\n"));
-    let resp = agent.get("/v1/secrets/vault/app/b?field=v");
-    assert_eq!(
-        (resp.status, resp.text().as_str()),
-        (200, "b"),
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            let resp = agent.get("/v1/secrets/vault/app/b?field=v");
+            (resp.status, resp.text().as_str()) == (200, "b")
+        }),
         "{}",
         agent.log_text()
     );

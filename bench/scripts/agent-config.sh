@@ -12,6 +12,8 @@ cat > "$work/config.toml" <<TOML
 [server]
 socket = "$work/agent.sock"
 socket_mode = "0600"
+# The load runs as root, an operator: more than the operators' default 16 connections.
+max_operator_connections = 8192
 
 [cache]
 lock_memory = "best-effort"

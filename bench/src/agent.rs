@@ -98,6 +98,9 @@ pub fn config_with_server(dir: &Path, cache: CacheSettings, server: &str, extra:
         r#"[server]
 socket = "{dir}/agent.sock"
 socket_mode = "0600"
+# The load generator runs as root, an operator: its connections are the operators' pool, whose
+# default of 16 would refuse the series' 64 connections and the burst's thousands.
+max_operator_connections = 8192
 {server}
 [cache]
 ttl_secs = {ttl}

@@ -82,8 +82,8 @@ pub async fn run(
 ) -> Result<Burst, BenchError> {
     let scratch = Scratch::new("burst")?;
     scratch.secret("watched", &OLD)?;
-    // uid 0 and admin peers are not held to the per-uid cap, but every connection takes one of
-    // the `max_connections` slots.
+    // The client is root, an operator (agent::config gives operators room for it); the accept
+    // loop's limit is `max_connections` plus that.
     let server = format!("max_connections = {}\n", conns.saturating_add(64));
     let config = agent::config_with_server(scratch.path(), CacheSettings::default(), &server, "");
     let agent = Agent::start(bin, &scratch, &config, None).await?;
