@@ -1,7 +1,7 @@
 //! The miss burst against the AWS Secrets Manager source, served by moto from the pinned test
 //! venv; moto's request recorder counts the GetSecretValue calls that reached it. Then, on the
 //! same agent, a cached `aws-credentials` read (one AssumeRole at moto, then served from the
-//! cache) against a cached file-source secret read, interleaved. Skipped, with the reason in the
+//! cache) against a cached read of a file-source secret of the same size, interleaved. Skipped, with the reason in the
 //! report, when moto is not installed or this agent build has no AWS source.
 
 use std::io::{Read, Write};
@@ -137,7 +137,7 @@ pub async fn misses(
         .lines()
         .filter(|l| l.contains("GetSecretValue"))
         .count() as u64;
-    let credentials = credentials(&agent, timing).await?;
+    let credentials = credentials(&agent, &scratch, timing).await?;
     Ok(AwsMisses::Measured {
         misses: burst,
         calls,
@@ -145,9 +145,18 @@ pub async fn misses(
     })
 }
 
-/// Cached credentials reads against cached secret reads on one agent, interleaved per round
-/// at each of [`CREDENTIAL_CONNS`].
-async fn credentials(agent: &Agent, timing: load::Timing) -> Result<Vec<Compare>, BenchError> {
+/// The file secret the credentials read is compared with: as long as the credentials answer, so
+/// the comparison is of the reads and not of the answers' sizes.
+const SAME_SIZE: &str = "same-size";
+const SAME_SIZE_PATH: &str = "/v1/secrets/files/same-size";
+
+/// Cached credentials reads against cached reads of a file secret of the same size on one
+/// agent, interleaved per round at each of [`CREDENTIAL_CONNS`].
+async fn credentials(
+    agent: &Agent,
+    scratch: &Scratch,
+    timing: load::Timing,
+) -> Result<Vec<Compare>, BenchError> {
     let (status, body) = load::get_once(agent.socket(), CREDENTIALS_PATH)
         .await
         .map_err(BenchError::io("first credentials read"))?;
@@ -157,6 +166,7 @@ async fn credentials(agent: &Agent, timing: load::Timing) -> Result<Vec<Compare>
             agent.log_text()
         )));
     }
+    scratch.secret(SAME_SIZE, &vec![b's'; body.len()])?;
     let mut out = Vec::new();
     for round in 1..=timing.rounds {
         for &conns in &CREDENTIAL_CONNS {
@@ -168,7 +178,7 @@ async fn credentials(agent: &Agent, timing: load::Timing) -> Result<Vec<Compare>
                 measure: timing.measure,
                 server_pid: agent.pid(),
             };
-            let secret = load::run(&spec(floor::SECRET_PATH)).await?;
+            let secret = load::run(&spec(SAME_SIZE_PATH)).await?;
             let credentials = load::run(&spec(CREDENTIALS_PATH)).await?;
             out.push(Compare {
                 round,

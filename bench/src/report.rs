@@ -18,7 +18,8 @@ pub enum AwsMisses {
         misses: Misses,
         /// GetSecretValue calls moto recorded.
         calls: u64,
-        /// Cached `aws-credentials` reads against cached secret reads, same agent.
+        /// Cached `aws-credentials` reads against cached reads of a secret of their size, same
+        /// agent.
         credentials: Vec<Compare>,
     },
     /// Not measured, with the reason.
@@ -256,7 +257,7 @@ impl Report {
                 ));
                 let cpu = median(credentials.iter().map(Compare::cpu_ratio).collect());
                 out.push((
-                    "a cached aws-credentials read costs no more than a cached secret read (CPU per request, ≤ 1.1× for the noise)".to_owned(),
+                    "a cached aws-credentials read costs no more than a cached read of a secret of its size (CPU per request, ≤ 1.1× for the noise)".to_owned(),
                     format!("{cpu:.2}× (median over rounds and 1, 16 connections)"),
                     Some(cpu <= 1.1),
                 ));
@@ -264,7 +265,7 @@ impl Report {
             AwsMisses::Skipped(_) => {
                 for target in [
                     "exactly 1 upstream fetch per 200 concurrent misses (AWS source, moto)",
-                    "a cached aws-credentials read costs no more than a cached secret read",
+                    "a cached aws-credentials read costs no more than a cached read of a secret of its size",
                 ] {
                     out.push((
                         target.to_owned(),
@@ -406,7 +407,7 @@ impl Report {
                 for c in credentials {
                     let _ = writeln!(
                         s,
-                        "| cached `aws-credentials` read ÷ cached secret read, round {}, {} conn(s) | CPU per request {:.1} / {:.1} µs ({:.2}×), req/s {:.0} / {:.0} ({:.2}×), latency p50/p99/p99.9 {} / {} µs |",
+                        "| cached `aws-credentials` read ÷ cached read of a secret of its size, round {}, {} conn(s) | CPU per request {:.1} / {:.1} µs ({:.2}×), req/s {:.0} / {:.0} ({:.2}×), latency p50/p99/p99.9 {} / {} µs |",
                         c.round,
                         c.conns,
                         c.credentials.server_us_per_req(),
