@@ -729,15 +729,17 @@ pub fn python_as(uid: u32, script: &str, args: &[&str]) -> Child {
     command.spawn().unwrap()
 }
 
-/// The next line `child` printed, trimmed.
+/// The next line `child` printed, trimmed. Read a byte at a time, so nothing after the line is
+/// taken from the pipe: a later call gets the next line (a buffered reader made per call would
+/// keep, and drop, what it read ahead).
 pub fn first_line(child: &mut Child) -> String {
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    line.trim().to_owned()
+    let stdout = child.stdout.as_mut().unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while std::io::Read::read(stdout, &mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_owned()
 }
 
 /// The venv's site-packages, which `/usr/bin/python3` (readable by any uid) is pointed at.
