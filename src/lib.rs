@@ -83,6 +83,7 @@ pub mod peer_tcp;
 mod properties;
 pub mod ratelimit;
 pub(crate) mod readiness;
+pub(crate) mod secure_budget;
 pub mod secure_mem;
 pub mod server;
 pub(crate) mod source;

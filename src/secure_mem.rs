@@ -18,7 +18,8 @@
 //! would pass it first asks the registered reclaimer (the cache, evicting least recently used
 //! values) for room, then fails with [`MemError::Budget`] — never an OOM, never a panic. Inside
 //! [`without_reclaim`] (a response render) it fails at once instead of asking; a part of the
-//! budget is kept for renders alone ([`set_render_reserve`]).
+//! budget is kept for renders alone ([`set_render_reserve`]). The accounting is
+//! `secure_budget`'s (safe code); the mappings are made here.
 //!
 //! It deliberately does not decide *what* is secret or how long it lives: the cache does.
 
@@ -33,6 +34,10 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
+use crate::secure_budget as budget;
+pub use crate::secure_budget::{
+    locked_bytes, mapped_bytes, set_budget, set_reclaimer, set_render_reserve, without_reclaim,
+};
 use nix::sys::mman::{MapFlags, MmapAdvise, ProtFlags, madvise, mlock, mmap_anonymous, munmap};
 use zeroize::Zeroize;
 
@@ -107,15 +112,6 @@ const CLASSES: [usize; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
 
 static POLICY: AtomicU8 = AtomicU8::new(0); // 0 = Required, 1 = BestEffort
 static WARNED: AtomicBool = AtomicBool::new(false);
-static LOCKED_BYTES: AtomicUsize = AtomicUsize::new(0);
-static MAPPED_BYTES: AtomicUsize = AtomicUsize::new(0);
-static BUDGET: AtomicUsize = AtomicUsize::new(usize::MAX);
-/// Of the budget, what only a response render may map ([`without_reclaim`]).
-static RENDER_RESERVE: AtomicUsize = AtomicUsize::new(0);
-/// Frees room when the budget is reached: asked for `len` bytes, returns how many values it
-/// dropped (0: nothing left to drop).
-type Reclaimer = Box<dyn Fn(usize) -> usize + Send + Sync>;
-static RECLAIMER: Mutex<Option<Reclaimer>> = Mutex::new(None);
 static POOL: Mutex<Pool> = Mutex::new(Pool::new());
 
 /// Hardens the process and sets the lock policy; call once at start, before any secret exists.
@@ -158,67 +154,6 @@ fn policy() -> LockPolicy {
     } else {
         LockPolicy::BestEffort
     }
-}
-
-/// Sets the budget on secret memory mapped in all (`cache.max_locked_bytes`).
-pub fn set_budget(bytes: usize) {
-    BUDGET.store(bytes, Ordering::SeqCst);
-}
-
-/// Keeps `bytes` of the budget for response renders (`cache.max_locked_bytes_per_uid`, one
-/// uid's share): every other allocation (a fetched value, the cache's copies) maps at most the
-/// budget less this, and at that point asks the reclaimer. So a full cache still leaves one
-/// uid's renders room, and renders, which never reclaim, do not fail for want of an eviction.
-pub fn set_render_reserve(bytes: usize) {
-    RENDER_RESERVE.store(bytes, Ordering::SeqCst);
-}
-
-/// Registers what frees room when the budget is reached (the cache's LRU eviction). It is
-/// called with no lock of this module held.
-pub fn set_reclaimer(reclaim: impl Fn(usize) -> usize + Send + Sync + 'static) {
-    *RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(reclaim));
-}
-
-thread_local! {
-    /// Set while a response is rendered on this thread ([`without_reclaim`]).
-    static NO_RECLAIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` (synchronous) with reclaiming off on this thread: an allocation at the budget fails
-/// with [`MemError::Budget`] instead of asking the reclaimer for room.
-///
-/// SECURITY: a response render runs so: one caller's in-flight responses never evict the
-/// values other callers read from the cache.
-pub fn without_reclaim<T>(f: impl FnOnce() -> T) -> T {
-    /// Restores the flag even if `f` unwinds.
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            NO_RECLAIM.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(NO_RECLAIM.with(|c| c.replace(true)));
-    f()
-}
-
-fn reclaim(len: usize) -> usize {
-    if NO_RECLAIM.with(std::cell::Cell::get) {
-        return 0;
-    }
-    match RECLAIMER.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        Some(reclaim) => reclaim(len),
-        None => 0,
-    }
-}
-
-/// Bytes of secret memory currently locked by this module.
-pub fn locked_bytes() -> usize {
-    LOCKED_BYTES.load(Ordering::Relaxed)
-}
-
-/// Bytes of secret memory currently mapped by this module (locked or not).
-pub fn mapped_bytes() -> usize {
-    MAPPED_BYTES.load(Ordering::Relaxed)
 }
 
 /// Returns the free memory of every malloc arena to the kernel (glibc's `malloc_trim(0)`): after
@@ -270,18 +205,7 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
     let size = std::num::NonZeroUsize::new(len).ok_or(MemError::TooLarge { len, max: 0 })?;
     // SECURITY: reserve against the budget before mapping, so concurrent requests cannot all
     // pass the check and together exceed it.
-    let budget = if NO_RECLAIM.with(std::cell::Cell::get) {
-        BUDGET.load(Ordering::SeqCst)
-    } else {
-        BUDGET
-            .load(Ordering::SeqCst)
-            .saturating_sub(RENDER_RESERVE.load(Ordering::SeqCst))
-    };
-    MAPPED_BYTES
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |mapped| {
-            mapped.checked_add(len).filter(|total| *total <= budget)
-        })
-        .map_err(|_| MemError::Budget { len, budget })?;
+    budget::reserve(len).map_err(|budget| MemError::Budget { len, budget })?;
     // SAFETY: an anonymous private mapping with no address hint aliases nothing in this process.
     let ptr = unsafe {
         mmap_anonymous(
@@ -292,13 +216,13 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
         )
     }
     .map_err(|source| {
-        MAPPED_BYTES.fetch_sub(len, Ordering::SeqCst);
+        budget::unreserve(len);
         MemError::Map { source }
     })?;
     let unmap = || {
         // SAFETY: unmapping the mapping created above, which nothing references yet.
         let _ = unsafe { munmap(ptr, len) };
-        MAPPED_BYTES.fetch_sub(len, Ordering::Relaxed);
+        budget::unreserve(len);
     };
     // SECURITY: a secret mapping must stay out of core dumps and out of forked children. Both
     // advices exist since Linux 4.14; a kernel that refuses them gets no secret.
@@ -318,7 +242,7 @@ fn map_region(len: usize) -> Result<NonNull<c_void>, MemError> {
     // SAFETY: locking pages of our own live mapping.
     match unsafe { mlock(ptr, len) } {
         Ok(()) => {
-            LOCKED_BYTES.fetch_add(len, Ordering::Relaxed);
+            budget::locked(len);
         }
         Err(source) => match policy() {
             LockPolicy::Required => {
@@ -386,7 +310,7 @@ impl SecretBytes {
     pub fn zeroed(len: usize) -> Result<Self, MemError> {
         loop {
             match Self::zeroed_once(len) {
-                Err(MemError::Budget { .. }) if reclaim(len) > 0 => continue,
+                Err(MemError::Budget { .. }) if budget::reclaim(len) > 0 => continue,
                 other => return other,
             }
         }
@@ -515,10 +439,7 @@ impl Drop for SecretBytes {
                 // SAFETY: the mapping of `size` bytes at `ptr` was created for this value alone
                 // and nothing else points into it; munmap also drops the lock.
                 let _ = unsafe { munmap(self.ptr.cast(), size) };
-                MAPPED_BYTES.fetch_sub(size, Ordering::Relaxed);
-                let _ = LOCKED_BYTES.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                    Some(n.saturating_sub(size))
-                });
+                budget::unmapped(size);
             }
         }
     }

@@ -19,17 +19,22 @@
 //!   generation in force.
 //!
 //! The pieces it composes have files of their own: `request.rs` (what front ends ask),
-//! `error.rs` ([`BrokerError`]), `audited.rs` (the one audit record), `fetch.rs` (the cached
-//! fetch), `reply.rs` (render and ETag), `wait.rs` (the change wait).
+//! `error.rs` ([`BrokerError`]), `audited.rs` (the one audit record), `lookup.rs` (the source a
+//! name leads to), `fetch.rs` (the cached fetch), `reply.rs` (render and ETag), `wait.rs` (the
+//! change wait), `held.rs` (each uid's locked-memory share); two entry points have files of their
+//! own: `prefetch.rs` and `credential.rs` (the systemd credentials socket).
 //!
 //! It knows nothing of HTTP: the only protocol numbers here are the statuses the audit trail
 //! records ([`BrokerError::status`]), which every front end's audit lines share.
 #![deny(clippy::arithmetic_side_effects)]
 
 mod audited;
+mod credential;
 mod error;
 mod fetch;
 pub(crate) mod held;
+mod lookup;
+mod prefetch;
 mod reply;
 mod request;
 mod wait;
@@ -38,17 +43,19 @@ use std::sync::Arc;
 
 use crate::acl;
 use crate::audit::RequestId;
-use crate::name::{Glob, SecretName};
-use crate::peer::PeerIdentity;
+use crate::name::Glob;
 use crate::rate_limited;
 use crate::secure_mem::{locked_bytes, mapped_bytes};
-use crate::source::{CallerScope, SecretRequest, Selector, Source, SourceEntry};
+use crate::source::{CallerScope, SecretRequest, SourceEntry};
 use crate::state::{AppState, Runtime};
 use audited::Audited;
+pub use credential::credential;
 pub use error::BrokerError;
-use fetch::{Target, cached_fetch};
+use fetch::Target;
+use lookup::{check_ciphertext_location, reloaded_since, validate};
+pub use prefetch::{prefetch, prefetch_batch};
 pub use reply::{Reply, ReplyKind};
-use reply::{View, current, text_kind};
+use reply::{View, current};
 pub use request::{Caller, CredentialRequest, Format, ReadRequest};
 pub use wait::Hangup;
 
@@ -93,90 +100,6 @@ pub fn ready(
         return Err(BrokerError::ShuttingDown);
     }
     Ok(state.readiness.report(&state.runtime()))
-}
-
-/// Fetches `name` into the cache for `[prefetch]`: the same validation and single-flight
-/// cached fetch as a read. It is the agent's own request, so there is no access decision and no
-/// audit line (no value leaves the agent; the first read of it is audited as a cache hit).
-pub async fn prefetch(state: &AppState, name: &SecretName) -> Result<(), BrokerError> {
-    if state.shutting_down() {
-        return Err(BrokerError::ShuttingDown);
-    }
-    let runtime = state.current_runtime();
-    let request = SecretRequest {
-        name: name.clone(),
-        selector: Selector::default(),
-    };
-    let entry = validate(&runtime, &request.name, &request.selector)?;
-    let target = Target {
-        state,
-        request_id: state.next_request_id(),
-        uid: crate::source::share::AGENT_UID,
-        entry,
-        generation: runtime.generation,
-        request: &request,
-    };
-    let (secret, _, _) = cached_fetch(&target, false).await;
-    secret.map(|_| ())
-}
-
-/// Fetches several `[prefetch]` secrets of one source that batches into the cache with one batch
-/// call (`SourceEntry::prefetch_batch`), each stored through the cache's single-flight path as
-/// [`prefetch`] would (no decision, no audit line). Returns the names it did not fetch (its
-/// source is not up or does not batch, or the batch answered no value for them): the caller
-/// prefetches those one by one.
-pub async fn prefetch_batch(state: &AppState, names: &[SecretName]) -> Vec<SecretName> {
-    if state.shutting_down() {
-        return names.to_vec();
-    }
-    let runtime = state.current_runtime();
-    let (mut batched, mut rest) = (Vec::new(), Vec::new());
-    let mut entry: Option<&Arc<SourceEntry>> = None;
-    for name in names {
-        match validate(&runtime, name, &Selector::default()) {
-            Ok(e) if entry.is_none_or(|first| Arc::ptr_eq(first, e)) => {
-                entry = Some(e);
-                batched.push(name);
-            }
-            _ => rest.push(name.clone()),
-        }
-    }
-    let Some(entry) = entry else {
-        return rest;
-    };
-    let ids: Vec<String> = batched.iter().map(|n| n.id().to_owned()).collect();
-    let Some(answers) = entry.prefetch_batch(&ids, &state.metrics).await else {
-        rest.extend(batched.into_iter().cloned());
-        return rest;
-    };
-    if let Some(first) = batched.first() {
-        let fetches = u64::try_from(ids.len()).unwrap_or(u64::MAX);
-        state
-            .metrics
-            .source(first.source())
-            .fetches
-            .fetch_add(fetches, std::sync::atomic::Ordering::Relaxed);
-    }
-    for (name, answer) in batched.into_iter().zip(answers) {
-        let Some(secret) = answer else {
-            rest.push(name.clone());
-            continue;
-        };
-        let request = SecretRequest {
-            name: name.clone(),
-            selector: Selector::default(),
-        };
-        // A value cached or being fetched meanwhile wins; this one is then dropped (wiped).
-        let fill = move || move |_, _| async move { Ok(crate::source::Fetched::New(secret)) };
-        let (stored, _) = state
-            .cache
-            .get_with(&request, entry.ttl, runtime.generation, fill)
-            .await;
-        if stored.is_err() {
-            rest.push(name.clone());
-        }
-    }
-    rest
 }
 
 /// Reads a secret for `caller`: at once, or — with `wait` and an `if_none_match` that is still
@@ -380,11 +303,6 @@ impl ReadOnce<'_> {
     }
 }
 
-/// Whether the runtime in force is no longer `runtime`'s generation (a reload happened).
-fn reloaded_since(state: &AppState, runtime: &Runtime) -> bool {
-    state.current_runtime().generation != runtime.generation
-}
-
 /// [`admit_read`], for a read that may have been admitted under an earlier config: a refusal of
 /// the rules then is a revocation.
 fn admit_again<'r>(
@@ -436,100 +354,6 @@ fn admit_read<'r>(
         return Err(denied);
     }
     Ok(entry)
-}
-
-/// Loads credential `request.id` for the unit PID 1 is starting.
-///
-/// SECURITY: anyone can bind an abstract address naming any unit; only uid 0 speaks for PID 1,
-/// and PID 1 connects from a process already in the consuming unit's cgroup, so the unit the
-/// kernel places the connector in must be the unit the address names. Only rules that name a
-/// unit take part (`acl::decide_credential`).
-pub async fn credential(
-    state: &AppState,
-    peer: &Arc<PeerIdentity>,
-    request: &CredentialRequest,
-) -> Result<Reply, BrokerError> {
-    let mut audited = Audited::new(state, peer, "credential");
-    audited.event.secret = Some(format!("credential:{}", request.id).into());
-    // Decided again under the new config when a reload happened while it was fetched.
-    let result = async {
-        loop {
-            let runtime = state.current_runtime();
-            audited.event.decision = "deny";
-            if let Some(reply) =
-                credential_once(state, peer, request, &runtime, &mut audited).await?
-            {
-                return Ok(reply);
-            }
-        }
-    }
-    .await;
-    audited.finish(result)
-}
-
-/// One decision and look-up of a credential under `runtime`; `None` when a reload happened
-/// while it was fetched.
-async fn credential_once(
-    state: &AppState,
-    peer: &Arc<PeerIdentity>,
-    request: &CredentialRequest,
-    runtime: &Runtime,
-    audited: &mut Audited<'_>,
-) -> Result<Option<Reply>, BrokerError> {
-    let request_id = audited.request_id();
-    if peer.uid != 0 {
-        return Err(BrokerError::NotRoot);
-    }
-    if peer.unit.as_deref() != Some(request.unit.as_str()) {
-        rate_limited!(info, %request_id, claimed = %request.unit, actual = ?peer.unit, "credentials socket: the connecting process is not in the unit its address names");
-        return Err(BrokerError::UnitMismatch);
-    }
-    let name = runtime
-        .config
-        .credentials
-        .get(&request.id)
-        .cloned()
-        .ok_or(BrokerError::NotFound)?;
-    audited.event.secret = Some(name.joined());
-    if state.shutting_down() {
-        return Err(BrokerError::ShuttingDown);
-    }
-    if !acl::decide_credential(&runtime.rules, peer, name.source(), name.id()).allowed() {
-        return Err(BrokerError::Forbidden);
-    }
-    audited.event.decision = "allow";
-    let selector = Selector::default();
-    let entry = validate(runtime, &name, &selector)?;
-    if let Err(denied) = check_ciphertext_location(entry, &name, |location| {
-        acl::decide_credential(&runtime.rules, peer, location.source(), location.id())
-    }) {
-        audited.event.decision = "deny";
-        return Err(denied);
-    }
-    let secret_request = SecretRequest { name, selector };
-    // aws-credentials: the connecting unit's own session.
-    let secret_request = entry
-        .source
-        .scoped(&secret_request, peer)
-        .unwrap_or(secret_request);
-    let target = Target {
-        state,
-        request_id,
-        uid: peer.uid,
-        entry,
-        generation: runtime.generation,
-        request: &secret_request,
-    };
-    let (secret, served, _) = cached_fetch(&target, false).await;
-    audited.event.cache = Some(served.as_str());
-    if reloaded_since(state, runtime) {
-        return Ok(None);
-    }
-    let secret = secret?;
-    Ok(Some(Reply::new(
-        secret.value.shared(),
-        text_kind(secret.is_text()),
-    )))
 }
 
 /// Flushes cached values matching `pattern` (all for `None`) for an admin caller. `pattern` is
@@ -657,47 +481,6 @@ pub fn metrics(state: &AppState, caller: Caller<'_>) -> Result<String, BrokerErr
     audited.finish(result)
 }
 
-/// The source entry for `name`, if it exists and could ever serve `name`'s id with `selector`.
-fn validate<'r>(
-    runtime: &'r Runtime,
-    name: &SecretName,
-    selector: &Selector,
-) -> Result<&'r Arc<SourceEntry>, BrokerError> {
-    let Some(entry) = runtime.sources.get(name.source()) else {
-        return Err(if runtime.starting.contains_key(name.source()) {
-            BrokerError::SourceStarting
-        } else {
-            BrokerError::NotFound
-        });
-    };
-    entry
-        .source
-        .check_selector(selector)
-        .map_err(BrokerError::BadSelector)?;
-    entry
-        .source
-        .check_id(name.id())
-        .map_err(BrokerError::InvalidId)?;
-    Ok(entry)
-}
-
-/// SECURITY: a transit read takes its ciphertext from another source's secret; the caller must
-/// be allowed that location too, else a transit rule would read any source's secret through the
-/// back door. A denial is `Forbidden`, never a 404/502 that tells whether it exists.
-fn check_ciphertext_location(
-    entry: &SourceEntry,
-    name: &SecretName,
-    decide: impl Fn(&SecretName) -> acl::Decision,
-) -> Result<(), BrokerError> {
-    let Source::VaultTransit(transit) = &entry.source else {
-        return Ok(());
-    };
-    match transit.ciphertext_location(name.id()) {
-        Some(location) if !decide(&location).allowed() => Err(BrokerError::Forbidden),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::reply::{etag, render};
@@ -707,9 +490,12 @@ mod tests {
     use crate::cache::Cache;
     use crate::cache::Refresh;
     use crate::metrics::Metrics;
+    use crate::name::SecretName;
+    use crate::peer::PeerIdentity;
     use crate::secure_mem::SecretBytes;
     use crate::source::Sources;
     use crate::source::{Secret, SourceError};
+    use crate::source::{Selector, Source};
     use crate::testutil::FakeSource;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
